@@ -1,0 +1,149 @@
+"""The stateful driver shared by the gymnasium adapters: one batched core, its sampler and rewards.
+
+Both :class:`~l2o_gym.envs.env.L2OEnv` (``N = 1``, numpy) and :class:`~l2o_gym.envs.vector.L2OVectorEnv`
+(``N = num_envs``, torch) hold a :class:`BatchedOptimizee`; neither re-implements the dynamics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor
+
+from l2o_gym import core
+from l2o_gym.core import CoreConfig, State
+from l2o_gym.problems import ProblemBatch, ProblemFamily, make_family
+from l2o_gym.problems.base import ProblemSampler, check_positive, check_split, resolve_device, resolve_dtype
+
+REWARD_MODES: tuple[str, ...] = ("objective", "log_objective", "improvement")
+
+
+def reward_from_cost(cost: Tensor, prev_loss: Tensor, mode: str) -> Tensor:
+    """Reward ``[N]`` from the core's cost ``[N]`` (``f(θ_{t+1})`` or the divergence penalty).
+
+    * ``"objective"``: ``−cost`` (Li & Malik's cost, negated);
+    * ``"log_objective"``: ``−log10(max(cost, 0) + 1e-12)``, scale-free across families;
+    * ``"improvement"``: ``f(θ_t) − cost``, the decrease of the objective in this step.
+    """
+    if mode == "objective":
+        return -cost
+    if mode == "log_objective":
+        return -torch.log10(cost.clamp_min(0.0) + 1e-12)
+    if mode == "improvement":
+        return prev_loss - cost
+    raise ValueError(f"unknown reward_mode {mode!r}: expected one of {', '.join(REWARD_MODES)}")
+
+
+class BatchedOptimizee:
+    """``N`` optimizees of one family driven through :mod:`l2o_gym.core`, with gymnasium-style conventions.
+
+    Args:
+        family: registry name (e.g. ``"quadratic"``) or a :class:`~l2o_gym.problems.ProblemFamily`.
+        num: number ``N`` of parallel optimizees.
+        split: ``"train"``, ``"val"`` or ``"test"``: which instance stream resets draw from.
+        horizon: episode length ``T`` (truncation).
+        history: history length ``H`` of the observation.
+        action_scale: an action ``a ∈ [−1, 1]^d`` becomes the step ``Δθ = action_scale · a``.
+        reward_mode: see :func:`reward_from_cost`.
+        include_steps: add the past steps to the observation.
+        blowup: divergence factor (see :mod:`l2o_gym.core`).
+        device: torch device of every tensor.
+        dtype: ``torch.float32`` or ``torch.float64`` (names accepted).
+        family_kwargs: sizes of the family (e.g. ``dim=20``).
+    """
+
+    def __init__(
+        self,
+        family: str | ProblemFamily = "quadratic",
+        num: int = 1,
+        split: str = "train",
+        horizon: int = 100,
+        history: int = 25,
+        action_scale: float = 1.0,
+        reward_mode: str = "objective",
+        include_steps: bool = False,
+        blowup: float = 1e4,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        **family_kwargs: Any,
+    ) -> None:
+        self.family = make_family(family, **family_kwargs)
+        self.num = num
+        self.split = check_split(split)
+        if reward_mode not in REWARD_MODES:
+            raise ValueError(f"unknown reward_mode {reward_mode!r}: expected one of {', '.join(REWARD_MODES)}")
+        self.reward_mode = reward_mode
+        self.action_scale = check_positive("action_scale", action_scale)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        # Actions are validated and clipped here, so the core need not re-check each step.
+        self.config = CoreConfig(
+            horizon=horizon, history=history, include_steps=include_steps, blowup=blowup, validate=False
+        )
+        self.dim = self.family.dim
+        self.obs_dim = core.obs_dim(self.config, self.dim)
+        self.sampler: ProblemSampler | None = None
+        self.state: State | None = None
+
+    # -- spaces ------------------------------------------------------------------------------------
+    def single_observation_space(self, np_dtype: type = np.float32) -> spaces.Box:
+        return spaces.Box(-np.inf, np.inf, shape=(self.obs_dim,), dtype=np_dtype)
+
+    def single_action_space(self) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, shape=(self.dim,), dtype=np.float32)
+
+    # -- episode control ---------------------------------------------------------------------------
+    def reset(self, seed: int | None, problems: ProblemBatch | None = None) -> Tensor:
+        """Start new episodes; returns the observation ``[N, F]``.
+
+        ``seed`` (re)starts the instance stream; ``problems`` (``N`` instances) overrides sampling.
+        """
+        if seed is not None or self.sampler is None:
+            self.sampler = self.family.sampler(self.split, 0 if seed is None else seed, self.device, self.dtype)
+        if problems is None:
+            problems = self.sampler.sample(self.num)
+        elif problems.n != self.num or problems.dim != self.dim:
+            raise ValueError(
+                f"problems have n={problems.n}, dim={problems.dim}; this environment needs n={self.num}, dim={self.dim}"
+            )
+        else:
+            problems = problems.to(self.device, self.dtype)
+        self.state = core.reset(problems, self.config)
+        return core.features(self.state)
+
+    def to_action(self, action: Any) -> Tensor:
+        """Validate a policy action (``[N, d]`` array-like in [−1, 1]) and return the raw step ``[N, d]``."""
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        try:
+            a = torch.as_tensor(action, device=self.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"action of type {type(action).__name__} is not a numeric array: {exc}") from None
+        if not (a.is_floating_point() or a.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"action has dtype {a.dtype}, expected a floating-point array in [-1, 1]")
+        if a.shape != (self.num, self.dim):
+            raise ValueError(f"action has shape {tuple(a.shape)}, expected {(self.num, self.dim)}")
+        a = a.to(self.dtype)
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError("action contains NaN or inf; actions must be finite values in [-1, 1]")
+        return a.clamp(-1.0, 1.0) * self.action_scale
+
+    def step(self, action: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One transition: ``(obs[N, F], reward[N], terminated[N], truncated[N])`` (no autoreset)."""
+        assert self.state is not None
+        delta = self.to_action(action)
+        prev = self.state.loss
+        self.state, cost, terminated, truncated = core.step(self.state, delta)
+        reward = reward_from_cost(cost, prev, self.reward_mode)
+        return core.features(self.state), reward, terminated, truncated
+
+    def reset_done(self, done: Tensor) -> Tensor:
+        """Replace the instances where ``done[N]`` by fresh ones from the stream; returns the new ``[N, F]``."""
+        assert self.state is not None and self.sampler is not None
+        idx = done.nonzero().flatten()
+        fresh = core.reset(self.sampler.sample(int(idx.numel())), self.config)
+        self.state = self.state.scatter(idx, fresh)
+        return core.features(self.state)

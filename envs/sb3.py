@@ -1,0 +1,89 @@
+"""A stable-baselines3 ``VecEnv`` over the native torch vector env (SB3 does not take gymnasium VectorEnvs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+from l2o_gym.envs.vector import L2OVectorEnv
+
+
+class SB3VecEnv(VecEnv):
+    """Adapts :class:`~l2o_gym.envs.vector.L2OVectorEnv` to SB3's ``VecEnv`` API.
+
+    Observations, rewards and dones come out as numpy arrays (float32 observations, float32 rewards,
+    bool dones); for every finished sub-environment ``infos[i]`` holds ``"terminal_observation"`` (numpy
+    ``[F]``) and ``"TimeLimit.truncated"`` (ended by the horizon, not by divergence), which SB3 uses to
+    bootstrap values correctly. ``infos[i]["objective"]`` is the optimizee's current objective.
+
+    Args:
+        venv: the native vector env, or an env id / kwargs to build one with ``gymnasium.make_vec``.
+
+    Example:
+        >>> venv = SB3VecEnv(gymnasium.make_vec("l2o/LogisticRegression-v0", num_envs=8))
+        >>> model = stable_baselines3.PPO("MlpPolicy", venv)
+    """
+
+    def __init__(self, venv: L2OVectorEnv | str, **make_kwargs: Any) -> None:
+        if isinstance(venv, str):
+            venv = gym.make_vec(venv, **make_kwargs)
+        base = venv.unwrapped if hasattr(venv, "unwrapped") else venv
+        if not isinstance(base, L2OVectorEnv):
+            raise TypeError(f"SB3VecEnv wraps an L2OVectorEnv, got {type(base).__name__}")
+        self.venv = base
+        obs_space = gym.spaces.Box(-np.inf, np.inf, shape=base.single_observation_space.shape, dtype=np.float32)
+        super().__init__(base.num_envs, obs_space, base.single_action_space)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> VecEnvObs:
+        seed = self._seeds[0]
+        obs, _ = self.venv.reset(seed=seed)
+        self._reset_seeds()
+        self._reset_options()
+        return self._np(obs)
+
+    @staticmethod
+    def _np(x: Any) -> np.ndarray:
+        return x.detach().to("cpu").numpy().astype(np.float32, copy=False)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, reward, terminated, truncated, info = self.venv.step(self._actions)
+        dones = (terminated | truncated).cpu().numpy()
+        term_np = terminated.cpu().numpy()
+        objective = info["objective"].detach().cpu().numpy()
+        infos: list[dict[str, Any]] = [{"objective": float(objective[i])} for i in range(self.num_envs)]
+        if dones.any():
+            final = self._np(info["final_obs"])
+            for i in np.flatnonzero(dones):
+                infos[i]["terminal_observation"] = final[i]
+                infos[i]["TimeLimit.truncated"] = bool(not term_np[i])
+        return self._np(obs), self._np(reward), dones, infos
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        frames = self.venv.render() if self.venv.render_mode == "rgb_array" else None
+        return [frames[0] if frames else None] + [None] * (self.num_envs - 1)
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        value = getattr(self.venv, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+        result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
+        return [result for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]

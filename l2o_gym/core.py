@@ -1,0 +1,295 @@
+"""The functional, batched MDP of optimization (Li & Malik, 2016; Andrychowicz et al., 2016).
+
+``N`` optimizees of one family advance together on one device:
+
+    state = reset(problems, config)
+    state, cost, terminated, truncated = step(state, action)      # action = Δθ, [N, d]
+    obs = features(state)                                         # [N, F], what learned policies see
+
+``step`` is a pure function of ``(state, action)``: nothing is modified in place, so an unroll is
+differentiable when the actions carry an autograd graph (the BPTT trainer backpropagates through it) and
+RL agents simply call it under ``torch.no_grad()``.
+
+**Transition.** ``θ_{t+1} = θ_t + Δθ_t``; the objective and its gradient are evaluated at ``θ_{t+1}``
+(minibatch ``t + 1`` for stochastic families). By default the gradient fed back to the policy is detached
+(*first-order*, as in Andrychowicz et al.); ``CoreConfig(second_order=True)`` keeps its graph.
+
+**Cost.** ``cost_t = f(θ_{t+1})``, the objective after the step (Li & Malik's cost).
+
+**Episode end.** ``truncated`` once ``t ≥ horizon``. ``terminated`` only for divergence: if ``f(θ_{t+1})``
+or its gradient is non-finite, or ``f(θ_{t+1}) > threshold = blowup · (|f(θ₀)| + 1)``, the step is
+*rejected* (θ, f and ∇f keep their last finite values, so no NaN ever reaches an observation), the
+instance is marked terminated, and its cost is the finite penalty ``threshold``. A terminated instance
+stays frozen and keeps paying ``threshold`` per step until it is reset.
+
+**Observation** (:func:`features`; Li & Malik's state without θ). With history length ``H``:
+
+* ``H`` objective features: for ``i = H, …, 1`` (oldest first), the relative change
+  ``(f_t − f_{t−i}) / (|f_{t−i}| + eps)``, clipped to ``[−feature_clip, feature_clip]``;
+* ``H·d`` gradient features: ``grad_scale · ∇f(θ_{t−j})`` for ``j = H−1, …, 0`` (oldest first), flattened
+  iterate-major (``[H, d]`` → ``H·d``);
+* optionally (``include_steps``) ``H·d`` past steps ``Δθ`` laid out the same way.
+
+Entries that refer to iterates before ``θ₀`` are zero (zero padding at the start of an episode).
+:func:`coordinate_features` gives the per-coordinate view ``[N, d, F_c]`` (``F_c = 2H`` or ``3H``) that
+coordinatewise policies (the LSTM) read: coordinate ``k``'s gradient and step histories plus the shared
+objective features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from l2o_gym.problems.base import ProblemBatch, check_positive, check_positive_int
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Constants of the optimization MDP.
+
+    Args:
+        horizon: episode length ``T`` (steps); ``truncated`` once ``t ≥ T``.
+        history: number ``H`` of past iterates in the observation (Li & Malik: 25).
+        include_steps: also put the last ``H`` steps Δθ into the observation.
+        second_order: keep the autograd graph of the optimizee gradient (second-order meta-gradients).
+        blowup: divergence factor: an objective above ``blowup · (|f(θ₀)| + 1)`` terminates the episode.
+        grad_scale: multiplier applied to gradient (and step) features.
+        feature_clip: bound on the relative objective-change features.
+        eps: denominator guard of the relative objective change.
+        validate: check every action's shape, dtype, device and finiteness (one device sync per step).
+    """
+
+    horizon: int = 100
+    history: int = 25
+    include_steps: bool = False
+    second_order: bool = False
+    blowup: float = 1e4
+    grad_scale: float = 1.0
+    feature_clip: float = 1e3
+    eps: float = 1e-8
+    validate: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive_int("horizon", self.horizon)
+        check_positive_int("history", self.history)
+        check_positive("blowup", self.blowup)
+        check_positive("grad_scale", self.grad_scale)
+        check_positive("feature_clip", self.feature_clip)
+        check_positive("eps", self.eps)
+
+
+@dataclass(frozen=True)
+class State:
+    """Full state of ``N`` optimizees (θ included; policies read :func:`features` instead).
+
+    Attributes:
+        problems: the ``N`` objective functions.
+        config: the MDP constants.
+        theta: ``[N, d]`` current iterates θ_t.
+        loss: ``[N]`` current objective f(θ_t) (last finite value once terminated).
+        grad: ``[N, d]`` current gradient ∇f(θ_t).
+        loss_hist: ``[N, H+1]`` objectives f_{t−H}, …, f_t (oldest first; zero before θ₀).
+        obs: ``[N, F]`` the observation (:func:`features`); it also stores the gradient (and step)
+            histories, which :attr:`grad_hist` and :attr:`step_hist` view, so a step copies them once.
+        t: ``[N]`` int64 iteration counters.
+        threshold: ``[N]`` divergence thresholds ``blowup · (|f(θ₀)| + 1)`` (also the penalty).
+        terminated: ``[N]`` bool, diverged.
+    """
+
+    problems: ProblemBatch
+    config: CoreConfig
+    theta: Tensor
+    loss: Tensor
+    grad: Tensor
+    loss_hist: Tensor
+    obs: Tensor
+    t: Tensor
+    threshold: Tensor
+    terminated: Tensor
+
+    @property
+    def n(self) -> int:
+        return self.theta.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.theta.shape[1]
+
+    @property
+    def grad_hist(self) -> Tensor:
+        """``[N, H, d]`` view: ``grad_scale · ∇f`` at θ_{t−H+1}, …, θ_t (oldest first; zero before θ₀)."""
+        h, d = self.config.history, self.dim
+        return self.obs[:, h : h + h * d].view(self.n, h, d)
+
+    @property
+    def step_hist(self) -> Tensor | None:
+        """``[N, H, d]`` view of the last ``H`` steps (``grad_scale · Δθ``), or ``None`` unless ``include_steps``."""
+        if not self.config.include_steps:
+            return None
+        h, d = self.config.history, self.dim
+        return self.obs[:, h + h * d :].view(self.n, h, d)
+
+    def _tensor_fields(self) -> list[str]:
+        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), Tensor)]
+
+    def detach(self) -> State:
+        """The same state cut from the autograd graph (truncated BPTT)."""
+        return replace(self, **{k: getattr(self, k).detach() for k in self._tensor_fields()})
+
+    def scatter(self, idx: Tensor, other: State) -> State:
+        """A new state whose instances ``idx`` (``[k]`` indices) are replaced by ``other`` (``k`` instances)."""
+        out: dict[str, Any] = {}
+        for k in self._tensor_fields():
+            a = getattr(self, k).clone()
+            a[idx] = getattr(other, k)
+            out[k] = a
+        return replace(self, problems=self.problems.scatter(idx, other.problems), **out)
+
+
+def obs_dim(config: CoreConfig, dim: int) -> int:
+    """Length ``F`` of the flat observation for problems of dimension ``dim``."""
+    h = config.history
+    return h + h * dim * (2 if config.include_steps else 1)
+
+
+def coordinate_feature_dim(config: CoreConfig) -> int:
+    """Length ``F_c`` of the per-coordinate observation."""
+    return config.history * (3 if config.include_steps else 2)
+
+
+def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
+    """Start ``problems.n`` episodes at the problems' initial points θ₀.
+
+    Raises:
+        ValueError: if some instance has a non-finite objective or gradient at θ₀.
+    """
+    config = config or CoreConfig()
+    theta = problems.x0
+    zero_t = torch.zeros(problems.n, dtype=torch.int64, device=problems.device)
+    f0, g0 = problems.loss_and_grad(theta, zero_t, create_graph=config.second_order)
+    bad = ~(torch.isfinite(f0) & torch.isfinite(g0).all(-1))
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten().tolist()[:10]
+        raise ValueError(f"{problems.family.name}: non-finite objective or gradient at x0 for instances {idx}")
+    n, d, h = problems.n, problems.dim, config.history
+    loss_hist = torch.cat([f0.new_zeros(n, h), f0.detach()[:, None]], dim=1)
+    # At t = 0 every objective feature refers to an iterate before θ₀, hence zero.
+    parts = [g0.new_zeros(n, h + (h - 1) * d), g0.detach() * config.grad_scale]
+    if config.include_steps:
+        parts.append(g0.new_zeros(n, h * d))
+    return State(
+        problems=problems,
+        config=config,
+        theta=theta,
+        loss=f0,
+        grad=g0,
+        loss_hist=loss_hist,
+        obs=torch.cat(parts, dim=1),
+        t=zero_t,
+        threshold=config.blowup * (f0.detach().abs() + 1.0),
+        terminated=torch.zeros(n, dtype=torch.bool, device=problems.device),
+    )
+
+
+def check_action(state: State, action: Any) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` unless ``action`` is a finite ``[N, d]`` tensor like θ."""
+    if not isinstance(action, Tensor):
+        raise TypeError(f"action must be a torch.Tensor of shape {tuple(state.theta.shape)}, got {type(action).__name__}")
+    if action.shape != state.theta.shape:
+        raise ValueError(f"action has shape {tuple(action.shape)}, expected {tuple(state.theta.shape)} ([N, d])")
+    if action.dtype != state.theta.dtype:
+        raise TypeError(f"action has dtype {action.dtype}, expected {state.theta.dtype}")
+    if action.device != state.theta.device:
+        raise ValueError(f"action is on device {action.device}, expected {state.theta.device}")
+    finite = torch.isfinite(action).all(-1)
+    if not bool(finite.all()):
+        idx = (~finite).nonzero().flatten().tolist()[:10]
+        raise ValueError(f"action contains NaN or inf (instances {idx}); steps must be finite")
+
+
+def step(state: State, action: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
+    """Advance every instance by ``action`` (the raw step Δθ, ``[N, d]``).
+
+    Returns:
+        ``(next_state, cost[N], terminated[N], truncated[N])``: ``cost`` is ``f(θ_{t+1})`` or the divergence
+        penalty (see the module docstring); it carries the graph of ``action`` when there is one.
+    """
+    cfg = state.config
+    if cfg.validate:
+        check_action(state, action)
+    t = state.t + 1
+    cand = state.theta + action
+    f, g = state.problems.loss_and_grad(cand, t, create_graph=cfg.second_order)
+    # NaN compares False, so this also rejects NaN objectives; -inf and inf gradients are checked explicitly.
+    ok = (f <= state.threshold) & (f > float("-inf")) & torch.isfinite(g).all(-1) & ~state.terminated
+    ok_col = ok[:, None]
+    theta = torch.where(ok_col, cand, state.theta)
+    loss = torch.where(ok, f, state.loss)
+    grad = torch.where(ok_col, g, state.grad)
+    cost = torch.where(ok, f, state.threshold)
+    terminated = ~ok
+    loss_hist = torch.cat([state.loss_hist[:, 1:], loss.detach()[:, None]], dim=1)
+    # The new observation, built in one copy: drop the oldest gradient (and step), append the newest.
+    h, d = cfg.history, state.dim
+    scale = cfg.grad_scale
+    parts = [
+        _loss_features(loss_hist, t, cfg),
+        state.obs[:, h + d : h + h * d],
+        grad.detach() * scale if scale != 1.0 else grad.detach(),
+    ]
+    if cfg.include_steps:
+        taken = torch.where(ok_col, action, torch.zeros_like(action)).detach()
+        parts += [state.obs[:, h + h * d + d :], taken * scale]
+    new = State(
+        problems=state.problems,
+        config=cfg,
+        theta=theta,
+        loss=loss,
+        grad=grad,
+        loss_hist=loss_hist,
+        obs=torch.cat(parts, dim=1),
+        t=t,
+        threshold=state.threshold,
+        terminated=terminated,
+    )
+    return new, cost, terminated, t >= cfg.horizon
+
+
+def _loss_features(loss_hist: Tensor, t: Tensor, cfg: CoreConfig) -> Tensor:
+    past = loss_hist[:, :-1]
+    rel = (loss_hist[:, -1:] - past) / (past.abs() + cfg.eps)
+    rel = rel.clamp(-cfg.feature_clip, cfg.feature_clip)
+    age = torch.arange(cfg.history, 0, -1, device=rel.device)
+    return torch.where(age[None, :] <= t[:, None], rel, torch.zeros((), dtype=rel.dtype, device=rel.device))
+
+
+def loss_features(state: State) -> Tensor:
+    """``[N, H]`` relative objective changes ``(f_t − f_{t−i}) / (|f_{t−i}| + eps)``, ``i = H…1`` (a view)."""
+    return state.obs[:, : state.config.history]
+
+
+def features(state: State) -> Tensor:
+    """The flat observation ``[N, F]`` with ``F = obs_dim(config, d)`` (layout in the module docstring).
+
+    The returned tensor is part of the state: treat it as read-only (every step makes a new one).
+    """
+    return state.obs
+
+
+def coordinate_features(state: State) -> Tensor:
+    """Per-coordinate observation ``[N, d, F_c]``: gradient history, shared objective features, step history."""
+    cfg = state.config
+    n, d, h = state.n, state.dim, cfg.history
+    parts = [state.grad_hist.transpose(1, 2), loss_features(state)[:, None, :].expand(n, d, h)]
+    if state.step_hist is not None:
+        parts.append(state.step_hist.transpose(1, 2))
+    return torch.cat(parts, dim=2)
+
+
+def full_state(state: State) -> Tensor:
+    """The full state vector ``x = [θ, f(θ), features]``, ``[N, d + 1 + F]`` (GPS local policies act on it)."""
+    return torch.cat([state.theta, state.loss[:, None], features(state)], dim=1)

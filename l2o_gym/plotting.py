@@ -1,0 +1,49 @@
+"""Figures in the style of both papers: mean objective vs iteration, log y-axis (matplotlib Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_curves(
+    curves: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    ylabel: str = "mean objective f(θ_t)",
+) -> Path:
+    """Write a PNG with one line per curve (``[T+1]`` values) and optional ``(low, high)`` bands.
+
+    Returns the written path. Uses the Agg canvas directly, so no display is needed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    positive = True
+    for name, ys in curves.items():
+        y = np.asarray(ys, dtype=np.float64)
+        x = np.arange(y.size)
+        (line,) = ax.plot(x, y, label=name, lw=1.6)
+        if bands and name in bands:
+            lo, hi = (np.asarray(b, dtype=np.float64) for b in bands[name])
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+            positive &= bool(np.all(lo > 0))
+        positive &= bool(np.all(y > 0))
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration t")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

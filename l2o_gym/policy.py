@@ -1,0 +1,122 @@
+"""The one Policy interface every optimizer implements, and the one rollout loop that runs them all.
+
+A policy maps the MDP state to a step Δθ. Learned policies read only :func:`l2o_gym.core.features` or
+:func:`l2o_gym.core.coordinate_features` of the state (never θ itself); hand-designed ones read the current
+gradient ``state.grad``, and line-search methods may evaluate ``state.problems`` (each call is counted in
+``state.problems.n_evals``).
+
+    hidden = policy.reset(state)
+    step, hidden = policy.act(state, hidden)   # step: [N, d]
+
+``hidden`` is whatever per-episode memory the policy needs (momentum buffers, LSTM states), batched over
+the ``N`` instances; ``None`` for memoryless policies.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from l2o_gym import core
+from l2o_gym.core import CoreConfig, State
+from l2o_gym.problems.base import ProblemBatch
+
+
+class Policy(ABC):
+    """A batched optimizer: ``reset(state) -> hidden``, ``act(state, hidden) -> (step[N, d], hidden)``."""
+
+    #: short name used in reports.
+    name: str = "policy"
+
+    def reset(self, state: State) -> Any:
+        """Per-episode memory for the ``state.n`` instances (``None`` if the policy has none)."""
+        return None
+
+    @abstractmethod
+    def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
+        """The step Δθ ``[N, d]`` (same dtype and device as θ) and the updated memory."""
+
+
+@dataclass
+class Trajectory:
+    """Result of :func:`rollout`.
+
+    Attributes:
+        state: the final state.
+        hidden: the policy's final memory (to continue the unroll).
+        costs: ``[T, N]`` per-step costs from :func:`l2o_gym.core.step` (keeps the autograd graph if any).
+        losses: ``[T+1, N]`` objective ``f(θ_t)`` from the start state on (detached; frozen after divergence).
+        terminated: ``[T, N]`` bool, diverged at or before each step.
+    """
+
+    state: State
+    hidden: Any
+    costs: Tensor
+    losses: Tensor
+    terminated: Tensor
+
+
+_RESET = object()
+
+
+def rollout(
+    policy: Policy,
+    state: State,
+    n_steps: int,
+    hidden: Any = _RESET,
+    *,
+    progress: bool = False,
+    desc: str | None = None,
+) -> Trajectory:
+    """Run ``policy`` for ``n_steps`` steps from ``state`` through the functional core.
+
+    The single rollout loop of l2o-gym: evaluation calls it under ``torch.no_grad()``, the BPTT trainer
+    calls it with gradients enabled on truncated unrolls (passing ``hidden`` and ``state`` on).
+
+    Args:
+        policy: any :class:`Policy`.
+        state: the start state (e.g. ``core.reset(problems, config)``).
+        n_steps: number of steps.
+        hidden: the policy's memory; by default ``policy.reset(state)``.
+        progress: show a tqdm bar.
+        desc: the bar's label.
+    """
+    if hidden is _RESET:
+        hidden = policy.reset(state)
+    losses = [state.loss.detach()]
+    costs: list[Tensor] = []
+    terms: list[Tensor] = []
+    for _ in tqdm(range(n_steps), desc=desc or policy.name, disable=not progress, leave=False):
+        action, hidden = policy.act(state, hidden)
+        state, cost, terminated, _ = core.step(state, action)
+        costs.append(cost)
+        terms.append(terminated)
+        losses.append(state.loss.detach())
+    n = state.n
+    empty = state.loss.new_zeros(0, n)
+    return Trajectory(
+        state=state,
+        hidden=hidden,
+        costs=torch.stack(costs) if costs else empty,
+        losses=torch.stack(losses),
+        terminated=torch.stack(terms) if terms else empty.bool(),
+    )
+
+
+def run_policy(
+    policy: Policy,
+    problems: ProblemBatch,
+    horizon: int,
+    config: CoreConfig | None = None,
+    *,
+    progress: bool = False,
+) -> Trajectory:
+    """Reset ``problems`` and roll ``policy`` out for ``horizon`` steps, without gradients."""
+    config = config or CoreConfig(horizon=horizon)
+    with torch.no_grad():
+        return rollout(policy, core.reset(problems, config), horizon, progress=progress)

@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Benchmarks that print figures (record them in docs/benchmarks.md).
+
+    python scripts/bench.py env [--env l2o/Quadratic-v0] [--sizes 1 64 1024 16384] [--device cpu]
+
+``env``: env-steps/s of the native torch vector env against ``gymnasium.vector.SyncVectorEnv`` over the
+single env, with their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+
+import torch
+
+from l2o_gym.benchmark import env_throughput
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("env", help="env-steps/s: native torch VectorEnv vs SyncVectorEnv")
+    p.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024, 16384], help="numbers of envs N")
+    p.add_argument("--device", default="cpu", help="torch device of the native env (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=2.0, help="measurement time per configuration")
+    p.add_argument(
+        "--sync-max", type=int, default=16384, help="skip SyncVectorEnv above this N (default: %(default)s)"
+    )
+    p.add_argument("--history", type=int, default=25, help="history length H (default: %(default)s)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    print(f"# {args.env}, H={args.history}, device={args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"{'N':>7} {'native steps/s':>16} {'sync steps/s':>14} {'ratio':>8}")
+    rows = []
+    for n in args.sizes:
+        native = env_throughput(args.env, n, "native", args.device, args.seconds, history=args.history)
+        sync = None
+        if n <= args.sync_max:
+            sync = env_throughput(args.env, n, "sync", args.device, args.seconds, min_steps=1, history=args.history)
+        ratio = native.steps_per_s / sync.steps_per_s if sync else float("nan")
+        sync_txt = f"{sync.steps_per_s:14,.0f}" if sync else f"{'skipped':>14}"
+        print(f"{n:>7} {native.steps_per_s:16,.0f} {sync_txt} {ratio:8.1f}", flush=True)
+        rows.append({"native": native.as_dict(), "sync": sync.as_dict() if sync else None, "ratio": ratio})
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

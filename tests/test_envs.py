@@ -1,0 +1,247 @@
+"""gymnasium and SB3 adapters: API checks, autoreset, seeding, bad input, PPO through the adapter."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from l2o_gym.envs import ENV_IDS, L2OEnv, L2OVectorEnv, SB3VecEnv
+
+from conftest import requires_cuda
+
+# Small sizes for the MLP keep the checks fast; every other env runs at its registered defaults.
+SMALL = {"l2o/MLP-v0": {"dataset": "digits", "batch_size": 16}}
+
+
+def _make(env_id, **kw):
+    return gym.make(env_id, **{**SMALL.get(env_id, {}), **kw})
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_gymnasium_env_checker(env_id):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*infinity.*")
+        gym_check_env(_make(env_id).unwrapped, skip_render_check=False)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_sb3_env_checker(env_id):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sb3_check_env(_make(env_id).unwrapped, warn=True)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_make_vec_64_steps(env_id):
+    venv = gym.make_vec(env_id, 64, **SMALL.get(env_id, {}))
+    assert isinstance(venv.unwrapped, L2OVectorEnv)
+    obs, info = venv.reset(seed=0)
+    assert isinstance(obs, torch.Tensor) and obs.shape == (64,) + venv.single_observation_space.shape
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs, rew, term, trunc, info = venv.step(rng.uniform(-1, 1, (64,) + venv.single_action_space.shape))
+        assert obs.shape[0] == rew.shape[0] == term.shape[0] == trunc.shape[0] == 64
+        assert torch.isfinite(obs).all() and torch.isfinite(rew).all()
+    assert venv.observation_space.contains(obs.numpy())
+
+
+def test_single_env_episode_and_spaces():
+    env = gym.make("l2o/Quadratic-v0", horizon=7)
+    obs, info = env.reset(seed=3)
+    assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape == (25 + 250,)
+    assert env.action_space.shape == (10,) and env.action_space.low.min() == -1
+    for t in range(7):
+        obs, r, term, trunc, info = env.step(np.zeros(10, np.float32))
+        assert isinstance(r, float) and r == -info["objective"]
+        assert trunc == (t == 6) and not term
+
+
+def test_seeding_is_deterministic_and_splits_differ():
+    def run(seed, split="train"):
+        env = gym.make("l2o/LogisticRegression-v0", split=split)
+        out = [env.reset(seed=seed)[0]]
+        for a in np.linspace(-1, 1, 12).reshape(4, 3).astype(np.float32):
+            out.append(env.step(a)[0])
+        return np.stack(out)
+
+    np.testing.assert_array_equal(run(5), run(5))
+    assert not np.array_equal(run(5), run(6))
+    assert not np.array_equal(run(5), run(5, "test"))
+
+
+def test_vector_env_same_step_autoreset():
+    venv = gym.make_vec("l2o/Quadratic-v0", 4, horizon=3)
+    obs0, _ = venv.reset(seed=1)
+    a = torch.full((4, 10), -0.01)
+    for _ in range(2):
+        _, _, _, trunc, info = venv.step(a)
+        assert not trunc.any() and "final_obs" not in info
+    obs, rew, term, trunc, info = venv.step(a)
+    assert trunc.all() and info["_final_obs"].all()
+    fin = info["final_obs"]
+    assert fin.shape == obs.shape and not torch.equal(fin, obs)
+    # The returned observation starts a fresh episode: no objective history yet.
+    assert torch.all(obs[:, :25] == 0) and torch.any(fin[:, 24] != 0)
+    assert not torch.equal(obs, obs0)  # new instances, not the old ones again
+
+
+def test_vector_env_resets_only_diverged_instances():
+    venv = gym.make_vec("l2o/Quadratic-v0", 3, action_scale=1e6)
+    venv.reset(seed=0)
+    before = venv.unwrapped.driver.state.problems.data["W"].clone()
+    a = torch.zeros(3, 10)
+    a[1] = 1.0
+    _, rew, term, trunc, info = venv.step(a)
+    assert term.tolist() == [False, True, False] and torch.isfinite(rew).all()
+    after = venv.unwrapped.driver.state.problems.data["W"]
+    assert torch.equal(after[[0, 2]], before[[0, 2]]) and not torch.equal(after[1], before[1])
+
+
+def test_vector_env_deterministic():
+    def run():
+        venv = gym.make_vec("l2o/Rastrigin-v0", 8, horizon=4)
+        obs = [venv.reset(seed=11)[0]]
+        g = torch.Generator().manual_seed(0)
+        for _ in range(9):
+            obs.append(venv.step(torch.rand(8, 10, generator=g) * 2 - 1)[0])
+        return torch.stack(obs)
+
+    assert torch.equal(run(), run())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"split": "validation"}, "'validation'"),
+        ({"reward_mode": "loss"}, "'loss'"),
+        ({"device": "tpu"}, "'tpu'"),
+        ({"dtype": "float16"}, "'float16'"),
+        ({"action_scale": -1.0}, "-1.0"),
+        ({"horizon": 0}, "horizon"),
+        ({"dim": 0}, "dim"),
+        ({"render_mode": "video"}, "'video'"),
+    ],
+)
+def test_bad_kwargs_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gym.make("l2o/Quadratic-v0", **kwargs)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        gym.make_vec("l2o/Quadratic-v0", 2, device="cuda")
+
+
+@pytest.mark.parametrize(
+    "action, exc, match",
+    [
+        (np.full(10, np.nan, np.float32), ValueError, "NaN"),
+        (np.full(10, np.inf, np.float32), ValueError, "inf"),
+        (np.zeros(9, np.float32), ValueError, "shape"),
+        (np.array(["a"] * 10), TypeError, "dtype|numeric"),
+    ],
+)
+def test_bad_actions(action, exc, match):
+    env = L2OEnv("quadratic")
+    env.reset(seed=0)
+    with pytest.raises(exc, match=match):
+        env.step(action)
+
+
+def test_huge_finite_step_terminates_with_finite_reward():
+    env = gym.make("l2o/Quadratic-v0", action_scale=1e15)
+    env.reset(seed=0)
+    obs, r, term, trunc, info = env.step(np.ones(10, np.float32))
+    assert term and np.isfinite(r) and np.isfinite(obs).all() and info["diverged"]
+
+
+def test_reward_modes():
+    rewards = {}
+    for mode in ("objective", "log_objective", "improvement"):
+        env = gym.make("l2o/Quadratic-v0", reward_mode=mode)
+        _, info0 = env.reset(seed=0)
+        _, r, *_, info = env.step(np.full(10, 0.01, np.float32))
+        rewards[mode] = (r, info0["objective"], info["objective"])
+    r, f0, f1 = rewards["objective"]
+    assert r == pytest.approx(-f1)
+    assert rewards["log_objective"][0] == pytest.approx(-np.log10(f1 + 1e-12), rel=1e-5)
+    assert rewards["improvement"][0] == pytest.approx(f0 - f1, rel=1e-4, abs=1e-6)
+
+
+def test_reset_with_given_problems():
+    from l2o_gym import make_family
+
+    pb = make_family("quadratic").sample(1, "test", 4)
+    env = L2OEnv("quadratic")
+    _, info = env.reset(options={"problems": pb})
+    assert info["objective"] == pytest.approx(float(pb.loss(pb.x0)[0]))
+    with pytest.raises(ValueError, match="dim"):
+        env.reset(options={"problems": make_family("quadratic", dim=3).sample(1)})
+
+
+def test_render_modes():
+    env = gym.make("l2o/Quadratic-v0", render_mode="rgb_array")
+    env.reset(seed=0)
+    env.step(np.zeros(10, np.float32))
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    env = gym.make("l2o/Quadratic-v0", render_mode="ansi")
+    env.reset(seed=0)
+    assert "f=" in env.render()
+    venv = gym.make_vec("l2o/Quadratic-v0", 2, render_mode="ansi")
+    venv.reset(seed=0)
+    venv.step(torch.zeros(2, 10))
+    assert "t=    1" in venv.render()[0]
+
+
+def test_sb3_adapter_api():
+    venv = SB3VecEnv("l2o/Quadratic-v0", num_envs=4, horizon=3)
+    venv.seed(0)
+    obs = venv.reset()
+    assert obs.shape == (4, 275) and obs.dtype == np.float32
+    for t in range(3):
+        obs, rew, dones, infos = venv.step(np.zeros((4, 10), np.float32))
+        assert rew.dtype == np.float32 and dones.dtype == bool and len(infos) == 4
+    assert dones.all()
+    for info in infos:
+        assert info["TimeLimit.truncated"] and info["terminal_observation"].shape == (275,)
+    assert venv.get_attr("num_envs") == [4] * 4 and venv.env_is_wrapped(gym.Wrapper) == [False] * 4
+    with pytest.raises(TypeError, match="L2OVectorEnv"):
+        SB3VecEnv(gym.make_vec("CartPole-v1", 2, vectorization_mode="sync"))
+
+
+def test_sb3_adapter_marks_divergence_as_not_truncated():
+    venv = SB3VecEnv("l2o/Quadratic-v0", num_envs=2, action_scale=1e6)
+    venv.reset()
+    _, _, dones, infos = venv.step(np.array([[0.0] * 10, [1.0] * 10], np.float32))
+    assert dones.tolist() == [False, True] and infos[1]["TimeLimit.truncated"] is False
+
+
+def test_ppo_trains_through_adapter():
+    from stable_baselines3 import PPO
+
+    venv = SB3VecEnv("l2o/LogisticRegression-v0", num_envs=8, horizon=32)
+    model = PPO("MlpPolicy", venv, n_steps=256, batch_size=256, n_epochs=2, seed=0, device="cpu")
+    model.learn(total_timesteps=2048)
+    assert model.num_timesteps >= 2048
+    obs = venv.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    assert action.shape == (8, 3)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_vector_env_on_cuda():
+    venv = gym.make_vec("l2o/Quadratic-v0", 32, device="cuda")
+    obs, _ = venv.reset(seed=0)
+    assert obs.device.type == "cuda"
+    obs, rew, term, trunc, info = venv.step(torch.zeros(32, 10, device="cuda"))
+    assert rew.device.type == "cuda" and torch.isfinite(obs).all()
