@@ -1,0 +1,122 @@
+"""Checkpoints: plain tensors plus a JSON config, written atomically, loaded without unpickling code.
+
+* :func:`save_policy` / :func:`load_policy_file` — a trained policy: a ``.safetensors`` file whose
+  metadata holds the JSON config (``kind``, ``env_id``, ``dim``, architecture, …). Nothing is pickled.
+* :func:`save_state` / :func:`load_state` — training state for resuming (optimizer state dicts, counters,
+  RNG states): ``torch.save`` of tensors/containers of primitives, loaded with ``weights_only=True``.
+
+Writes go to a temporary file in the same folder, are flushed to disk, then ``os.replace``-d over the
+target, so an interrupted write never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FORMAT_VERSION = 1
+_META_KEY = "l2o_gym"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or made for something else (another kind, env or dimension)."""
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` and move the result over ``path`` atomically (same filesystem)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_policy(path: str | Path, tensors: dict[str, Tensor], config: dict[str, Any]) -> Path:
+    """Write a policy checkpoint (safetensors + JSON config in its metadata) atomically.
+
+    Args:
+        path: target file (``.safetensors``).
+        tensors: e.g. ``module.state_dict()``; moved to CPU and made contiguous.
+        config: JSON-serialisable; should hold ``kind`` and whatever is needed to rebuild the policy.
+    """
+    from safetensors.torch import save_file
+
+    bad = [k for k, v in tensors.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise TypeError(f"checkpoint entries {bad} are not tensors")
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {_META_KEY: json.dumps({"format_version": FORMAT_VERSION, **config}, sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
+
+
+def load_policy_file(
+    path: str | Path, kind: str | None = None, device: torch.device | str = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read ``(tensors, config)`` from a checkpoint written by :func:`save_policy`.
+
+    Raises:
+        CheckpointError: if the file is missing or unreadable, lacks the l2o-gym config, or its ``kind``
+            differs from ``kind`` (when given).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from None
+    if _META_KEY not in meta:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no l2o-gym config (not written by l2o-gym?)")
+    try:
+        config = json.loads(meta[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt config: {exc}") from None
+    if kind is not None and config.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r} policy, expected {kind!r}")
+    return tensors, config
+
+
+def check_compatible(config: dict[str, Any], path: str | Path, *, env_id: str | None = None, dim: int | None = None) -> None:
+    """Raise :class:`CheckpointError` if a checkpoint was made for another env id or problem dimension.
+
+    Coordinatewise policies (``config["dim"]`` is ``None``) fit any dimension.
+    """
+    if env_id is not None and config.get("env_id") not in (None, env_id):
+        raise CheckpointError(f"checkpoint {str(path)!r} was trained on {config.get('env_id')!r}, not {env_id!r}")
+    if dim is not None and config.get("dim") not in (None, dim):
+        raise CheckpointError(f"checkpoint {str(path)!r} is for dimension {config.get('dim')}, the problems have {dim}")
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write training state (tensors, numbers, strings, lists/dicts of them) atomically with ``torch.save``."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load training state with ``torch.load(weights_only=True)`` (no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"training state {str(path)!r} could not be loaded safely: {exc}") from None
