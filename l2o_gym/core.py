@@ -221,9 +221,18 @@ def step(state: State, action: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
     cfg = state.config
     if cfg.validate:
         check_action(state, action)
+    f, g = state.problems.loss_and_grad(state.theta + action, state.t + 1, create_graph=cfg.second_order)
+    return transition(state, action, f, g)
+
+
+def transition(state: State, action: Tensor, f: Tensor, g: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
+    """The bookkeeping half of :func:`step`, given the objective ``f[N]`` and gradient ``g[N, d]`` at
+    ``θ_t + action`` evaluated elsewhere (e.g. by :class:`l2o_gym.optim.LearnedOptimizer` from a user's
+    closure): divergence check, history update, new observation. Same return value as :func:`step`.
+    """
+    cfg = state.config
     t = state.t + 1
     cand = state.theta + action
-    f, g = state.problems.loss_and_grad(cand, t, create_graph=cfg.second_order)
     # NaN compares False, so this also rejects NaN objectives; -inf and inf gradients are checked explicitly.
     ok = (f <= state.threshold) & (f > float("-inf")) & torch.isfinite(g).all(-1) & ~state.terminated
     ok_col = ok[:, None]
