@@ -1,29 +1,281 @@
-"""Hand-designed optimizers as batched :class:`~l2o_gym.policy.Policy` objects."""
+"""Hand-designed optimizers as batched :class:`~l2o_gym.policy.Policy` objects.
+
+First-order methods (SGD, momentum, Nesterov, Adam, RMSprop) are elementwise tensor updates over the
+``N`` problems, with exactly ``torch.optim``'s update rules (tested against it). Their memory is the
+``hidden`` of the Policy interface. Each uses one gradient evaluation per iteration (the core's).
+
+Li & Malik's second-order-ish baselines, nonlinear conjugate gradient (Polak–Ribière+, Wolfe line search)
+and L-BFGS (strong-Wolfe line search), are ``scipy.optimize.minimize``'s ``"CG"`` and ``"L-BFGS-B"`` (no
+bounds) run per problem in float64: rather than re-deriving well-kept code, the policy runs scipy for the
+whole horizon at ``reset`` — iterate ``k`` of scipy is the policy's iterate ``k``, with that iteration's
+minibatch for stochastic families — and ``act`` steps the core to it. Their gradient evaluations (all line
+search trials) are counted per iteration and reported by :meth:`Policy.evals`.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import scipy.optimize
+import torch
 from torch import Tensor
 
 from l2o_gym.core import State
 from l2o_gym.policy import Policy
 
+log = logging.getLogger(__name__)
+
+
+def _check_lr(lr: float | Tensor) -> float | Tensor:
+    if isinstance(lr, Tensor):
+        return lr
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
+    return float(lr)
+
+
+def _check_unit(name: str, value: float, allow_zero: bool = True) -> float:
+    lo_ok = value >= 0 if allow_zero else value > 0
+    if not (isinstance(value, (int, float)) and lo_ok and value < 1):
+        raise ValueError(f"{name} must be in {'[0, 1)' if allow_zero else '(0, 1)'}, got {value!r}")
+    return float(value)
+
 
 class GradientDescent(Policy):
-    """Plain gradient descent: ``Δθ = −lr · ∇f(θ_t)``.
+    """Plain gradient descent (``torch.optim.SGD``): ``Δθ = −lr · ∇f(θ_t)``.
 
     Args:
-        lr: step size (a float, or a tensor — e.g. one that requires grad, to differentiate an unroll
-            with respect to it).
+        lr: step size (a float, or a tensor — e.g. ``[N, 1]`` per problem, or one that requires grad to
+            differentiate an unroll with respect to it).
     """
 
     name = "sgd"
+    hyperparameters = ("lr",)
 
     def __init__(self, lr: float | Tensor = 0.01) -> None:
-        if not isinstance(lr, Tensor) and not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr!r}")
-        self.lr = lr
+        self.lr = _check_lr(lr)
 
     def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
         return -self.lr * state.grad, hidden
+
+
+class Momentum(Policy):
+    """Heavy-ball momentum (``torch.optim.SGD(momentum=μ)``): ``b ← μ b + ∇f`` (``b₁ = ∇f``), ``Δθ = −lr · b``.
+
+    With ``nesterov=True`` (``torch.optim.SGD(nesterov=True)``): ``Δθ = −lr · (∇f + μ b)``.
+
+    Args:
+        lr: step size.
+        momentum: μ in [0, 1).
+        nesterov: Nesterov's accelerated gradient.
+    """
+
+    name = "momentum"
+    hyperparameters = ("lr", "momentum")
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False) -> None:
+        self.lr = _check_lr(lr)
+        self.momentum = _check_unit("momentum", momentum)
+        self.nesterov = nesterov
+
+    def reset(self, state: State) -> Tensor | None:
+        return None
+
+    def act(self, state: State, hidden: Tensor | None) -> tuple[Tensor, Tensor]:
+        g = state.grad
+        buf = g.clone() if hidden is None else self.momentum * hidden + g
+        direction = g + self.momentum * buf if self.nesterov else buf
+        return -self.lr * direction, buf
+
+
+class Nesterov(Momentum):
+    """Nesterov's accelerated gradient, as ``torch.optim.SGD(momentum=μ, nesterov=True)``."""
+
+    name = "nag"
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
+        super().__init__(lr, momentum, nesterov=True)
+
+
+@dataclass
+class _AdamMemory:
+    m: Tensor  # [N, d] first moment
+    v: Tensor  # [N, d] second moment
+    t: int  # steps taken
+
+
+class Adam(Policy):
+    """Adam (``torch.optim.Adam``): bias-corrected first and second moments.
+
+    ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``, ``Δθ = −(lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + eps)``.
+    """
+
+    name = "adam"
+    hyperparameters = ("lr",)
+
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.lr = _check_lr(lr)
+        self.betas = (_check_unit("beta1", betas[0]), _check_unit("beta2", betas[1]))
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+
+    def reset(self, state: State) -> _AdamMemory:
+        z = torch.zeros_like(state.theta)
+        return _AdamMemory(z, z.clone(), 0)
+
+    def act(self, state: State, hidden: _AdamMemory) -> tuple[Tensor, _AdamMemory]:
+        b1, b2 = self.betas
+        g = state.grad
+        t = hidden.t + 1
+        m = b1 * hidden.m + (1 - b1) * g
+        v = b2 * hidden.v + (1 - b2) * g * g
+        denom = v.sqrt() / math.sqrt(1 - b2**t) + self.eps
+        return -(self.lr / (1 - b1**t)) * m / denom, _AdamMemory(m, v, t)
+
+
+class RMSprop(Policy):
+    """RMSprop (``torch.optim.RMSprop``, not centered): ``s ← αs + (1−α)g²``, ``Δθ = −lr · g / (√s + eps)``."""
+
+    name = "rmsprop"
+    hyperparameters = ("lr",)
+
+    def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8) -> None:
+        self.lr = _check_lr(lr)
+        self.alpha = _check_unit("alpha", alpha)
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+
+    def reset(self, state: State) -> Tensor:
+        return torch.zeros_like(state.theta)
+
+    def act(self, state: State, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        g = state.grad
+        s = self.alpha * hidden + (1 - self.alpha) * g * g
+        return -self.lr * g / (s.sqrt() + self.eps), s
+
+
+@dataclass
+class _PathMemory:
+    path: Tensor  # [T+1, N, d] iterates θ_0..θ_T computed by scipy (held at the last one if it stopped)
+    evals: Tensor  # [T+1, N] cumulative objective+gradient evaluations up to each iterate
+    k: int  # next iterate to step to
+
+
+class _ScipyPath(Policy):
+    """Runs ``scipy.optimize.minimize(method=...)`` per problem at reset and replays its iterates."""
+
+    method = ""
+    hyperparameters: tuple[str, ...] = ()
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
+
+    def _solve_one(self, state: State, i: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        problem = state.problems.index(slice(i, i + 1)).to("cpu", torch.float64)
+        d = problem.dim
+        k = [int(state.t[i])]  # minibatch index of the current iteration (stochastic families)
+        count = [0]
+
+        def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+            count[0] += 1
+            theta = torch.from_numpy(x).reshape(1, d)
+            f, g = problem.loss_and_grad(theta, k[0])
+            fv = float(f[0])
+            if not math.isfinite(fv):  # let the line search backtrack instead of crashing
+                return float("inf"), np.zeros(d)
+            return fv, g[0].numpy().astype(np.float64)
+
+        xs = [problem.x0[0].numpy().copy() if int(state.t[i]) == 0 else state.theta[i].detach().cpu().double().numpy()]
+        evals = [0]
+
+        def callback(intermediate_result: scipy.optimize.OptimizeResult) -> None:
+            xs.append(np.array(intermediate_result.x, dtype=np.float64))
+            evals.append(count[0])
+            k[0] += 1
+
+        fun(xs[0])  # the evaluation at the start point, which the core makes too
+        count[0] = 0
+        opts = {"maxiter": horizon, **self._default_options(), **self.options}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scipy.optimize.minimize(fun, xs[0], jac=True, method=self.method, callback=callback, options=opts)
+        xs, evals = xs[: horizon + 1], evals[: horizon + 1]
+        while len(xs) < horizon + 1:  # stopped early (converged or line search failed): stay put
+            xs.append(xs[-1])
+            evals.append(evals[-1])
+        return np.stack(xs), np.asarray(evals)
+
+    def _default_options(self) -> dict[str, Any]:
+        return {}
+
+    def reset(self, state: State) -> _PathMemory:
+        horizon = int(state.config.horizon)
+        paths, evals = zip(*(self._solve_one(state, i, horizon) for i in range(state.n)))
+        path = torch.from_numpy(np.stack(paths, axis=1)).to(state.theta.device, state.theta.dtype)
+        ev = torch.from_numpy(np.stack(evals, axis=1)).to(state.theta.device)
+        return _PathMemory(path, ev, 1)
+
+    def act(self, state: State, hidden: _PathMemory) -> tuple[Tensor, _PathMemory]:
+        k = min(hidden.k, hidden.path.shape[0] - 1)
+        step = hidden.path[k] - state.theta
+        return step, _PathMemory(hidden.path, hidden.evals, hidden.k + 1)
+
+    def evals(self, hidden: _PathMemory, steps: int) -> Tensor:
+        """Objective+gradient evaluations used for the first ``steps`` iterations, ``[N]``."""
+        return hidden.evals[min(steps, hidden.evals.shape[0] - 1)].to(torch.float64)
+
+
+class ConjugateGradient(_ScipyPath):
+    """Nonlinear conjugate gradient, Polak–Ribière+ with a Wolfe line search (``scipy.optimize``, ``"CG"``)."""
+
+    name = "cg"
+    method = "CG"
+
+    def _default_options(self) -> dict[str, Any]:
+        return {"gtol": 0.0}
+
+
+class LBFGS(_ScipyPath):
+    """L-BFGS with a strong-Wolfe (Moré–Thuente) line search (``scipy.optimize``, ``"L-BFGS-B"`` unbounded).
+
+    Args:
+        history: number of stored curvature pairs (scipy's ``maxcor``).
+    """
+
+    name = "lbfgs"
+
+    method = "L-BFGS-B"
+
+    def __init__(self, history: int = 10, options: dict[str, Any] | None = None) -> None:
+        super().__init__({"maxcor": int(history), **(options or {})})
+
+    def _default_options(self) -> dict[str, Any]:
+        return {"gtol": 0.0, "ftol": 0.0, "maxfun": 10**9}
+
+
+#: name -> class of every baseline, in report order.
+BASELINES: dict[str, type[Policy]] = {
+    "sgd": GradientDescent,
+    "momentum": Momentum,
+    "nag": Nesterov,
+    "adam": Adam,
+    "rmsprop": RMSprop,
+    "cg": ConjugateGradient,
+    "lbfgs": LBFGS,
+}
+
+FIRST_ORDER: tuple[str, ...] = ("sgd", "momentum", "nag", "adam", "rmsprop")
+
+
+def make_baseline(name: str, **hparams: Any) -> Policy:
+    """Build a baseline by name with the given hyperparameters (``lr``, ``momentum``, …)."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
+    return BASELINES[name](**hparams)

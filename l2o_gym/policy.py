@@ -41,6 +41,13 @@ class Policy(ABC):
     def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
         """The step Δθ ``[N, d]`` (same dtype and device as θ) and the updated memory."""
 
+    def evals(self, hidden: Any, steps: int) -> Tensor | None:
+        """Objective+gradient evaluations ``[N]`` used in the first ``steps`` iterations.
+
+        ``None`` (the default) means one per iteration, the core's; line-search methods override it.
+        """
+        return None
+
 
 @dataclass
 class Trajectory:
