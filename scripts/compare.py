@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Compare optimizers on held-out test problems: results JSON, markdown report and plots.
+
+    python scripts/compare.py --env l2o/Quadratic-v0 [--env ...] \\
+        --policies sgd momentum nag adam rmsprop cg lbfgs [lstm[=CKPT] gps[=CKPT] ppo[=CKPT]] \\
+        --n-problems 100 --horizon 100 [--long-horizon 1000] --seed 0 --device cpu --out runs/NAME
+
+Baselines use the hyperparameters tuned on train problems (agents/tuned_baselines.json, or --tuned FILE).
+A learned policy without =CKPT uses the checkpoint shipped for that env in agents/pretrained/.
+Writes OUT/results.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from l2o_gym.agents.baselines import BASELINES
+from l2o_gym.checkpoint import CheckpointError
+from l2o_gym.compare import LEARNED, CompareConfig, run_comparison
+from l2o_gym.envs import ENV_IDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", action="extend", nargs="+", required=True, metavar="ID",
+                   help=f"env id(s), repeatable; one of: {', '.join(ENV_IDS)}")
+    p.add_argument("--policies", nargs="+", default=list(BASELINES), metavar="NAME[=CKPT]",
+                   help=f"policies (default: all baselines): {', '.join(BASELINES)}, "
+                        f"{', '.join(k + '[=CKPT]' for k in LEARNED)}")
+    p.add_argument("--n-problems", type=int, default=100, help="test problems per env (default: %(default)s)")
+    p.add_argument("--horizon", type=int, default=100, help="iterations T (default: %(default)s)")
+    p.add_argument("--long-horizon", type=int, default=None, help="also evaluate at this horizon, e.g. 10×T")
+    p.add_argument("--seed", type=int, default=0, help="test-instance seed (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder, e.g. runs/NAME")
+    p.add_argument("--tuned", default=None, help="tuned-hyperparameter JSON (default: the shipped one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    cfg = CompareConfig(
+        envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
+        long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
+        command="python scripts/compare.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    )
+    try:
+        results = run_comparison(cfg, progress=not args.quiet)
+    except (ValueError, CheckpointError, OSError, FileNotFoundError) as exc:
+        parser.error(str(exc))  # usage message, exit code 2
+    width = max(len(r.policy) for r in results)
+    for r in results:
+        print(f"{r.env:32s} T={r.horizon:<5d} {r.policy:{width}s} mean f(θ_T)={r.final_mean:10.4g} "
+              f"log10={r.log10_final_mean:6.2f} diverged={100 * r.diverged_fraction:3.0f}% evals={r.grad_evals:.0f}")
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

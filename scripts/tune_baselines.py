@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Tune the hand-designed baselines' hyperparameters on train problems and save them per env.
+
+    python scripts/tune_baselines.py --env l2o/Quadratic-v0 --policies sgd adam --out agents/tuned_baselines.json
+
+Grid and selection rule: see l2o_gym/tuning.py. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from l2o_gym.agents.baselines import BASELINES
+from l2o_gym.envs import ENV_IDS
+from l2o_gym.tuning import default_tuned_path, tune
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", nargs="+", default=list(ENV_IDS), choices=ENV_IDS, metavar="ID",
+                        help=f"env ids (default: all): {', '.join(ENV_IDS)}")
+    parser.add_argument("--policies", nargs="+", default=list(BASELINES), choices=list(BASELINES), metavar="NAME",
+                        help=f"baselines (default: all): {', '.join(BASELINES)}")
+    parser.add_argument("--n-problems", type=int, default=100, help="train problems per configuration (default: %(default)s)")
+    parser.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
+    parser.add_argument("--split", default="train", choices=["train", "val"], help="never test (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=str(default_tuned_path()), help="JSON file to merge into (default: the shipped one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command = "python scripts/tune_baselines.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    data = tune(args.env, args.policies, n_problems=args.n_problems, horizon=args.horizon, seed=args.seed,
+                split=args.split, device=args.device, command=command, out=args.out)
+    for env_id in args.env:
+        for name in args.policies:
+            e = data["envs"][env_id][name]
+            print(f"{env_id:32s} {name:9s} {str(e['hparams']):38s} train mean f(θ_T) = {e['final_mean']:.4g}")
+    print(f"saved: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Evaluation, tuning and the comparison harness."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from l2o_gym.agents import Adam, GradientDescent, LBFGS
+from l2o_gym.checkpoint import CheckpointError
+from l2o_gym.compare import CompareConfig, PolicySpec, plan, run_comparison
+from l2o_gym.evaluation import bootstrap_mean_ci, evaluate
+from l2o_gym.problems.base import ProblemFamily
+from l2o_gym.tuning import LR_GRID, load_tuned, tune, tune_baseline
+
+RESULT_KEYS = {
+    "env", "policy", "horizon", "n_problems", "seed", "final_mean", "final_median", "log10_final_mean",
+    "auc_mean", "diverged_fraction", "grad_evals", "wall_s", "curve_mean", "curve_ci_low", "curve_ci_high",
+}
+
+
+def test_evaluate_metrics_and_determinism():
+    a = evaluate(GradientDescent(0.01), "l2o/Quadratic-v0", n_problems=20, horizon=30, seed=1)
+    b = evaluate(GradientDescent(0.01), "l2o/Quadratic-v0", n_problems=20, horizon=30, seed=1)
+    assert a.curve_mean == b.curve_mean and a.curve_ci_low == b.curve_ci_low
+    assert len(a.curve_mean) == 31 and a.grad_evals == 30 and a.diverged_fraction == 0
+    assert a.curve_ci_low[-1] <= a.final_mean <= a.curve_ci_high[-1]
+    assert a.log10_final_mean == pytest.approx(math.log10(a.final_mean))
+    assert set(a.as_dict()) >= RESULT_KEYS
+
+
+def test_divergence_is_recorded_not_nan():
+    r = evaluate(GradientDescent(10.0), "l2o/Quadratic-v0", n_problems=10, horizon=20)
+    assert r.diverged_fraction == 1.0
+    assert all(math.isfinite(x) for x in r.curve_mean + [r.final_mean, r.auc_mean])
+
+
+def test_line_search_evals_reported():
+    r = evaluate(LBFGS(), "l2o/LogisticRegression-v0", n_problems=4, horizon=10)
+    assert r.grad_evals >= 10
+
+
+def test_bootstrap_ci_covers_the_mean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 1.0, size=(3, 400))
+    lo, hi = bootstrap_mean_ci(x, seed=0)
+    assert np.all(lo < x.mean(1)) and np.all(x.mean(1) < hi)
+    assert np.all(hi - lo == pytest.approx(2 * 1.96 / 20, rel=0.2))
+
+
+def test_lr_grid_spans_documented_range():
+    assert LR_GRID[0] == pytest.approx(1e-5) and LR_GRID[-1] == pytest.approx(10)
+    assert len(LR_GRID) == 25 and all(b / a == pytest.approx(10**0.25, rel=1e-4) for a, b in zip(LR_GRID, LR_GRID[1:]))
+
+
+def test_tuning_never_reads_test(monkeypatch):
+    seen = []
+    orig = ProblemFamily.sampler
+
+    def spy(self, split="train", *args, **kwargs):
+        seen.append(split)
+        return orig(self, split, *args, **kwargs)
+
+    monkeypatch.setattr(ProblemFamily, "sampler", spy)
+    res = tune_baseline("adam", "l2o/Quadratic-v0", n_problems=4, horizon=10)
+    assert seen and set(seen) == {"train"}
+    assert res["hparams"]["lr"] in LR_GRID
+    with pytest.raises(ValueError, match="test split"):
+        tune_baseline("sgd", "l2o/Quadratic-v0", split="test")
+
+
+def test_tuning_picks_best_stable_learning_rate():
+    res = tune_baseline("sgd", "l2o/Quadratic-v0", n_problems=8, horizon=20)
+    lr = res["hparams"]["lr"]
+    # The neighbours on the grid are no better (or diverge).
+    i = LR_GRID.index(lr)
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(LR_GRID):
+            other = evaluate(GradientDescent(LR_GRID[j]), "l2o/Quadratic-v0", n_problems=8, horizon=20, split="train")
+            assert other.diverged_fraction > 0 or other.final_mean >= res["final_mean"]
+
+
+@pytest.fixture(scope="module")
+def tiny_tuned(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tuned") / "tuned.json"
+    tune(["l2o/Quadratic-v0", "l2o/LogisticRegression-v0"], ["sgd", "adam", "cg"], n_problems=4, horizon=8,
+         command="pytest", out=path)
+    return path
+
+
+def test_tuned_file_round_trip(tiny_tuned):
+    data = json.loads(tiny_tuned.read_text())
+    assert data["grid"]["lr"][0] == pytest.approx(1e-5)
+    tuned = load_tuned(tiny_tuned)
+    assert set(tuned) == {"l2o/Quadratic-v0", "l2o/LogisticRegression-v0"}
+    assert tuned["l2o/Quadratic-v0"]["cg"]["hparams"] == {}
+    assert tuned["l2o/Quadratic-v0"]["sgd"]["command"] == "pytest"
+
+
+def test_compare_writes_results_report_and_plots(tiny_tuned, tmp_path):
+    out = tmp_path / "run"
+    cfg = CompareConfig(envs=["l2o/Quadratic-v0", "l2o/LogisticRegression-v0"], policies=["sgd", "adam", "cg"],
+                        n_problems=5, horizon=6, long_horizon=12, out=str(out), tuned=str(tiny_tuned))
+    results = run_comparison(cfg, progress=False)
+    assert len(results) == 2 * 3 * 2
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["runs"]) == 12
+    for run in data["runs"]:
+        assert set(run) >= RESULT_KEYS
+        assert len(run["curve_mean"]) == run["horizon"] + 1 == len(run["curve_ci_high"])
+    report = (out / "report.md").read_text()
+    assert "## l2o/Quadratic-v0 — T = 6" in report and "## l2o/LogisticRegression-v0 — T = 12" in report
+    assert report.count("**") >= 2 * 4 * 8  # one bold row per table
+    for name in ("Quadratic_T6.png", "Quadratic_T12.png", "LogisticRegression_T6.png"):
+        png = out / name
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"envs": ["l2o/Nope-v0"]}, ValueError, "unknown env id 'l2o/Nope-v0'.*l2o/Quadratic-v0"),
+        ({"policies": ["newton"]}, ValueError, "unknown policy 'newton'.*sgd.*lstm"),
+        ({"policies": ["sgd=foo.pt"]}, ValueError, "takes no checkpoint"),
+        ({"policies": ["lstm=/nonexistent.safetensors"]}, CheckpointError, "does not exist"),
+        ({"envs": ["l2o/Rosenbrock-v0"]}, ValueError, "no tuned hyperparameters"),
+        ({"out": "/proc/forbidden/run"}, OSError, "not writable"),
+    ],
+)
+def test_compare_bad_input_fails_before_work(tiny_tuned, tmp_path, kwargs, exc, match):
+    base = dict(envs=["l2o/Quadratic-v0"], policies=["sgd"], n_problems=2, horizon=2, out=str(tmp_path / "o"),
+                tuned=str(tiny_tuned))
+    with pytest.raises(exc, match=match):
+        plan(CompareConfig(**{**base, **kwargs}))
+
+
+def test_policy_spec_parsing():
+    assert PolicySpec.parse("LSTM=ckpt.safetensors") == PolicySpec("lstm", "ckpt.safetensors")
+    assert PolicySpec.parse("adam") == PolicySpec("adam", None)
+
+
+def test_compare_cli_usage_errors(tmp_path, capsys):
+    import runpy
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["compare.py", "--env", "l2o/Nope-v0", "--out", str(tmp_path)]
+    try:
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path("scripts/compare.py", run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert e.value.code == 2 and "unknown env id" in capsys.readouterr().err
+
+
+def test_first_order_baselines_on_1000_quadratics_are_fast():
+    # Correctness at scale (timing is recorded by docs/benchmarks.md, not asserted here).
+    r = evaluate(Adam(0.1), "l2o/Quadratic-v0", n_problems=1000, horizon=100, n_boot=50)
+    assert r.n_problems == 1000 and r.final_mean < 0.5 * r.curve_mean[0]
