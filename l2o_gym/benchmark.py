@@ -78,3 +78,18 @@ def env_throughput(
     elapsed = time.perf_counter() - start
     venv.close()
     return ThroughputResult(env_id, mode, num_envs, str(device), steps, elapsed, num_envs * steps / elapsed)
+
+
+def baseline_eval_time(
+    env_id: str = "l2o/Quadratic-v0", n_problems: int = 1000, horizon: int = 100, device: str = "cpu"
+) -> dict[str, float]:
+    """Wall seconds of :func:`l2o_gym.evaluation.evaluate` for each first-order baseline (default settings)."""
+    from l2o_gym.agents.baselines import FIRST_ORDER, make_baseline
+    from l2o_gym.evaluation import evaluate
+
+    out = {}
+    for name in FIRST_ORDER:
+        start = time.perf_counter()
+        evaluate(make_baseline(name), env_id, n_problems=n_problems, horizon=horizon, device=device)
+        out[name] = time.perf_counter() - start
+    return out

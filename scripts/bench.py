@@ -2,9 +2,11 @@
 """Benchmarks that print figures (record them in docs/benchmarks.md).
 
     python scripts/bench.py env [--env l2o/Quadratic-v0] [--sizes 1 64 1024 16384] [--device cpu]
+    python scripts/bench.py eval [--n-problems 1000] [--horizon 100]
 
 ``env``: env-steps/s of the native torch vector env against ``gymnasium.vector.SyncVectorEnv`` over the
 single env, with their ratio.
+``eval``: wall time of evaluating every first-order baseline on 1,000 quadratics x 100 steps (batched).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 
 import torch
 
-from l2o_gym.benchmark import env_throughput
+from l2o_gym.benchmark import baseline_eval_time, env_throughput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--history", type=int, default=25, help="history length H (default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    e = sub.add_parser("eval", help="wall time of evaluating the first-order baselines (batched)")
+    e.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
+    e.add_argument("--n-problems", type=int, default=1000, help="problems (default: %(default)s)")
+    e.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
+    e.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.what == "eval":
+        times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device)
+        print(f"# {args.env}: {args.n_problems} problems x {args.horizon} steps, device={args.device}, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        for name, sec in times.items():
+            print(f"{name:9s} {sec:6.2f} s")
+        print(f"{'total':9s} {sum(times.values()):6.2f} s")
+        return 0
 
     print(f"# {args.env}, H={args.history}, device={args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
