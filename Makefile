@@ -3,13 +3,16 @@
 PY ?= python3
 PIP_INSTALL = $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: install demo test test-all bench
+.PHONY: install compare demo test test-all bench
 
 install:
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e ".[dev]"
 
-demo: install  ## the main job
+compare: install  ## the main job: tuned baselines on held-out problems -> runs/main/report.md
+	$(PY) scripts/compare.py --env l2o/Quadratic-v0 l2o/LogisticRegression-v0 --n-problems 100 --horizon 100 --long-horizon 1000 --out runs/main
+
+demo: install  ## gradient descent as an agent of a registered vector env
 	$(PY) scripts/demo.py --out runs/demo
 
 test: install  ## the default test suite (slow studies excluded)
