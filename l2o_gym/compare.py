@@ -181,7 +181,8 @@ def write_report(results: list[EvalResult], out: Path, cfg: CompareConfig) -> Pa
         f"- {cfg.n_problems} held-out `test` problems per env (seed {cfg.seed}); baselines tuned on `train` "
         "(see `agents/tuned_baselines.json`). Best mean final objective in **bold**.",
         "- columns: mean f(θ_T) with 95% bootstrap CI, median f(θ_T), log10 of the mean, AUC (mean objective "
-        "over the run), fraction diverged, objective+gradient evaluations per problem, wall time.",
+        "over the run), fraction diverged, objective+gradient evaluations per problem, wall time. ⚠: some "
+        "problems diverged; they count in the means with their last finite objective.",
         "",
     ]
     groups: dict[tuple[str, int], list[EvalResult]] = {}
@@ -205,7 +206,7 @@ def write_report(results: list[EvalResult], out: Path, cfg: CompareConfig) -> Pa
         for r in rows:
             mean = f"{_fmt(r.final_mean)} [{_fmt(r.curve_ci_low[-1])}, {_fmt(r.curve_ci_high[-1])}]"
             cells = [r.policy, mean, _fmt(r.final_median), f"{r.log10_final_mean:.2f}", _fmt(r.auc_mean),
-                     f"{100 * r.diverged_fraction:.0f}%", f"{r.grad_evals:.0f}", f"{r.wall_s:.2f}"]
+                     f"{100 * r.diverged_fraction:.0f}%" + (" ⚠" if r.diverged_fraction > 0 else ""), f"{r.grad_evals:.0f}", f"{r.wall_s:.2f}"]
             if r.policy == best:
                 cells = [f"**{c}**" for c in cells]
             lines.append("| " + " | ".join(cells) + " |")
