@@ -23,3 +23,5 @@ __all__ = [
     "RMSprop",
     "make_baseline",
 ]
+from l2o_gym.agents.gps import GPSPolicy, load_gps_policy  # noqa: E402,F401  (GPS learned optimizer)
+from l2o_gym.agents.lstm import LSTMPolicy, load_pretrained  # noqa: E402,F401  (coordinatewise LSTM optimizer)

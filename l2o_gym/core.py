@@ -195,6 +195,33 @@ def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
     )
 
 
+def initial_state(theta: Tensor, loss: Tensor, grad: Tensor, config: CoreConfig | None = None,
+                  problems: ProblemBatch | None = None) -> State:
+    """A start state (``t = 0``) from an iterate ``theta[N, d]``, its objective ``loss[N]`` and gradient
+    ``grad[N, d]`` evaluated elsewhere — e.g. by :class:`l2o_gym.optim.LearnedOptimizer` from a user's
+    closure, where there is no :class:`ProblemBatch` (``problems`` may then be ``None``; only
+    :func:`transition`, not :func:`step`, can advance such a state). Same layout as :func:`reset`.
+    """
+    config = config or CoreConfig()
+    n, d, h = theta.shape[0], theta.shape[1], config.history
+    loss_hist = torch.cat([loss.new_zeros(n, h), loss.detach()[:, None]], dim=1)
+    parts = [grad.new_zeros(n, h + (h - 1) * d), grad.detach() * config.grad_scale]
+    if config.include_steps:
+        parts.append(grad.new_zeros(n, h * d))
+    return State(
+        problems=problems,  # type: ignore[arg-type]
+        config=config,
+        theta=theta,
+        loss=loss,
+        grad=grad,
+        loss_hist=loss_hist,
+        obs=torch.cat(parts, dim=1),
+        t=torch.zeros(n, dtype=torch.int64, device=theta.device),
+        threshold=config.blowup * (loss.detach().abs() + 1.0),
+        terminated=torch.zeros(n, dtype=torch.bool, device=theta.device),
+    )
+
+
 def check_action(state: State, action: Any) -> None:
     """Raise a clear ``TypeError``/``ValueError`` unless ``action`` is a finite ``[N, d]`` tensor like θ."""
     if not isinstance(action, Tensor):

@@ -40,8 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--n-problems", type=int, default=1000, help="problems (default: %(default)s)")
     e.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
     e.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    q = sub.add_parser("lstm", help="seconds per LSTM meta-iteration (128 quadratics x 10-d, unroll 20)")
+    q.add_argument("--n-problems", type=int, default=128, help="problems per meta-batch (default: %(default)s)")
+    q.add_argument("--dim", type=int, default=10, help="quadratic dimension (default: %(default)s)")
+    q.add_argument("--unroll", type=int, default=20, help="truncation length (default: %(default)s)")
+    q.add_argument("--iters", type=int, default=20, help="timed meta-iterations (default: %(default)s)")
+    q.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    q.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.what == "lstm":
+        return _bench_lstm(args, parser)
     if args.what == "eval":
         times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device)
         print(f"# {args.env}: {args.n_problems} problems x {args.horizon} steps, device={args.device}, "
@@ -67,6 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
+    return 0
+
+
+def _bench_lstm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from l2o_gym.agents.lstm import time_meta_iteration
+
+    for name in ("n_problems", "dim", "unroll", "iters", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    if 100 % args.unroll:
+        parser.error("--unroll must divide the horizon 100")
+    torch.set_num_threads(args.threads)
+    r = time_meta_iteration(args.n_problems, args.dim, args.unroll, args.iters, device=args.device)
+    print(f"# LSTM meta-iteration: {args.n_problems} quadratics x {args.dim}-d, unroll {args.unroll}, "
+          f"device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"median {r['median_s']:.4f} s  (min {r['min_s']:.4f}, max {r['max_s']:.4f}, {r['iters']} iterations)")
     return 0
 
 

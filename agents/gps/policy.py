@@ -1,0 +1,126 @@
+"""The trained GPS global policy as a :class:`~l2o_gym.policy.Policy`, and its checkpoints.
+
+At test time the policy is deterministic: ``Δθ = μ_φ(o_t)``, the mean of the Gaussian MLP, on the
+observation ``o_t = core.features(state)`` built with the :class:`~l2o_gym.core.CoreConfig` it was trained
+with (history length ``H`` …), exposed as :attr:`GPSPolicy.core_config` (the evaluation resets problems with
+it). If it is run on a state built with another config, the policy keeps its own *shadow* state with its
+config, advanced from the same objective values and gradients (no extra evaluations), so the features are
+always the trained ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from l2o_gym import core
+from l2o_gym.agents.gps.global_policy import GaussianMLP
+from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, save_policy
+from l2o_gym.core import CoreConfig, State
+from l2o_gym.policy import Policy
+
+KIND = "gps"
+
+
+class GPSPolicy(Policy):
+    """Deterministic GPS global policy ``Δθ = μ_φ(features(state))``.
+
+    Args:
+        model: the trained :class:`GaussianMLP`.
+        core_config: the core config whose features the model reads (``history``, ``include_steps``, …).
+        dim: problem dimension ``d`` it was trained for.
+        env_id: the env it was trained on (for compatibility checks), optional.
+        max_step: optional clip on each step's entries (``None``: none), a safety net far past the horizon.
+    """
+
+    name = "gps"
+
+    def __init__(
+        self,
+        model: GaussianMLP,
+        core_config: CoreConfig,
+        dim: int,
+        env_id: str | None = None,
+        max_step: float | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.core_config = core_config
+        self.dim = dim
+        self.env_id = env_id
+        self.max_step = max_step
+        expect = core.obs_dim(core_config, dim)
+        if model.obs_dim != expect:
+            raise ValueError(f"model reads {model.obs_dim} features, the core config gives {expect} for d={dim}")
+
+    def _same_features(self, cfg: CoreConfig) -> bool:
+        return cfg.history == self.core_config.history and cfg.include_steps == self.core_config.include_steps \
+            and cfg.grad_scale == self.core_config.grad_scale and cfg.feature_clip == self.core_config.feature_clip
+
+    def reset(self, state: State) -> Any:
+        if state.dim != self.dim:
+            raise ValueError(f"GPS policy trained for dimension {self.dim}, the problems have {state.dim}")
+        if self._same_features(state.config):
+            return None
+        cfg = dataclasses.replace(self.core_config, horizon=state.config.horizon, validate=False)
+        shadow = core.reset(state.problems, cfg)
+        return {"shadow": shadow, "last": None}
+
+    def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
+        if hidden is None:
+            obs = core.features(state)
+        else:
+            shadow = hidden["shadow"]
+            if hidden["last"] is not None:
+                shadow, *_ = core.transition(shadow, hidden["last"], state.loss.detach(), state.grad.detach())
+            obs = core.features(shadow)
+        dtype = self.model.in_mean.dtype
+        with torch.no_grad():
+            step = self.model(obs.to(dtype)).to(state.theta.dtype)
+        if self.max_step is not None:
+            step = step.clamp(-self.max_step, self.max_step)
+        step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+        if hidden is not None:
+            hidden = {"shadow": shadow, "last": step}
+        return step, hidden
+
+    # ------------------------------------------------------------------ checkpoints
+    def config_dict(self) -> dict[str, Any]:
+        cc = dataclasses.asdict(self.core_config)
+        return {
+            "kind": KIND,
+            "env_id": self.env_id,
+            "dim": self.dim,
+            "obs_dim": self.model.obs_dim,
+            "hidden": list(self.model.hidden),
+            "activation": self.model.activation,
+            "core_config": cc,
+            "max_step": self.max_step,
+        }
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write a safetensors checkpoint (weights + JSON config, ``extra`` merged into the config)."""
+        return save_policy(path, dict(self.model.state_dict()), {**self.config_dict(), **(extra or {})})
+
+
+def load_gps_policy(
+    path: str | Path, *, env_id: str | None = None, dim: int | None = None, device: str | torch.device = "cpu"
+) -> GPSPolicy:
+    """Load a :class:`GPSPolicy` checkpoint.
+
+    Raises:
+        CheckpointError: wrong kind, env id or dimension, or weights that do not fit the stored architecture.
+    """
+    tensors, cfg = load_policy_file(path, kind=KIND, device=device)
+    check_compatible(cfg, path, env_id=env_id, dim=dim)
+    model = GaussianMLP(int(cfg["obs_dim"]), int(cfg["dim"]), tuple(cfg["hidden"]), cfg["activation"])
+    model = model.to(device=device, dtype=next(iter(tensors.values())).dtype)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: {exc}") from None
+    core_config = CoreConfig(**cfg["core_config"])
+    return GPSPolicy(model, core_config, int(cfg["dim"]), cfg.get("env_id"), cfg.get("max_step"))

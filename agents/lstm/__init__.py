@@ -1,0 +1,27 @@
+"""The coordinatewise LSTM learned optimizer (Andrychowicz et al., 2016): policy and BPTT trainer."""
+
+from l2o_gym.agents.lstm.policy import (
+    PRETRAINED,
+    CoordinateLSTM,
+    LSTMConfig,
+    LSTMPolicy,
+    load_policy,
+    load_pretrained,
+    preprocess,
+)
+from l2o_gym.agents.lstm.trainer import TrainConfig, Trainer, env_family, time_meta_iteration, train
+
+__all__ = [
+    "PRETRAINED",
+    "CoordinateLSTM",
+    "LSTMConfig",
+    "LSTMPolicy",
+    "TrainConfig",
+    "Trainer",
+    "env_family",
+    "load_policy",
+    "load_pretrained",
+    "preprocess",
+    "time_meta_iteration",
+    "train",
+]

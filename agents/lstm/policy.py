@@ -1,0 +1,245 @@
+"""The coordinatewise LSTM optimizer of Andrychowicz et al. (2016) as a :class:`~l2o_gym.policy.Policy`.
+
+One small 2-layer LSTM (20 hidden units by default) is applied to every coordinate of every problem with
+shared weights and separate hidden states. Its input is the coordinate's current gradient, preprocessed;
+its output, times ``output_scale``, is the coordinate's step Δθ. It never reads θ, so it works for any
+problem dimension ``d`` and is invariant to the order of the coordinates.
+
+Input preprocessing (paper, appendix A), with ``p > 0``::
+
+    "log":  g ↦ (log|g| / p, sign(g))   if |g| ≥ e^{−p}
+            g ↦ (−1, e^{p} g)           otherwise
+    "none": g ↦ g
+
+Global averaging cells (paper, §3.1 "global averaging cells"): the first ``global_cells`` hidden units
+of each layer are averaged across the coordinates of a problem after every step, which lets coordinates
+share information (still order-invariant).
+
+The LSTM step is fused: one ``addmm`` per layer over ``[x, h]`` and one ``sigmoid`` over the three
+sigmoid gates, all ``N·d`` coordinates in one batch (no per-coordinate Python loop).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, save_policy
+from l2o_gym.core import State
+from l2o_gym.policy import Policy
+
+#: ``kind`` of LSTM checkpoints.
+KIND = "lstm"
+PREPROCESSING: tuple[str, ...] = ("log", "none")
+
+#: LSTM memory: ``(h_1, c_1, …, h_L, c_L)``, each ``[N·d, hidden]``.
+Hidden = tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    """Architecture of the coordinatewise LSTM.
+
+    Args:
+        hidden: hidden units per layer (paper: 20).
+        layers: number of stacked LSTM layers (paper: 2).
+        preprocessing: ``"log"`` (log/sign scheme with parameter ``p``) or ``"none"`` (raw gradient).
+        p: the preprocessing parameter (PyTorch reproductions: 10).
+        output_scale: multiplier of the network output (DM: 0.01 on MNIST, reproductions: 0.1).
+        global_cells: hidden units per layer averaged across coordinates each step (0 = none).
+        input_scale: multiplier applied to the raw gradient before preprocessing.
+    """
+
+    hidden: int = 20
+    layers: int = 2
+    preprocessing: str = "log"
+    p: float = 10.0
+    output_scale: float = 0.1
+    global_cells: int = 0
+    input_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.hidden, int) and self.hidden > 0):
+            raise ValueError(f"hidden must be a positive integer, got {self.hidden!r}")
+        if not (isinstance(self.layers, int) and self.layers > 0):
+            raise ValueError(f"layers must be a positive integer, got {self.layers!r}")
+        if self.preprocessing not in PREPROCESSING:
+            raise ValueError(f"unknown preprocessing {self.preprocessing!r}: expected one of {', '.join(PREPROCESSING)}")
+        for name in ("p", "output_scale", "input_scale"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite positive number, got {v!r}")
+        if not (isinstance(self.global_cells, int) and 0 <= self.global_cells <= self.hidden):
+            raise ValueError(f"global_cells must be an integer in [0, hidden={self.hidden}], got {self.global_cells!r}")
+
+    @property
+    def input_dim(self) -> int:
+        return 2 if self.preprocessing == "log" else 1
+
+
+def preprocess(g: Tensor, preprocessing: str, p: float) -> Tensor:
+    """Gradient ``g[M]`` → network input ``[M, 2]`` (``"log"``) or ``[M, 1]`` (``"none"``)."""
+    if preprocessing == "none":
+        return g[:, None]
+    big = g.abs() >= math.exp(-p)
+    log_part = torch.where(big, g.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(g, -1.0))
+    sign_part = torch.where(big, torch.sign(g), g * math.exp(p))
+    return torch.stack([log_part, sign_part], dim=1)
+
+
+class CoordinateLSTM(nn.Module):
+    """The shared network: ``L`` fused LSTM layers and a linear read-out, batched over coordinates.
+
+    Parameters: ``weight_l [in_l + hidden, 4·hidden]`` and ``bias_l [4·hidden]`` per layer (gate order
+    input, forget, output, cell), ``out.weight [1, hidden]``, ``out.bias [1]``.
+    """
+
+    def __init__(self, config: LSTMConfig) -> None:
+        super().__init__()
+        self.config = config
+        H = config.hidden
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for layer in range(config.layers):
+            fan_in = (config.input_dim if layer == 0 else H) + H
+            w = torch.empty(fan_in, 4 * H).uniform_(-1 / math.sqrt(H), 1 / math.sqrt(H))
+            b = torch.zeros(4 * H)
+            b[H : 2 * H] = 1.0  # forget-gate bias 1: remember by default
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(b))
+        self.out = nn.Linear(H, 1)
+        with torch.no_grad():
+            self.out.weight.mul_(0.1)
+            self.out.bias.zero_()
+
+    def initial_hidden(self, m: int, device: torch.device, dtype: torch.dtype) -> Hidden:
+        """Zero memory for ``m`` coordinates: ``2·L`` tensors ``[m, hidden]``."""
+        z = torch.zeros(m, self.config.hidden, device=device, dtype=dtype)
+        return tuple(z.clone() for _ in range(2 * self.config.layers))
+
+    def forward(self, g: Tensor, hidden: Hidden, n: int) -> tuple[Tensor, Hidden]:
+        """One step for ``M = n·d`` coordinates.
+
+        Args:
+            g: ``[M]`` gradients (coordinate-major within each of the ``n`` problems).
+            hidden: ``2·L`` tensors ``[M, hidden]``.
+            n: number of problems (for the global averaging cells).
+
+        Returns:
+            ``(out[M], hidden)``: the unscaled network output and the new memory.
+        """
+        cfg = self.config
+        H, k = cfg.hidden, cfg.global_cells
+        x = preprocess(g * cfg.input_scale if cfg.input_scale != 1.0 else g, cfg.preprocessing, cfg.p)
+        new: list[Tensor] = []
+        for layer in range(cfg.layers):
+            h, c = hidden[2 * layer], hidden[2 * layer + 1]
+            gates = torch.addmm(self.biases[layer], torch.cat([x, h], dim=1), self.weights[layer])
+            sig = torch.sigmoid(gates[:, : 3 * H])
+            c = sig[:, H : 2 * H] * c + sig[:, :H] * torch.tanh(gates[:, 3 * H :])
+            h = sig[:, 2 * H :] * torch.tanh(c)
+            if k:
+                hv = h.view(n, -1, H)
+                h = torch.cat([hv[:, :, :k].mean(1, keepdim=True).expand(-1, hv.shape[1], -1), hv[:, :, k:]], 2)
+                h = h.reshape(-1, H)
+            new += [h, c]
+            x = h
+        return self.out(x).squeeze(1), tuple(new)
+
+
+class LSTMPolicy(Policy):
+    """Andrychowicz et al.'s coordinatewise LSTM optimizer.
+
+    ``act`` reads only ``state.grad`` (``[N, d]``), never θ. Its memory is ``2·L`` tensors ``[N·d, hidden]``.
+    The network runs in its own dtype (float32 by default); steps are cast to θ's dtype.
+
+    Args:
+        config: the architecture (:class:`LSTMConfig`); ignored when ``net`` is given.
+        net: an existing :class:`CoordinateLSTM` (shared, e.g. by the trainer).
+        env_id: env the policy is trained for (recorded in checkpoints; informative).
+    """
+
+    name = "lstm"
+
+    def __init__(self, config: LSTMConfig | None = None, net: CoordinateLSTM | None = None, env_id: str | None = None) -> None:
+        self.net = net if net is not None else CoordinateLSTM(config or LSTMConfig())
+        self.config = self.net.config
+        self.env_id = env_id
+
+    # ---- Policy interface -------------------------------------------------------------------------
+    def reset(self, state: State) -> Hidden:
+        p = next(self.net.parameters())
+        return self.net.initial_hidden(state.n * state.dim, p.device, p.dtype)
+
+    def act(self, state: State, hidden: Hidden) -> tuple[Tensor, Hidden]:
+        n, d = state.grad.shape
+        p = next(self.net.parameters())
+        g = state.grad.reshape(-1).to(device=p.device, dtype=p.dtype)
+        out, hidden = self.net(g, hidden, n)
+        step = (self.config.output_scale * out).view(n, d).to(device=state.theta.device, dtype=state.theta.dtype)
+        return step, hidden
+
+    # ---- utilities --------------------------------------------------------------------------------
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LSTMPolicy:
+        """Move the network (in place) and return ``self``."""
+        self.net.to(device=device, dtype=dtype)
+        return self
+
+    def parameters(self):  # noqa: ANN201 - an iterator of nn.Parameter
+        return self.net.parameters()
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write a safetensors checkpoint with the architecture in its config (``kind = "lstm"``)."""
+        config = {"kind": KIND, "env_id": self.env_id, "dim": None, "arch": asdict(self.config), **(extra or {})}
+        return save_policy(path, self.net.state_dict(), config)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, device: torch.device | str = "cpu", env_id: str | None = None
+    ) -> LSTMPolicy:
+        """Rebuild a policy from :meth:`save`'s checkpoint.
+
+        Raises:
+            CheckpointError: not an LSTM checkpoint, trained on another env (when ``env_id`` is given), or
+                its tensors do not match the architecture in its config.
+        """
+        tensors, config = load_policy_file(path, kind=KIND, device=device)
+        check_compatible(config, path, env_id=env_id)
+        try:
+            arch = LSTMConfig(**config["arch"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} has an invalid LSTM architecture: {exc}") from None
+        policy = cls(arch, env_id=config.get("env_id"))
+        try:
+            policy.net.load_state_dict(tensors)
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match its LSTM architecture {arch}: {exc}") from None
+        policy.net.to(device)
+        policy.checkpoint_config = config
+        return policy
+
+
+#: Folder of the shipped checkpoints.
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+#: env id -> shipped checkpoint file name.
+PRETRAINED: dict[str, str] = {
+    "l2o/Quadratic-v0": "lstm_Quadratic.safetensors",
+    "l2o/MLP-v0": "lstm_MLP.safetensors",
+}
+
+
+def load_pretrained(env_id: str = "l2o/Quadratic-v0", device: torch.device | str = "cpu") -> LSTMPolicy:
+    """The shipped checkpoint for ``env_id`` (see ``docs/lstm.md`` for the commands that made them)."""
+    if env_id not in PRETRAINED:
+        raise ValueError(f"no pretrained LSTM for {env_id!r}: available for {', '.join(PRETRAINED)}")
+    return LSTMPolicy.load(PRETRAINED_DIR / PRETRAINED[env_id], device=device)
+
+
+def load_policy(path: str | Path, env_id: str | None = None, device: torch.device | str = "cpu") -> LSTMPolicy:
+    """Loader used by :mod:`l2o_gym.compare` (``--policies lstm[=CKPT]``): :meth:`LSTMPolicy.load`."""
+    return LSTMPolicy.load(path, device=device, env_id=env_id)

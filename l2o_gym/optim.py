@@ -1,0 +1,205 @@
+"""Any :class:`~l2o_gym.policy.Policy` as a drop-in ``torch.optim.Optimizer`` for your own models.
+
+    policy = load_pretrained("l2o/MLP-v0")                  # or any Policy: GPS, SB3, baselines
+    opt = LearnedOptimizer(model.parameters(), policy)
+    for x, y in loader:
+        opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+
+The parameters that require gradients are flattened into one iterate ``θ [1, P]`` (a single "problem" of
+dimension ``P``, parameter after parameter in ``param_groups`` order). Each :meth:`LearnedOptimizer.step`
+builds the MDP state from the user's loss and gradients with :func:`l2o_gym.core.initial_state` (first
+call) or :func:`l2o_gym.core.transition` (later calls, with the actual displacement of θ since the last
+step as the action), asks the policy for a step ``Δθ [1, P]``, and adds ``lr · Δθ`` to each parameter, where
+``lr`` is the group's multiplier (1 by default), so ``torch.optim.lr_scheduler`` schedules work unchanged.
+
+Conventions, as in ``torch.optim``: parameters with ``requires_grad=False`` are not optimized; one whose
+``grad`` is ``None`` at a step is left unchanged (its gradient is fed to the policy as zero); sparse
+gradients raise ``RuntimeError``. A parameter with a non-finite gradient is skipped at that step with a
+warning (its gradient is fed as zero), so weights never become NaN. Without a closure the objective is
+unknown to the policy and is recorded as the last known value (0 at first); policies that read only the
+gradient (the LSTM) do not need it.
+
+``state_dict()`` holds, besides ``torch.optim``'s entries, the policy memory (tensors or tuples/lists of
+tensors) and the MDP history, so training resumes exactly after ``load_state_dict``; it loads with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from l2o_gym import core
+from l2o_gym.core import CoreConfig, State
+from l2o_gym.policy import Policy
+
+_STATE_KEYS = ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated")
+
+
+def _pack_hidden(hidden: Any) -> Any:
+    if hidden is None or isinstance(hidden, (Tensor, int, float)):
+        return hidden
+    if isinstance(hidden, (tuple, list)):
+        return {"__seq__": [_pack_hidden(h) for h in hidden], "tuple": isinstance(hidden, tuple)}
+    raise TypeError(
+        f"LearnedOptimizer.state_dict() supports policy memories made of tensors, numbers and tuples/lists of "
+        f"them; this policy's memory is a {type(hidden).__name__}"
+    )
+
+
+def _unpack_hidden(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict) and "__seq__" in obj:
+        seq = [_unpack_hidden(h, device) for h in obj["__seq__"]]
+        return tuple(seq) if obj.get("tuple", True) else seq
+    return obj
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """A :class:`~l2o_gym.policy.Policy` as a ``torch.optim.Optimizer`` (see the module docstring).
+
+    Args:
+        params: an iterable of parameters or of param-group dicts, as for any torch optimizer.
+        policy: the optimizer's brain; moved to the parameters' device when it has a ``to`` method.
+        lr: multiplier of the policy's step (per group; what learning-rate schedulers change).
+        config: the MDP constants of the internal state. The default keeps a history of 1 iterate
+            (memory ``O(P)``), no divergence termination, no action validation; give a longer ``history``
+            for policies that read :func:`l2o_gym.core.features`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        policy: Policy,
+        lr: float = 1.0,
+        config: CoreConfig | None = None,
+    ) -> None:
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be an l2o_gym Policy, got {type(policy).__name__}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
+        super().__init__(params, {"lr": float(lr)})
+        self.policy = policy
+        self.core_config = config or CoreConfig(horizon=10**9, history=1, blowup=1e30, validate=False)
+        self._mdp: State | None = None
+        self._hidden: Any = None
+        self._moved = False
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _params(self) -> list[tuple[dict[str, Any], Tensor]]:
+        return [(g, p) for g in self.param_groups for p in g["params"] if p.requires_grad]
+
+    def _flat(self, params: list[tuple[dict[str, Any], Tensor]]) -> tuple[Tensor, Tensor, list[bool]]:
+        first = params[0][1]
+        dtype = first.dtype if first.is_floating_point() else torch.float32
+        device = first.device
+        thetas, grads, usable = [], [], []
+        for _, p in params:
+            thetas.append(p.detach().reshape(-1).to(device=device, dtype=dtype))
+            g = p.grad
+            if g is None:
+                grads.append(torch.zeros(p.numel(), device=device, dtype=dtype))
+                usable.append(False)
+                continue
+            if g.is_sparse:
+                raise RuntimeError("LearnedOptimizer does not support sparse gradients")
+            g = g.detach().reshape(-1).to(device=device, dtype=dtype)
+            if not bool(torch.isfinite(g).all()):
+                warnings.warn(
+                    f"LearnedOptimizer: non-finite gradient in a parameter of shape {tuple(p.shape)}; "
+                    "that parameter is skipped at this step",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                g = torch.zeros_like(g)
+                usable.append(False)
+            else:
+                usable.append(True)
+            grads.append(g)
+        return torch.cat(thetas)[None], torch.cat(grads)[None], usable
+
+    # ---- the step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """One optimizer step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = self._params()
+        if not params:
+            return loss
+        theta, grad, usable = self._flat(params)
+        if not self._moved and hasattr(self.policy, "to"):
+            self.policy.to(theta.device)
+            self._moved = True
+        prev = self._mdp
+        if prev is not None and prev.theta.shape != theta.shape:
+            warnings.warn("LearnedOptimizer: the set of parameters changed; the policy memory is reset", stacklevel=2)
+            prev = None
+        f_val = float(loss.detach()) if isinstance(loss, Tensor) and loss.numel() == 1 else None
+        if f_val is None or not math.isfinite(f_val):
+            f_val = float(prev.loss[0]) if prev is not None else 0.0
+        f = torch.full((1,), f_val, device=theta.device, dtype=theta.dtype)
+        if prev is None:
+            state = core.initial_state(theta, f, grad, self.core_config)
+            hidden = self.policy.reset(state)
+        else:
+            state, _, _, _ = core.transition(prev, theta - prev.theta, f, grad)
+            state = _replace_theta(state, theta)
+            hidden = self._hidden
+        step, hidden = self.policy.act(state, hidden)
+        step = step.detach()
+        if not bool(torch.isfinite(step).all()):
+            warnings.warn("LearnedOptimizer: the policy proposed a non-finite step; it is skipped", RuntimeWarning, stacklevel=2)
+            step = torch.zeros_like(step)
+        off = 0
+        for (group, p), ok in zip(params, usable):
+            n = p.numel()
+            if ok and group["lr"] != 0:
+                p.add_(step[0, off : off + n].view_as(p).to(p.dtype), alpha=group["lr"])
+            off += n
+        self._mdp, self._hidden = state, hidden
+        return loss
+
+    # ---- state dict ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        if self._mdp is not None:
+            sd["l2o"] = {
+                "mdp": {k: getattr(self._mdp, k) for k in _STATE_KEYS},
+                "hidden": _pack_hidden(self._hidden),
+            }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("l2o", None)
+        super().load_state_dict(state_dict)
+        if extra is None:
+            self._mdp, self._hidden = None, None
+            return
+        params = self._params()
+        device = params[0][1].device if params else torch.device("cpu")
+        mdp = {k: extra["mdp"][k].to(device) for k in _STATE_KEYS}
+        expected = sum(p.numel() for _, p in params)
+        if mdp["theta"].shape[1] != expected:
+            raise ValueError(
+                f"optimizer state is for {mdp['theta'].shape[1]} parameters, this optimizer has {expected}"
+            )
+        if mdp["obs"].shape[1] != core.obs_dim(self.core_config, expected):
+            raise ValueError("optimizer state was saved with another CoreConfig (history/include_steps)")
+        self._mdp = State(problems=None, config=self.core_config, **mdp)  # type: ignore[arg-type]
+        self._hidden = _unpack_hidden(extra["hidden"], device)
+
+
+def _replace_theta(state: State, theta: Tensor) -> State:
+    from dataclasses import replace
+
+    return replace(state, theta=theta)

@@ -1,0 +1,89 @@
+"""GPS end to end on a tiny logistic-regression family, the Policy wrapper, checkpoints and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from l2o_gym import core, make_family, run_policy
+from l2o_gym.agents.baselines import GradientDescent
+from l2o_gym.agents.gps import GaussianMLP, GPSPolicy, load_gps_policy, load_policy
+from l2o_gym.agents.gps.badmm import BADMMConfig
+from l2o_gym.agents.gps.global_policy import RegressionConfig
+from l2o_gym.agents.gps.train import LR_GRID, GPSTrainConfig, train_gps
+from l2o_gym.checkpoint import CheckpointError
+from l2o_gym.core import CoreConfig
+
+TINY = GPSTrainConfig(
+    env_id="l2o/LogisticRegression-v0", n_conditions=12, horizon=10, history=3, iterations=4, n_val=50,
+    baselines=("sgd",), badmm=BADMMConfig(regression=RegressionConfig(iterations=300)),
+)
+
+
+def test_gps_beats_tuned_gradient_descent_on_val(tmp_path):
+    summary = train_gps(TINY, tmp_path, progress=False, tensorboard=False)
+    val = make_family("logistic_regression").sample(TINY.n_val, "val", TINY.seed, dtype=torch.float64)
+    gd = min(float(run_policy(GradientDescent(lr), val, TINY.horizon).losses[-1].mean()) for lr in LR_GRID)
+    policy = load_gps_policy(tmp_path / "gps_best.safetensors", env_id=TINY.env_id, dim=3)
+    gps = float(run_policy(policy, val, TINY.horizon, policy.core_config).losses[-1].mean())
+    assert gps == pytest.approx(summary["best_val"], rel=1e-6)
+    assert gps < gd, (gps, gd)
+    assert summary["env_steps_to_reach_baseline"] is not None
+    assert summary["dropped_samples"] == 0
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    cfg = dataclasses.replace(TINY, iterations=2, n_conditions=4, n_val=8,
+                              badmm=BADMMConfig(regression=RegressionConfig(iterations=50)))
+    straight = train_gps(cfg, tmp_path / "a", progress=False, tensorboard=False)
+    train_gps(dataclasses.replace(cfg, iterations=1), tmp_path / "b", progress=False, tensorboard=False)
+    resumed = train_gps(cfg, tmp_path / "b", resume=True, progress=False, tensorboard=False)
+    assert [h["val_final"] for h in resumed["history"]] == [h["val_final"] for h in straight["history"]]
+
+
+def _policy(history=3, d=3):
+    torch.manual_seed(0)
+    cc = CoreConfig(horizon=10, history=history)
+    model = GaussianMLP(core.obs_dim(cc, d), d).double()
+    return GPSPolicy(model, cc, d, "l2o/LogisticRegression-v0", max_step=1.0)
+
+
+def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
+    pol = _policy()
+    path = pol.save(tmp_path / "p.safetensors")
+    back = load_policy(path, env_id="l2o/LogisticRegression-v0", device="cpu")  # the compare.py loader
+    assert back.core_config == pol.core_config and back.max_step == 1.0
+    pb = make_family("logistic_regression").sample(5, "test", 0, dtype=torch.float64)
+    a = run_policy(pol, pb, 5, pol.core_config).losses
+    b = run_policy(back, pb, 5, back.core_config).losses
+    torch.testing.assert_close(a, b)
+    with pytest.raises(CheckpointError, match="dimension"):
+        load_gps_policy(path, dim=12)
+    with pytest.raises(CheckpointError, match="trained on"):
+        load_gps_policy(path, env_id="l2o/NeuralNet-v0")
+    nn_pb = make_family("neural_net").sample(2, "test", 0, dtype=torch.float64)
+    with pytest.raises(ValueError, match="dimension 3"):
+        run_policy(back, nn_pb, 2)
+
+
+def test_policy_builds_its_own_features_under_another_core_config():
+    pol = _policy(history=3)
+    pb = make_family("logistic_regression").sample(6, "test", 1, dtype=torch.float32)
+    own = run_policy(pol, pb, 8, pol.core_config).losses
+    other = run_policy(pol, pb, 8, CoreConfig(horizon=8)).losses  # history 25 in the state
+    torch.testing.assert_close(own, other)
+
+
+def test_diverged_samples_are_dropped_and_counted(caplog):
+    from l2o_gym.agents.gps.task import OptimizationTask
+
+    pb = make_family("logistic_regression").sample(3, "train", 0, dtype=torch.float64)
+    task = OptimizationTask(pb, CoreConfig(horizon=4, history=2))
+    pol = task.initial_policy(lr=1.0, std=0.1)
+    pol.k[1] = 1e9  # condition 1 jumps far beyond the divergence threshold
+    with caplog.at_level("WARNING"):
+        s = task.sample(pol, 2, torch.Generator().manual_seed(0))
+    assert s.valid[0].all() and s.valid[2].all() and not s.valid[1].any()
+    assert s.n_dropped == 2 and "dropped 2 of 6" in caplog.text
