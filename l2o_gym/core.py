@@ -175,24 +175,7 @@ def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
     if bool(bad.any()):
         idx = bad.nonzero().flatten().tolist()[:10]
         raise ValueError(f"{problems.family.name}: non-finite objective or gradient at x0 for instances {idx}")
-    n, d, h = problems.n, problems.dim, config.history
-    loss_hist = torch.cat([f0.new_zeros(n, h), f0.detach()[:, None]], dim=1)
-    # At t = 0 every objective feature refers to an iterate before θ₀, hence zero.
-    parts = [g0.new_zeros(n, h + (h - 1) * d), g0.detach() * config.grad_scale]
-    if config.include_steps:
-        parts.append(g0.new_zeros(n, h * d))
-    return State(
-        problems=problems,
-        config=config,
-        theta=theta,
-        loss=f0,
-        grad=g0,
-        loss_hist=loss_hist,
-        obs=torch.cat(parts, dim=1),
-        t=zero_t,
-        threshold=config.blowup * (f0.detach().abs() + 1.0),
-        terminated=torch.zeros(n, dtype=torch.bool, device=problems.device),
-    )
+    return initial_state(theta, f0, g0, config, problems)
 
 
 def initial_state(theta: Tensor, loss: Tensor, grad: Tensor, config: CoreConfig | None = None,
@@ -205,6 +188,7 @@ def initial_state(theta: Tensor, loss: Tensor, grad: Tensor, config: CoreConfig 
     config = config or CoreConfig()
     n, d, h = theta.shape[0], theta.shape[1], config.history
     loss_hist = torch.cat([loss.new_zeros(n, h), loss.detach()[:, None]], dim=1)
+    # At t = 0 every objective feature refers to an iterate before θ₀, hence zero.
     parts = [grad.new_zeros(n, h + (h - 1) * d), grad.detach() * config.grad_scale]
     if config.include_steps:
         parts.append(grad.new_zeros(n, h * d))
