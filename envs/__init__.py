@@ -6,8 +6,8 @@
 """
 
 from l2o_gym.envs.env import L2OEnv
-from l2o_gym.envs.registration import ENV_IDS, ENV_TABLE, register_envs
+from l2o_gym.envs.registration import ENV_IDS, ENV_TABLE, VARIANTS, register_envs
 from l2o_gym.envs.sb3 import SB3VecEnv
 from l2o_gym.envs.vector import L2OVectorEnv
 
-__all__ = ["ENV_IDS", "ENV_TABLE", "L2OEnv", "L2OVectorEnv", "SB3VecEnv", "register_envs"]
+__all__ = ["ENV_IDS", "ENV_TABLE", "VARIANTS", "L2OEnv", "L2OVectorEnv", "SB3VecEnv", "register_envs"]

@@ -21,6 +21,17 @@ ENV_TABLE: dict[str, dict[str, Any]] = {
 
 ENV_IDS: tuple[str, ...] = tuple(ENV_TABLE)
 
+#: Named problem variants of an env (family keyword overrides), for transfer studies: the MLP runs of
+#: Andrychowicz et al. §3.2 (a network trained on the 20-unit sigmoid MLP applied to wider, deeper and ReLU
+#: nets). ``gymnasium.make("l2o/MLP-v0", **VARIANTS["l2o/MLP-v0"]["relu"])`` builds one as an env.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "l2o/MLP-v0": {
+        "hidden40": {"hidden": (40,)},
+        "2layers": {"hidden": (20, 20)},
+        "relu": {"activation": "relu"},
+    },
+}
+
 
 def register_envs() -> None:
     """Register every id of :data:`ENV_TABLE` with gymnasium (idempotent)."""

@@ -30,7 +30,7 @@ from l2o_gym.checkpoint import CheckpointError, atomic_write
 from l2o_gym.evaluation import EvalResult, env_family, evaluate
 from l2o_gym.plotting import plot_curves
 from l2o_gym.policy import Policy
-from l2o_gym.tuning import load_tuned
+from l2o_gym.tuning import load_tuned, tuned_entry, variant_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,46 @@ def _load_learned(spec: PolicySpec, env_id: str, device: str) -> tuple[Policy, s
 
 
 @dataclass
-class CompareConfig:
-    """Arguments of a comparison run (``scripts/compare.py`` flags)."""
+class Section:
+    """One block of a comparison: an env (optionally a named problem variant) at a horizon ``T``.
 
-    envs: list[str]
+    Args:
+        env: registered env id.
+        policies: ``--policies`` entries (baselines, ``lstm``, ``gps``, ``ppo``, optionally ``=CKPT``).
+        horizon: ``T``; baselines use hyperparameters tuned at ``T`` when the tuned file has them.
+        long_horizon: also evaluate at this horizon (``10·T`` in the study), same policies and problems.
+        variant: a named problem variant of ``env`` (:data:`l2o_gym.envs.VARIANTS`, e.g. ``"relu"``).
+        n_problems: held-out problems (``None``: the config's ``n_problems``).
+        title: heading in the report (default ``env`` or ``env + variant``).
+    """
+
+    env: str
     policies: list[str]
+    horizon: int = 100
+    long_horizon: int | None = None
+    variant: str | None = None
+    n_problems: int | None = None
+    title: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.title or (self.env + (f" + {self.variant}" if self.variant else ""))
+
+    @property
+    def file_stem(self) -> str:
+        return env_short_name(self.env) + (f"-{self.variant}" if self.variant else "")
+
+
+@dataclass
+class CompareConfig:
+    """Arguments of a comparison run (``scripts/compare.py`` flags).
+
+    Either ``envs`` × ``policies`` at ``horizon`` (and ``long_horizon``), or explicit ``sections`` (the
+    presets of :mod:`l2o_gym.study`); ``n_problems`` is the default number of held-out problems.
+    """
+
+    envs: list[str] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
     n_problems: int = 100
     horizon: int = 100
     long_horizon: int | None = None
@@ -109,29 +144,42 @@ class CompareConfig:
     tuned: str | None = None
     family_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     command: str = ""
+    sections: list[Section] | None = None
+    title: str = "l2o-gym comparison"
+
+    def resolve_sections(self) -> list[Section]:
+        if self.sections is not None:
+            return list(self.sections)
+        return [Section(env, list(self.policies), self.horizon, self.long_horizon) for env in self.envs]
 
 
 @dataclass
 class _Job:
-    env: str
+    section: Section
     label: str
     policy: Policy
     horizon: int
     extra: dict[str, Any]
     family_kwargs: dict[str, Any]
+    n_problems: int
 
 
 def plan(cfg: CompareConfig) -> list[_Job]:
     """Resolve and check everything; raises ``ValueError``/``CheckpointError``/``OSError`` before any work."""
     from l2o_gym.envs.registration import ENV_TABLE
 
-    bad = [e for e in cfg.envs if e not in ENV_TABLE]
-    if bad:
-        raise ValueError(f"unknown env id {bad[0]!r}: expected one of {', '.join(ENV_TABLE)}")
-    if cfg.n_problems < 1 or cfg.horizon < 1 or (cfg.long_horizon is not None and cfg.long_horizon < 1):
-        raise ValueError(f"n_problems, horizon and long_horizon must be positive, got {cfg.n_problems}, {cfg.horizon}, {cfg.long_horizon}")
-    specs = [PolicySpec.parse(p) for p in cfg.policies]
-    tuned = load_tuned(cfg.tuned) if any(s.name in BASELINES for s in specs) else {}
+    sections = cfg.resolve_sections()
+    if not sections:
+        raise ValueError("nothing to compare: give at least one env id (or a preset)")
+    for sec in sections:
+        if sec.env not in ENV_TABLE:
+            raise ValueError(f"unknown env id {sec.env!r}: expected one of {', '.join(ENV_TABLE)}")
+        n = sec.n_problems or cfg.n_problems
+        if n < 1 or sec.horizon < 1 or (sec.long_horizon is not None and sec.long_horizon < 1):
+            raise ValueError(f"n_problems, horizon and long_horizon must be positive, got {n}, {sec.horizon}, {sec.long_horizon}")
+    specs_by_section = [[PolicySpec.parse(p) for p in sec.policies] for sec in sections]
+    need_tuned = any(s.name in BASELINES for specs in specs_by_section for s in specs)
+    tuned = load_tuned(cfg.tuned) if need_tuned else {}
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -140,29 +188,37 @@ def plan(cfg: CompareConfig) -> list[_Job]:
         probe.unlink()
     except OSError as exc:
         raise OSError(f"output folder {str(out)!r} is not writable: {exc}") from None
-    horizons = [cfg.horizon] + ([cfg.long_horizon] if cfg.long_horizon else [])
     jobs: list[_Job] = []
-    for env_id in cfg.envs:
-        fkw = cfg.family_kwargs.get(env_id, {})
-        dim = env_family(env_id, **fkw).dim
+    loaded: dict[tuple[str, str | None, str], tuple[Policy, str]] = {}
+    for sec, specs in zip(sections, specs_by_section):
+        fkw = {**cfg.family_kwargs.get(sec.env, {}), **variant_kwargs(sec.env, sec.variant)}
+        dim = env_family(sec.env, **fkw).dim
+        horizons = [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else [])
         for spec in specs:
             if spec.name in BASELINES:
-                entry = tuned.get(env_id, {}).get(spec.name)
+                entry = tuned_entry(tuned, sec.env, spec.name, sec.horizon, sec.variant)
                 if entry is None:
+                    variant = f" --variant {sec.variant}" if sec.variant else ""
                     raise ValueError(
-                        f"no tuned hyperparameters for {spec.name!r} on {env_id}: run "
-                        f"`python scripts/tune_baselines.py --env {env_id} --policies {spec.name}`"
+                        f"no tuned hyperparameters for {spec.name!r} on {sec.name}: run `python scripts/tune_baselines.py "
+                        f"--env {sec.env}{variant} --horizon {sec.horizon} --policies {spec.name}`"
                     )
                 policy: Policy = make_baseline(spec.name, **entry["hparams"])
-                extra: dict[str, Any] = {"hparams": entry["hparams"]}
+                extra: dict[str, Any] = {"hparams": entry["hparams"], "tuned_horizon": entry.get("horizon")}
             else:
-                policy, path = _load_learned(spec, env_id, cfg.device)
+                key = (spec.name, spec.checkpoint, sec.env)
+                if key not in loaded:
+                    loaded[key] = _load_learned(spec, sec.env, cfg.device)
+                policy, path = loaded[key]
                 pdim = getattr(policy, "dim", None)
                 if pdim is not None and pdim != dim:
-                    raise CheckpointError(f"checkpoint {path!r} is for dimension {pdim}, {env_id} has dimension {dim}")
+                    raise CheckpointError(f"checkpoint {path!r} is for dimension {pdim}, {sec.name} has dimension {dim}")
                 extra = {"checkpoint": path}
+            extra["section"] = sec.name
+            if sec.variant:
+                extra["variant"] = sec.variant
             for h in horizons:
-                jobs.append(_Job(env_id, spec.name, policy, h, extra, fkw))
+                jobs.append(_Job(sec, spec.name, policy, h, dict(extra), fkw, sec.n_problems or cfg.n_problems))
     return jobs
 
 
@@ -170,35 +226,42 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
-def write_report(results: list[EvalResult], out: Path, cfg: CompareConfig) -> Path:
-    """Write ``report.md`` and the PNG plots for ``results``; returns the report path."""
+def write_report(
+    results: list[EvalResult], out: Path, cfg: CompareConfig, summary_lines: list[str] | None = None
+) -> Path:
+    """Write ``report.md`` (``summary_lines`` first, then a table and plot per section and horizon) and the PNG
+    plots for ``results``; returns the report path."""
+    summary_lines = summary_lines or []
     lines = [
-        "# l2o-gym comparison",
+        f"# {cfg.title}",
         "",
         f"- command: `{cfg.command or 'l2o_gym.compare.run_comparison'}`",
         f"- date: {_dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, device {cfg.device}",
-        f"- {cfg.n_problems} held-out `test` problems per env (seed {cfg.seed}); baselines tuned on `train` "
-        "(see `agents/tuned_baselines.json`). Best mean final objective in **bold**.",
+        f"- held-out `test` problems (seed {cfg.seed}; {cfg.n_problems} per env unless a section says otherwise); "
+        "baselines tuned on `train` at the section's T (see `agents/tuned_baselines.json`) and run unchanged at "
+        "the long horizon. Best mean final objective in **bold**.",
         "- columns: mean f(θ_T) with 95% bootstrap CI, median f(θ_T), log10 of the mean, AUC (mean objective "
         "over the run), fraction diverged, objective+gradient evaluations per problem, wall time. ⚠: some "
         "problems diverged; they count in the means with their last finite objective.",
         "",
     ]
+    lines += list(summary_lines)
     groups: dict[tuple[str, int], list[EvalResult]] = {}
     for r in results:
-        groups.setdefault((r.env, r.horizon), []).append(r)
-    for (env_id, horizon), rows in groups.items():
-        name = f"{env_short_name(env_id)}_T{horizon}.png"
+        groups.setdefault((r.extra.get("section", r.env), r.horizon), []).append(r)
+    for (section, horizon), rows in groups.items():
+        variant = rows[0].extra.get("variant")
+        name = f"{env_short_name(rows[0].env)}{'-' + variant if variant else ''}_T{horizon}.png"
         plot_curves(
             {r.policy: r.curve_mean for r in rows},
             out / name,
-            f"{env_id}, T = {horizon}, {rows[0].n_problems} test problems",
+            f"{section}, T = {horizon}, {rows[0].n_problems} test problems",
             bands={r.policy: (r.curve_ci_low, r.curve_ci_high) for r in rows},
         )
         best = min(rows, key=lambda r: r.final_mean).policy
         lines += [
-            f"## {env_id} — T = {horizon}",
+            f"## {section} — T = {horizon}",
             "",
             "| policy | mean f(θ_T) [95% CI] | median | log10 mean | AUC | diverged | grad evals | wall s |",
             "|---|---|---|---|---|---|---|---|",
@@ -210,30 +273,41 @@ def write_report(results: list[EvalResult], out: Path, cfg: CompareConfig) -> Pa
             if r.policy == best:
                 cells = [f"**{c}**" for c in cells]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"![{env_id} T={horizon}]({name})", ""]
+        lines += ["", f"![{section} T={horizon}]({name})", ""]
     path = out / "report.md"
     text = "\n".join(lines)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 
-def run_comparison(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
-    """Plan, evaluate every job, write ``results.json``, ``report.md`` and plots into ``cfg.out``."""
+def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
+    """Plan and evaluate every job of ``cfg`` (no files written but the output-folder probe)."""
     jobs = plan(cfg)
-    out = Path(cfg.out)
     results: list[EvalResult] = []
     for job in tqdm(jobs, desc="compare", disable=not progress):
         res = evaluate(
-            job.policy, job.env, n_problems=cfg.n_problems, horizon=job.horizon, seed=cfg.seed, split="test",
+            job.policy, job.section.env, n_problems=job.n_problems, horizon=job.horizon, seed=cfg.seed, split="test",
             device=cfg.device, family_kwargs=job.family_kwargs, label=job.label,
         )
         res.extra.update(job.extra)
         if job.family_kwargs:
             res.extra["family_kwargs"] = job.family_kwargs
-        log.info("%s %s T=%d: mean f(θ_T) %.4g, diverged %.0f%%", job.env, job.label, job.horizon, res.final_mean,
-                 100 * res.diverged_fraction)
+        log.info("%s %s T=%d: mean f(θ_T) %.4g, diverged %.0f%%", job.section.name, job.label, job.horizon,
+                 res.final_mean, 100 * res.diverged_fraction)
         results.append(res)
-    payload = json.dumps({"runs": [r.as_dict() for r in results]}, indent=1, allow_nan=False)
-    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(payload))
+    return results
+
+
+def write_results(results: list[EvalResult], out: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``results.json``: ``{"runs": [...], **extra}`` (strict JSON: no NaN)."""
+    payload = json.dumps({"runs": [r.as_dict() for r in results], **(extra or {})}, indent=1, allow_nan=False)
+    return atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(payload))
+
+
+def run_comparison(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
+    """Plan, evaluate every job, write ``results.json``, ``report.md`` and plots into ``cfg.out``."""
+    results = run_jobs(cfg, progress)
+    out = Path(cfg.out)
+    write_results(results, out)
     write_report(results, out, cfg)
     return results

@@ -83,10 +83,18 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.9
 
 
 def evaluation_config(policy: Policy, horizon: int) -> CoreConfig:
-    """The core config to evaluate ``policy`` with: its own (``policy.core_config``, e.g. another history
-    length) when it has one, with the horizon set."""
+    """The core config to evaluate ``policy`` with, horizon set.
+
+    A policy that reads :func:`l2o_gym.core.features` exposes the config it was trained with as
+    ``policy.core_config`` (GPS, SB3); that one is used. Policies without it read only the current gradient
+    (baselines, the coordinatewise LSTM): they get a history of one iterate, which keeps the per-step cost
+    at ``O(N·d)`` instead of copying an ``[N, H·d]`` feature buffer every step (the costs and the returned
+    objectives do not depend on the history length).
+    """
     base = getattr(policy, "core_config", None)
-    return dataclasses.replace(base, horizon=horizon) if isinstance(base, CoreConfig) else CoreConfig(horizon=horizon)
+    if isinstance(base, CoreConfig):
+        return dataclasses.replace(base, horizon=horizon)
+    return CoreConfig(horizon=horizon, history=1)
 
 
 def evaluate(

@@ -8,8 +8,11 @@ Selection: the configuration with the lowest mean final objective ``f(θ_T)`` am
 problem; if every configuration diverges somewhere, the lowest mean final objective overall. Along the
 learning-rate axis the scan stops after two consecutive values where every problem diverged.
 
-The chosen values are saved per env in a small JSON file (``agents/tuned_baselines.json`` ships with the
-package) together with the command that produced them, so comparisons are reproducible.
+The chosen values are saved per *setting* in a small JSON file (``agents/tuned_baselines.json`` ships with
+the package) together with the command that produced them, so comparisons are reproducible. A setting is an
+env id, the horizon ``T`` tuned for and optionally a named problem variant (:data:`l2o_gym.envs.VARIANTS`,
+e.g. the MLP transfer runs); its key in ``"envs"`` is :func:`setting_key`: ``"l2o/Quadratic-v0"`` for the
+default ``T = 100``, ``"l2o/LogisticRegression-v0@T20"``, ``"l2o/MLP-v0+relu"``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,29 @@ from l2o_gym.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
+#: horizon of the plain env-id settings in the tuned file.
+DEFAULT_TUNING_HORIZON = 100
+
 LR_GRID: tuple[float, ...] = tuple(float(f"{10 ** (k / 4):.6g}") for k in range(-20, 5))
 MOMENTUM_GRID: tuple[float, ...] = (0.5, 0.9, 0.99)
+
+
+def setting_key(env_id: str, horizon: int = DEFAULT_TUNING_HORIZON, variant: str | None = None) -> str:
+    """Key of a tuning setting in the tuned file: ``env_id[+variant][@T<horizon>]`` (``@T`` omitted for 100)."""
+    key = env_id + (f"+{variant}" if variant else "")
+    return key if horizon == DEFAULT_TUNING_HORIZON else f"{key}@T{horizon}"
+
+
+def variant_kwargs(env_id: str, variant: str | None) -> dict[str, Any]:
+    """Family keyword overrides of a named variant of ``env_id`` (``{}`` for ``None``)."""
+    if not variant:
+        return {}
+    from l2o_gym.envs.registration import VARIANTS
+
+    table = VARIANTS.get(env_id, {})
+    if variant not in table:
+        raise ValueError(f"unknown variant {variant!r} of {env_id}: expected one of {', '.join(table) or '(none)'}")
+    return dict(table[variant])
 
 
 def default_tuned_path() -> Path:
@@ -96,18 +120,23 @@ def tune(
     device: str = "cpu",
     command: str = "",
     out: str | Path | None = None,
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    """Tune ``names`` on every env; merge into the JSON at ``out`` (created if missing) and return it."""
+    """Tune ``names`` on every env (optionally a named ``variant`` of it) at ``horizon``; merge the entries,
+    keyed by :func:`setting_key`, into the JSON at ``out`` (created if missing) and return it."""
     out_path = Path(out) if out else None
     data: dict[str, Any] = {"envs": {}}
     if out_path and out_path.is_file():
         data = json.loads(out_path.read_text())
     for env_id, name in tqdm(list(itertools.product(env_ids, names)), desc="tuning", leave=False):
-        res = tune_baseline(name, env_id, n_problems=n_problems, horizon=horizon, seed=seed, split=split, device=device)
-        log.info("%s %s: %s -> mean final f %.4g (%d configs)", env_id, name, res["hparams"], res["final_mean"], res["n_evaluated"])
-        entry = data["envs"].setdefault(env_id, {})
+        fkw = variant_kwargs(env_id, variant)
+        res = tune_baseline(name, env_id, n_problems=n_problems, horizon=horizon, seed=seed, split=split, device=device,
+                            family_kwargs=fkw)
+        key = setting_key(env_id, horizon, variant)
+        log.info("%s %s: %s -> mean final f %.4g (%d configs)", key, name, res["hparams"], res["final_mean"], res["n_evaluated"])
+        entry = data["envs"].setdefault(key, {})
         entry[name] = {**res, "split": split, "n_problems": n_problems, "horizon": horizon, "seed": seed,
-                       "command": command}
+                       "command": command, **({"variant": variant, "family_kwargs": fkw} if variant else {})}
     data.update(
         {
             "grid": {"lr": list(LR_GRID), "momentum": list(MOMENTUM_GRID)},
@@ -122,8 +151,30 @@ def tune(
     return data
 
 
+def tuned_entry(
+    tuned: dict[str, Any], env_id: str, name: str, horizon: int = DEFAULT_TUNING_HORIZON, variant: str | None = None
+) -> dict[str, Any] | None:
+    """The tuned entry of baseline ``name`` for a setting, or ``None`` if that env (variant) was never tuned.
+
+    Prefers the exact setting; falls back to the same env (variant) tuned at another horizon, the default
+    ``T = 100`` first, with a logged warning (the entry's ``"horizon"`` says what it was tuned for).
+    """
+    exact = tuned.get(setting_key(env_id, horizon, variant), {}).get(name)
+    if exact is not None:
+        return exact
+    prefix = env_id + (f"+{variant}" if variant else "")
+    keys = [prefix] + sorted(k for k in tuned if k.startswith(prefix + "@T"))
+    for key in keys:
+        entry = tuned.get(key, {}).get(name)
+        if entry is not None:
+            log.warning("%s on %s: no hyperparameters tuned at T=%d, using those tuned at T=%s", name, prefix, horizon,
+                        entry.get("horizon"))
+            return entry
+    return None
+
+
 def load_tuned(path: str | Path | None = None) -> dict[str, Any]:
-    """The tuned hyperparameters, ``{env_id: {name: {"hparams": {...}, ...}}}``."""
+    """The tuned hyperparameters, ``{setting_key: {name: {"hparams": {...}, "horizon": T, ...}}}``."""
     path = Path(path) if path else default_tuned_path()
     if not path.is_file():
         raise FileNotFoundError(f"tuned hyperparameter file {str(path)!r} does not exist (run scripts/tune_baselines.py)")

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
 """Compare optimizers on held-out test problems: results JSON, markdown report and plots.
 
+    python scripts/compare.py --preset study --out runs/main      # the RL-vs-supervised study (README)
     python scripts/compare.py --env l2o/Quadratic-v0 [--env ...] \\
         --policies sgd momentum nag adam rmsprop cg lbfgs [lstm[=CKPT] gps[=CKPT] ppo[=CKPT]] \\
         --n-problems 100 --horizon 100 [--long-horizon 1000] --seed 0 --device cpu --out runs/NAME
 
-Baselines use the hyperparameters tuned on train problems (agents/tuned_baselines.json, or --tuned FILE).
-A learned policy without =CKPT uses the checkpoint shipped for that env in agents/pretrained/.
+Baselines use the hyperparameters tuned on train problems at the horizon (agents/tuned_baselines.json, or
+--tuned FILE). A learned policy without =CKPT uses the checkpoint shipped for that env in agents/pretrained/.
+Presets (l2o_gym/study.py): ``study`` (every shipped learned optimizer against the tuned baselines at its
+training horizon T and at 10T, MLP transfer runs, sample-efficiency table) and ``study-tiny`` (its
+structure at toy size, seconds).
 Writes OUT/results.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
 """
 
@@ -21,11 +25,14 @@ from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.compare import LEARNED, CompareConfig, run_comparison
 from l2o_gym.envs import ENV_IDS
+from l2o_gym.study import PRESETS, preset_config, run_study
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", action="extend", nargs="+", required=True, metavar="ID",
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a predefined study (replaces --env/--policies/--horizon/--n-problems)")
+    p.add_argument("--env", action="extend", nargs="+", default=None, metavar="ID",
                    help=f"env id(s), repeatable; one of: {', '.join(ENV_IDS)}")
     p.add_argument("--policies", nargs="+", default=list(BASELINES), metavar="NAME[=CKPT]",
                    help=f"policies (default: all baselines): {', '.join(BASELINES)}, "
@@ -45,18 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    cfg = CompareConfig(
-        envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
-        long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-        command="python scripts/compare.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-    )
+    command = "python scripts/compare.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.preset and args.env:
+        parser.error("--preset and --env are exclusive: a preset defines its own envs")
+    if not args.preset and not args.env:
+        parser.error("give --env ID [ID ...] or --preset NAME")
     try:
-        results = run_comparison(cfg, progress=not args.quiet)
+        if args.preset:
+            cfg = preset_config(args.preset, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
+                                command=command)
+            results = run_study(cfg, progress=not args.quiet)
+        else:
+            cfg = CompareConfig(
+                envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
+                long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
+                command=command,
+            )
+            results = run_comparison(cfg, progress=not args.quiet)
     except (ValueError, CheckpointError, OSError, FileNotFoundError) as exc:
         parser.error(str(exc))  # usage message, exit code 2
     width = max(len(r.policy) for r in results)
     for r in results:
-        print(f"{r.env:32s} T={r.horizon:<5d} {r.policy:{width}s} mean f(θ_T)={r.final_mean:10.4g} "
+        print(f"{r.extra.get('section', r.env):40s} T={r.horizon:<5d} {r.policy:{width}s} mean f(θ_T)={r.final_mean:10.4g} "
               f"log10={r.log10_final_mean:6.2f} diverged={100 * r.diverged_fraction:3.0f}% evals={r.grad_evals:.0f}")
     print(f"report: {args.out}/report.md")
     return 0

@@ -15,7 +15,7 @@ import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.envs import ENV_IDS
-from l2o_gym.tuning import default_tuned_path, tune
+from l2o_gym.tuning import default_tuned_path, setting_key, tune, variant_kwargs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,19 +26,30 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"baselines (default: all): {', '.join(BASELINES)}")
     parser.add_argument("--n-problems", type=int, default=100, help="train problems per configuration (default: %(default)s)")
     parser.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
+    parser.add_argument("--variant", default=None,
+                        help="named problem variant of the env(s), e.g. relu, hidden40, 2layers for l2o/MLP-v0 "
+                             "(l2o_gym.envs.VARIANTS)")
     parser.add_argument("--split", default="train", choices=["train", "val"], help="never test (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(default_tuned_path()), help="JSON file to merge into (default: the shipped one)")
     args = parser.parse_args(argv)
+    if args.n_problems < 1 or args.horizon < 1:
+        parser.error(f"--n-problems and --horizon must be positive, got {args.n_problems} and {args.horizon}")
+    try:
+        for env_id in args.env:
+            variant_kwargs(env_id, args.variant)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = "python scripts/tune_baselines.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     data = tune(args.env, args.policies, n_problems=args.n_problems, horizon=args.horizon, seed=args.seed,
-                split=args.split, device=args.device, command=command, out=args.out)
+                split=args.split, device=args.device, command=command, out=args.out, variant=args.variant)
     for env_id in args.env:
         for name in args.policies:
-            e = data["envs"][env_id][name]
-            print(f"{env_id:32s} {name:9s} {str(e['hparams']):38s} train mean f(θ_T) = {e['final_mean']:.4g}")
+            key = setting_key(env_id, args.horizon, args.variant)
+            e = data["envs"][key][name]
+            print(f"{key:40s} {name:9s} {str(e['hparams']):38s} train mean f(θ_T) = {e['final_mean']:.4g}")
     print(f"saved: {args.out}")
     return 0
 

@@ -14,7 +14,7 @@ from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.compare import CompareConfig, PolicySpec, plan, run_comparison
 from l2o_gym.evaluation import bootstrap_mean_ci, evaluate
 from l2o_gym.problems.base import ProblemFamily
-from l2o_gym.tuning import LR_GRID, load_tuned, tune, tune_baseline
+from l2o_gym.tuning import LR_GRID, load_tuned, setting_key, tune, tune_baseline, tuned_entry, variant_kwargs
 
 RESULT_KEYS = {
     "env", "policy", "horizon", "n_problems", "seed", "final_mean", "final_median", "log10_final_mean",
@@ -95,9 +95,28 @@ def test_tuned_file_round_trip(tiny_tuned):
     data = json.loads(tiny_tuned.read_text())
     assert data["grid"]["lr"][0] == pytest.approx(1e-5)
     tuned = load_tuned(tiny_tuned)
-    assert set(tuned) == {"l2o/Quadratic-v0", "l2o/LogisticRegression-v0"}
-    assert tuned["l2o/Quadratic-v0"]["cg"]["hparams"] == {}
-    assert tuned["l2o/Quadratic-v0"]["sgd"]["command"] == "pytest"
+    assert set(tuned) == {"l2o/Quadratic-v0@T8", "l2o/LogisticRegression-v0@T8"}
+    assert tuned["l2o/Quadratic-v0@T8"]["cg"]["hparams"] == {}
+    assert tuned["l2o/Quadratic-v0@T8"]["sgd"]["command"] == "pytest"
+    assert tuned["l2o/Quadratic-v0@T8"]["sgd"]["horizon"] == 8
+
+
+def test_tuned_entry_prefers_the_horizon_and_falls_back(caplog):
+    tuned = {
+        "l2o/Quadratic-v0": {"sgd": {"hparams": {"lr": 0.1}, "horizon": 100}},
+        "l2o/Quadratic-v0@T20": {"sgd": {"hparams": {"lr": 0.3}, "horizon": 20}},
+        "l2o/MLP-v0+relu": {"adam": {"hparams": {"lr": 0.01}, "horizon": 100}},
+    }
+    assert tuned_entry(tuned, "l2o/Quadratic-v0", "sgd", 20)["hparams"] == {"lr": 0.3}
+    assert tuned_entry(tuned, "l2o/Quadratic-v0", "sgd", 100)["hparams"] == {"lr": 0.1}
+    with caplog.at_level("WARNING"):
+        assert tuned_entry(tuned, "l2o/Quadratic-v0", "sgd", 50)["hparams"] == {"lr": 0.1}
+    assert "no hyperparameters tuned at T=50" in caplog.text
+    assert tuned_entry(tuned, "l2o/MLP-v0", "adam", 100, "relu")["hparams"] == {"lr": 0.01}
+    assert tuned_entry(tuned, "l2o/MLP-v0", "adam", 100) is None  # a variant never stands in for the base env
+    assert setting_key("l2o/MLP-v0", 20, "relu") == "l2o/MLP-v0+relu@T20"
+    with pytest.raises(ValueError, match="unknown variant 'tanh' of l2o/MLP-v0.*relu"):
+        variant_kwargs("l2o/MLP-v0", "tanh")
 
 
 def test_compare_writes_results_report_and_plots(tiny_tuned, tmp_path):
