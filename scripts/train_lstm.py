@@ -22,6 +22,7 @@ import sys
 import torch
 
 from l2o_gym.agents.lstm import LSTMConfig, TrainConfig, train
+from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.agents.lstm.trainer import OBJECTIVES, WEIGHTINGS, init_distributed
 from l2o_gym.envs import ENV_IDS
 
@@ -97,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rank, world = init_distributed(args.device)
-    policy = train(cfg, resume=args.resume, reset_best=args.reset_best)
+    try:
+        policy = train(cfg, resume=args.resume, reset_best=args.reset_best)
+    except CheckpointError as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint in --out is intact; continue with --resume", file=sys.stderr)
+        return 130
     if rank == 0:
         print(f"done: {cfg.episodes} episodes on {world} process(es); out={args.out}")
         if args.export:

@@ -292,6 +292,7 @@ class Trainer:
         """
         path = Path(path) if path else (self.out / "state.pt" if self.out else None)
         if path is None or not path.is_file():
+            log.warning("nothing to resume from (%s does not exist): starting a new run", path)
             return False
         self.load_state_dict(load_state(path, self.device))
         if reset_best:
@@ -304,7 +305,17 @@ class Trainer:
         cfg = self.cfg
         bar = tqdm(total=cfg.episodes, initial=self.episode, desc="meta-train", disable=not cfg.progress or self.rank != 0)
         while self.episode < cfg.episodes:
-            rec = self.run_episode()
+            try:
+                rec = self.run_episode()
+            except KeyboardInterrupt:
+                bar.close()
+                saved = self.out / "state.pt" if self.out is not None else None
+                log.warning(
+                    "interrupted during episode %d; %s", self.episode + 1,
+                    f"the last saved training state {saved} is intact: continue with --resume"
+                    if saved is not None and saved.is_file() else "no training state was saved yet",
+                )
+                raise
             if cfg.val_every and (self.episode % cfg.val_every == 0 or self.episode == cfg.episodes):
                 val = self.validate()
                 rec["val"] = val

@@ -1,0 +1,99 @@
+"""Reliability of the command-line scripts: usage errors exit with code 2 and name the bad value;
+an interrupted training run leaves its last checkpoint intact and resumes from it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from l2o_gym.agents.lstm import TrainConfig
+from l2o_gym.agents.lstm.trainer import Trainer
+from l2o_gym.checkpoint import load_state
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize(
+    "script, argv, match",
+    [
+        ("compare", ["--env", "l2o/Nope-v0", "--out", "{tmp}"], "unknown env id 'l2o/Nope-v0'"),
+        ("compare", ["--out", "{tmp}"], "give --env ID"),
+        ("compare", ["--preset", "study", "--env", "l2o/Quadratic-v0", "--out", "{tmp}"], "exclusive"),
+        ("compare", ["--preset", "nope", "--out", "{tmp}"], "invalid choice: 'nope'"),
+        ("compare", ["--env", "l2o/Quadratic-v0", "--policies", "newton", "--out", "{tmp}"], "unknown policy 'newton'"),
+        ("compare", ["--env", "l2o/Quadratic-v0", "--horizon", "0", "--out", "{tmp}"], "must be positive"),
+        ("tune_baselines", ["--env", "l2o/MLP-v0", "--variant", "tanh", "--out", "{tmp}/t.json"], "unknown variant 'tanh'"),
+        ("tune_baselines", ["--env", "l2o/Quadratic-v0", "--horizon", "-1"], "must be positive"),
+        ("train_lstm", ["--env", "l2o/Quadratic-v0", "--episodes", "0"], "episodes"),
+        ("train_lstm", ["--env", "l2o/Quadratic-v0", "--family-kwargs", "[1]"], "JSON object"),
+        ("train_lstm", ["--env", "l2o/Quadratic-v0", "--resume"], "--resume needs --out"),
+        ("bench", ["lstm", "--iters", "0"], "--iters must be a positive integer"),
+    ],
+)
+def test_usage_errors_exit_2(script, argv, match, tmp_path, capsys):
+    main = _script(script).main
+    with pytest.raises(SystemExit) as exc:
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and match in err
+
+
+def test_interrupted_lstm_training_keeps_checkpoint_and_resumes(tmp_path, monkeypatch):
+    cfg = TrainConfig(family_kwargs={"dim": 3}, n_problems=8, horizon=10, unroll=5, episodes=5, lr=1e-2, val_every=1,
+                      val_problems=8, progress=False, out=str(tmp_path))
+    reference = Trainer(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "ref")}))
+    reference.train()
+
+    trainer = Trainer(cfg)
+    original = Trainer.run_episode
+    calls = {"n": 0}
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 4:  # Ctrl-C in the middle of the 4th episode
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "run_episode", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    monkeypatch.setattr(Trainer, "run_episode", original)
+    state = load_state(tmp_path / "state.pt")  # intact and loadable with weights_only=True
+    assert state["episode"] == 3
+    assert (tmp_path / "best.safetensors").is_file()
+
+    resumed = Trainer(cfg)
+    assert resumed.resume()
+    assert resumed.episode == 3
+    resumed.train()
+    assert resumed.episode == 5
+    for a, b in zip(resumed.policy.net.parameters(), reference.policy.net.parameters()):
+        assert torch.equal(a, b)  # the interrupted + resumed run ends exactly where an uninterrupted one does
+
+
+def test_train_lstm_cli_exits_130_on_ctrl_c(tmp_path, monkeypatch, capsys):
+    mod = _script("train_lstm")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "train", interrupted)
+    code = mod.main(["--env", "l2o/Quadratic-v0", "--episodes", "1", "--out", str(tmp_path), "--no-progress"])
+    assert code == 130
+    assert "--resume" in capsys.readouterr().err
+    if sys.platform != "win32":
+        assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary files left behind
