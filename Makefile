@@ -9,8 +9,8 @@ install:
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e ".[dev]"
 
-compare: install  ## the main job: tuned baselines on held-out problems -> runs/main/report.md
-	$(PY) scripts/compare.py --env l2o/Quadratic-v0 l2o/LogisticRegression-v0 --n-problems 100 --horizon 100 --long-horizon 1000 --out runs/main
+compare: install  ## the main job: RL vs supervised learned optimizers vs tuned baselines -> runs/main/report.md
+	$(PY) scripts/compare.py --preset study --out runs/main
 
 demo: install  ## gradient descent as an agent of a registered vector env
 	$(PY) scripts/demo.py --out runs/demo
@@ -21,5 +21,7 @@ test: install  ## the default test suite (slow studies excluded)
 test-all: install  ## include @pytest.mark.slow studies
 	$(PY) -m pytest -q -m "slow or not slow"
 
-bench: install
+bench: install  ## speed figures (docs/benchmarks.md)
 	$(PY) scripts/bench.py env
+	$(PY) scripts/bench.py eval
+	$(PY) scripts/bench.py lstm

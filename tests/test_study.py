@@ -1,0 +1,71 @@
+"""The RL-vs-supervised study preset (the README's main job) at toy size, and its summary tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from l2o_gym.compare import LEARNED, pretrained_path
+from l2o_gym.evaluation import EvalResult
+from l2o_gym.study import PRESETS, long_horizon_rows, preset_config, run_study, study_sections
+
+
+def test_every_policy_of_the_study_is_shipped():
+    for sec in study_sections():
+        for name in sec.policies:
+            if name in LEARNED:
+                assert pretrained_path(name, sec.env) is not None, f"no shipped {name} checkpoint for {sec.env}"
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    cfg = preset_config("study-tiny", out=str(out), command="pytest")
+    return out, cfg, run_study(cfg, progress=False)
+
+
+def test_tiny_study_writes_a_complete_report(tiny_study):
+    out, cfg, results = tiny_study
+    sections = cfg.resolve_sections()
+    expected = sum(len(s.policies) * (2 if s.long_horizon else 1) for s in sections)
+    assert len(results) == expected
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["runs"]) == expected
+    assert set(data["study"]) == {"versus", "long_horizon", "sample_efficiency"}
+    report = (out / "report.md").read_text()
+    for heading in ("## RL vs supervised", "## Long horizon", "## Sample efficiency"):
+        assert heading in report
+    # every learned optimizer of every section with a long horizon gets a verdict
+    learned = {(s.name, p) for s in sections if s.long_horizon for p in s.policies if p in LEARNED}
+    rows = {(r["section"], r["policy"]) for r in data["study"]["long_horizon"]}
+    assert rows == learned
+    assert all(r["verdict"] in ("stable", "grows", "diverges") for r in data["study"]["long_horizon"])
+    # the RL checkpoints carry their training summaries into the sample-efficiency table
+    se = {(r["env"], r["policy"]): r for r in data["study"]["sample_efficiency"]}
+    for key in (("l2o/LogisticRegression-v0", "gps"), ("l2o/LogisticRegression-v0", "ppo")):
+        assert "env_steps_total" in se[key] and se[key]["env_steps_total"] > 0
+    assert "- l2o/LogisticRegression-v0, best first-order baseline: GPS" in report  # GPS vs PPO line
+    # one plot per section and horizon, the MLP variants included
+    for name in ("Quadratic_T10.png", "Quadratic_T20.png", "LogisticRegression_T2.png", "MLP-relu_T10.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert "## l2o/MLP-v0 + relu — T = 10" in report
+
+
+def test_long_horizon_verdicts():
+    def res(policy, horizon, final, diverged=0.0):
+        return EvalResult("l2o/Quadratic-v0", policy, horizon, 4, 0, final, final, 0.0, final, diverged, horizon, 0.0,
+                          [final], [final], [final], extra={"section": "l2o/Quadratic-v0"})
+
+    sec = [s for s in PRESETS["study"]() if s.env == "l2o/Quadratic-v0"][0]
+    rows = long_horizon_rows([res("lstm", 100, 0.1), res("lstm", 1000, 0.105)], [sec])
+    assert rows[0]["verdict"] == "stable" and rows[0]["ratio"] == pytest.approx(1.05)
+    rows = long_horizon_rows([res("lstm", 100, 0.1), res("lstm", 1000, 0.2)], [sec])
+    assert rows[0]["verdict"] == "grows"
+    rows = long_horizon_rows([res("lstm", 100, 0.1), res("lstm", 1000, 0.05, diverged=0.01)], [sec])
+    assert rows[0]["verdict"] == "diverges"
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown preset 'big'.*study"):
+        preset_config("big")
