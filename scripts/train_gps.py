@@ -25,11 +25,15 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=5, help="N samples per condition per iteration")
     p.add_argument("--horizon", type=int, default=20, help="T")
     p.add_argument("--history", type=int, default=5, help="H of the features the global policy reads")
+    p.add_argument("--include-steps", action="store_true",
+                   help="also feed the last H steps to the global policy (secant pairs, as L-BFGS uses)")
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--inner", type=int, default=2, help="local/global/dual rounds per iteration")
     p.add_argument("--kl-step", type=float, default=0.5, help="base KL step per time step")
     p.add_argument("--max-mult", type=float, default=10.0, help="bound of the adaptive KL-step multiplier")
     p.add_argument("--kl-target", type=float, default=0.5, help="target KL(p‖π) per time step (ν adjustment)")
+    p.add_argument("--global-samples", type=int, default=0,
+                   help="trajectories per condition of the global policy added to its regression data (0: off)")
     p.add_argument("--init-nu", type=float, default=1e-2)
     p.add_argument("--prior-strength", type=float, default=1.0)
     p.add_argument("--init-lr", type=float, default=None, help="initial gradient-step size (default: tuned)")
@@ -47,17 +51,31 @@ def main() -> None:
     p.add_argument("--out", default="runs/gps", help="run folder (checkpoints, state.pt, tb/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     p.add_argument("--save", default=None, help="copy the best checkpoint here")
+    p.add_argument("--evaluate", default=None, metavar="CKPT",
+                   help="no training: the docs/gps.md table for CKPT (baselines tuned on val at --horizon, "
+                        "100 test problems at T and 10T) as JSON")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if a.evaluate:
+        from l2o_gym.agents.gps.train import evaluate_on_test
+
+        rows = evaluate_on_test(a.evaluate, a.env, a.horizon, seed=a.seed)
+        for name, r in rows.items():
+            print(f"{name:9s} f(T)={r['f_T']:.4f} f(10T)={r['f_long']:.4f} ({r['ratio_long']:.2f}) "
+                  f"evals(T)={r['evals_T']:.1f} f(<=T evals)={r['f_at_T_evals']:.4f} val={r['val_final']:.4f} {r['hparams']}")
+        print(json.dumps(rows))
+        return
     cfg = GPSTrainConfig(
-        env_id=a.env, n_conditions=a.conditions, horizon=a.horizon, history=a.history, iterations=a.iterations,
+        env_id=a.env, n_conditions=a.conditions, horizon=a.horizon, history=a.history, include_steps=a.include_steps,
+        iterations=a.iterations,
         init_lr=a.init_lr, init_std=a.init_std, hidden=tuple(a.hidden), action_penalty=a.action_penalty,
         hessian=a.hessian, n_val=a.val, max_step_factor=a.max_step_factor, seed=a.seed,
         badmm=BADMMConfig(
             n_samples=a.samples, inner_iterations=a.inner, kl_step=a.kl_step, max_mult=a.max_mult,
             kl_target=a.kl_target, init_nu=a.init_nu, prior_strength=a.prior_strength,
+            global_samples=a.global_samples,
             regression=RegressionConfig(iterations=a.reg_iters, lr=a.reg_lr, weight_decay=a.weight_decay),
         ),
     )
@@ -68,10 +86,15 @@ def main() -> None:
           f"best baseline {b['name']} {b['hparams']} {b['val_final']:.5g}")
     print(f"env steps to reach the best baseline: {steps if steps is not None else 'not reached'} "
           f"(of {summary['env_steps_total']}); mean GPS iteration wall time {summary['mean_iteration_wall_s']:.2f} s")
+    fo, fo_steps = summary["first_order_baseline"], summary["env_steps_to_reach_first_order"]
+    print(f"best first-order baseline {fo['name']} {fo['hparams']} {fo['val_final']:.5g}; env steps to reach it: "
+          f"{fo_steps if fo_steps is not None else 'not reached'}")
+    print("tuned baselines on val: " + ", ".join(
+        f"{k} {v['hparams']} {v['val_final']:.5g}" for k, v in summary["tuned_baselines"].items()))
     if a.save:
         shutil.copyfile(f"{a.out}/gps_best.safetensors", a.save)
         print(f"saved {a.save}")
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("history", "train_config")}, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("history", "train_config", "training", "tuned_baselines")}, default=str))
 
 
 if __name__ == "__main__":

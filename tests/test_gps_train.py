@@ -87,3 +87,61 @@ def test_diverged_samples_are_dropped_and_counted(caplog):
         s = task.sample(pol, 2, torch.Generator().manual_seed(0))
     assert s.valid[0].all() and s.valid[2].all() and not s.valid[1].any()
     assert s.n_dropped == 2 and "dropped 2 of 6" in caplog.text
+
+
+def test_training_summary_is_stored_in_the_checkpoints(tmp_path):
+    from l2o_gym.checkpoint import load_policy_file
+
+    cfg = dataclasses.replace(TINY, iterations=2, n_conditions=4, n_val=8, baselines=("sgd", "lbfgs"),
+                              badmm=BADMMConfig(regression=RegressionConfig(iterations=50)))
+    summary = train_gps(cfg, tmp_path, progress=False, tensorboard=False)
+    for name in ("gps_best.safetensors", "gps_last.safetensors"):
+        _, meta = load_policy_file(tmp_path / name, kind="gps")
+        tr = meta["training"]
+        assert set(tr) == {"env_steps_total", "baseline", "env_steps_to_reach_baseline", "first_order_baseline",
+                           "env_steps_to_reach_first_order", "curve"}
+        assert tr == summary["training"]
+    assert isinstance(tr["env_steps_total"], int) and tr["env_steps_total"] == 2 * 4 * 5 * 10
+    assert tr["baseline"]["name"] in ("sgd", "lbfgs") and tr["first_order_baseline"]["name"] in ("sgd", "momentum")
+    assert tr["baseline"]["val_final"] <= tr["first_order_baseline"]["val_final"] or tr["baseline"]["name"] == "sgd"
+    assert [s for s, _ in tr["curve"]] == [200, 400]
+    assert [v for _, v in tr["curve"]] == [h["val_final"] for h in summary["history"]]
+    for key, target in (("env_steps_to_reach_baseline", "baseline"), ("env_steps_to_reach_first_order", "first_order_baseline")):
+        hit = [s for s, v in tr["curve"] if v <= tr[target]["val_final"]]
+        assert tr[key] == (hit[0] if hit else None)
+    # the checkpoint still loads as a policy, and the record can be rebuilt from summary.json
+    load_gps_policy(tmp_path / "gps_best.safetensors", env_id=cfg.env_id, dim=3)
+    from l2o_gym.agents.gps.train import training_record_from_summary
+
+    assert training_record_from_summary(tmp_path / "summary.json") == tr
+
+
+def test_add_training_metadata_keeps_the_tensors(tmp_path):
+    from l2o_gym.agents.gps.train import add_training_metadata, training_record
+    from l2o_gym.checkpoint import load_policy_file
+
+    path = _policy().save(tmp_path / "p.safetensors", {"val_final": 0.5})
+    before, _ = load_policy_file(path)
+    rec = training_record([[100, 0.5], [200, 0.3]], 200, ("lbfgs", 0.2), ("momentum", 0.4))
+    assert rec["env_steps_to_reach_baseline"] is None and rec["env_steps_to_reach_first_order"] == 200
+    add_training_metadata(path, rec)
+    after, meta = load_policy_file(path)
+    assert meta["training"] == rec and meta["val_final"] == 0.5 and meta["kind"] == "gps"
+    for k in before:
+        torch.testing.assert_close(before[k], after[k], rtol=0, atol=0)
+
+
+def test_include_steps_and_global_samples_end_to_end(tmp_path):
+    """Secant features (past steps in the observation) and global-policy samples in the regression."""
+    cfg = dataclasses.replace(TINY, include_steps=True, iterations=3,
+                              badmm=BADMMConfig(regression=RegressionConfig(iterations=300), global_samples=2))
+    summary = train_gps(cfg, tmp_path, progress=False, tensorboard=False)
+    policy = load_gps_policy(tmp_path / "gps_best.safetensors", env_id=cfg.env_id, dim=3)
+    assert policy.core_config.include_steps and policy.model.obs_dim == core.obs_dim(policy.core_config, 3) == 3 + 2 * 9
+    # the global-policy trajectories count as env steps: T·M·(N local + 2 global) from the second iteration on
+    assert summary["env_steps_total"] == 10 * 12 * (5 + 2 * (5 + 2))
+    val = make_family("logistic_regression").sample(cfg.n_val, "val", cfg.seed, dtype=torch.float64)
+    gd = min(float(run_policy(GradientDescent(lr), val, cfg.horizon).losses[-1].mean()) for lr in LR_GRID)
+    gps = float(run_policy(policy, val, cfg.horizon, policy.core_config).losses[-1].mean())
+    assert gps == pytest.approx(summary["best_val"], rel=1e-6)
+    assert gps < gd, (gps, gd)

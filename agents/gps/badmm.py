@@ -74,6 +74,10 @@ class BADMMConfig:
         kl_target: target ``E KL(p‖π)`` per time step for the ν adjustment.
         dual_step: α of the λ update.
         regression: Adam settings of the global update.
+        global_samples: trajectories per condition sampled each iteration from the *global* policy (its mean
+            plus its covariance noise) and added to the regression data, labelled by the local controllers at
+            the states the global policy visits (a DAgger-like correction of the state distribution the global
+            policy is trained on; the local fits use the local samples only). 0: plain BADMM.
     """
 
     n_samples: int = 5
@@ -89,6 +93,21 @@ class BADMMConfig:
     kl_target: float = 0.5
     dual_step: float = 1.0
     regression: RegressionConfig = field(default_factory=RegressionConfig)
+    global_samples: int = 0
+
+
+class GlobalSampler:
+    """The global policy as a sampler for :meth:`Task.sample`: ``u = μ_φ(o) + chol(Σ_π) ξ``."""
+
+    def __init__(self, model: GaussianMLP, obs_slice: slice) -> None:
+        self.model, self.obs_slice = model, obs_slice
+
+    def sample(self, x: Tensor, t: int, noise: Tensor) -> Tensor:
+        dtype = next(self.model.parameters()).dtype
+        with torch.no_grad():
+            mu = self.model(x[..., self.obs_slice].to(dtype)).to(x.dtype)
+        chol = torch.linalg.cholesky(self.model.cov.to(x.dtype))
+        return mu + noise @ chol.T
 
 
 @dataclass
@@ -147,7 +166,8 @@ class BADMMTrainer:
         factor = torch.where(torch.isfinite(factor), factor, torch.ones_like(factor)).clamp(0.5, 2.0)
         self.mult = (self.mult * factor).clamp(self.cfg.min_mult, self.cfg.max_mult)
 
-    def _global_step(self, samples: Samples) -> float:
+    def _regression_data(self, samples: Samples) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(obs, target, precision, weight)`` of the valid sampled states, flattened over ``(m, n, t)``."""
         t_len = self.task.horizon
         X = samples.X[:, :, :t_len]
         target, prec, weight = regression_targets(self.local_new, X, samples.valid, self.nu, self.lam)
@@ -157,6 +177,13 @@ class BADMMTrainer:
         tgt = target[v].reshape(-1, target.shape[-1])
         pr = prec[:, None].expand(m, n, *prec.shape[1:])[v].reshape(-1, *prec.shape[-2:])
         wt = weight[:, None].expand(m, n, t_len)[v].reshape(-1)
+        return obs, tgt, pr, wt
+
+    def _global_step(self, samples: Samples, extra: Samples | None = None) -> float:
+        parts = [self._regression_data(samples)]
+        if extra is not None and bool(extra.valid.any()):
+            parts.append(self._regression_data(extra))
+        obs, tgt, pr, wt = (torch.cat(a) for a in zip(*parts))
         loss = fit_global(self.model, obs, tgt, pr, wt, self.cfg.regression, self.generator, renormalize=not self._model_fitted)
         self._model_fitted = True
         return loss
@@ -187,6 +214,10 @@ class BADMMTrainer:
         samples = task.sample(self.local, cfg.n_samples, self.generator)
         self.env_steps += task.n_conditions * cfg.n_samples * task.horizon
         self.n_dropped += samples.n_dropped
+        gsamples = None
+        if cfg.global_samples > 0 and self._model_fitted:
+            gsamples = task.sample(GlobalSampler(self.model, task.obs_slice), cfg.global_samples, self.generator)
+            self.env_steps += task.n_conditions * cfg.global_samples * task.horizon
         prior = fit_prior(samples.X, samples.U, samples.valid, cfg.prior_strength) if cfg.prior_strength > 0 else None
         dyn = fit_dynamics(samples.X, samples.U, samples.valid, prior, cfg.dyn_reg)
         cost = task.expand_cost(samples)
@@ -203,7 +234,7 @@ class BADMMTrainer:
         for _ in range(cfg.inner_iterations):
             res = solve_kl_step(dyn, cost, self.local, eps, self.nu, glob, self.lam)
             self.local_new, self.eta = res.policy, res.eta
-            reg_loss = self._global_step(samples)
+            reg_loss = self._global_step(samples, gsamples)
             glob = linearize(self.model, X, samples.valid, task.obs_slice)
             kl_pol = self._dual_step(samples)
         self._pred = _Prediction(dyn, cost, self.local, self.local_new)

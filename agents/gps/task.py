@@ -99,8 +99,12 @@ class OptimizationTask:
         return LinearGaussianPolicy(K, torch.zeros(m, t, du, **opts), cov)
 
     def sample(self, policy: LinearGaussianPolicy, n: int, generator: torch.Generator) -> Samples:
-        """``n`` trajectories per condition from ``policy`` (noise from ``generator``, CPU)."""
-        m, t_len, du, dx = policy.K.shape[0], self.horizon, self.du, self.dx
+        """``n`` trajectories per condition from ``policy`` (noise from ``generator``, CPU).
+
+        ``policy`` is anything with ``sample(x[M, N, dX], t, noise[M, N, dU]) -> u[M, N, dU]`` (the local
+        controllers, or the global policy through :class:`~l2o_gym.agents.gps.badmm.GlobalSampler`).
+        """
+        m, t_len, du, dx = self.n_conditions, self.horizon, self.du, self.dx
         idx = torch.arange(m, device=self.problems.device).repeat_interleave(n)
         state = core.reset(self.problems.index(idx), self.core_config)
         xs, us, cs = [], [], []

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from l2o_gym.agents.gps.badmm import BADMMConfig, BADMMTrainer
 from l2o_gym.agents.gps.global_policy import GaussianMLP, RegressionConfig
-from l2o_gym.agents.gps.policy import GPSPolicy
+from l2o_gym.agents.gps.policy import KIND, GPSPolicy
 from l2o_gym.agents.gps.task import OptimizationTask
-from l2o_gym.checkpoint import load_state, save_state
+from l2o_gym.checkpoint import load_policy_file, load_state, save_policy, save_state
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import Policy, run_policy
 from l2o_gym.problems import ProblemBatch
@@ -45,6 +45,8 @@ class GPSTrainConfig:
         n_conditions: ``M`` training problems (``train`` split, seed ``seed``).
         horizon: GPS horizon ``T``.
         history: ``H`` of the features (the global policy's observation).
+        include_steps: also put the last ``H`` steps Δθ into the features (secant information: with the
+            gradient history the policy sees the pairs ``(s_k, y_k)`` L-BFGS builds its curvature model from).
         iterations: BADMM iterations.
         init_lr: step of the initial gradient controller (``None``: best of :data:`LR_GRID` on the conditions).
         init_std: exploration standard deviation of the initial controller.
@@ -62,6 +64,7 @@ class GPSTrainConfig:
     n_conditions: int = 20
     horizon: int = 20
     history: int = 5
+    include_steps: bool = False
     iterations: int = 10
     init_lr: float | None = None
     init_std: float = 0.1
@@ -93,21 +96,98 @@ def final_objective(policy: Policy, problems: ProblemBatch, horizon: int, config
     return float(traj.losses[-1].mean())
 
 
-def best_baseline(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> tuple[str, dict[str, float], float]:
-    """Best tuned baseline on ``problems``: ``(name, hparams, mean objective at horizon)``.
+def tune_baselines(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> dict[str, tuple[dict[str, float], float]]:
+    """Each baseline tuned on ``problems``: ``{name: (hparams, mean objective at horizon)}``.
 
     First-order methods are tuned over :data:`LR_GRID` (momentum 0.9); CG and L-BFGS have no step size.
+    A baseline that diverges for every setting gets ``({}, inf)``.
     """
     from l2o_gym.agents.baselines import make_baseline
 
-    best: tuple[str, dict[str, float], float] = ("", {}, math.inf)
+    out: dict[str, tuple[dict[str, float], float]] = {}
     for name in names:
+        best: tuple[dict[str, float], float] = ({}, math.inf)
         grid: list[dict[str, float]] = [{}] if name in ("cg", "lbfgs") else [{"lr": lr} for lr in LR_GRID]
         for hp in grid:
             value = final_objective(make_baseline(name, **hp), problems, horizon)
-            if math.isfinite(value) and value < best[2]:
-                best = (name, hp, value)
+            if math.isfinite(value) and value < best[1]:
+                best = (hp, value)
+        out[name] = best
+    return out
+
+
+def _best_of(tuned: dict[str, tuple[dict[str, float], float]], names: tuple[str, ...]) -> tuple[str, dict[str, float], float]:
+    best: tuple[str, dict[str, float], float] = ("", {}, math.inf)
+    for name in names:
+        hp, value = tuned[name]
+        if value < best[2]:
+            best = (name, hp, value)
     return best
+
+
+def best_baseline(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> tuple[str, dict[str, float], float]:
+    """Best tuned baseline on ``problems``: ``(name, hparams, mean objective at horizon)`` (:func:`tune_baselines`)."""
+    return _best_of(tune_baselines(names, problems, horizon), names)
+
+
+#: the first-order baselines of the ``first_order_baseline`` sample-efficiency figure.
+FIRST_ORDER: tuple[str, ...] = ("sgd", "momentum")
+
+
+def steps_to_reach(curve: list[list[float]], target: float) -> int | None:
+    """Env steps of the first point of ``curve`` (``[[env_steps, val_final], …]``) at or below ``target``."""
+    for steps, value in curve:
+        if value <= target:
+            return int(steps)
+    return None
+
+
+def training_record(
+    curve: list[list[float]], env_steps_total: int, baseline: tuple[str, float], first_order: tuple[str, float]
+) -> dict[str, Any]:
+    """The training summary stored in checkpoints under ``"training"`` (same schema as the PPO checkpoints).
+
+    Args:
+        curve: ``[[env_steps, val_final], …]`` after every iteration (deterministic global policy on ``val``).
+        env_steps_total: env steps (sampled transitions) of the whole run.
+        baseline: ``(name, val_final)`` of the best tuned baseline of the run (any of its ``baselines``).
+        first_order: ``(name, val_final)`` of the best tuned first-order baseline (:data:`FIRST_ORDER`).
+    """
+    return {
+        "env_steps_total": int(env_steps_total),
+        "baseline": {"name": baseline[0], "val_final": float(baseline[1])},
+        "env_steps_to_reach_baseline": steps_to_reach(curve, baseline[1]),
+        "first_order_baseline": {"name": first_order[0], "val_final": float(first_order[1])},
+        "env_steps_to_reach_first_order": steps_to_reach(curve, first_order[1]),
+        "curve": [[int(s), float(v)] for s, v in curve],
+    }
+
+
+def training_record_from_summary(summary_path: str | Path) -> dict[str, Any]:
+    """:func:`training_record` rebuilt from a run's ``summary.json`` (for runs made before it was stored).
+
+    The first-order baseline is re-tuned on the run's ``val`` problems (:data:`FIRST_ORDER`) when the
+    summary lacks it.
+    """
+    from l2o_gym.evaluation import env_family
+
+    s = json.loads(Path(summary_path).read_text())
+    cfg = s["train_config"]
+    if "first_order_baseline" in s:
+        fo = (s["first_order_baseline"]["name"], s["first_order_baseline"]["val_final"])
+    else:
+        val = env_family(cfg["env_id"]).sample(cfg["n_val"], "val", cfg["seed"], dtype=torch.float64)
+        name, _, value = best_baseline(FIRST_ORDER, val, cfg["horizon"])
+        fo = (name, value)
+    curve = [[int(h["env_steps"]), float(h["val_final"])] for h in s["history"]]
+    return training_record(curve, int(s["env_steps_total"]), (s["baseline"]["name"], s["baseline"]["val_final"]), fo)
+
+
+def add_training_metadata(path: str | Path, training: dict[str, Any]) -> Path:
+    """Rewrite the checkpoint ``path`` with the same tensors and ``training`` under the config key ``"training"``."""
+    tensors, config = load_policy_file(path, kind=KIND)
+    config.pop("format_version", None)
+    return save_policy(path, tensors, {**config, "training": training})
 
 
 def _writer(log_dir: Path | None) -> Any:
@@ -144,10 +224,13 @@ def train_gps(
     dtype = torch.float64
     problems = family.sample(cfg.n_conditions, "train", cfg.seed, device=device, dtype=dtype)
     val = family.sample(cfg.n_val, "val", cfg.seed, device=device, dtype=dtype)
-    core_config = CoreConfig(horizon=cfg.horizon, history=cfg.history)
+    core_config = CoreConfig(horizon=cfg.horizon, history=cfg.history, include_steps=cfg.include_steps)
     task = OptimizationTask(problems, core_config, cfg.action_penalty, cfg.hessian)
 
-    base_name, base_hp, base_val = best_baseline(cfg.baselines, val, cfg.horizon)
+    tuned = tune_baselines(tuple(dict.fromkeys(cfg.baselines + FIRST_ORDER)), val, cfg.horizon)
+    base_name, base_hp, base_val = _best_of(tuned, cfg.baselines)
+    fo_name, fo_hp, fo_val = _best_of(tuned, FIRST_ORDER)
+    log.info("tuned baselines on val at T=%d: %s", cfg.horizon, {k: (hp, round(v, 6)) for k, (hp, v) in tuned.items()})
     log.info("best tuned baseline on val at T=%d: %s %s -> %.5g", cfg.horizon, base_name, base_hp, base_val)
     init_lr = cfg.init_lr
     if init_lr is None:
@@ -198,12 +281,21 @@ def train_gps(
         })
     if writer is not None:
         writer.close()
+    curve = [[int(h["env_steps"]), float(h["val_final"])] for h in history]
+    training = training_record(curve, trainer.env_steps, (base_name, base_val), (fo_name, fo_val))
+    for name in ("gps_best.safetensors", "gps_last.safetensors"):
+        if (out / name).is_file():
+            add_training_metadata(out / name, training)
     summary = {
         "env_id": cfg.env_id,
         "best_val": best_val,
         "best_iteration": best_iter,
         "baseline": {"name": base_name, "hparams": base_hp, "val_final": base_val},
-        "env_steps_to_reach_baseline": reached_at,
+        "env_steps_to_reach_baseline": training["env_steps_to_reach_baseline"],
+        "first_order_baseline": {"name": fo_name, "hparams": fo_hp, "val_final": fo_val},
+        "env_steps_to_reach_first_order": training["env_steps_to_reach_first_order"],
+        "tuned_baselines": {k: {"hparams": hp, "val_final": v} for k, (hp, v) in tuned.items()},
+        "training": training,
         "env_steps_total": trainer.env_steps,
         "dropped_samples": trainer.n_dropped,
         "mean_iteration_wall_s": sum(h["wall_s"] for h in history) / max(1, len(history)),
@@ -217,3 +309,56 @@ def train_gps(
 def _make_policy(model: GaussianMLP, core_config: CoreConfig, d: int, cfg: GPSTrainConfig, max_action: float) -> GPSPolicy:
     max_step = cfg.max_step_factor * max_action if cfg.max_step_factor > 0 and max_action > 0 else None
     return GPSPolicy(model, core_config, d, cfg.env_id, max_step)
+
+
+def evaluate_on_test(
+    checkpoint: str | Path,
+    env_id: str,
+    horizon: int = 20,
+    long_factor: int = 10,
+    n_test: int = 100,
+    n_val: int = 100,
+    seed: int = 0,
+    baselines: tuple[str, ...] = ("sgd", "momentum", "cg", "lbfgs"),
+) -> dict[str, dict[str, float]]:
+    """The table of ``docs/gps.md``: a GPS checkpoint against baselines tuned on ``val`` at ``horizon``.
+
+    Baselines are tuned on ``n_val`` ``val`` problems (float64, :func:`tune_baselines`); everything is then
+    run on ``n_test`` ``test`` problems (seed ``seed``, float32) for ``horizon`` and ``long_factor · horizon``
+    iterations. Per policy: ``f_T``, ``f_long``, gradient evaluations at ``T`` (``evals_T``) and the mean
+    objective at the last iterate that used at most ``T`` evaluations (``f_at_T_evals``; equal to ``f_T``
+    for one-evaluation-per-iteration methods).
+    """
+    from l2o_gym.agents.baselines import make_baseline
+    from l2o_gym.agents.gps.policy import load_gps_policy
+    from l2o_gym.evaluation import env_family
+
+    family = env_family(env_id)
+    val = family.sample(n_val, "val", seed, dtype=torch.float64)
+    tuned = tune_baselines(baselines, val, horizon)
+    test = family.sample(n_test, "test", seed, dtype=torch.float32)
+    gps = load_gps_policy(checkpoint, env_id=env_id)
+    policies: dict[str, tuple[Policy, dict[str, float]]] = {"gps": (gps, {})}
+    for name in baselines:
+        policies[name] = (make_baseline(name, **tuned[name][0]), tuned[name][0])
+    long = long_factor * horizon
+    rows: dict[str, dict[str, Any]] = {}
+    for name, (pol, hp) in policies.items():
+        cfg = gps.core_config if name == "gps" else None
+        traj = run_policy(pol, test, long, cfg)
+        losses = traj.losses.double()  # [long+1, n]
+        if pol.evals(traj.hidden, long) is None:  # one evaluation per iteration
+            f_evals, evals_t = losses[horizon].mean(), float(horizon)
+        else:
+            per_t = torch.stack([pol.evals(traj.hidden, t) for t in range(long + 1)])  # [long+1, n], nondecreasing
+            last = ((per_t <= horizon).long().sum(0) - 1).clamp_min(0)  # last iterate within the budget
+            f_evals = losses.gather(0, last[None]).mean()
+            evals_t = float(per_t[horizon].mean())
+        rows[name] = {
+            "hparams": hp, "val_final": tuned[name][1] if name != "gps" else final_objective(gps, val, horizon, gps.core_config),
+            "f_T": float(losses[horizon].mean()), "f_long": float(losses[-1].mean()),
+            "ratio_long": float(losses[-1].mean() / losses[horizon].mean()),
+            "diverged_long": float(traj.state.terminated.double().mean()),
+            "evals_T": evals_t, "f_at_T_evals": float(f_evals),
+        }
+    return rows

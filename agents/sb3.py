@@ -1,0 +1,832 @@
+"""Model-free RL learned optimizers through stable-baselines3: PPO, SAC and RecurrentPPO (sb3-contrib).
+
+The agent is an ordinary SB3 algorithm on the registered l2o env, seen through the adapter
+:class:`l2o_gym.envs.sb3.SB3VecEnv` (one native torch vector env of ``n_envs`` optimizees):
+
+    train:  VecNormalize(VecMonitor(SB3VecEnv(env_id, split="train", horizon=T, history=H, ...)))
+    eval:   VecNormalize(VecMonitor(SB3VecEnv(env_id, split="val", ...)), training=False, norm_reward=False)
+
+observations and rewards are normalised by ``VecNormalize`` (its observation statistics are part of the
+checkpoint); SB3's :class:`~stable_baselines3.common.callbacks.EvalCallback` runs on the ``val`` env (mean
+episode return, with the statistics synced), and the **validation metric** — the same one GPS uses — is the
+deterministic policy's mean final objective ``f(θ_T)`` on a fixed set of ``n_val`` ``val`` problems at the
+training horizon, computed with the library's rollout (:func:`l2o_gym.policy.run_policy`) every
+``eval_every`` env steps. The best tuned baseline's ``val`` objective (any of ``baselines``) and the best
+first-order one (SGD/momentum) are the sample-efficiency targets: the run records the env steps at which
+the policy first reaches each (``"training"`` record, the schema of :func:`l2o_gym.agents.gps.train.training_record`).
+
+Files written by :func:`train_sb3` in ``out_dir``:
+
+* ``{algo}_best.safetensors`` (best ``val`` objective) and ``{algo}_last.safetensors``: the policy network
+  (``policy.state_dict()``), the observation statistics (tensors ``vecnormalize.obs_mean``/``obs_var``) and a
+  JSON config (kind, env id, dimension, env kwargs, core config, policy kwargs, normalisation constants,
+  training summary) — loaded by :func:`load_policy` without unpickling anything;
+* ``state.pt``: the resumable training state (every network and optimizer state dict, ``num_timesteps``,
+  VecNormalize statistics, RNG states, the validation curve), ``torch.save`` of tensors and primitives,
+  loaded with ``weights_only=True``. SB3's own ``.zip`` format (cloudpickle) is never written nor read;
+* ``summary.json``, ``tb/`` (TensorBoard: SB3's scalars plus ``val/final_objective``), ``eval/`` (EvalCallback).
+
+Every write is atomic (:func:`l2o_gym.checkpoint.atomic_write`); a ``KeyboardInterrupt`` leaves the last
+checkpoint intact, then writes a final one before re-raising.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from l2o_gym import core
+from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, load_state, save_policy, save_state
+from l2o_gym.core import CoreConfig, State
+from l2o_gym.policy import Policy, run_policy
+from l2o_gym.problems import ProblemBatch
+
+log = logging.getLogger(__name__)
+
+#: the algorithms this module trains; also the ``kind`` of their checkpoints.
+ALGOS: tuple[str, ...] = ("ppo", "sac", "recurrent_ppo")
+
+#: activation names accepted in ``SB3TrainConfig.activation`` (stored by name in checkpoints).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU, "gelu": nn.GELU,
+}
+
+_OBS_MEAN, _OBS_VAR = "vecnormalize.obs_mean", "vecnormalize.obs_var"
+_STATE_KEYS = ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated")
+CONTRIB_HINT = (
+    'recurrent_ppo needs the optional extra "contrib" (sb3-contrib): '
+    'pip install -c constraints.txt -e ".[contrib]"  (or: pip install -c constraints.txt "sb3-contrib>=2.3,<3")'
+)
+
+
+def _contrib() -> Any:
+    try:
+        import sb3_contrib
+    except ImportError:
+        raise ImportError(CONTRIB_HINT) from None
+    return sb3_contrib
+
+
+# ====================================================================================== configuration
+@dataclass
+class SB3TrainConfig:
+    """Everything :func:`train_sb3` needs (stored in checkpoints and in the training state).
+
+    Args:
+        algo: ``"ppo"``, ``"sac"`` or ``"recurrent_ppo"`` (the latter needs the ``contrib`` extra).
+        env_id: registered env id (``l2o_gym.envs.registration.ENV_TABLE``).
+        total_timesteps: env steps (sampled transitions, summed over the ``n_envs`` optimizees) to train for.
+            On-policy algorithms stop at the first full rollout at or past it.
+        n_envs: parallel optimizees of the training vector env.
+        horizon: episode length ``T`` (the env's truncation, and the horizon of the validation metric).
+        history: ``H`` of the observation features.
+        include_steps: also put the last ``H`` steps into the observation.
+        action_scale: step per unit action (``Δθ = action_scale · clip(a, −1, 1)``); ``None``: the env's
+            default from ``ENV_TABLE``.
+        reward_mode: ``"objective"``, ``"log_objective"`` or ``"improvement"`` (:mod:`l2o_gym.envs.common`).
+        net_arch: hidden widths of the policy (and value/critic) MLPs.
+        activation: hidden activation, a key of :data:`ACTIVATIONS`.
+        log_std_init: initial log standard deviation of the (Recurrent)PPO Gaussian policy (``None``: SB3's
+            default 0, i.e. a std of 1 — exploration noise as large as a saturated step, which made PPO's
+            val objective drift upwards after 100k steps in a pilot; −1.5 gave steady progress). SAC learns a
+            state-dependent std and ignores it.
+        learning_rate: Adam step size of every network.
+        gamma: discount factor (also the horizon of VecNormalize's return statistics).
+        n_steps: (Recurrent)PPO rollout length per env; one update per ``n_steps · n_envs`` env steps.
+        batch_size: (Recurrent)PPO minibatch size.
+        n_epochs: (Recurrent)PPO epochs per rollout.
+        gae_lambda: (Recurrent)PPO GAE λ.
+        clip_range: (Recurrent)PPO clipping ε.
+        ent_coef: (Recurrent)PPO entropy bonus.
+        max_grad_norm: (Recurrent)PPO gradient clipping.
+        lstm_hidden_size: RecurrentPPO LSTM width.
+        buffer_size: SAC replay buffer size.
+        learning_starts: SAC env steps of random actions before updates.
+        sac_batch_size: SAC minibatch size.
+        tau: SAC target-network averaging.
+        train_freq: SAC vector-env steps between updates.
+        gradient_steps: SAC gradient steps per update (−1: as many as env steps collected).
+        norm_obs: normalise observations with VecNormalize (statistics saved with the policy).
+        norm_reward: normalise rewards with VecNormalize (training only).
+        clip_obs: VecNormalize clip of normalised observations.
+        n_val: ``val`` problems of the validation metric (float64, seed ``seed``).
+        n_eval_envs: episodes (= parallel envs) of SB3's ``EvalCallback`` on the ``val`` split.
+        eval_every: env steps between validations (``EvalCallback`` and the final-objective metric).
+        checkpoint_every: env steps between writes of ``state.pt`` and ``{algo}_last.safetensors``.
+        baselines: baselines whose tuned ``val`` objective is the sample-efficiency target.
+        seed: seed of SB3, the training instance stream and the val problems.
+        device: torch device of the SB3 networks (the optimizees run on the CPU).
+    """
+
+    algo: str = "ppo"
+    env_id: str = "l2o/LogisticRegression-v0"
+    total_timesteps: int = 1_000_000
+    n_envs: int = 64
+    horizon: int = 20
+    history: int = 5
+    include_steps: bool = False
+    action_scale: float | None = None
+    reward_mode: str = "log_objective"
+    net_arch: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    log_std_init: float | None = -1.5
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    n_steps: int = 64
+    batch_size: int = 1024
+    n_epochs: int = 5
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    lstm_hidden_size: int = 64
+    buffer_size: int = 300_000
+    learning_starts: int = 5_000
+    sac_batch_size: int = 256
+    tau: float = 0.005
+    train_freq: int = 1
+    gradient_steps: int = 1
+    norm_obs: bool = True
+    norm_reward: bool = True
+    clip_obs: float = 10.0
+    n_val: int = 100
+    n_eval_envs: int = 20
+    eval_every: int = 20_000
+    checkpoint_every: int = 100_000
+    baselines: tuple[str, ...] = ("sgd", "momentum", "cg", "lbfgs")
+    seed: int = 0
+    device: str = "cpu"
+
+    #: fields that must not change when a run is resumed.
+    STRUCTURAL = (
+        "algo", "env_id", "n_envs", "horizon", "history", "include_steps", "action_scale", "reward_mode",
+        "net_arch", "activation", "norm_obs", "norm_reward", "lstm_hidden_size",
+    )
+
+    def __post_init__(self) -> None:
+        self.net_arch = tuple(int(w) for w in self.net_arch)
+        self.baselines = tuple(self.baselines)
+        if self.action_scale is None and self.env_id in _env_table():
+            self.action_scale = float(_env_table()[self.env_id].get("action_scale", 1.0))
+
+    def validate(self) -> SB3TrainConfig:
+        """Raise ``ValueError`` (``ImportError`` for a missing sb3-contrib) on a bad configuration."""
+        from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.envs.common import REWARD_MODES
+
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algo {self.algo!r}: expected one of {', '.join(ALGOS)}")
+        if self.env_id not in _env_table():
+            raise ValueError(f"unknown env id {self.env_id!r}: expected one of {', '.join(_env_table())}")
+        if self.reward_mode not in REWARD_MODES:
+            raise ValueError(f"unknown reward_mode {self.reward_mode!r}: expected one of {', '.join(REWARD_MODES)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+        for name in ("total_timesteps", "n_envs", "horizon", "history", "n_steps", "batch_size", "n_epochs",
+                     "lstm_hidden_size", "buffer_size", "sac_batch_size", "train_freq", "n_val", "n_eval_envs",
+                     "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("learning_rate", "clip_obs", "action_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1:
+            raise ValueError(f"gamma and gae_lambda must lie in (0, 1], got {self.gamma}, {self.gae_lambda}")
+        if self.learning_starts < 0 or (self.gradient_steps < 1 and self.gradient_steps != -1):
+            raise ValueError("learning_starts must be >= 0 and gradient_steps >= 1 or -1")
+        if not self.net_arch or min(self.net_arch) < 1:
+            raise ValueError(f"net_arch needs positive widths, got {self.net_arch}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad or not self.baselines:
+            raise ValueError(f"unknown baseline(s) {bad}: expected names of {', '.join(BASELINES)}")
+        if self.algo == "recurrent_ppo":
+            _contrib()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["net_arch"], d["baselines"] = list(self.net_arch), list(self.baselines)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> SB3TrainConfig:
+        names = {f.name for f in dataclasses.fields(SB3TrainConfig)}
+        return SB3TrainConfig(**{k: v for k, v in d.items() if k in names})
+
+    # -- derived ---------------------------------------------------------------------------------------
+    def env_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the env (``gymnasium.make_vec(env_id, **env_kwargs)``)."""
+        return {
+            "horizon": self.horizon, "history": self.history, "include_steps": self.include_steps,
+            "action_scale": self.action_scale, "reward_mode": self.reward_mode,
+        }
+
+    def core_config(self) -> CoreConfig:
+        """The core config whose features the policy reads (the env's, with validation on)."""
+        return CoreConfig(horizon=self.horizon, history=self.history, include_steps=self.include_steps)
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        """JSON form of the SB3 ``policy_kwargs`` (activation by name), stored in checkpoints."""
+        kw: dict[str, Any] = {"net_arch": list(self.net_arch), "activation": self.activation}
+        if self.log_std_init is not None:
+            kw["log_std_init"] = float(self.log_std_init)
+        if self.algo == "recurrent_ppo":
+            kw["lstm_hidden_size"] = int(self.lstm_hidden_size)
+        return kw
+
+
+def _env_table() -> dict[str, dict[str, Any]]:
+    from l2o_gym.envs.registration import ENV_TABLE
+
+    return ENV_TABLE
+
+
+def _sb3_policy_kwargs(json_kwargs: dict[str, Any]) -> dict[str, Any]:
+    kw = dict(json_kwargs)
+    name = kw.pop("activation", "tanh")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}")
+    kw["activation_fn"] = ACTIVATIONS[name]
+    return kw
+
+
+def _policy_class(kind: str) -> type:
+    if kind == "ppo":
+        from stable_baselines3.common.policies import ActorCriticPolicy
+
+        return ActorCriticPolicy
+    if kind == "sac":
+        from stable_baselines3.sac.policies import SACPolicy
+
+        return SACPolicy
+    if kind == "recurrent_ppo":
+        _contrib()
+        from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+        return RecurrentActorCriticPolicy
+    raise ValueError(f"unknown SB3 kind {kind!r}: expected one of {', '.join(ALGOS)}")
+
+
+def _spaces(obs_dim: int, dim: int) -> tuple[spaces.Box, spaces.Box]:
+    return (
+        spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float32),
+        spaces.Box(-1.0, 1.0, shape=(dim,), dtype=np.float32),
+    )
+
+
+def build_sb3_policy(kind: str, obs_dim: int, dim: int, policy_kwargs: dict[str, Any]) -> nn.Module:
+    """An untrained SB3 policy module of ``kind`` from JSON ``policy_kwargs`` (what :func:`load_policy` fills)."""
+    obs_space, act_space = _spaces(obs_dim, dim)
+    cls = _policy_class(kind)
+    return cls(obs_space, act_space, lambda _: 0.0, **_sb3_policy_kwargs(policy_kwargs))
+
+
+# ====================================================================================== the Policy
+class SB3Policy(Policy):
+    """A trained SB3 policy as an l2o-gym :class:`~l2o_gym.policy.Policy` (deterministic).
+
+    ``Δθ = action_scale · clip(μ(normalise(features(state))), −1, 1)`` where ``μ`` is the mean action of
+    the SB3 policy (PPO: Gaussian mean; SAC: ``tanh`` of the mean; RecurrentPPO: mean given the LSTM state,
+    kept in ``hidden``) and ``normalise`` is VecNormalize's ``clip((o − mean)/sqrt(var + eps), ±clip_obs)``.
+
+    The observation is built with :attr:`core_config`, the config the model was trained with (the evaluation
+    resets problems with it). On a state built with another config (e.g. inside
+    :class:`l2o_gym.optim.LearnedOptimizer`, history 1 by default) the policy keeps a *shadow* state with its
+    own config, advanced from the state's objective, gradient and actual displacement (no extra
+    evaluations). ``hidden`` is ``None`` (feed-forward, same config) or a tuple of tensors
+    ``(shadow, lstm)`` so ``LearnedOptimizer.state_dict()`` can save it.
+
+    Args:
+        module: the SB3 policy (``ActorCriticPolicy``, ``SACPolicy`` or ``RecurrentActorCriticPolicy``).
+        kind: ``"ppo"``, ``"sac"`` or ``"recurrent_ppo"``.
+        core_config: the features' config (``history``, ``include_steps`` …).
+        dim: problem dimension ``d``.
+        action_scale: step per unit action.
+        obs_mean, obs_var: VecNormalize observation statistics ``[F]`` (``None``: no normalisation).
+        clip_obs, epsilon: VecNormalize constants.
+        env_id: the env trained on (compatibility checks), optional.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        kind: str,
+        core_config: CoreConfig,
+        dim: int,
+        action_scale: float,
+        obs_mean: Tensor | None = None,
+        obs_var: Tensor | None = None,
+        clip_obs: float = 10.0,
+        epsilon: float = 1e-8,
+        env_id: str | None = None,
+    ) -> None:
+        if kind not in ALGOS:
+            raise ValueError(f"unknown SB3 kind {kind!r}: expected one of {', '.join(ALGOS)}")
+        self.module = module
+        self.kind = kind
+        self.name = kind
+        self.core_config = core_config
+        self.dim = int(dim)
+        self.action_scale = float(action_scale)
+        self.env_id = env_id
+        self.clip_obs = float(clip_obs)
+        self.epsilon = float(epsilon)
+        self.obs_dim = core.obs_dim(core_config, self.dim)
+        self.device = next(module.parameters()).device
+        self.obs_mean = None if obs_mean is None else obs_mean.detach().to(self.device, torch.float32).clone()
+        self.obs_std = None
+        if obs_var is not None:
+            self.obs_std = torch.sqrt(obs_var.detach().double() + self.epsilon).to(self.device, torch.float32)
+        if self.obs_mean is not None and self.obs_mean.shape != (self.obs_dim,):
+            raise ValueError(f"observation statistics have shape {tuple(self.obs_mean.shape)}, expected ({self.obs_dim},)")
+
+    @property
+    def recurrent(self) -> bool:
+        return self.kind == "recurrent_ppo"
+
+    def to(self, device: torch.device | str) -> SB3Policy:
+        """Move the network and the statistics to ``device`` (``LearnedOptimizer`` calls this)."""
+        device = torch.device(device)
+        self.module.to(device)
+        self.device = device
+        if self.obs_mean is not None:
+            self.obs_mean, self.obs_std = self.obs_mean.to(device), self.obs_std.to(device)  # type: ignore[union-attr]
+        return self
+
+    # -- the interface ----------------------------------------------------------------------------------
+    def _same_features(self, cfg: CoreConfig) -> bool:
+        mine = self.core_config
+        return (cfg.history, cfg.include_steps, cfg.grad_scale, cfg.feature_clip, cfg.eps) == (
+            mine.history, mine.include_steps, mine.grad_scale, mine.feature_clip, mine.eps)
+
+    def _shadow_config(self) -> CoreConfig:
+        return dataclasses.replace(self.core_config, horizon=2**62, blowup=1e30, validate=False)
+
+    def reset(self, state: State) -> Any:
+        if state.dim != self.dim:
+            raise ValueError(f"{self.kind} policy trained for dimension {self.dim}, the problems have {state.dim}")
+        shadow = None
+        if not self._same_features(state.config):
+            s = core.initial_state(state.theta.detach(), state.loss.detach(), state.grad.detach(), self._shadow_config())
+            shadow = (tuple(getattr(s, k) for k in _STATE_KEYS), state.t.clone())
+        lstm = None
+        if self.recurrent:
+            net = self.module.lstm_actor  # type: ignore[attr-defined]
+            shape = (net.num_layers, state.n, net.hidden_size)
+            lstm = (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
+        return None if shadow is None and lstm is None else (shadow, lstm)
+
+    def _observation(self, state: State, shadow: Any) -> tuple[Tensor, Any]:
+        if shadow is None:
+            return core.features(state), None
+        tensors, last_t = shadow
+        s = State(problems=None, config=self._shadow_config(), **dict(zip(_STATE_KEYS, tensors)))  # type: ignore[arg-type]
+        if not torch.equal(state.t, last_t):  # one step since the last call: advance the shadow
+            s, *_ = core.transition(s, state.theta.detach() - s.theta, state.loss.detach(), state.grad.detach())
+        return core.features(s), (tuple(getattr(s, k) for k in _STATE_KEYS), state.t.clone())
+
+    def normalize(self, obs: Tensor) -> Tensor:
+        """VecNormalize's observation transform, in torch (float32, on the policy's device)."""
+        x = obs.detach().to(self.device, torch.float32)
+        if self.obs_mean is None:
+            return x
+        return ((x - self.obs_mean) / self.obs_std).clamp(-self.clip_obs, self.clip_obs)
+
+    def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
+        shadow, lstm = hidden if hidden is not None else (None, None)
+        obs, shadow = self._observation(state, shadow)
+        x = self.normalize(obs)
+        with torch.no_grad():
+            if self.recurrent:
+                starts = torch.zeros(x.shape[0], device=self.device)
+                action, lstm = self.module._predict(x, lstm, starts, deterministic=True)  # type: ignore[operator]
+                lstm = tuple(lstm)
+            else:
+                action = self.module._predict(x, deterministic=True)  # type: ignore[operator]
+        step = action.clamp(-1.0, 1.0).to(device=state.theta.device, dtype=state.theta.dtype) * self.action_scale
+        step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+        return step, (None if shadow is None and lstm is None else (shadow, lstm))
+
+
+def save_sb3_policy(
+    path: str | Path,
+    module: nn.Module,
+    cfg: SB3TrainConfig,
+    dim: int,
+    obs_mean: Tensor | None,
+    obs_var: Tensor | None,
+    epsilon: float,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the ``.safetensors`` policy checkpoint of a trained SB3 policy (module docstring)."""
+    import stable_baselines3
+
+    tensors = {k: v for k, v in module.state_dict().items()}
+    if obs_mean is not None and obs_var is not None:
+        tensors[_OBS_MEAN] = obs_mean.detach().double().cpu()
+        tensors[_OBS_VAR] = obs_var.detach().double().cpu()
+    config = {
+        "kind": cfg.algo,
+        "env_id": cfg.env_id,
+        "dim": int(dim),
+        "obs_dim": core.obs_dim(cfg.core_config(), dim),
+        "env_kwargs": cfg.env_kwargs(),
+        "action_scale": float(cfg.action_scale),  # type: ignore[arg-type]
+        "core_config": dataclasses.asdict(cfg.core_config()),
+        "policy_kwargs": cfg.policy_kwargs(),
+        "obs_norm": {
+            "enabled": obs_mean is not None, "clip_obs": float(cfg.clip_obs), "epsilon": float(epsilon),
+            "tensors": [_OBS_MEAN, _OBS_VAR] if obs_mean is not None else [],
+        },
+        "sb3_version": stable_baselines3.__version__,
+        "train_config": cfg.to_dict(),
+        **(extra or {}),
+    }
+    return save_policy(path, tensors, config)
+
+
+def load_policy(
+    path: str | Path,
+    env_id: str | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    kind: str | None = None,
+    dim: int | None = None,
+) -> SB3Policy:
+    """Load an SB3 policy checkpoint (``.safetensors`` written by :func:`train_sb3`) as an :class:`SB3Policy`.
+
+    The loader ``l2o_gym.compare`` uses for ``--policies ppo[=CKPT]``. The SB3 policy object is rebuilt from
+    the JSON config and its weights loaded with ``load_state_dict``; nothing is unpickled.
+
+    Args:
+        path: the checkpoint.
+        env_id: if given, the env the policy must have been trained on.
+        device: where the network runs.
+        kind: if given, the required kind (``"ppo"``, ``"sac"``, ``"recurrent_ppo"``); by default any of them.
+        dim: if given, the required problem dimension.
+
+    Raises:
+        CheckpointError: missing/corrupt file, not an SB3 policy (e.g. a GPS or LSTM checkpoint), another
+            kind, env id or dimension, or weights that do not fit the stored architecture.
+    """
+    tensors, cfg = load_policy_file(path, device=device)
+    found = cfg.get("kind")
+    if found not in ALGOS:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {found!r} policy, not an SB3 one ({', '.join(ALGOS)})")
+    if kind is not None and found != kind:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {found!r} policy, expected {kind!r}")
+    check_compatible(cfg, path, env_id=env_id, dim=dim)
+    try:
+        mean, var = tensors.pop(_OBS_MEAN, None), tensors.pop(_OBS_VAR, None)
+        module = build_sb3_policy(found, int(cfg["obs_dim"]), int(cfg["dim"]), cfg["policy_kwargs"])
+        core_config = CoreConfig(**cfg["core_config"])
+        norm = cfg.get("obs_norm", {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} has an incomplete or invalid SB3 config: {exc}") from None
+    module = module.to(device)
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: {exc}") from None
+    module.set_training_mode(False)  # type: ignore[operator]
+    return SB3Policy(
+        module, found, core_config, int(cfg["dim"]), float(cfg["action_scale"]), mean, var,
+        float(norm.get("clip_obs", 10.0)), float(norm.get("epsilon", 1e-8)), cfg.get("env_id"),
+    )
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The JSON config of an SB3 checkpoint (with its ``"training"`` summary), read without loading weights."""
+    return load_policy_file(path)[1]
+
+
+# ====================================================================================== training
+def _build_model(cfg: SB3TrainConfig, venv: Any, tensorboard_log: str | None) -> Any:
+    common: dict[str, Any] = {
+        "learning_rate": cfg.learning_rate, "gamma": cfg.gamma, "seed": cfg.seed, "device": cfg.device,
+        "verbose": 0, "tensorboard_log": tensorboard_log,
+        "policy_kwargs": _sb3_policy_kwargs(cfg.policy_kwargs()),
+    }
+    on_policy = {
+        "n_steps": cfg.n_steps, "batch_size": cfg.batch_size, "n_epochs": cfg.n_epochs, "gae_lambda": cfg.gae_lambda,
+        "clip_range": cfg.clip_range, "ent_coef": cfg.ent_coef, "max_grad_norm": cfg.max_grad_norm,
+    }
+    if cfg.algo == "ppo":
+        from stable_baselines3 import PPO
+
+        return PPO("MlpPolicy", venv, **on_policy, **common)
+    if cfg.algo == "recurrent_ppo":
+        return _contrib().RecurrentPPO("MlpLstmPolicy", venv, **on_policy, **common)
+    from stable_baselines3 import SAC
+
+    return SAC(
+        "MlpPolicy", venv, buffer_size=cfg.buffer_size, learning_starts=cfg.learning_starts,
+        batch_size=cfg.sac_batch_size, tau=cfg.tau, train_freq=cfg.train_freq, gradient_steps=cfg.gradient_steps,
+        **common,
+    )
+
+
+def make_vec_env(cfg: SB3TrainConfig, split: str, n_envs: int, *, training: bool = True) -> Any:
+    """``VecNormalize(VecMonitor(SB3VecEnv(...)))`` on ``split`` (``training=False``: frozen stats, raw rewards)."""
+    from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+
+    from l2o_gym.envs.sb3 import SB3VecEnv
+
+    venv = VecMonitor(SB3VecEnv(cfg.env_id, num_envs=n_envs, split=split, **cfg.env_kwargs()))
+    return VecNormalize(
+        venv, training=training, norm_obs=cfg.norm_obs, norm_reward=cfg.norm_reward and training,
+        clip_obs=cfg.clip_obs, gamma=cfg.gamma,
+    )
+
+
+def _rms_state(rms: Any) -> dict[str, Any]:
+    return {"mean": torch.as_tensor(np.asarray(rms.mean, dtype=np.float64)),
+            "var": torch.as_tensor(np.asarray(rms.var, dtype=np.float64)), "count": float(rms.count)}
+
+
+def _set_rms(rms: Any, st: dict[str, Any]) -> None:
+    rms.mean = st["mean"].double().numpy().copy().reshape(np.shape(rms.mean))
+    rms.var = st["var"].double().numpy().copy().reshape(np.shape(rms.var))
+    rms.count = float(st["count"])
+
+
+def _rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached": float(cached)},
+        "python": {"version": int(py_version), "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = st["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+@dataclass
+class _Run:
+    """The state of one training run shared by the callbacks (validation, checkpoints)."""
+
+    cfg: SB3TrainConfig
+    out: Path
+    model: Any
+    venv: Any
+    val: ProblemBatch
+    dim: int
+    curve: list[list[float]] = field(default_factory=list)
+    best_val: float = math.inf
+    best_steps: int = -1
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / f"{self.cfg.algo}_best.safetensors"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / f"{self.cfg.algo}_last.safetensors"
+
+    def _obs_stats(self) -> tuple[Tensor | None, Tensor | None]:
+        if not self.cfg.norm_obs:
+            return None, None
+        rms = self.venv.obs_rms
+        return torch.as_tensor(np.array(rms.mean, dtype=np.float64)), torch.as_tensor(np.array(rms.var, dtype=np.float64))
+
+    def policy(self) -> SB3Policy:
+        """An :class:`SB3Policy` over the live model, with a copy of the current observation statistics."""
+        mean, var = self._obs_stats()
+        cfg = self.cfg
+        return SB3Policy(self.model.policy, cfg.algo, cfg.core_config(), self.dim, float(cfg.action_scale or 1.0),
+                         mean, var, cfg.clip_obs, self.venv.epsilon, cfg.env_id)
+
+    def save_policy(self, path: Path, extra: dict[str, Any] | None = None) -> Path:
+        mean, var = self._obs_stats()
+        return save_sb3_policy(path, self.model.policy, self.cfg, self.dim, mean, var, self.venv.epsilon,
+                               {"num_timesteps": int(self.model.num_timesteps), **(extra or {})})
+
+    def validate(self) -> float:
+        """Mean final objective of the deterministic policy on the ``val`` problems; records the curve."""
+        steps = int(self.model.num_timesteps)
+        if self.curve and self.curve[-1][0] == steps:
+            return float(self.curve[-1][1])
+        was_training = self.model.policy.training
+        self.model.policy.set_training_mode(False)
+        policy = self.policy()
+        t0 = time.perf_counter()
+        config = dataclasses.replace(policy.core_config, horizon=self.cfg.horizon)
+        traj = run_policy(policy, self.val, self.cfg.horizon, config)
+        value = float(traj.losses[-1].mean())
+        self.model.policy.set_training_mode(was_training)
+        if not math.isfinite(value):
+            value = math.inf
+        self.curve.append([steps, value])
+        if getattr(self.model, "_logger", None) is not None:  # set up by learn()
+            self.model.logger.record("val/final_objective", value)
+        if value < self.best_val:
+            self.best_val, self.best_steps = value, steps
+            self.save_policy(self.best_path, {"val_final": value})
+        log.info("%d env steps: val final objective %.5g (best %.5g at %d), %.2f s",
+                 steps, value, self.best_val, self.best_steps, time.perf_counter() - t0)
+        return value
+
+    def save_checkpoint(self) -> None:
+        """Write ``{algo}_last.safetensors`` and the resumable ``state.pt`` (both atomically)."""
+        self.save_policy(self.last_path)
+        model = self.model
+        _, variables = model._get_torch_save_params()
+        from stable_baselines3.common.utils import get_device
+
+        state: dict[str, Any] = {
+            "config": self.cfg.to_dict(),
+            "num_timesteps": int(model.num_timesteps),
+            "params": {k: v for k, v in model.get_parameters().items()},
+            "variables": {name: _getattr(model, name).detach().cpu() for name in variables},
+            "obs_rms": _rms_state(self.venv.obs_rms),
+            "ret_rms": _rms_state(self.venv.ret_rms),
+            "rng": _rng_state(),
+            "curve": self.curve,
+            "best_val": self.best_val,
+            "best_steps": self.best_steps,
+            "device": str(get_device(self.cfg.device)),
+        }
+        save_state(self.out / "state.pt", state)
+
+    def restore(self, st: dict[str, Any]) -> None:
+        model = self.model
+        model.set_parameters(st["params"], exact_match=True, device=model.device)
+        with torch.no_grad():
+            for name, value in st["variables"].items():
+                _getattr(model, name).copy_(value.to(model.device))
+        model.num_timesteps = int(st["num_timesteps"])
+        _set_rms(self.venv.obs_rms, st["obs_rms"])
+        _set_rms(self.venv.ret_rms, st["ret_rms"])
+        _set_rng_state(st["rng"])
+        self.curve = [[int(s), float(v)] for s, v in st["curve"]]
+        self.best_val, self.best_steps = float(st["best_val"]), int(st["best_steps"])
+
+
+def _getattr(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _callbacks(run: _Run, eval_env: Any) -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+
+    cfg = run.cfg
+
+    class ValidationCallback(EvalCallback):
+        """SB3's EvalCallback on the ``val`` env, plus the final-objective metric and best checkpoint."""
+
+        def _on_training_start(self) -> None:
+            super()._on_training_start()
+            if not run.curve:
+                run.validate()
+
+        def _on_step(self) -> bool:
+            if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+                run.validate()  # recorded before EvalCallback dumps the logger at this step
+            return super()._on_step()
+
+    class StateCheckpoint(BaseCallback):
+        """Writes ``state.pt`` and the last policy every ``checkpoint_every`` env steps."""
+
+        def __init__(self, every_calls: int) -> None:
+            super().__init__()
+            self.every_calls = every_calls
+
+        def _on_step(self) -> bool:
+            if self.n_calls % self.every_calls == 0:
+                run.save_checkpoint()
+            return True
+
+    validation = ValidationCallback(
+        eval_env, n_eval_episodes=cfg.n_eval_envs, eval_freq=max(1, cfg.eval_every // cfg.n_envs),
+        log_path=str(run.out / "eval"), deterministic=True, verbose=0, warn=False,
+    )
+    return CallbackList([validation, StateCheckpoint(max(1, cfg.checkpoint_every // cfg.n_envs))])
+
+
+def train_sb3(
+    cfg: SB3TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress_bar: bool = True,
+    tensorboard: bool = True,
+) -> dict[str, Any]:
+    """Train ``cfg.algo`` on ``cfg.env_id`` (module docstring). Returns the summary (also ``out_dir/summary.json``).
+
+    Args:
+        cfg: the configuration.
+        out_dir: run folder.
+        resume: continue from ``out_dir/state.pt`` (``num_timesteps``, networks, optimizers, VecNormalize
+            statistics, RNG states and the validation curve are restored; the training instance stream is
+            re-seeded with ``seed + num_timesteps``; SAC restarts with an empty replay buffer).
+        progress_bar: SB3's progress bar (needs ``tqdm`` and ``rich``).
+        tensorboard: write TensorBoard scalars to ``out_dir/tb``.
+
+    Raises:
+        ValueError: bad configuration, or ``resume`` with a state of a different configuration.
+        CheckpointError: ``resume`` without a readable ``state.pt``.
+        KeyboardInterrupt: re-raised after writing a final checkpoint.
+    """
+    from l2o_gym.agents.gps.train import FIRST_ORDER, best_baseline, training_record
+    from l2o_gym.evaluation import env_family
+
+    out = Path(out_dir)
+    state_path = out / "state.pt"
+    st = None
+    if resume:
+        st = load_state(state_path)
+        saved = SB3TrainConfig.from_dict(st["config"])
+        diff = [k for k in SB3TrainConfig.STRUCTURAL if getattr(saved, k) != getattr(cfg, k)]
+        if diff:
+            raise ValueError("cannot resume: the run in {} was made with other {}".format(
+                out, ", ".join(f"{k} ({getattr(saved, k)!r}, now {getattr(cfg, k)!r})" for k in diff)))
+    cfg.validate()
+    out.mkdir(parents=True, exist_ok=True)
+
+    family = env_family(cfg.env_id)
+    val = family.sample(cfg.n_val, "val", cfg.seed, dtype=torch.float64)
+    base_name, base_hp, base_val = best_baseline(cfg.baselines, val, cfg.horizon)
+    fo_name, fo_hp, fo_val = best_baseline(FIRST_ORDER, val, cfg.horizon)
+    log.info("best tuned baseline on val at T=%d: %s %s -> %.5g; first-order: %s %s -> %.5g",
+             cfg.horizon, base_name, base_hp, base_val, fo_name, fo_hp, fo_val)
+
+    venv = make_vec_env(cfg, "train", cfg.n_envs)
+    eval_env = make_vec_env(cfg, "val", cfg.n_eval_envs, training=False)
+    model = _build_model(cfg, venv, str(out / "tb") if tensorboard else None)
+    run = _Run(cfg, out, model, venv, val, family.dim)
+    if st is not None:
+        run.restore(st)
+        venv.seed(cfg.seed + model.num_timesteps)
+        log.info("resumed from %s at %d env steps", state_path, model.num_timesteps)
+    eval_env.seed(cfg.seed)
+    start_steps = int(model.num_timesteps)
+    remaining = cfg.total_timesteps - start_steps
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        if remaining > 0:
+            model.learn(remaining, callback=_callbacks(run, eval_env), reset_num_timesteps=st is None,
+                        tb_log_name=cfg.algo, progress_bar=progress_bar)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted at %d env steps: writing a final checkpoint", model.num_timesteps)
+    wall = time.perf_counter() - t0
+    steps_per_s = (model.num_timesteps - start_steps) / wall if wall > 0 else 0.0
+    run.validate()
+    run.save_checkpoint()
+    training = training_record(run.curve, int(model.num_timesteps), (base_name, base_val), (fo_name, fo_val))
+    for path in (run.best_path, run.last_path):
+        if path.is_file():
+            tensors, config = load_policy_file(path)
+            config.pop("format_version", None)
+            save_policy(path, tensors, {**config, "training": training})
+    summary = {
+        "algo": cfg.algo,
+        "env_id": cfg.env_id,
+        "env_steps_total": int(model.num_timesteps),
+        "best_val": run.best_val,
+        "best_env_steps": run.best_steps,
+        "final_val": run.curve[-1][1] if run.curve else None,
+        "baseline": {"name": base_name, "hparams": base_hp, "val_final": base_val},
+        "env_steps_to_reach_baseline": training["env_steps_to_reach_baseline"],
+        "first_order_baseline": {"name": fo_name, "hparams": fo_hp, "val_final": fo_val},
+        "env_steps_to_reach_first_order": training["env_steps_to_reach_first_order"],
+        "env_steps_per_s": steps_per_s,
+        "wall_s": wall,
+        "interrupted": interrupted,
+        "best_checkpoint": str(run.best_path),
+        "training": training,
+        "train_config": cfg.to_dict(),
+    }
+    from l2o_gym.checkpoint import atomic_write
+
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
+    venv.close()
+    eval_env.close()
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
