@@ -10,15 +10,45 @@ import argparse
 import json
 import logging
 import shutil
+import sys
+from pathlib import Path
 
 import torch
 
 from l2o_gym.agents.gps.badmm import BADMMConfig
 from l2o_gym.agents.gps.global_policy import RegressionConfig
+from l2o_gym.agents.gps.dynamics import GPSFitError
 from l2o_gym.agents.gps.train import GPSTrainConfig, train_gps
+from l2o_gym.checkpoint import CheckpointError
+from l2o_gym.envs import ENV_IDS
+
+_POSITIVE_INT = ("conditions", "samples", "horizon", "history", "iterations", "inner", "reg_iters", "val", "threads")
+_POSITIVE_FLOAT = ("kl_step", "max_mult", "kl_target", "init_nu", "prior_strength", "init_std", "reg_lr",
+                   "max_step_factor")
 
 
-def main() -> None:
+def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for values the library would only reject deep inside a run."""
+    if a.env not in ENV_IDS:
+        p.error(f"unknown env id {a.env!r}: expected one of {', '.join(ENV_IDS)}")
+    for name in _POSITIVE_INT + _POSITIVE_FLOAT:
+        value = getattr(a, name)
+        if not value > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value!r}")
+    for name in ("global_samples", "weight_decay", "action_penalty"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be non-negative, got {getattr(a, name)!r}")
+    if a.init_lr is not None and not a.init_lr > 0:
+        p.error(f"--init-lr must be positive, got {a.init_lr!r}")
+    if any(h < 1 for h in a.hidden):
+        p.error(f"--hidden widths must be positive, got {a.hidden}")
+    if a.resume and not (Path(a.out) / "state.pt").is_file():
+        p.error(f"--resume: no training state {str(Path(a.out) / 'state.pt')!r} to continue from")
+    if a.evaluate and not Path(a.evaluate).is_file():
+        p.error(f"--evaluate: checkpoint {a.evaluate!r} does not exist")
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="l2o/LogisticRegression-v0", help="registered env id")
     p.add_argument("--conditions", type=int, default=20, help="M training problems (train split)")
@@ -55,7 +85,8 @@ def main() -> None:
                    help="no training: the docs/gps.md table for CKPT (baselines tuned on val at --horizon, "
                         "100 test problems at T and 10T) as JSON")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    _check(p, a)
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.evaluate:
@@ -66,7 +97,7 @@ def main() -> None:
             print(f"{name:9s} f(T)={r['f_T']:.4f} f(10T)={r['f_long']:.4f} ({r['ratio_long']:.2f}) "
                   f"evals(T)={r['evals_T']:.1f} f(<=T evals)={r['f_at_T_evals']:.4f} val={r['val_final']:.4f} {r['hparams']}")
         print(json.dumps(rows))
-        return
+        return 0
     cfg = GPSTrainConfig(
         env_id=a.env, n_conditions=a.conditions, horizon=a.horizon, history=a.history, include_steps=a.include_steps,
         iterations=a.iterations,
@@ -79,7 +110,15 @@ def main() -> None:
             regression=RegressionConfig(iterations=a.reg_iters, lr=a.reg_lr, weight_decay=a.weight_decay),
         ),
     )
-    summary = train_gps(cfg, a.out, resume=a.resume, device=a.device)
+    try:
+        summary = train_gps(cfg, a.out, resume=a.resume, device=a.device)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last completed iteration is saved in {a.out}/state.pt (and gps_best.safetensors); "
+              "continue with --resume", file=sys.stderr)
+        return 130
+    except (CheckpointError, GPSFitError) as exc:
+        print(f"train_gps.py: error: {exc}", file=sys.stderr)
+        return 1
     steps = summary["env_steps_to_reach_baseline"]
     b = summary["baseline"]
     print(f"best val objective at T={a.horizon}: GPS {summary['best_val']:.5g} (iteration {summary['best_iteration']}), "
@@ -95,7 +134,8 @@ def main() -> None:
         shutil.copyfile(f"{a.out}/gps_best.safetensors", a.save)
         print(f"saved {a.save}")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("history", "train_config", "training", "tuned_baselines")}, default=str))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -41,6 +41,11 @@ def _script(name: str) -> ModuleType:
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--family-kwargs", "[1]"], "JSON object"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--resume"], "--resume needs --out"),
         ("bench", ["lstm", "--iters", "0"], "--iters must be a positive integer"),
+        ("train_gps", ["--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),
+        ("train_gps", ["--conditions", "0"], "--conditions must be positive, got 0"),
+        ("train_gps", ["--kl-step", "-1"], "--kl-step must be positive"),
+        ("train_gps", ["--resume", "--out", "{tmp}/none"], "no training state"),
+        ("train_gps", ["--hessian", "bogus"], "invalid choice: 'bogus'"),
     ],
 )
 def test_usage_errors_exit_2(script, argv, match, tmp_path, capsys):
@@ -97,3 +102,14 @@ def test_train_lstm_cli_exits_130_on_ctrl_c(tmp_path, monkeypatch, capsys):
     assert "--resume" in capsys.readouterr().err
     if sys.platform != "win32":
         assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary files left behind
+
+
+def test_train_gps_cli_exits_130_on_ctrl_c(tmp_path, monkeypatch, capsys):
+    mod = _script("train_gps")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "train_gps", interrupted)
+    assert mod.main(["--iterations", "1", "--out", str(tmp_path)]) == 130
+    assert "--resume" in capsys.readouterr().err
