@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from l2o_gym import core
 from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, load_state, save_policy, save_state
 from l2o_gym.core import CoreConfig, State
-from l2o_gym.policy import Policy, run_policy
+from l2o_gym.policy import FeatureView, Policy, run_policy
 from l2o_gym.problems import ProblemBatch
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 _OBS_MEAN, _OBS_VAR = "vecnormalize.obs_mean", "vecnormalize.obs_var"
-_STATE_KEYS = ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated")
 CONTRIB_HINT = (
     'recurrent_ppo needs the optional extra "contrib" (sb3-contrib): '
     'pip install -c constraints.txt -e ".[contrib]"  (or: pip install -c constraints.txt "sb3-contrib>=2.3,<3")'
@@ -340,6 +339,7 @@ class SB3Policy(Policy):
         self.kind = kind
         self.name = kind
         self.core_config = core_config
+        self.view = FeatureView(core_config)
         self.dim = int(dim)
         self.action_scale = float(action_scale)
         self.env_id = env_id
@@ -368,36 +368,16 @@ class SB3Policy(Policy):
         return self
 
     # -- the interface ----------------------------------------------------------------------------------
-    def _same_features(self, cfg: CoreConfig) -> bool:
-        mine = self.core_config
-        return (cfg.history, cfg.include_steps, cfg.grad_scale, cfg.feature_clip, cfg.eps) == (
-            mine.history, mine.include_steps, mine.grad_scale, mine.feature_clip, mine.eps)
-
-    def _shadow_config(self) -> CoreConfig:
-        return dataclasses.replace(self.core_config, horizon=2**62, blowup=1e30, validate=False)
-
     def reset(self, state: State) -> Any:
         if state.dim != self.dim:
             raise ValueError(f"{self.kind} policy trained for dimension {self.dim}, the problems have {state.dim}")
-        shadow = None
-        if not self._same_features(state.config):
-            s = core.initial_state(state.theta.detach(), state.loss.detach(), state.grad.detach(), self._shadow_config())
-            shadow = (tuple(getattr(s, k) for k in _STATE_KEYS), state.t.clone())
+        shadow = self.view.start(state)
         lstm = None
         if self.recurrent:
             net = self.module.lstm_actor  # type: ignore[attr-defined]
             shape = (net.num_layers, state.n, net.hidden_size)
             lstm = (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
         return None if shadow is None and lstm is None else (shadow, lstm)
-
-    def _observation(self, state: State, shadow: Any) -> tuple[Tensor, Any]:
-        if shadow is None:
-            return core.features(state), None
-        tensors, last_t = shadow
-        s = State(problems=None, config=self._shadow_config(), **dict(zip(_STATE_KEYS, tensors)))  # type: ignore[arg-type]
-        if not torch.equal(state.t, last_t):  # one step since the last call: advance the shadow
-            s, *_ = core.transition(s, state.theta.detach() - s.theta, state.loss.detach(), state.grad.detach())
-        return core.features(s), (tuple(getattr(s, k) for k in _STATE_KEYS), state.t.clone())
 
     def normalize(self, obs: Tensor) -> Tensor:
         """VecNormalize's observation transform, in torch (float32, on the policy's device)."""
@@ -408,7 +388,7 @@ class SB3Policy(Policy):
 
     def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
         shadow, lstm = hidden if hidden is not None else (None, None)
-        obs, shadow = self._observation(state, shadow)
+        obs, shadow = self.view.observe(state, shadow)
         x = self.normalize(obs)
         with torch.no_grad():
             if self.recurrent:

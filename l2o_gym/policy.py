@@ -14,6 +14,7 @@ the ``N`` instances; ``None`` for memoryless policies.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,47 @@ class Policy(ABC):
         ``None`` (the default) means one per iteration, the core's; line-search methods override it.
         """
         return None
+
+
+class FeatureView:
+    """The observation a policy trained with ``config`` expects, from a state built with any config.
+
+    Learned policies that read :func:`l2o_gym.core.features` (GPS, SB3) were trained with one history length
+    ``H`` (and ``include_steps``, scaling); the state they are handed may have been built with another (the
+    env's default, or ``LearnedOptimizer``'s minimal one). Then :meth:`start` makes a *shadow* state with the
+    trained config from the same θ, objective and gradient, and :meth:`observe` advances it from the real
+    state's iterate, objective and gradient — the step actually taken, learning-rate multipliers and rejected
+    (diverged) steps included — so no extra objective evaluations are made. The shadow is a tuple of tensors
+    (it saves in ``LearnedOptimizer.state_dict()``); ``None`` when the state's features are already right.
+    """
+
+    _KEYS = ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated")
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = dataclasses.replace(config, horizon=2**62, blowup=1e30, validate=False)
+
+    def matches(self, config: CoreConfig) -> bool:
+        """Whether a state built with ``config`` already has the trained features."""
+        mine = self.config
+        return (config.history, config.include_steps, config.grad_scale, config.feature_clip, config.eps) == (
+            mine.history, mine.include_steps, mine.grad_scale, mine.feature_clip, mine.eps)
+
+    def start(self, state: State) -> tuple[tuple[Tensor, ...], Tensor] | None:
+        """The shadow memory for ``state`` (``None`` if its own features are the trained ones)."""
+        if self.matches(state.config):
+            return None
+        s = core.initial_state(state.theta.detach(), state.loss.detach(), state.grad.detach(), self.config)
+        return tuple(getattr(s, k) for k in self._KEYS), state.t.clone()
+
+    def observe(self, state: State, shadow: Any) -> tuple[Tensor, Any]:
+        """``(features [N, F], updated shadow)`` of ``state`` under the trained config."""
+        if shadow is None:
+            return core.features(state), None
+        tensors, last_t = shadow
+        s = State(problems=None, config=self.config, **dict(zip(self._KEYS, tensors)))  # type: ignore[arg-type]
+        if not torch.equal(state.t, last_t):  # the state moved on since the last call: advance the shadow
+            s, *_ = core.transition(s, state.theta.detach() - s.theta, state.loss.detach(), state.grad.detach())
+        return core.features(s), (tuple(getattr(s, k) for k in self._KEYS), state.t.clone())
 
 
 @dataclass

@@ -145,3 +145,27 @@ def test_include_steps_and_global_samples_end_to_end(tmp_path):
     gps = float(run_policy(policy, val, cfg.horizon, policy.core_config).losses[-1].mean())
     assert gps == pytest.approx(summary["best_val"], rel=1e-6)
     assert gps < gd, (gps, gd)
+
+
+def test_wraps_into_learned_optimizer_with_its_own_features():
+    """``LearnedOptimizer`` keeps a history of 1 and no problems in its state: the policy's feature view
+    builds the trained features from the user's loss and gradients, and the lr multiplier scales the step."""
+    from l2o_gym.optim import LearnedOptimizer
+
+    pol = _policy(history=3)
+    pb = make_family("logistic_regression").sample(1, "test", 0, dtype=torch.float64)
+    ref = run_policy(pol, pb, 6, pol.core_config)  # the policy on its own config
+    theta = torch.nn.Parameter(pb.x0[0].clone())
+    opt = LearnedOptimizer([theta], pol)
+    losses = []
+
+    def closure():  # the policy reads objective changes: give the optimizer the loss
+        opt.zero_grad()
+        loss = pb.loss(theta.unsqueeze(0))[0]
+        loss.backward()
+        return loss
+
+    for _ in range(6):
+        losses.append(float(opt.step(closure).detach()))
+    losses.append(float(pb.loss(theta.detach().unsqueeze(0))[0]))
+    assert torch.allclose(torch.tensor(losses, dtype=torch.float64), ref.losses[:, 0], rtol=1e-9, atol=1e-12)

@@ -21,7 +21,7 @@ from l2o_gym import core
 from l2o_gym.agents.gps.global_policy import GaussianMLP
 from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, save_policy
 from l2o_gym.core import CoreConfig, State
-from l2o_gym.policy import Policy
+from l2o_gym.policy import FeatureView, Policy
 
 KIND = "gps"
 
@@ -49,6 +49,7 @@ class GPSPolicy(Policy):
     ) -> None:
         self.model = model.eval()
         self.core_config = core_config
+        self.view = FeatureView(core_config)
         self.dim = dim
         self.env_id = env_id
         self.max_step = max_step
@@ -56,35 +57,19 @@ class GPSPolicy(Policy):
         if model.obs_dim != expect:
             raise ValueError(f"model reads {model.obs_dim} features, the core config gives {expect} for d={dim}")
 
-    def _same_features(self, cfg: CoreConfig) -> bool:
-        return cfg.history == self.core_config.history and cfg.include_steps == self.core_config.include_steps \
-            and cfg.grad_scale == self.core_config.grad_scale and cfg.feature_clip == self.core_config.feature_clip
-
     def reset(self, state: State) -> Any:
         if state.dim != self.dim:
             raise ValueError(f"GPS policy trained for dimension {self.dim}, the problems have {state.dim}")
-        if self._same_features(state.config):
-            return None
-        cfg = dataclasses.replace(self.core_config, horizon=state.config.horizon, validate=False)
-        shadow = core.reset(state.problems, cfg)
-        return {"shadow": shadow, "last": None}
+        return self.view.start(state)
 
     def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
-        if hidden is None:
-            obs = core.features(state)
-        else:
-            shadow = hidden["shadow"]
-            if hidden["last"] is not None:
-                shadow, *_ = core.transition(shadow, hidden["last"], state.loss.detach(), state.grad.detach())
-            obs = core.features(shadow)
+        obs, hidden = self.view.observe(state, hidden)
         dtype = self.model.in_mean.dtype
         with torch.no_grad():
             step = self.model(obs.to(dtype)).to(state.theta.dtype)
         if self.max_step is not None:
             step = step.clamp(-self.max_step, self.max_step)
         step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
-        if hidden is not None:
-            hidden = {"shadow": shadow, "last": step}
         return step, hidden
 
     # ------------------------------------------------------------------ checkpoints
