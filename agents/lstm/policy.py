@@ -230,6 +230,9 @@ PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 PRETRAINED: dict[str, str] = {
     "l2o/Quadratic-v0": "lstm_Quadratic.safetensors",
     "l2o/MLP-v0": "lstm_MLP.safetensors",
+    "l2o/LogisticRegression-v0": "lstm_LogisticRegression.safetensors",
+    "l2o/RobustLinearRegression-v0": "lstm_RobustLinearRegression.safetensors",
+    "l2o/NeuralNet-v0": "lstm_NeuralNet.safetensors",
 }
 
 
