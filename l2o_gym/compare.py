@@ -258,6 +258,7 @@ def write_report(
             out / name,
             f"{section}, T = {horizon}, {rows[0].n_problems} test problems",
             bands={r.policy: (r.curve_ci_low, r.curve_ci_high) for r in rows},
+            highlight=[r.policy for r in rows if r.policy in LEARNED],
         )
         best = min(rows, key=lambda r: r.final_mean).policy
         lines += [

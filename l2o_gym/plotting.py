@@ -14,8 +14,12 @@ def plot_curves(
     title: str,
     bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
     ylabel: str = "mean objective f(θ_t)",
+    highlight: Sequence[str] = (),
 ) -> Path:
     """Write a PNG with one line per curve (``[T+1]`` values) and optional ``(low, high)`` bands.
+
+    Curves named in ``highlight`` (e.g. the learned optimizers) are drawn thick and solid, the others thin and
+    dashed, so a plot with many baselines stays readable.
 
     Returns the written path. Uses the Agg canvas directly, so no display is needed.
     """
@@ -29,10 +33,11 @@ def plot_curves(
     for name, ys in curves.items():
         y = np.asarray(ys, dtype=np.float64)
         x = np.arange(y.size)
-        (line,) = ax.plot(x, y, label=name, lw=1.6)
+        strong = not highlight or name in highlight
+        (line,) = ax.plot(x, y, label=name, lw=2.2 if strong else 1.1, ls="-" if strong else "--")
         if bands and name in bands:
             lo, hi = (np.asarray(b, dtype=np.float64) for b in bands[name])
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2 if strong else 0.07, lw=0)
             positive &= bool(np.all(lo > 0))
         positive &= bool(np.all(y > 0))
     if positive:

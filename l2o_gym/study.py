@@ -10,8 +10,10 @@ degrades past its training horizon, the RL one does not), plus the MLP transfer 
 On top of the per-section tables of :func:`l2o_gym.compare.write_report`, the report starts with
 
 * **RL vs supervised** — per problem, the best tuned baseline and each learned optimizer at ``T`` and 10·T;
-* **long horizon** — per learned optimizer, ``f(θ_10T) / f(θ_T)``, whether every problem stayed finite, and
-  the verdict *stable* (finite and ≤ 1.1×), *grows* or *diverges*;
+* **long horizon** — per learned optimizer, ``f(θ_10T) / f(θ_T)``, the peak of the mean objective over
+  ``[T, 10T]`` relative to ``f(θ_T)``, whether every problem stayed finite, and the verdict: *stable* (finite,
+  ratio and peak ≤ 1.1), *recovers* (finite and ratio ≤ 1.1, but the mean rose above 1.1·f(θ_T) in between),
+  *grows* (ratio > 1.1) or *diverges* (a problem diverged);
 * **sample efficiency** — from the training summaries stored in the shipped checkpoints (key
   ``"training"``): env steps each RL method needed to reach the best tuned baseline's ``val`` objective
   (and the best first-order one), GPS vs PPO.
@@ -108,12 +110,16 @@ def long_horizon_rows(results: list[EvalResult], sections: list[Section]) -> lis
                 ratio: float | None = long.final_mean / short.final_mean
             else:
                 ratio = 1.0 if long.final_mean <= short.final_mean else None  # None: grew from exactly 0
+            worst = max(long.curve_mean[sec.horizon:])  # the mean objective's peak after the training horizon
             finite = long.diverged_fraction == 0 and math.isfinite(long.final_mean)
-            stable = ratio is not None and ratio <= STABLE_RATIO
-            verdict = "diverges" if not finite else ("stable" if stable else "grows")
+            peak = worst / short.final_mean if short.final_mean > 0 else None
+            within = ratio is not None and ratio <= STABLE_RATIO
+            steady = within and peak is not None and peak <= STABLE_RATIO
+            verdict = "diverges" if not finite else ("stable" if steady else "recovers" if within else "grows")
             rows.append({"section": sec.name, "policy": kind, "kind": LEARNED_KIND[kind], "T": sec.horizon,
                          "long_T": sec.long_horizon, "f_T": short.final_mean, "f_long": long.final_mean,
-                         "ratio": ratio, "diverged_fraction": long.diverged_fraction, "finite": finite,
+                         "ratio": ratio, "worst_ratio": peak,
+                         "diverged_fraction": long.diverged_fraction, "finite": finite,
                          "verdict": verdict})
     return rows
 
@@ -196,12 +202,16 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
         "",
         f"## Long horizon: does each learned optimizer stay finite and within {STABLE_RATIO}× of f(θ_T) at 10·T?",
         "",
-        "| problem | policy | T → 10T | f(θ_T) | f(θ_10T) | ratio | diverged at 10T | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "`ratio` = f(θ_10T) / f(θ_T); `peak` = the largest mean objective at any t in [T, 10T], over f(θ_T) "
+        "(an optimizer that wanders off and comes back shows there). Verdicts: *stable* — finite, ratio and peak ≤ "
+        f"{STABLE_RATIO}; *recovers* — finite and ratio ≤ {STABLE_RATIO} but a peak above it; *grows*; *diverges*.",
+        "",
+        "| problem | policy | T → 10T | f(θ_T) | f(θ_10T) | ratio | peak | diverged at 10T | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in lh:
         lines.append(f"| {row['section']} | {row['policy']} ({row['kind']}) | {row['T']} → {row['long_T']} | "
-                     f"{_fmt(row['f_T'])} | {_fmt(row['f_long'])} | {_ratio(row['ratio'])} | "
+                     f"{_fmt(row['f_T'])} | {_fmt(row['f_long'])} | {_ratio(row['ratio'])} | {_ratio(row['worst_ratio'])} | "
                      f"{100 * row['diverged_fraction']:.0f}% | **{row['verdict']}** |")
     se = sample_efficiency_rows(results)
     lines += [

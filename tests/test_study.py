@@ -40,7 +40,7 @@ def test_tiny_study_writes_a_complete_report(tiny_study):
     learned = {(s.name, p) for s in sections if s.long_horizon for p in s.policies if p in LEARNED}
     rows = {(r["section"], r["policy"]) for r in data["study"]["long_horizon"]}
     assert rows == learned
-    assert all(r["verdict"] in ("stable", "grows", "diverges") for r in data["study"]["long_horizon"])
+    assert all(r["verdict"] in ("stable", "recovers", "grows", "diverges") for r in data["study"]["long_horizon"])
     # the RL checkpoints carry their training summaries into the sample-efficiency table
     se = {(r["env"], r["policy"]): r for r in data["study"]["sample_efficiency"]}
     for key in (("l2o/LogisticRegression-v0", "gps"), ("l2o/LogisticRegression-v0", "ppo")):
@@ -53,9 +53,12 @@ def test_tiny_study_writes_a_complete_report(tiny_study):
 
 
 def test_long_horizon_verdicts():
-    def res(policy, horizon, final, diverged=0.0):
+    def res(policy, horizon, final, diverged=0.0, peak=None):
+        curve = [final] * (horizon + 1)
+        if peak is not None:
+            curve[horizon // 2] = peak
         return EvalResult("l2o/Quadratic-v0", policy, horizon, 4, 0, final, final, 0.0, final, diverged, horizon, 0.0,
-                          [final], [final], [final], extra={"section": "l2o/Quadratic-v0"})
+                          curve, curve, curve, extra={"section": "l2o/Quadratic-v0"})
 
     sec = [s for s in PRESETS["study"]() if s.env == "l2o/Quadratic-v0"][0]
     rows = long_horizon_rows([res("lstm", 100, 0.1), res("lstm", 1000, 0.105)], [sec])
@@ -64,6 +67,8 @@ def test_long_horizon_verdicts():
     assert rows[0]["verdict"] == "grows"
     rows = long_horizon_rows([res("lstm", 100, 0.1), res("lstm", 1000, 0.05, diverged=0.01)], [sec])
     assert rows[0]["verdict"] == "diverges"
+    rows = long_horizon_rows([res("lstm", 100, 0.1), res("lstm", 1000, 0.1, peak=0.5)], [sec])
+    assert rows[0]["verdict"] == "recovers" and rows[0]["worst_ratio"] == pytest.approx(5.0)
 
 
 def test_unknown_preset_is_a_clear_error():
