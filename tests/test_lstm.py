@@ -296,8 +296,7 @@ def _torchrun(nproc: int, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
 
 
-@pytest.mark.slow
-def test_torchrun_one_process_equals_single_process_and_two_processes_train(tmp_path):
+def test_torchrun_one_process_equals_single_process_and_two_processes_train(tmp_path):  # ~20 s: 3 torchrun launches
     """``torchrun --nproc_per_node 1`` reproduces plain training exactly; 2 gloo processes train together."""
     from safetensors.torch import load_file
 
