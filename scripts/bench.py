@@ -49,6 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.what in ("env", "eval"):
+        from l2o_gym.envs import ENV_IDS
+
+        if args.env not in ENV_IDS:
+            parser.error(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")
+    if args.what == "env":
+        if min(args.sizes) < 1 or args.history < 1 or args.seconds <= 0:
+            parser.error(f"--sizes and --history must be positive integers and --seconds positive, got "
+                         f"{args.sizes}, {args.history}, {args.seconds}")
+    if args.what == "eval" and (args.n_problems < 1 or args.horizon < 1):
+        parser.error(f"--n-problems and --horizon must be positive, got {args.n_problems} and {args.horizon}")
     if args.what == "lstm":
         return _bench_lstm(args, parser)
     if args.what == "eval":

@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/demo", help="output folder for the plots (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.num_envs < 1 or args.horizon < 1:
+        parser.error(f"--num-envs and --horizon must be positive, got {args.num_envs} and {args.horizon}")
+    if any(not lr > 0 for lr in args.lrs):
+        parser.error(f"--lrs must be positive step sizes, got {args.lrs}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for env_id in args.env:
         res = gradient_descent_demo(env_id, args.num_envs, args.horizon, tuple(args.lrs), args.seed, args.out, args.device)
