@@ -1,5 +1,5 @@
-"""Learned-optimizer training on CUDA (skipped without a GPU): GPS end to end, and its policy on the GPU
-gives the CPU's objectives."""
+"""Learned optimizers on CUDA (skipped without a GPU): GPS trains end to end there, and the GPS and shipped
+PPO policies give the CPU's objectives on the GPU."""
 
 from __future__ import annotations
 
@@ -32,3 +32,16 @@ def test_gps_trains_on_cuda_and_matches_cpu_at_test_time(tmp_path):
         problems = fam.sample(16, "test", 0, device=dev, dtype=torch.float64)
         losses[dev] = run_policy(policy, problems, cfg.horizon, policy.core_config).losses.cpu()
     assert torch.allclose(losses["cpu"], losses["cuda"], rtol=1e-5, atol=1e-7)
+
+
+def test_shipped_ppo_policy_on_cuda_matches_cpu():
+    from l2o_gym.agents.sb3 import load_policy
+    from l2o_gym.compare import pretrained_path
+
+    env_id = "l2o/LogisticRegression-v0"
+    finals = {}
+    for dev in ("cpu", "cuda"):
+        policy = load_policy(pretrained_path("ppo", env_id), env_id=env_id, device=dev)
+        problems = make_family("logistic_regression").sample(16, "test", 0, device=dev)
+        finals[dev] = run_policy(policy, problems, 10, policy.core_config).losses.cpu()
+    assert torch.allclose(finals["cpu"], finals["cuda"], rtol=1e-4, atol=1e-6)
