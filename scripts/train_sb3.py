@@ -127,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best val objective at T={a.horizon}: {a.algo} {summary['best_val']:.5g} "
           f"(at {summary['best_env_steps']} env steps of {summary['env_steps_total']}); "
           f"{summary['env_steps_per_s']:.0f} env steps/s")
-    print(f"best baseline {b['name']} {b['hparams']} {b['val_final']:.5g}: reached at "
-          f"{reach if reach is not None else 'not reached'}; first-order {fo['name']} {fo['hparams']} "
-          f"{fo['val_final']:.5g}: reached at {reach_fo if reach_fo is not None else 'not reached'}")
+    def when(steps: int | None) -> str:
+        return "not reached" if steps is None else f"reached after {steps} env steps"
+
+    print(f"best baseline {b['name']} {b['hparams']} {b['val_final']:.5g}: {when(reach)}; "
+          f"best first-order {fo['name']} {fo['hparams']} {fo['val_final']:.5g}: {when(reach_fo)}")
     if a.save:
         atomic_write(a.save, lambda tmp: shutil.copyfile(summary["best_checkpoint"], tmp))
         print(f"saved {a.save}")
