@@ -261,6 +261,65 @@ def test_eta_search_failure_names_condition_and_time_step():
         solve_kl_step(dyn, cost, prev, torch.ones(m, dtype=D), eta_max=1e6)
 
 
+@pytest.mark.parametrize("with_terms", [False, True])
+def test_eta_search_on_active_subset_equals_full_batch(monkeypatch, with_terms):
+    """The bisection re-runs the backward pass only on unconverged conditions; η, controllers and KL equal the
+    full-batch search (conditions with budgets from tiny to inactive converge at different iterations)."""
+    import l2o_gym.agents.gps.lqr as lqr
+
+    g = torch.Generator().manual_seed(7)
+    m, t_len, dx, du = 9, 6, 3, 2
+    dyn, cost, _ = _random_lq(g, m, t_len, dx, du)
+    cost.C[2, ..., dx:, dx:] = -cost.C[2, ..., dx:, dx:]  # non-convex in u: needs a large η
+    prev = LinearGaussianPolicy(
+        0.1 * torch.randn(m, t_len, du, dx, generator=g, dtype=D), torch.zeros(m, t_len, du, dtype=D),
+        0.5 * torch.eye(du, dtype=D).expand(m, t_len, du, du).clone(),
+    )
+    eps = torch.tensor([1e-3, 0.01, 0.3, 0.1, 1.0, 3.0, 10.0, 1e6, 0.05], dtype=D)
+    kw = {}
+    if with_terms:
+        kw = {
+            "nu": 0.1 * torch.rand(m, t_len, generator=g, dtype=D),
+            "glob": LinearGaussianPolicy(
+                0.1 * torch.randn(m, t_len, du, dx, generator=g, dtype=D),
+                0.1 * torch.randn(m, t_len, du, generator=g, dtype=D),
+                torch.eye(du, dtype=D).expand(m, t_len, du, du).clone(),
+            ),
+            "lam": 0.1 * torch.randn(m, t_len, du, generator=g, dtype=D),
+        }
+    sizes = []
+    orig = lqr.backward
+
+    def counting(dyn_, *a, **k):
+        sizes.append(dyn_.F.shape[0])
+        return orig(dyn_, *a, **k)
+
+    monkeypatch.setattr(lqr, "backward", counting)
+    fast = solve_kl_step(dyn, cost, prev, eps, **kw)
+    fast_sizes, sizes[:] = list(sizes), []
+    full = solve_kl_step(dyn, cost, prev, eps, _full_batch=True, **kw)
+    # The searches converge at different iterations: the active batch shrinks, while the full path always
+    # evaluates all M conditions, for as many steps as the slowest condition needs.
+    assert sizes == [m] * len(sizes) and len(fast_sizes) == len(sizes)
+    assert fast_sizes[2] < m and fast_sizes[-1] < fast_sizes[2]
+    assert fast_sizes == sorted(fast_sizes, reverse=True)
+    assert len(set(fast_sizes[2:])) > 2
+    torch.testing.assert_close(fast.eta, full.eta, rtol=1e-12, atol=0)
+    torch.testing.assert_close(fast.kl, full.kl, rtol=1e-10, atol=1e-12)
+    for a, b in ((fast.policy.K, full.policy.K), (fast.policy.k, full.policy.k), (fast.policy.cov, full.policy.cov)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # A per-condition loop (batch of one) agrees too.
+    for i in range(m):
+        one = slice(i, i + 1)
+        sub = {k: (v.index(torch.tensor([i])) if isinstance(v, LinearGaussianPolicy) else v[one]) for k, v in kw.items()}
+        r = solve_kl_step(
+            LinearGaussianDynamics(dyn.F[one], dyn.f[one], dyn.W[one], dyn.x0_mean[one], dyn.x0_cov[one]),
+            QuadraticCost(cost.C[one], cost.c[one], cost.c0[one]), prev.index(torch.tensor([i])), eps[one], **sub,
+        )
+        torch.testing.assert_close(r.eta, fast.eta[one], rtol=1e-12, atol=0)
+        torch.testing.assert_close(r.policy.K, fast.policy.K[one], rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------- global policy
 def test_global_regression_recovers_linear_gaussian_policy():
     torch.manual_seed(0)

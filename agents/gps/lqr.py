@@ -186,6 +186,7 @@ def solve_kl_step(
     eta_max: float = 1e8,
     kl_tol: float = 0.1,
     max_iter: int = 60,
+    _full_batch: bool = False,
 ) -> KLStepResult:
     """New controllers meeting ``Σ_t KL(p ‖ prev) ≈ eps`` (per condition), by bisection on ``log η``.
 
@@ -198,6 +199,11 @@ def solve_kl_step(
         GPSFitError: if even ``eta_max`` gives a non-positive-definite ``Q_uu`` (naming the condition and
             time step). A KL still above ``ε`` at ``eta_max`` (round-off: the solution there is the previous
             controller) is recovered by keeping the previous controller for that condition, with a warning.
+
+    Each bisection step re-runs the backward pass only on the conditions whose search has not converged yet
+    (the batched inputs are indexed by that active subset and the results scattered back), so the cost of the
+    search scales with the unconverged conditions. Conditions are independent, so this gives the same η and
+    controllers as re-running the whole batch; ``_full_batch=True`` keeps that reference path (for tests).
     """
     m = eps.shape[0]
     du = prev.K.shape[-2]
@@ -205,16 +211,25 @@ def solve_kl_step(
     lo = torch.full((m,), math.log(eta_min), **opts)
     hi = torch.full((m,), math.log(eta_max), **opts)
 
-    def evaluate(log_eta: Tensor) -> tuple[BackwardResult, Tensor]:
-        res = backward(dyn, cost, log_eta.exp(), nu, prev, glob, lam, du=du)
+    def evaluate(log_eta: Tensor, idx: Tensor | None = None) -> tuple[BackwardResult, Tensor]:
+        """Backward pass and achieved KL at ``log η``, on all conditions or only those in ``idx``."""
+        d, c, n, p, g, la = dyn, cost, nu, prev, glob, lam
+        if idx is not None:
+            d = LinearGaussianDynamics(dyn.F[idx], dyn.f[idx], dyn.W[idx], dyn.x0_mean[idx], dyn.x0_cov[idx])
+            c = QuadraticCost(cost.C[idx], cost.c[idx], cost.c0[idx])
+            n = None if nu is None else nu[idx]
+            p = prev.index(idx)
+            g = None if glob is None else glob.index(idx)
+            la = None if lam is None else lam[idx]
+        res = backward(d, c, log_eta.exp(), n, p, g, la, du=du)
         pol = res.policy
         # Conditions whose Q_uu failed get the previous controller there, only to keep the KL finite.
         pol = LinearGaussianPolicy(
-            torch.where(res.ok[:, None, None, None], pol.K, prev.K),
-            torch.where(res.ok[:, None, None], pol.k, prev.k),
-            torch.where(res.ok[:, None, None, None], pol.cov, prev.cov),
+            torch.where(res.ok[:, None, None, None], pol.K, p.K),
+            torch.where(res.ok[:, None, None], pol.k, p.k),
+            torch.where(res.ok[:, None, None, None], pol.cov, p.cov),
         )
-        kl = trajectory_kl(dyn, pol, prev)
+        kl = trajectory_kl(d, pol, p)
         kl = torch.where(res.ok & torch.isfinite(kl), kl, torch.full_like(kl, float("inf")))
         return BackwardResult(pol, res.ok, res.bad_t, res.V, res.v), kl
 
@@ -240,6 +255,8 @@ def solve_kl_step(
     best_eta = torch.where(inactive, lo, best_eta)
     best_kl = torch.where(inactive, kl_low, best_kl)
     done = inactive.clone()
+    if not _full_batch:
+        return _bisect_active(evaluate, lo, hi, eps, best_pol, best_eta, best_kl, done, kl_tol, max_iter)
     for _ in range(max_iter):
         if bool(done.all()):
             break
@@ -254,6 +271,42 @@ def solve_kl_step(
         best_kl = torch.where(feasible, kl, best_kl)
         close = (kl - eps).abs() <= kl_tol * eps
         done = done | (close & feasible) | ((hi - lo) < 1e-3)
+    return KLStepResult(best_pol, best_eta.exp(), best_kl)
+
+
+def _bisect_active(
+    evaluate, lo: Tensor, hi: Tensor, eps: Tensor, best_pol: LinearGaussianPolicy, best_eta: Tensor,
+    best_kl: Tensor, done: Tensor, kl_tol: float, max_iter: int,
+) -> KLStepResult:
+    """The bisection loop of :func:`solve_kl_step`, evaluating only the not-yet-converged conditions.
+
+    Step for step the same updates as the full-batch loop there (whose converged conditions are left unchanged
+    by every step), restricted to the active indices and scattered back.
+    """
+    lo, hi, done = lo.clone(), hi.clone(), done.clone()
+    best_pol, best_eta, best_kl = best_pol.clone(), best_eta.clone(), best_kl.clone()
+    m = done.shape[0]
+    for _ in range(max_iter):
+        act = (~done).nonzero().flatten()
+        n_act = act.numel()
+        if n_act == 0:
+            break
+        lo_a, hi_a, eps_a = lo[act], hi[act], eps[act]
+        mid = 0.5 * (lo_a + hi_a)
+        res, kl = evaluate(mid, None if n_act == m else act)
+        too_small = kl > eps_a  # includes non-PD (kl = inf)
+        lo_a = torch.where(too_small, mid, lo_a)
+        hi_a = torch.where(~too_small, mid, hi_a)
+        lo[act], hi[act] = lo_a, hi_a
+        feasible = ~too_small  # KL ≤ ε: a valid, tighter-η solution
+        upd = act[feasible]
+        best_pol.K[upd] = res.policy.K[feasible]
+        best_pol.k[upd] = res.policy.k[feasible]
+        best_pol.cov[upd] = res.policy.cov[feasible]
+        best_eta[upd] = mid[feasible]
+        best_kl[upd] = kl[feasible]
+        close = (kl - eps_a).abs() <= kl_tol * eps_a
+        done[act] = (close & feasible) | ((hi_a - lo_a) < 1e-3)
     return KLStepResult(best_pol, best_eta.exp(), best_kl)
 
 
