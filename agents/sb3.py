@@ -48,7 +48,9 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from l2o_gym import core
-from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, load_state, save_policy, save_state
+from l2o_gym.checkpoint import (
+    CheckpointError, check_compatible, load_policy_file, load_state, save_policy, save_state, update_policy_config,
+)
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import FeatureView, Policy, run_policy
 from l2o_gym.problems import ProblemBatch
@@ -489,11 +491,6 @@ def load_policy(
     )
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The JSON config of an SB3 checkpoint (with its ``"training"`` summary), read without loading weights."""
-    return load_policy_file(path)[1]
-
-
 # ====================================================================================== training
 def _build_model(cfg: SB3TrainConfig, venv: Any, tensorboard_log: str | None) -> Any:
     common: dict[str, Any] = {
@@ -781,9 +778,7 @@ def train_sb3(
     training = training_record(run.curve, int(model.num_timesteps), (base_name, base_val), (fo_name, fo_val))
     for path in (run.best_path, run.last_path):
         if path.is_file():
-            tensors, config = load_policy_file(path)
-            config.pop("format_version", None)
-            save_policy(path, tensors, {**config, "training": training})
+            update_policy_config(path, {"training": training})
     summary = {
         "algo": cfg.algo,
         "env_id": cfg.env_id,

@@ -1,6 +1,6 @@
 """Checkpoints: plain tensors plus a JSON config, written atomically, loaded without unpickling code.
 
-* :func:`save_policy` / :func:`load_policy_file` — a trained policy: a ``.safetensors`` file whose
+* :func:`save_policy` / :func:`load_policy_file` (:func:`read_policy_config`: the config alone) — a trained policy: a ``.safetensors`` file whose
   metadata holds the JSON config (``kind``, ``env_id``, ``dim``, architecture, …). Nothing is pickled.
 * :func:`save_state` / :func:`load_state` — training state for resuming (optimizer state dicts, counters,
   RNG states): ``torch.save`` of tensors/containers of primitives, loaded with ``weights_only=True``.
@@ -80,6 +80,18 @@ def load_policy_file(
         CheckpointError: if the file is missing or unreadable, lacks the l2o-gym config, or its ``kind``
             differs from ``kind`` (when given).
     """
+    return _read_policy_file(path, kind, device, with_tensors=True)
+
+
+def read_policy_config(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """The JSON config of a :func:`save_policy` checkpoint (``kind``, ``env_id``, a ``"training"`` summary
+    …), read from the safetensors header without loading the weights. Errors as :func:`load_policy_file`."""
+    return _read_policy_file(path, kind, "cpu", with_tensors=False)[1]
+
+
+def _read_policy_file(
+    path: str | Path, kind: str | None, device: torch.device | str, with_tensors: bool
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
@@ -88,7 +100,7 @@ def load_policy_file(
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()} if with_tensors else {}
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from None
     if _META_KEY not in meta:
@@ -100,6 +112,14 @@ def load_policy_file(
     if kind is not None and config.get("kind") != kind:
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r} policy, expected {kind!r}")
     return tensors, config
+
+
+def update_policy_config(path: str | Path, updates: dict[str, Any], kind: str | None = None) -> Path:
+    """Rewrite the checkpoint ``path`` (atomically) with the same tensors and ``updates`` merged into its config,
+    e.g. ``{"training": summary}`` once a run has finished."""
+    tensors, config = load_policy_file(path, kind=kind)
+    config.pop("format_version", None)
+    return save_policy(path, tensors, {**config, **updates})
 
 
 def check_compatible(config: dict[str, Any], path: str | Path, *, env_id: str | None = None, dim: int | None = None) -> None:

@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from l2o_gym.checkpoint import CheckpointError, load_policy_file
+from l2o_gym.checkpoint import CheckpointError, read_policy_config
 from l2o_gym.compare import CompareConfig, Section, run_jobs, write_report, write_results
 from l2o_gym.evaluation import EvalResult
 
@@ -152,7 +152,7 @@ def sample_efficiency_rows(results: list[EvalResult]) -> list[dict[str, Any]]:
         if not path or path in seen:
             continue
         try:
-            _, config = load_policy_file(path)
+            config = read_policy_config(path)
         except CheckpointError as exc:
             log.warning("cannot read the training summary of %s: %s", path, exc)
             continue

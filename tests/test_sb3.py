@@ -15,7 +15,7 @@ import torch
 from l2o_gym import core, make_family, run_policy
 from l2o_gym.agents import sb3
 from l2o_gym.agents.sb3 import SB3Policy, SB3TrainConfig, build_sb3_policy, load_policy, save_sb3_policy, train_sb3
-from l2o_gym.checkpoint import CheckpointError, load_state
+from l2o_gym.checkpoint import CheckpointError, load_state, read_policy_config
 from l2o_gym.core import CoreConfig
 from l2o_gym.evaluation import evaluate
 from l2o_gym.optim import LearnedOptimizer
@@ -246,5 +246,5 @@ def test_shipped_ppo_checkpoint_matches_the_gps_setup():
     assert path is not None and path.name == "ppo_LogisticRegression.safetensors"
     policy = load_policy(path, env_id=ENV, kind="ppo")
     assert (policy.core_config.horizon, policy.core_config.history, policy.dim) == (20, 5, 3)
-    training = sb3.read_config(path)["training"]
+    training = read_policy_config(path)["training"]
     assert training["env_steps_total"] > 0 and training["curve"][-1][0] == training["env_steps_total"]

@@ -25,7 +25,7 @@ from l2o_gym.agents.gps.badmm import BADMMConfig, BADMMTrainer
 from l2o_gym.agents.gps.global_policy import GaussianMLP, RegressionConfig
 from l2o_gym.agents.gps.policy import KIND, GPSPolicy
 from l2o_gym.agents.gps.task import OptimizationTask
-from l2o_gym.checkpoint import load_policy_file, load_state, save_policy, save_state
+from l2o_gym.checkpoint import load_state, save_state, update_policy_config
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import Policy, run_policy
 from l2o_gym.problems import ProblemBatch
@@ -185,9 +185,7 @@ def training_record_from_summary(summary_path: str | Path) -> dict[str, Any]:
 
 def add_training_metadata(path: str | Path, training: dict[str, Any]) -> Path:
     """Rewrite the checkpoint ``path`` with the same tensors and ``training`` under the config key ``"training"``."""
-    tensors, config = load_policy_file(path, kind=KIND)
-    config.pop("format_version", None)
-    return save_policy(path, tensors, {**config, "training": training})
+    return update_policy_config(path, {"training": training}, kind=KIND)
 
 
 def _writer(log_dir: Path | None) -> Any:
@@ -195,7 +193,7 @@ def _writer(log_dir: Path | None) -> Any:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dev extra
+    except ImportError:  # a broken install: tensorboard is a dependency
         log.warning("tensorboard is not installed: no TensorBoard scalars")
         return None
     return SummaryWriter(str(log_dir))
