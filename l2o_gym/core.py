@@ -161,6 +161,11 @@ def coordinate_feature_dim(config: CoreConfig) -> int:
     return config.history * (3 if config.include_steps else 2)
 
 
+#: Names of the tensor fields of :class:`State` (everything but ``problems`` and ``config``), in order: what a
+#: state is saved or carried as when its problems are not at hand (``LearnedOptimizer``, feature views).
+STATE_TENSORS: tuple[str, ...] = tuple(f.name for f in fields(State) if f.name not in ("problems", "config"))
+
+
 def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
     """Start ``problems.n`` episodes at the problems' initial points θ₀.
 

@@ -38,7 +38,6 @@ from l2o_gym import core
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import Policy
 
-_STATE_KEYS = ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated")
 
 
 def _pack_hidden(hidden: Any) -> Any:
@@ -173,7 +172,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         sd = super().state_dict()
         if self._mdp is not None:
             sd["l2o"] = {
-                "mdp": {k: getattr(self._mdp, k) for k in _STATE_KEYS},
+                "mdp": {k: getattr(self._mdp, k) for k in core.STATE_TENSORS},
                 "hidden": _pack_hidden(self._hidden),
             }
         return sd
@@ -187,7 +186,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return
         params = self._params()
         device = params[0][1].device if params else torch.device("cpu")
-        mdp = {k: extra["mdp"][k].to(device) for k in _STATE_KEYS}
+        mdp = {k: extra["mdp"][k].to(device) for k in core.STATE_TENSORS}
         expected = sum(p.numel() for _, p in params)
         if mdp["theta"].shape[1] != expected:
             raise ValueError(

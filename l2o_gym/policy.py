@@ -62,8 +62,6 @@ class FeatureView:
     (it saves in ``LearnedOptimizer.state_dict()``); ``None`` when the state's features are already right.
     """
 
-    _KEYS = ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated")
-
     def __init__(self, config: CoreConfig) -> None:
         self.config = dataclasses.replace(config, horizon=2**62, blowup=1e30, validate=False)
 
@@ -78,17 +76,17 @@ class FeatureView:
         if self.matches(state.config):
             return None
         s = core.initial_state(state.theta.detach(), state.loss.detach(), state.grad.detach(), self.config)
-        return tuple(getattr(s, k) for k in self._KEYS), state.t.clone()
+        return tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone()
 
     def observe(self, state: State, shadow: Any) -> tuple[Tensor, Any]:
         """``(features [N, F], updated shadow)`` of ``state`` under the trained config."""
         if shadow is None:
             return core.features(state), None
         tensors, last_t = shadow
-        s = State(problems=None, config=self.config, **dict(zip(self._KEYS, tensors)))  # type: ignore[arg-type]
+        s = State(problems=None, config=self.config, **dict(zip(core.STATE_TENSORS, tensors)))  # type: ignore[arg-type]
         if not torch.equal(state.t, last_t):  # the state moved on since the last call: advance the shadow
             s, *_ = core.transition(s, state.theta.detach() - s.theta, state.loss.detach(), state.grad.detach())
-        return core.features(s), (tuple(getattr(s, k) for k in self._KEYS), state.t.clone())
+        return core.features(s), (tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone())
 
 
 @dataclass
