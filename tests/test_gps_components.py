@@ -262,9 +262,10 @@ def test_eta_search_failure_names_condition_and_time_step():
 
 
 @pytest.mark.parametrize("with_terms", [False, True])
-def test_eta_search_on_active_subset_equals_full_batch(monkeypatch, with_terms):
-    """The bisection re-runs the backward pass only on unconverged conditions; η, controllers and KL equal the
-    full-batch search (conditions with budgets from tiny to inactive converge at different iterations)."""
+def test_eta_search_on_active_subset_equals_per_condition_solves(monkeypatch, with_terms):
+    """The bisection re-runs the backward pass only on unconverged conditions; η, controllers and KL equal
+    solving each condition alone (conditions with budgets from tiny to inactive converge at different
+    iterations), and the active batch at each step is exactly the conditions still searching."""
     import l2o_gym.agents.gps.lqr as lqr
 
     g = torch.Generator().manual_seed(7)
@@ -297,18 +298,7 @@ def test_eta_search_on_active_subset_equals_full_batch(monkeypatch, with_terms):
     monkeypatch.setattr(lqr, "backward", counting)
     fast = solve_kl_step(dyn, cost, prev, eps, **kw)
     fast_sizes, sizes[:] = list(sizes), []
-    full = solve_kl_step(dyn, cost, prev, eps, _full_batch=True, **kw)
-    # The searches converge at different iterations: the active batch shrinks, while the full path always
-    # evaluates all M conditions, for as many steps as the slowest condition needs.
-    assert sizes == [m] * len(sizes) and len(fast_sizes) == len(sizes)
-    assert fast_sizes[2] < m and fast_sizes[-1] < fast_sizes[2]
-    assert fast_sizes == sorted(fast_sizes, reverse=True)
-    assert len(set(fast_sizes[2:])) > 2
-    torch.testing.assert_close(fast.eta, full.eta, rtol=1e-12, atol=0)
-    torch.testing.assert_close(fast.kl, full.kl, rtol=1e-10, atol=1e-12)
-    for a, b in ((fast.policy.K, full.policy.K), (fast.policy.k, full.policy.k), (fast.policy.cov, full.policy.cov)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    # A per-condition loop (batch of one) agrees too.
+    solo_steps = []  # backward passes each condition needs when solved alone
     for i in range(m):
         one = slice(i, i + 1)
         sub = {k: (v.index(torch.tensor([i])) if isinstance(v, LinearGaussianPolicy) else v[one]) for k, v in kw.items()}
@@ -316,8 +306,18 @@ def test_eta_search_on_active_subset_equals_full_batch(monkeypatch, with_terms):
             LinearGaussianDynamics(dyn.F[one], dyn.f[one], dyn.W[one], dyn.x0_mean[one], dyn.x0_cov[one]),
             QuadraticCost(cost.C[one], cost.c[one], cost.c0[one]), prev.index(torch.tensor([i])), eps[one], **sub,
         )
+        solo_steps.append(len(sizes))
+        sizes[:] = []
         torch.testing.assert_close(r.eta, fast.eta[one], rtol=1e-12, atol=0)
-        torch.testing.assert_close(r.policy.K, fast.policy.K[one], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(r.kl, fast.kl[one], rtol=1e-10, atol=1e-12)
+        for a, b in ((r.policy.K, fast.policy.K[one]), (r.policy.k, fast.policy.k[one]),
+                     (r.policy.cov, fast.policy.cov[one])):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # The batched search evaluates, at each step j, exactly the conditions that still search at step j alone.
+    assert fast_sizes == [sum(n > j for n in solo_steps) for j in range(max(solo_steps))]
+    assert fast_sizes[2] < m and fast_sizes[-1] < fast_sizes[2]
+    assert fast_sizes == sorted(fast_sizes, reverse=True)
+    assert len(set(fast_sizes[2:])) > 2
 
 
 # ---------------------------------------------------------------------------------------------- global policy

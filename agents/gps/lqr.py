@@ -186,7 +186,6 @@ def solve_kl_step(
     eta_max: float = 1e8,
     kl_tol: float = 0.1,
     max_iter: int = 60,
-    _full_batch: bool = False,
 ) -> KLStepResult:
     """New controllers meeting ``Σ_t KL(p ‖ prev) ≈ eps`` (per condition), by bisection on ``log η``.
 
@@ -203,7 +202,7 @@ def solve_kl_step(
     Each bisection step re-runs the backward pass only on the conditions whose search has not converged yet
     (the batched inputs are indexed by that active subset and the results scattered back), so the cost of the
     search scales with the unconverged conditions. Conditions are independent, so this gives the same η and
-    controllers as re-running the whole batch; ``_full_batch=True`` keeps that reference path (for tests).
+    controllers as solving each condition on its own (tested).
     """
     m = eps.shape[0]
     du = prev.K.shape[-2]
@@ -255,23 +254,7 @@ def solve_kl_step(
     best_eta = torch.where(inactive, lo, best_eta)
     best_kl = torch.where(inactive, kl_low, best_kl)
     done = inactive.clone()
-    if not _full_batch:
-        return _bisect_active(evaluate, lo, hi, eps, best_pol, best_eta, best_kl, done, kl_tol, max_iter)
-    for _ in range(max_iter):
-        if bool(done.all()):
-            break
-        mid = 0.5 * (lo + hi)
-        res, kl = evaluate(mid)
-        too_small = kl > eps  # includes non-PD (kl = inf)
-        lo = torch.where(too_small & ~done, mid, lo)
-        hi = torch.where(~too_small & ~done, mid, hi)
-        feasible = ~too_small & ~done  # KL ≤ ε: a valid, tighter-η solution
-        best_pol = _select(feasible, res.policy, best_pol)
-        best_eta = torch.where(feasible, mid, best_eta)
-        best_kl = torch.where(feasible, kl, best_kl)
-        close = (kl - eps).abs() <= kl_tol * eps
-        done = done | (close & feasible) | ((hi - lo) < 1e-3)
-    return KLStepResult(best_pol, best_eta.exp(), best_kl)
+    return _bisect_active(evaluate, lo, hi, eps, best_pol, best_eta, best_kl, done, kl_tol, max_iter)
 
 
 def _bisect_active(
@@ -280,8 +263,9 @@ def _bisect_active(
 ) -> KLStepResult:
     """The bisection loop of :func:`solve_kl_step`, evaluating only the not-yet-converged conditions.
 
-    Step for step the same updates as the full-batch loop there (whose converged conditions are left unchanged
-    by every step), restricted to the active indices and scattered back.
+    Each step halves ``[lo, hi]`` of every active condition (KL above ε: η too small), keeps the controller of
+    the tightest feasible η, and marks a condition done once its KL is within ``kl_tol`` of ε (feasible) or its
+    bracket is narrower than 1e-3 in ``log η``; results are scattered back into the full ``[M]`` tensors.
     """
     lo, hi, done = lo.clone(), hi.clone(), done.clone()
     best_pol, best_eta, best_kl = best_pol.clone(), best_eta.clone(), best_kl.clone()
