@@ -11,6 +11,8 @@ from l2o_gym.agents.baselines import (
     RMSprop,
     make_baseline,
 )
+from l2o_gym.agents.gps import GPSPolicy, load_gps_policy  # GPS learned optimizer
+from l2o_gym.agents.lstm import LSTMPolicy, load_pretrained  # coordinatewise LSTM optimizer
 
 __all__ = [
     "BASELINES",
@@ -22,6 +24,8 @@ __all__ = [
     "Nesterov",
     "RMSprop",
     "make_baseline",
+    "GPSPolicy",
+    "load_gps_policy",
+    "LSTMPolicy",
+    "load_pretrained",
 ]
-from l2o_gym.agents.gps import GPSPolicy, load_gps_policy  # noqa: E402,F401  (GPS learned optimizer)
-from l2o_gym.agents.lstm import LSTMPolicy, load_pretrained  # noqa: E402,F401  (coordinatewise LSTM optimizer)

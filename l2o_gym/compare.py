@@ -222,7 +222,8 @@ def plan(cfg: CompareConfig) -> list[_Job]:
     return jobs
 
 
-def _fmt(x: float) -> str:
+def fmt_number(x: float) -> str:
+    """Table format of an objective value: 3 significant digits, scientific below 1e-3 (``inf``/``nan`` as is)."""
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
@@ -268,8 +269,8 @@ def write_report(
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
-            mean = f"{_fmt(r.final_mean)} [{_fmt(r.curve_ci_low[-1])}, {_fmt(r.curve_ci_high[-1])}]"
-            cells = [r.policy, mean, _fmt(r.final_median), f"{r.log10_final_mean:.2f}", _fmt(r.auc_mean),
+            mean = f"{fmt_number(r.final_mean)} [{fmt_number(r.curve_ci_low[-1])}, {fmt_number(r.curve_ci_high[-1])}]"
+            cells = [r.policy, mean, fmt_number(r.final_median), f"{r.log10_final_mean:.2f}", fmt_number(r.auc_mean),
                      f"{100 * r.diverged_fraction:.0f}%" + (" ⚠" if r.diverged_fraction > 0 else ""), f"{r.grad_evals:.0f}", f"{r.wall_s:.2f}"]
             if r.policy == best:
                 cells = [f"**{c}**" for c in cells]

@@ -1,4 +1,4 @@
-"""The README's first job until learned policies ship: gradient descent through a registered vector env."""
+"""A minimal demo (``scripts/demo.py``): gradient descent as the agent of a registered vector env."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
-import torch
 from tqdm.auto import trange
 
 import l2o_gym  # noqa: F401  (registers the environments)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
-from l2o_gym.compare import CompareConfig, Section, run_jobs, write_report, write_results
+from l2o_gym.compare import CompareConfig, Section, fmt_number, run_jobs, write_report, write_results
 from l2o_gym.evaluation import EvalResult
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,6 @@ def preset_config(name: str, **kwargs: Any) -> CompareConfig:
         raise ValueError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
     return CompareConfig(sections=PRESETS[name](), title=f"l2o-gym: RL vs supervised learned optimizers ({name})",
                          **kwargs)
-
-
-def _fmt(x: float) -> str:
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
 def _ratio(r: float | None) -> str:
@@ -191,9 +185,9 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
             if a is None:
                 return "—"
             if isinstance(a, tuple):
-                s = f"{a[0]} {_fmt(a[1])}"
-                return s + (f" → {b[0]} {_fmt(b[1])}" if b else "")
-            return _fmt(a) + (f" → {_fmt(b)}" if b is not None else "")
+                s = f"{a[0]} {fmt_number(a[1])}"
+                return s + (f" → {b[0]} {fmt_number(b[1])}" if b else "")
+            return fmt_number(a) + (f" → {fmt_number(b)}" if b is not None else "")
 
         lines.append(f"| {row['section']} | {t}" + (f" / {lt}" if lt else "") + " | " + cell("best_baseline") + " | "
                      + " | ".join(cell(k) for k in learned) + " |")
@@ -211,7 +205,7 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
     ]
     for row in lh:
         lines.append(f"| {row['section']} | {row['policy']} ({row['kind']}) | {row['T']} → {row['long_T']} | "
-                     f"{_fmt(row['f_T'])} | {_fmt(row['f_long'])} | {_ratio(row['ratio'])} | {_ratio(row['worst_ratio'])} | "
+                     f"{fmt_number(row['f_T'])} | {fmt_number(row['f_long'])} | {_ratio(row['ratio'])} | {_ratio(row['worst_ratio'])} | "
                      f"{100 * row['diverged_fraction']:.0f}% | **{row['verdict']}** |")
     se = sample_efficiency_rows(results)
     lines += [
@@ -235,8 +229,8 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
             b, fo = row.get("baseline", {}), row.get("first_order_baseline", {})
             lines.append(
                 f"| {row['env']} | {row['policy']} | {int(row['env_steps_total']):,} | {b.get('name', '?')} "
-                f"{_fmt(float(b.get('val_final', math.nan)))} | {steps(row.get('env_steps_to_reach_baseline'))} | "
-                f"{fo.get('name', '?')} {_fmt(float(fo.get('val_final', math.nan)))} | "
+                f"{fmt_number(float(b.get('val_final', math.nan)))} | {steps(row.get('env_steps_to_reach_baseline'))} | "
+                f"{fo.get('name', '?')} {fmt_number(float(fo.get('val_final', math.nan)))} | "
                 f"{steps(row.get('env_steps_to_reach_first_order'))} |")
         elif "optimizee_steps_to_checkpoint" in row:
             lines.append(f"| {row['env']} | {row['policy']} | {row['optimizee_steps_to_checkpoint']:,} (BPTT) | — | — | — | — |")

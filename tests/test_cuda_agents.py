@@ -3,8 +3,6 @@ PPO policies give the CPU's objectives on the GPU."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
