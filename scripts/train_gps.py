@@ -22,7 +22,8 @@ from l2o_gym.agents.gps.train import GPSTrainConfig, train_gps
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.envs import ENV_IDS
 
-_POSITIVE_INT = ("conditions", "samples", "horizon", "history", "iterations", "inner", "reg_iters", "val", "threads")
+_POSITIVE_INT = ("conditions", "samples", "horizon", "history", "iterations", "inner", "reg_iters", "val", "threads",
+                 "long_factor")
 _POSITIVE_FLOAT = ("kl_step", "max_mult", "kl_target", "init_nu", "prior_strength", "init_std", "reg_lr",
                    "max_step_factor")
 
@@ -35,7 +36,7 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         value = getattr(a, name)
         if not value > 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value!r}")
-    for name in ("global_samples", "weight_decay", "action_penalty"):
+    for name in ("global_samples", "weight_decay", "action_penalty", "stable_factor"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be non-negative, got {getattr(a, name)!r}")
     if a.init_lr is not None and not a.init_lr > 0:
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--action-penalty", type=float, default=0.0)
     p.add_argument("--max-step-factor", type=float, default=2.0)
     p.add_argument("--val", type=int, default=100, help="val problems for model selection")
+    p.add_argument("--stable-factor", type=float, default=0.0,
+                   help="select the best iteration only among those whose mean val objective stays at most this multiple "
+                        "of its value at T at every step from T to LONG_FACTOR*T (0: select on T alone)")
+    p.add_argument("--long-factor", type=int, default=10, help="horizon multiple of the --stable-factor check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/gps", help="run folder (checkpoints, state.pt, tb/)")
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = evaluate_on_test(a.evaluate, a.env, a.horizon, seed=a.seed)
         for name, r in rows.items():
             print(f"{name:9s} f(T)={r['f_T']:.4f} f(10T)={r['f_long']:.4f} ({r['ratio_long']:.2f}) "
-                  f"evals(T)={r['evals_T']:.1f} f(<=T evals)={r['f_at_T_evals']:.4f} val={r['val_final']:.4f} {r['hparams']}")
+                  f"evals(T)={r['evals_T']:.1f} f(<=T evals)={r['f_at_T_evals']:.4f} gap(T)={r['gap_T']:.2e} "
+                  f"settled(T)={r['settled_T']:.2f} val={r['val_final']:.4f} {r['hparams']}")
         print(json.dumps(rows))
         return 0
     cfg = GPSTrainConfig(
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         iterations=a.iterations,
         init_lr=a.init_lr, init_std=a.init_std, hidden=tuple(a.hidden), action_penalty=a.action_penalty,
         hessian=a.hessian, n_val=a.val, max_step_factor=a.max_step_factor, seed=a.seed,
+        stable_factor=a.stable_factor, long_factor=a.long_factor,
         badmm=BADMMConfig(
             n_samples=a.samples, inner_iterations=a.inner, kl_step=a.kl_step, max_mult=a.max_mult,
             kl_target=a.kl_target, init_nu=a.init_nu, prior_strength=a.prior_strength,
@@ -131,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     print("tuned baselines on val: " + ", ".join(
         f"{k} {v['hparams']} {v['val_final']:.5g}" for k, v in summary["tuned_baselines"].items()))
     if a.save:
+        if not Path(a.out, "gps_best.safetensors").is_file():
+            print(f"train_gps.py: error: no iteration passed --stable-factor {a.stable_factor}: nothing saved to "
+                  f"{a.save} ({a.out}/gps_last.safetensors is the last iterate)", file=sys.stderr)
+            return 1
         shutil.copyfile(f"{a.out}/gps_best.safetensors", a.save)
         print(f"saved {a.save}")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("history", "train_config", "training", "tuned_baselines")}, default=str))

@@ -51,6 +51,9 @@ def _script(name: str) -> ModuleType:
         ("train_gps", ["--kl-step", "-1"], "--kl-step must be positive"),
         ("train_gps", ["--resume", "--out", "{tmp}/none"], "no training state"),
         ("train_gps", ["--hessian", "bogus"], "invalid choice: 'bogus'"),
+        ("gps_policy_bound", ["--env", "l2o/Nope-v0", "--out", "{tmp}"], "unknown env id 'l2o/Nope-v0'"),
+        ("gps_policy_bound", ["--episodes", "0", "--out", "{tmp}"], "--episodes must be positive, got 0"),
+        ("gps_policy_bound", ["--lr", "-1", "--out", "{tmp}"], "--lr must be positive"),
     ],
 )
 def test_usage_errors_exit_2(script, argv, match, tmp_path, capsys):

@@ -169,3 +169,59 @@ def test_wraps_into_learned_optimizer_with_its_own_features():
         losses.append(float(opt.step(closure).detach()))
     losses.append(float(pb.loss(theta.detach().unsqueeze(0))[0]))
     assert torch.allclose(torch.tensor(losses, dtype=torch.float64), ref.losses[:, 0], rtol=1e-9, atol=1e-12)
+
+
+def test_evaluate_on_test_table_and_convergence_diagnostics(tmp_path):
+    """The docs/gps.md table: L-BFGS on 3-parameter logistic regression has settled by T = 20 (gap ≈ 0 to the
+    best objective any policy reached), an untrained policy has not; every gap is non-negative."""
+    from l2o_gym.agents.gps.train import evaluate_on_test
+
+    path = _policy().save(tmp_path / "p.safetensors")
+    rows = evaluate_on_test(path, "l2o/LogisticRegression-v0", horizon=20, long_factor=3, n_test=8, n_val=8,
+                            baselines=("sgd", "lbfgs"))
+    assert set(rows) == {"gps", "sgd", "lbfgs"}
+    for r in rows.values():
+        assert r["gap_T"] >= 0.0 and 0.0 <= r["settled_T"] <= 1.0
+        assert r["f_long"] == pytest.approx(r["f_T"] * r["ratio_long"])
+    assert rows["lbfgs"]["settled_T"] == 1.0 and rows["lbfgs"]["gap_T"] < 1e-5
+    assert rows["lbfgs"]["evals_T"] > 20 and rows["lbfgs"]["f_at_T_evals"] >= rows["lbfgs"]["f_T"] - 1e-7
+    assert rows["gps"]["gap_T"] > 1e-3 and rows["sgd"]["evals_T"] == 20.0
+
+
+def test_bptt_bound_trains_the_global_policy_class_and_checkpoints_it(tmp_path):
+    """The direct-training diagnostic: the same Gaussian MLP on the same features, trained by BPTT, beats
+    tuned gradient descent on val; its checkpoint is a GPS policy that reproduces the recorded val value."""
+    from l2o_gym.agents.gps.bound import BoundConfig, train_bound
+    from l2o_gym.checkpoint import read_policy_config
+
+    cfg = BoundConfig(horizon=10, history=3, episodes=150, batch=32, lr=3e-3, n_val=40, val_every=50)
+    policy, summary = train_bound(cfg, tmp_path, progress=False)
+    assert summary["best_val"] < summary["gd"]["val_final"], summary
+    assert [c[0] for c in summary["curve"]] == [50, 100, 150]
+    back = load_gps_policy(tmp_path / "bound_best.safetensors", env_id=cfg.env_id, dim=3)
+    assert back.core_config.include_steps and back.core_config.history == 3
+    val = make_family("logistic_regression").sample(cfg.n_val, "val", cfg.seed)
+    got = float(run_policy(back, val, cfg.horizon, back.core_config).losses[-1].mean())
+    assert got == pytest.approx(summary["best_val"], rel=1e-5)
+    assert read_policy_config(tmp_path / "bound_best.safetensors")["bound"]["best_episode"] == summary["best_episode"]
+    with pytest.raises(ValueError, match="episodes must be >= 1, got 0"):
+        BoundConfig(episodes=0)
+
+
+def test_stable_factor_selects_only_iterations_stable_past_the_horizon(tmp_path):
+    """With ``stable_factor`` every iteration records its val f(long·T)/f(T) and max_t f(t)/f(T) over
+    T ≤ t ≤ long·T, and ``gps_best`` is the lowest val f(T) among the iterations whose peak ratio is at or under
+    the factor (none eligible: no best checkpoint, best_val inf)."""
+    base = dataclasses.replace(TINY, iterations=3, n_conditions=4, n_val=8, long_factor=3,
+                               badmm=BADMMConfig(regression=RegressionConfig(iterations=50)))
+    plain = train_gps(base, tmp_path / "plain", progress=False, tensorboard=False)
+    stable = train_gps(dataclasses.replace(base, stable_factor=1.0), tmp_path / "s", progress=False, tensorboard=False)
+    assert "val_long_ratio" not in plain["history"][0]
+    assert [h["val_final"] for h in stable["history"]] == pytest.approx([h["val_final"] for h in plain["history"]])
+    for h in stable["history"]:
+        assert h["val_peak_ratio"] >= max(1.0, h["val_long_ratio"])
+    ok = [(h["val_final"], i + 1) for i, h in enumerate(stable["history"]) if h["val_peak_ratio"] <= 1.0]
+    assert ok, "on convex logistic regression some iteration keeps improving past T"
+    assert (stable["best_val"], stable["best_iteration"]) == min(ok)
+    never = train_gps(dataclasses.replace(base, stable_factor=1e-6), tmp_path / "n", progress=False, tensorboard=False)
+    assert never["best_val"] == float("inf") and not (tmp_path / "n" / "gps_best.safetensors").exists()

@@ -56,6 +56,12 @@ class GPSTrainConfig:
         max_step_factor: at test time steps are clipped to this multiple of the largest action in the
             training samples (a safety net far past the horizon; 0 disables).
         baselines: baselines whose tuned ``val`` objective defines the sample-efficiency target.
+        stable_factor: if positive, model selection also runs the ``val`` problems to ``long_factor · T``
+            and an iteration can only become ``gps_best`` if its mean ``val`` objective stays at most
+            ``stable_factor`` times its value at ``T`` at *every* step from ``T`` to ``long_factor · T``
+            (``val_peak_ratio``; Li & Malik's stability past the horizon, chosen on ``val``; the end-point
+            ratio is recorded as ``val_long_ratio``); ``0`` selects on ``f(T)`` alone.
+        long_factor: the horizon multiple of that check.
         seed: seed of the conditions, the val problems, the noise.
         badmm: loop hyperparameters.
     """
@@ -74,6 +80,8 @@ class GPSTrainConfig:
     n_val: int = 100
     max_step_factor: float = 2.0
     baselines: tuple[str, ...] = ("sgd", "momentum", "cg", "lbfgs")
+    stable_factor: float = 0.0
+    long_factor: int = 10
     seed: int = 0
     badmm: BADMMConfig = field(default_factory=BADMMConfig)
 
@@ -257,14 +265,23 @@ def train_gps(
         max_action = max(max_action, metrics["max_action"])
         policy = _make_policy(model, core_config, task.d, cfg, max_action)
         t0 = time.perf_counter()
-        metrics["val_final"] = final_objective(policy, val, cfg.horizon)
+        if cfg.stable_factor > 0:
+            with torch.no_grad():
+                val_losses = run_policy(policy, val, cfg.long_factor * cfg.horizon).losses
+            mean_curve = val_losses[cfg.horizon :].mean(1)  # [long - T + 1]
+            metrics["val_final"] = float(mean_curve[0])
+            metrics["val_long_ratio"] = float(mean_curve[-1]) / metrics["val_final"]
+            metrics["val_peak_ratio"] = float(mean_curve.max()) / metrics["val_final"]
+        else:
+            metrics["val_final"] = final_objective(policy, val, cfg.horizon)
+        eligible = cfg.stable_factor <= 0 or metrics["val_peak_ratio"] <= cfg.stable_factor
         metrics["train_final_global"] = final_objective(policy, problems, cfg.horizon)
         metrics["eval_s"] = time.perf_counter() - t0
         history.append(metrics)
         if reached_at is None and metrics["val_final"] <= base_val:
             reached_at = int(metrics["env_steps"])
             log.info("GPS reached the best baseline's val objective after %d env steps", reached_at)
-        if metrics["val_final"] < best_val:
+        if eligible and metrics["val_final"] < best_val:
             best_val, best_iter = metrics["val_final"], it + 1
             policy.save(out / "gps_best.safetensors", {**summary_extra, "iteration": best_iter, "val_final": best_val})
         policy.save(out / "gps_last.safetensors", {**summary_extra, "iteration": it + 1})
@@ -279,6 +296,9 @@ def train_gps(
         })
     if writer is not None:
         writer.close()
+    if best_iter < 0 and history:
+        log.warning("no iteration had val f(%d·T) <= %g·f(T): no gps_best checkpoint (gps_last is the last iterate)",
+                    cfg.long_factor, cfg.stable_factor)
     curve = [[int(h["env_steps"]), float(h["val_final"])] for h in history]
     training = training_record(curve, trainer.env_steps, (base_name, base_val), (fo_name, fo_val))
     for name in ("gps_best.safetensors", "gps_last.safetensors"):
@@ -325,7 +345,10 @@ def evaluate_on_test(
     run on ``n_test`` ``test`` problems (seed ``seed``, float32) for ``horizon`` and ``long_factor · horizon``
     iterations. Per policy: ``f_T``, ``f_long``, gradient evaluations at ``T`` (``evals_T``) and the mean
     objective at the last iterate that used at most ``T`` evaluations (``f_at_T_evals``; equal to ``f_T``
-    for one-evaluation-per-iteration methods).
+    for one-evaluation-per-iteration methods). Convergence diagnostics: ``gap_T``, the mean over problems of
+    ``f_T − f_ref`` with ``f_ref`` the lowest objective any listed policy reached on that problem within
+    ``long_factor · horizon`` iterations, and ``settled_T``, the fraction of problems whose objective at ``T``
+    is already within ``1e-5·(1 + |f|)`` of its value at ``long_factor · horizon``.
     """
     from l2o_gym.agents.baselines import make_baseline
     from l2o_gym.agents.gps.policy import load_gps_policy
@@ -341,6 +364,7 @@ def evaluate_on_test(
         policies[name] = (make_baseline(name, **tuned[name][0]), tuned[name][0])
     long = long_factor * horizon
     rows: dict[str, dict[str, Any]] = {}
+    curves: dict[str, torch.Tensor] = {}
     for name, (pol, hp) in policies.items():
         cfg = gps.core_config if name == "gps" else None
         traj = run_policy(pol, test, long, cfg)
@@ -359,4 +383,13 @@ def evaluate_on_test(
             "diverged_long": float(traj.state.terminated.double().mean()),
             "evals_T": evals_t, "f_at_T_evals": float(f_evals),
         }
+        curves[name] = losses
+    # Per problem, the lowest objective any of the policies reached at any iteration up to 10T: the reference
+    # f_ref of the gap columns. A baseline with gap_T ≈ 0 and settled_T ≈ 1 has converged at T, so matching
+    # it requires converging exactly on every problem (the mean is at or below f_ref only if each one is).
+    f_ref = torch.stack([c.min(0).values for c in curves.values()]).min(0).values  # [n]
+    for name, losses in curves.items():
+        f_t, f_l = losses[horizon], losses[-1]
+        rows[name]["gap_T"] = float((f_t - f_ref).mean())
+        rows[name]["settled_T"] = float(((f_t - f_l).abs() <= 1e-5 * (1.0 + f_l.abs())).double().mean())
     return rows
