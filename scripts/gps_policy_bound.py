@@ -53,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: the best policy so far is in {a.out}/bound_best.safetensors", file=sys.stderr)
         return 130
-    print(f"best val objective at T={a.horizon}: {summary['best_val']:.5g} (episode {summary['best_episode']}); "
-          f"tuned GD {summary['gd']['val_final']:.5g}")
+    if summary["best_episode"] == 0:
+        print("gps_policy_bound.py: error: no finite validation objective: nothing saved", file=sys.stderr)
+        return 1
+    print(f"best val objective at T={a.horizon} (float32 val problems, used for selection): {summary['best_val']:.5g} "
+          f"(episode {summary['best_episode']}); tuned GD {summary['gd']['val_final']:.5g}. "
+          "The table's val column is float64, as for GPS checkpoints.")
     rows = evaluate_on_test(f"{a.out}/bound_best.safetensors", a.env, a.horizon, seed=a.seed)
     for name, r in rows.items():
         print(f"{'bound' if name == 'gps' else name:9s} f(T)={r['f_T']:.4f} f(10T)={r['f_long']:.4f} "

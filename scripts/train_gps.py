@@ -43,6 +43,8 @@ def _check(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--init-lr must be positive, got {a.init_lr!r}")
     if any(h < 1 for h in a.hidden):
         p.error(f"--hidden widths must be positive, got {a.hidden}")
+    if a.stable_factor != 0 and a.stable_factor < 1:
+        p.error(f"--stable-factor must be 0 (off) or >= 1 (the peak ratio is never below 1), got {a.stable_factor!r}")
     if a.resume and not (Path(a.out) / "state.pt").is_file():
         p.error(f"--resume: no training state {str(Path(a.out) / 'state.pt')!r} to continue from")
     if a.evaluate and not Path(a.evaluate).is_file():
@@ -123,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: the last completed iteration is saved in {a.out}/state.pt (and gps_best.safetensors); "
               "continue with --resume", file=sys.stderr)
         return 130
-    except (CheckpointError, GPSFitError) as exc:
+    except (CheckpointError, GPSFitError, ValueError) as exc:
         print(f"train_gps.py: error: {exc}", file=sys.stderr)
         return 1
     steps = summary["env_steps_to_reach_baseline"]
     b = summary["baseline"]
-    print(f"best val objective at T={a.horizon}: GPS {summary['best_val']:.5g} (iteration {summary['best_iteration']}), "
+    gps_val = "none selected" if summary["best_val"] is None else f"{summary['best_val']:.5g}"
+    print(f"best val objective at T={a.horizon}: GPS {gps_val} (iteration {summary['best_iteration']}), "
           f"best baseline {b['name']} {b['hparams']} {b['val_final']:.5g}")
     print(f"env steps to reach the best baseline: {steps if steps is not None else 'not reached'} "
           f"(of {summary['env_steps_total']}); mean GPS iteration wall time {summary['mean_iteration_wall_s']:.2f} s")
@@ -138,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     print("tuned baselines on val: " + ", ".join(
         f"{k} {v['hparams']} {v['val_final']:.5g}" for k, v in summary["tuned_baselines"].items()))
     if a.save:
-        if not Path(a.out, "gps_best.safetensors").is_file():
-            print(f"train_gps.py: error: no iteration passed --stable-factor {a.stable_factor}: nothing saved to "
+        if summary["best_iteration"] < 0:
+            print(f"train_gps.py: error: no iteration was selected as best (see the warning above): nothing saved to "
                   f"{a.save} ({a.out}/gps_last.safetensors is the last iterate)", file=sys.stderr)
             return 1
         shutil.copyfile(f"{a.out}/gps_best.safetensors", a.save)

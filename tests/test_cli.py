@@ -51,6 +51,8 @@ def _script(name: str) -> ModuleType:
         ("train_gps", ["--kl-step", "-1"], "--kl-step must be positive"),
         ("train_gps", ["--resume", "--out", "{tmp}/none"], "no training state"),
         ("train_gps", ["--hessian", "bogus"], "invalid choice: 'bogus'"),
+        ("train_gps", ["--stable-factor", "0.5"], "--stable-factor must be 0 (off) or >= 1"),
+        ("train_gps", ["--long-factor", "0"], "--long-factor must be positive, got 0"),
         ("gps_policy_bound", ["--env", "l2o/Nope-v0", "--out", "{tmp}"], "unknown env id 'l2o/Nope-v0'"),
         ("gps_policy_bound", ["--episodes", "0", "--out", "{tmp}"], "--episodes must be positive, got 0"),
         ("gps_policy_bound", ["--lr", "-1", "--out", "{tmp}"], "--lr must be positive"),

@@ -223,5 +223,48 @@ def test_stable_factor_selects_only_iterations_stable_past_the_horizon(tmp_path)
     ok = [(h["val_final"], i + 1) for i, h in enumerate(stable["history"]) if h["val_peak_ratio"] <= 1.0]
     assert ok, "on convex logistic regression some iteration keeps improving past T"
     assert (stable["best_val"], stable["best_iteration"]) == min(ok)
-    never = train_gps(dataclasses.replace(base, stable_factor=1e-6), tmp_path / "n", progress=False, tensorboard=False)
-    assert never["best_val"] == float("inf") and not (tmp_path / "n" / "gps_best.safetensors").exists()
+    for h in stable["history"]:
+        assert h["val_diverged_long"] == 0.0
+
+
+def test_stable_selection_with_no_eligible_iterate_leaves_no_stale_best(tmp_path, caplog, monkeypatch):
+    """A val problem that diverges past the horizon makes an iterate ineligible, however flat the mean curve
+    (a diverged problem keeps its last finite objective). A new run in a folder removes the previous run's
+    checkpoints, so a run with no eligible iterate ends with no gps_best (never an older one relabelled with
+    this run's record), and its best_val is None (valid JSON)."""
+    import json
+
+    import l2o_gym.agents.gps.train as gps_train
+
+    base = dataclasses.replace(TINY, iterations=1, n_conditions=4, n_val=8, long_factor=2,
+                               badmm=BADMMConfig(regression=RegressionConfig(iterations=30)))
+    train_gps(base, tmp_path, progress=False, tensorboard=False)
+    assert (tmp_path / "gps_best.safetensors").exists()
+    real = gps_train.run_policy
+
+    def one_val_problem_diverges(policy, problems, horizon, config=None, **kw):
+        traj = real(policy, problems, horizon, config, **kw)
+        if horizon == base.long_factor * base.horizon:  # only the stability check's rollout
+            traj.state.terminated[0] = True
+        return traj
+
+    monkeypatch.setattr(gps_train, "run_policy", one_val_problem_diverges)
+    summary = train_gps(dataclasses.replace(base, stable_factor=1e3), tmp_path, progress=False, tensorboard=False)
+    assert summary["history"][0]["val_diverged_long"] == pytest.approx(1 / 8)
+    assert summary["best_iteration"] == -1 and summary["best_val"] is None
+    assert not (tmp_path / "gps_best.safetensors").exists() and (tmp_path / "gps_last.safetensors").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["best_val"] is None
+    assert "no gps_best checkpoint" in caplog.text and "removing the previous run's gps_best" in caplog.text
+
+
+def test_stable_factor_config_errors_and_resume_with_another_rule(tmp_path):
+    with pytest.raises(ValueError, match="stable_factor must be 0 \\(off\\) or >= 1"):
+        dataclasses.replace(TINY, stable_factor=0.5)
+    with pytest.raises(ValueError, match="long_factor must be >= 1, got 0"):
+        dataclasses.replace(TINY, long_factor=0)
+    cfg = dataclasses.replace(TINY, iterations=1, n_conditions=4, n_val=8,
+                              badmm=BADMMConfig(regression=RegressionConfig(iterations=30)))
+    train_gps(cfg, tmp_path, progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match="stable_factor=0.0, long_factor=10; resuming with stable_factor=1.1"):
+        train_gps(dataclasses.replace(cfg, iterations=2, stable_factor=1.1), tmp_path, resume=True,
+                  progress=False, tensorboard=False)

@@ -91,7 +91,8 @@ def train_bound(cfg: BoundConfig, out: str | Path | None = None, *, progress: bo
     """Train the global-policy class by BPTT; keep the best on ``val``.
 
     Returns:
-        ``(policy, summary)``: the best policy (deterministic mean) and ``{"best_val", "best_episode",
+        ``(policy, summary)``: the best policy (deterministic mean; the initial one with ``best_episode`` 0 if
+        no validation was finite) and ``{"best_val", "best_episode",
         "gd": {"lr", "val_final"}, "curve": [[episode, val_final], ...]}``, ``gd`` being gradient descent tuned
         on the same ``val`` problems. With ``out``, the best policy is written to ``out/bound_best.safetensors``
         (atomically) whenever it improves, and the summary to its config.
@@ -126,13 +127,13 @@ def train_bound(cfg: BoundConfig, out: str | Path | None = None, *, progress: bo
         problems = family.sample(cfg.batch, "train", cfg.seed + 1 + ep, device=device)
         loss = rollout(policy, core.reset(problems, cc), cfg.horizon, None).costs.mean()
         opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if torch.isfinite(loss):
+            loss.backward()
+            if cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+        else:
             log.warning("episode %d: non-finite meta-loss %s; update skipped", ep + 1, float(loss))
-            continue
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
         if (ep + 1) % cfg.val_every == 0 or ep + 1 == cfg.episodes:
             with torch.no_grad():
                 v = float(rollout(policy, core.reset(val, cc), cfg.horizon, None).losses[-1].mean())

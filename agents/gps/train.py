@@ -59,8 +59,10 @@ class GPSTrainConfig:
         stable_factor: if positive, model selection also runs the ``val`` problems to ``long_factor · T``
             and an iteration can only become ``gps_best`` if its mean ``val`` objective stays at most
             ``stable_factor`` times its value at ``T`` at *every* step from ``T`` to ``long_factor · T``
-            (``val_peak_ratio``; Li & Malik's stability past the horizon, chosen on ``val``; the end-point
-            ratio is recorded as ``val_long_ratio``); ``0`` selects on ``f(T)`` alone.
+            and no ``val`` problem diverges (``val_peak_ratio``, ``val_diverged_long``; Li & Malik's stability
+            past the horizon, chosen on ``val``; the end-point ratio is recorded as ``val_long_ratio``); ``0``
+            selects on ``f(T)`` alone. Must be 0 or ``>= 1``. If no iteration qualifies there is no
+            ``gps_best`` and the summary's ``best_val`` is ``None``. A resumed run must use the same rule.
         long_factor: the horizon multiple of that check.
         seed: seed of the conditions, the val problems, the noise.
         badmm: loop hyperparameters.
@@ -85,6 +87,12 @@ class GPSTrainConfig:
     seed: int = 0
     badmm: BADMMConfig = field(default_factory=BADMMConfig)
 
+    def __post_init__(self) -> None:
+        if self.stable_factor != 0 and not self.stable_factor >= 1:
+            raise ValueError(f"stable_factor must be 0 (off) or >= 1 (a peak ratio is never below 1), got {self.stable_factor!r}")
+        if int(self.long_factor) < 1:
+            raise ValueError(f"long_factor must be >= 1, got {self.long_factor!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -99,7 +107,7 @@ class GPSTrainConfig:
 
 
 def final_objective(policy: Policy, problems: ProblemBatch, horizon: int, config: CoreConfig | None = None) -> float:
-    """Mean objective after ``horizon`` steps of ``policy`` (diverged instances count their penalty)."""
+    """Mean objective after ``horizon`` steps of ``policy`` (a diverged instance counts its last finite objective)."""
     traj = run_policy(policy, problems, horizon, config)
     return float(traj.losses[-1].mean())
 
@@ -253,10 +261,20 @@ def train_gps(
     state_path = out / "state.pt"
     if resume and state_path.is_file():
         st = load_state(state_path, device)
+        selection = st.get("selection", [0.0, 10])
+        if [float(selection[0]), int(selection[1])] != [float(cfg.stable_factor), int(cfg.long_factor)]:
+            raise ValueError(
+                f"{state_path} was trained with stable_factor={selection[0]}, long_factor={selection[1]}; resuming with "
+                f"stable_factor={cfg.stable_factor}, long_factor={cfg.long_factor} would mix two selection rules")
         trainer.load_state_dict(st["trainer"])
         history, best_val, best_iter = st["history"], float(st["best_val"]), int(st["best_iter"])
         reached_at, max_action = st["reached_at"], float(st["max_action"])
         log.info("resumed from %s at iteration %d", state_path, trainer.iteration_count)
+    else:
+        for name in ("gps_best.safetensors", "gps_last.safetensors"):
+            if (out / name).is_file():  # a previous run's: never relabel it with this run's record
+                log.warning("new run in %s: removing the previous run's %s", out, name)
+                (out / name).unlink()
     writer = _writer(out / "tb") if tensorboard else None
     summary_extra = {"train_config": cfg.to_dict(), "init_lr": init_lr}
     bar = tqdm(range(trainer.iteration_count, cfg.iterations), desc=f"GPS {cfg.env_id}", disable=not progress)
@@ -265,16 +283,20 @@ def train_gps(
         max_action = max(max_action, metrics["max_action"])
         policy = _make_policy(model, core_config, task.d, cfg, max_action)
         t0 = time.perf_counter()
+        eligible = True
         if cfg.stable_factor > 0:
             with torch.no_grad():
-                val_losses = run_policy(policy, val, cfg.long_factor * cfg.horizon).losses
-            mean_curve = val_losses[cfg.horizon :].mean(1)  # [long - T + 1]
-            metrics["val_final"] = float(mean_curve[0])
-            metrics["val_long_ratio"] = float(mean_curve[-1]) / metrics["val_final"]
-            metrics["val_peak_ratio"] = float(mean_curve.max()) / metrics["val_final"]
+                traj = run_policy(policy, val, cfg.long_factor * cfg.horizon)
+            mean_curve = traj.losses[cfg.horizon :].mean(1)  # [long - T + 1]
+            f_t, peak = float(mean_curve[0]), float(mean_curve.max())
+            metrics["val_final"] = f_t
+            metrics["val_long_ratio"] = _ratio(float(mean_curve[-1]), f_t)
+            metrics["val_peak_ratio"] = _ratio(peak, f_t)
+            # A diverged problem keeps its last finite objective in the curve, so divergence is checked apart.
+            metrics["val_diverged_long"] = float(traj.state.terminated.double().mean())
+            eligible = peak <= cfg.stable_factor * f_t and metrics["val_diverged_long"] == 0.0
         else:
             metrics["val_final"] = final_objective(policy, val, cfg.horizon)
-        eligible = cfg.stable_factor <= 0 or metrics["val_peak_ratio"] <= cfg.stable_factor
         metrics["train_final_global"] = final_objective(policy, problems, cfg.horizon)
         metrics["eval_s"] = time.perf_counter() - t0
         history.append(metrics)
@@ -293,12 +315,14 @@ def train_gps(
         save_state(state_path, {
             "trainer": trainer.state_dict(), "history": history, "best_val": best_val, "best_iter": best_iter,
             "reached_at": reached_at, "max_action": max_action,
+            "selection": [float(cfg.stable_factor), int(cfg.long_factor)],
         })
     if writer is not None:
         writer.close()
     if best_iter < 0 and history:
-        log.warning("no iteration had val f(%d·T) <= %g·f(T): no gps_best checkpoint (gps_last is the last iterate)",
-                    cfg.long_factor, cfg.stable_factor)
+        why = (f"stayed within {cfg.stable_factor:g}× its val f(T) up to {cfg.long_factor}·T without divergence"
+               if cfg.stable_factor > 0 else "had a finite val objective")
+        log.warning("no iteration %s: no gps_best checkpoint (gps_last is the last iterate)", why)
     curve = [[int(h["env_steps"]), float(h["val_final"])] for h in history]
     training = training_record(curve, trainer.env_steps, (base_name, base_val), (fo_name, fo_val))
     for name in ("gps_best.safetensors", "gps_last.safetensors"):
@@ -306,7 +330,7 @@ def train_gps(
             add_training_metadata(out / name, training)
     summary = {
         "env_id": cfg.env_id,
-        "best_val": best_val,
+        "best_val": best_val if best_iter >= 0 else None,
         "best_iteration": best_iter,
         "baseline": {"name": base_name, "hparams": base_hp, "val_final": base_val},
         "env_steps_to_reach_baseline": training["env_steps_to_reach_baseline"],
@@ -322,6 +346,13 @@ def train_gps(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _ratio(value: float, reference: float) -> float:
+    """``value / reference`` for the stability ratios (1 for 0/0, inf for x/0 with x > 0)."""
+    if reference > 0:
+        return value / reference
+    return 1.0 if value <= reference else math.inf
 
 
 def _make_policy(model: GaussianMLP, core_config: CoreConfig, d: int, cfg: GPSTrainConfig, max_action: float) -> GPSPolicy:
