@@ -229,8 +229,8 @@ def test_stable_factor_selects_only_iterations_stable_past_the_horizon(tmp_path)
 
 def test_stable_selection_with_no_eligible_iterate_leaves_no_stale_best(tmp_path, caplog, monkeypatch):
     """A val problem that diverges past the horizon makes an iterate ineligible, however flat the mean curve
-    (a diverged problem keeps its last finite objective). A new run in a folder removes the previous run's
-    checkpoints, so a run with no eligible iterate ends with no gps_best (never an older one relabelled with
+    (a diverged problem keeps its last finite objective). A new run in a folder moves the previous run's
+    checkpoints aside, so a run with no eligible iterate ends with no gps_best (never an older one relabelled with
     this run's record), and its best_val is None (valid JSON)."""
     import json
 
@@ -253,8 +253,9 @@ def test_stable_selection_with_no_eligible_iterate_leaves_no_stale_best(tmp_path
     assert summary["history"][0]["val_diverged_long"] == pytest.approx(1 / 8)
     assert summary["best_iteration"] == -1 and summary["best_val"] is None
     assert not (tmp_path / "gps_best.safetensors").exists() and (tmp_path / "gps_last.safetensors").exists()
+    load_gps_policy(tmp_path / "gps_best.previous.safetensors", env_id=base.env_id, dim=3)  # kept, not lost
     assert json.loads((tmp_path / "summary.json").read_text())["best_val"] is None
-    assert "no gps_best checkpoint" in caplog.text and "removing the previous run's gps_best" in caplog.text
+    assert "no gps_best checkpoint" in caplog.text and "gps_best.safetensors is moved to gps_best.previous.safetensors" in caplog.text
 
 
 def test_stable_factor_config_errors_and_resume_with_another_rule(tmp_path):

@@ -227,7 +227,8 @@ def train_gps(
     """Train GPS (module docstring). Returns a summary (also written to ``out_dir/summary.json``).
 
     Files in ``out_dir``: ``gps_best.safetensors`` (best on val), ``gps_last.safetensors``, ``state.pt``
-    (resume with ``resume=True``), ``summary.json``, ``tb/`` (TensorBoard).
+    (resume with ``resume=True``), ``summary.json``, ``tb/`` (TensorBoard). A new (not resumed) run in a folder
+    that holds a previous run's checkpoints first renames them to ``*.previous.safetensors``.
     """
     from l2o_gym.evaluation import env_family
 
@@ -272,9 +273,10 @@ def train_gps(
         log.info("resumed from %s at iteration %d", state_path, trainer.iteration_count)
     else:
         for name in ("gps_best.safetensors", "gps_last.safetensors"):
-            if (out / name).is_file():  # a previous run's: never relabel it with this run's record
-                log.warning("new run in %s: removing the previous run's %s", out, name)
-                (out / name).unlink()
+            if (out / name).is_file():  # a previous run's: keep it aside, never relabel it with this run's record
+                kept = out / name.replace(".safetensors", ".previous.safetensors")
+                log.warning("new run in %s: the previous run's %s is moved to %s", out, name, kept.name)
+                (out / name).replace(kept)
     writer = _writer(out / "tb") if tensorboard else None
     summary_extra = {"train_config": cfg.to_dict(), "init_lr": init_lr}
     bar = tqdm(range(trainer.iteration_count, cfg.iterations), desc=f"GPS {cfg.env_id}", disable=not progress)
