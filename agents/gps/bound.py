@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from l2o_gym import core
 from l2o_gym.agents.gps.global_policy import GaussianMLP
 from l2o_gym.agents.gps.policy import GPSPolicy
-from l2o_gym.agents.gps.train import LR_GRID, final_objective
+from l2o_gym.agents.gps.train import final_objective, tuned_gd_step
 from l2o_gym.agents.baselines import GradientDescent
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import Policy, rollout
@@ -106,7 +106,7 @@ def train_bound(cfg: BoundConfig, out: str | Path | None = None, *, progress: bo
     val = family.sample(cfg.n_val, "val", cfg.seed, device=device)
     d = val.x0.shape[1]
     model = GaussianMLP(core.obs_dim(cc, d), d, cfg.hidden, cfg.activation).to(device)
-    gd_val, gd_lr = min((final_objective(GradientDescent(lr), val, cfg.horizon), lr) for lr in LR_GRID)
+    gd_lr, gd_val = tuned_gd_step(val, cfg.horizon)
     # Input/output scales from tuned gradient descent's trajectories on a train batch (not seen again).
     with torch.no_grad():
         probs = family.sample(256, "train", cfg.seed + 10**6, device=device)
@@ -135,8 +135,7 @@ def train_bound(cfg: BoundConfig, out: str | Path | None = None, *, progress: bo
         else:
             log.warning("episode %d: non-finite meta-loss %s; update skipped", ep + 1, float(loss))
         if (ep + 1) % cfg.val_every == 0 or ep + 1 == cfg.episodes:
-            with torch.no_grad():
-                v = float(rollout(policy, core.reset(val, cc), cfg.horizon, None).losses[-1].mean())
+            v = final_objective(policy, val, cfg.horizon, cc)
             curve.append([ep + 1, v])
             if v < best:
                 best, best_ep = v, ep + 1

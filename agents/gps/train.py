@@ -132,6 +132,13 @@ def tune_baselines(names: tuple[str, ...], problems: ProblemBatch, horizon: int)
     return out
 
 
+def tuned_gd_step(problems: ProblemBatch, horizon: int) -> tuple[float, float]:
+    """Gradient descent tuned on ``problems`` (:func:`tune_baselines`): ``(lr, mean objective at horizon)``;
+    ``lr`` is the smallest of :data:`LR_GRID` (objective ``inf``) if every step size diverges."""
+    hp, value = tune_baselines(("sgd",), problems, horizon)["sgd"]
+    return float(hp.get("lr", LR_GRID[0])), value
+
+
 def _best_of(tuned: dict[str, tuple[dict[str, float], float]], names: tuple[str, ...]) -> tuple[str, dict[str, float], float]:
     best: tuple[str, dict[str, float], float] = ("", {}, math.inf)
     for name in names:
@@ -249,16 +256,13 @@ def train_gps(
     log.info("best tuned baseline on val at T=%d: %s %s -> %.5g", cfg.horizon, base_name, base_hp, base_val)
     init_lr = cfg.init_lr
     if init_lr is None:
-        from l2o_gym.agents.baselines import GradientDescent
-
-        scores = {lr: final_objective(GradientDescent(lr), problems, cfg.horizon) for lr in LR_GRID}
-        init_lr = min(scores, key=lambda k: scores[k] if math.isfinite(scores[k]) else math.inf)
+        init_lr, _ = tuned_gd_step(problems, cfg.horizon)
         log.info("initial controller: gradient step lr=%g (best on the training conditions)", init_lr)
 
     model = GaussianMLP(task.obs_dim, task.du, cfg.hidden).to(device=device, dtype=dtype)
     trainer = BADMMTrainer(task, task.initial_policy(init_lr, cfg.init_std), model, cfg.badmm, seed=cfg.seed)
     history: list[dict[str, float]] = []
-    best_val, best_iter, reached_at, max_action = math.inf, -1, None, 0.0
+    best_val, best_iter, max_action = math.inf, -1, 0.0
     state_path = out / "state.pt"
     if resume and state_path.is_file():
         st = load_state(state_path, device)
@@ -269,7 +273,7 @@ def train_gps(
                 f"stable_factor={cfg.stable_factor}, long_factor={cfg.long_factor} would mix two selection rules")
         trainer.load_state_dict(st["trainer"])
         history, best_val, best_iter = st["history"], float(st["best_val"]), int(st["best_iter"])
-        reached_at, max_action = st["reached_at"], float(st["max_action"])
+        max_action = float(st["max_action"])
         log.info("resumed from %s at iteration %d", state_path, trainer.iteration_count)
     else:
         for name in ("gps_best.safetensors", "gps_last.safetensors"):
@@ -287,8 +291,7 @@ def train_gps(
         t0 = time.perf_counter()
         eligible = True
         if cfg.stable_factor > 0:
-            with torch.no_grad():
-                traj = run_policy(policy, val, cfg.long_factor * cfg.horizon)
+            traj = run_policy(policy, val, cfg.long_factor * cfg.horizon)
             mean_curve = traj.losses[cfg.horizon :].mean(1)  # [long - T + 1]
             f_t, peak = float(mean_curve[0]), float(mean_curve.max())
             metrics["val_final"] = f_t
@@ -301,10 +304,9 @@ def train_gps(
             metrics["val_final"] = final_objective(policy, val, cfg.horizon)
         metrics["train_final_global"] = final_objective(policy, problems, cfg.horizon)
         metrics["eval_s"] = time.perf_counter() - t0
+        if metrics["val_final"] <= base_val and all(h["val_final"] > base_val for h in history):
+            log.info("GPS reached the best baseline's val objective after %d env steps", int(metrics["env_steps"]))
         history.append(metrics)
-        if reached_at is None and metrics["val_final"] <= base_val:
-            reached_at = int(metrics["env_steps"])
-            log.info("GPS reached the best baseline's val objective after %d env steps", reached_at)
         if eligible and metrics["val_final"] < best_val:
             best_val, best_iter = metrics["val_final"], it + 1
             policy.save(out / "gps_best.safetensors", {**summary_extra, "iteration": best_iter, "val_final": best_val})
@@ -316,7 +318,7 @@ def train_gps(
         bar.set_postfix(val=f"{metrics['val_final']:.4g}", best=f"{best_val:.4g}", kl=f"{metrics['kl_local_global']:.3g}")
         save_state(state_path, {
             "trainer": trainer.state_dict(), "history": history, "best_val": best_val, "best_iter": best_iter,
-            "reached_at": reached_at, "max_action": max_action,
+            "max_action": max_action,
             "selection": [float(cfg.stable_factor), int(cfg.long_factor)],
         })
     if writer is not None:
