@@ -87,7 +87,7 @@ class SB3TrainConfig:
 
     Args:
         algo: ``"ppo"``, ``"sac"`` or ``"recurrent_ppo"`` (the latter needs the ``contrib`` extra).
-        env_id: registered env id (``l2o_gym.envs.registration.ENV_TABLE``).
+        env_id: registered env id (``l2o_gym.registry.ENV_TABLE``).
         total_timesteps: env steps (sampled transitions, summed over the ``n_envs`` optimizees) to train for.
             On-policy algorithms stop at the first full rollout at or past it.
         n_envs: parallel optimizees of the training vector env.
@@ -251,7 +251,7 @@ class SB3TrainConfig:
 
 
 def _env_table() -> dict[str, dict[str, Any]]:
-    from l2o_gym.envs.registration import ENV_TABLE
+    from l2o_gym.registry import ENV_TABLE
 
     return ENV_TABLE
 
@@ -451,7 +451,7 @@ def load_policy(
 ) -> SB3Policy:
     """Load an SB3 policy checkpoint (``.safetensors`` written by :func:`train_sb3`) as an :class:`SB3Policy`.
 
-    The loader ``l2o_gym.compare`` uses for ``--policies ppo[=CKPT]``. The SB3 policy object is rebuilt from
+    The loader ``l2o_gym.experiments.compare`` uses for ``--policies ppo[=CKPT]``. The SB3 policy object is rebuilt from
     the JSON config and its weights loaded with ``load_state_dict``; nothing is unpickled.
 
     Args:
@@ -728,8 +728,9 @@ def train_sb3(
         CheckpointError: ``resume`` without a readable ``state.pt``.
         KeyboardInterrupt: re-raised after writing a final checkpoint.
     """
-    from l2o_gym.agents.gps.train import FIRST_ORDER, best_baseline, training_record
-    from l2o_gym.evaluation import env_family
+    from l2o_gym.agents.common import training_record
+    from l2o_gym.agents.tuning import FIRST_ORDER, best_baseline
+    from l2o_gym.registry import env_family
 
     out = Path(out_dir)
     state_path = out / "state.pt"

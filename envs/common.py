@@ -16,7 +16,8 @@ from torch import Tensor
 from l2o_gym import core
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.problems import ProblemBatch, ProblemFamily, make_family
-from l2o_gym.problems.base import ProblemSampler, check_positive, check_split, resolve_device, resolve_dtype
+from l2o_gym.problems.base import ProblemSampler
+from l2o_gym.checks import check_positive, check_split, resolve_device, resolve_dtype
 
 REWARD_MODES: tuple[str, ...] = ("objective", "log_objective", "improvement")
 

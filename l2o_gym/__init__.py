@@ -1,6 +1,11 @@
 """l2o-gym: learning to optimize as batched, differentiable torch MDPs and gymnasium environments.
 
-``import l2o_gym`` registers the environments (``l2o/Quadratic-v0``, …) with gymnasium.
+``import l2o_gym`` registers the environments (``l2o/Quadratic-v0``, …) with gymnasium by string entry
+points: no env module, and no stable-baselines3, is imported until ``gymnasium.make``.
+
+Layers (imports only go downward; ``tests/test_layers.py`` enforces it): the foundation (this package minus
+:mod:`l2o_gym.experiments`) → :mod:`l2o_gym.envs` → :mod:`l2o_gym.agents` → :mod:`l2o_gym.experiments` and
+``scripts/``.
 """
 
 from l2o_gym import core
@@ -8,9 +13,9 @@ from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import Policy, Trajectory, rollout, run_policy
 from l2o_gym.problems import FAMILIES, ProblemBatch, ProblemFamily, make_family
 
-__version__ = "0.1.0"
+from l2o_gym.registry import ENV_IDS, register_envs
 
-from l2o_gym.envs.registration import ENV_IDS, register_envs  # noqa: E402
+__version__ = "0.1.0"
 
 register_envs()
 

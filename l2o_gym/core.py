@@ -44,7 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l2o_gym.problems.base import ProblemBatch, check_positive, check_positive_int
+from l2o_gym.problems.base import ProblemBatch
+from l2o_gym.checks import check_positive, check_positive_int
 
 
 @dataclass(frozen=True)

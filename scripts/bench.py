@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from l2o_gym.benchmark import baseline_eval_time, env_throughput
+from l2o_gym.experiments.benchmark import baseline_eval_time, env_throughput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.what in ("env", "eval"):
-        from l2o_gym.envs import ENV_IDS
+        from l2o_gym.registry import ENV_IDS
 
         if args.env not in ENV_IDS:
             parser.error(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")

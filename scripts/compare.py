@@ -8,7 +8,7 @@
 
 Baselines use the hyperparameters tuned on train problems at the horizon (agents/tuned_baselines.json, or
 --tuned FILE). A learned policy without =CKPT uses the checkpoint shipped for that env in agents/pretrained/.
-Presets (l2o_gym/study.py): ``study`` (every shipped learned optimizer against the tuned baselines at its
+Presets (l2o_gym/experiments/study.py): ``study`` (every shipped learned optimizer against the tuned baselines at its
 training horizon T and at 10T, MLP transfer runs, sample-efficiency table) and ``study-tiny`` (its
 structure at toy size, seconds).
 Writes OUT/results.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
@@ -23,9 +23,9 @@ import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.checkpoint import CheckpointError
-from l2o_gym.compare import LEARNED, CompareConfig, run_comparison
-from l2o_gym.envs import ENV_IDS
-from l2o_gym.study import PRESETS, preset_config, run_study
+from l2o_gym.experiments.compare import LEARNED, CompareConfig, run_comparison
+from l2o_gym.registry import ENV_IDS
+from l2o_gym.experiments.study import PRESETS, preset_config, run_study
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,8 @@ import argparse
 import logging
 import sys
 
-from l2o_gym.demo import gradient_descent_demo
-from l2o_gym.envs import ENV_IDS
+from l2o_gym.experiments.demo import gradient_descent_demo
+from l2o_gym.registry import ENV_IDS
 
 
 def main(argv: list[str] | None = None) -> int:

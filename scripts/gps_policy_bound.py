@@ -15,7 +15,7 @@ import torch
 
 from l2o_gym.agents.gps.bound import BoundConfig, train_bound
 from l2o_gym.agents.gps.train import evaluate_on_test
-from l2o_gym.envs import ENV_IDS
+from l2o_gym.registry import ENV_IDS
 
 
 def main(argv: list[str] | None = None) -> int:

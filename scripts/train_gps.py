@@ -20,7 +20,7 @@ from l2o_gym.agents.gps.global_policy import RegressionConfig
 from l2o_gym.agents.gps.dynamics import GPSFitError
 from l2o_gym.agents.gps.train import GPSTrainConfig, train_gps
 from l2o_gym.checkpoint import CheckpointError
-from l2o_gym.envs import ENV_IDS
+from l2o_gym.registry import ENV_IDS
 
 _POSITIVE_INT = ("conditions", "samples", "horizon", "history", "iterations", "inner", "reg_iters", "val", "threads",
                  "long_factor")

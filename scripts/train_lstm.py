@@ -24,7 +24,7 @@ import torch
 from l2o_gym.agents.lstm import LSTMConfig, TrainConfig, train
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.agents.lstm.trainer import OBJECTIVES, WEIGHTINGS, init_distributed
-from l2o_gym.envs import ENV_IDS
+from l2o_gym.registry import ENV_IDS
 
 
 def _positive_int(s: str) -> int:

@@ -22,7 +22,7 @@ import torch
 from l2o_gym.checkpoint import atomic_write
 from l2o_gym.agents.sb3 import ACTIVATIONS, ALGOS, SB3TrainConfig, train_sb3
 from l2o_gym.envs.common import REWARD_MODES
-from l2o_gym.envs.registration import ENV_TABLE
+from l2o_gym.registry import ENV_TABLE
 
 
 def _positive_int(text: str) -> int:

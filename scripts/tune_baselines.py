@@ -3,7 +3,7 @@
 
     python scripts/tune_baselines.py --env l2o/Quadratic-v0 --policies sgd adam --out agents/tuned_baselines.json
 
-Grid and selection rule: see l2o_gym/tuning.py. The test split is never read.
+Grid and selection rule: see l2o_gym/experiments/tuning.py. The test split is never read.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import shlex
 import sys
 
 from l2o_gym.agents.baselines import BASELINES
-from l2o_gym.envs import ENV_IDS
-from l2o_gym.tuning import default_tuned_path, setting_key, tune, variant_kwargs
+from l2o_gym.registry import ENV_IDS
+from l2o_gym.experiments.tuning import default_tuned_path, setting_key, tune, variant_kwargs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def test_gps_trains_on_cuda_and_matches_cpu_at_test_time(tmp_path):
 
 def test_shipped_ppo_policy_on_cuda_matches_cpu():
     from l2o_gym.agents.sb3 import load_policy
-    from l2o_gym.compare import pretrained_path
+    from l2o_gym.experiments.compare import pretrained_path
 
     env_id = "l2o/LogisticRegression-v0"
     finals = {}

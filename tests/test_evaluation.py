@@ -11,10 +11,10 @@ import torch
 
 from l2o_gym.agents import Adam, GradientDescent, LBFGS
 from l2o_gym.checkpoint import CheckpointError
-from l2o_gym.compare import CompareConfig, PolicySpec, plan, run_comparison
-from l2o_gym.evaluation import bootstrap_mean_ci, evaluate
+from l2o_gym.experiments.compare import CompareConfig, PolicySpec, plan, run_comparison
+from l2o_gym.experiments.evaluation import bootstrap_mean_ci, evaluate
 from l2o_gym.problems.base import ProblemFamily
-from l2o_gym.tuning import LR_GRID, load_tuned, setting_key, tune, tune_baseline, tuned_entry, variant_kwargs
+from l2o_gym.experiments.tuning import LR_GRID, load_tuned, setting_key, tune, tune_baseline, tuned_entry, variant_kwargs
 
 RESULT_KEYS = {
     "env", "policy", "horizon", "n_problems", "seed", "final_mean", "final_median", "log10_final_mean",

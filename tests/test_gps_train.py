@@ -12,7 +12,8 @@ from l2o_gym.agents.baselines import GradientDescent
 from l2o_gym.agents.gps import GaussianMLP, GPSPolicy, load_gps_policy, load_policy
 from l2o_gym.agents.gps.badmm import BADMMConfig
 from l2o_gym.agents.gps.global_policy import RegressionConfig
-from l2o_gym.agents.gps.train import LR_GRID, GPSTrainConfig, train_gps
+from l2o_gym.agents.gps.train import GPSTrainConfig, train_gps
+from l2o_gym.agents.tuning import LR_GRID
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.core import CoreConfig
 
@@ -117,7 +118,8 @@ def test_training_summary_is_stored_in_the_checkpoints(tmp_path):
 
 
 def test_add_training_metadata_keeps_the_tensors(tmp_path):
-    from l2o_gym.agents.gps.train import add_training_metadata, training_record
+    from l2o_gym.agents.common import training_record
+    from l2o_gym.agents.gps.train import add_training_metadata
     from l2o_gym.checkpoint import load_policy_file
 
     path = _policy().save(tmp_path / "p.safetensors", {"val_final": 0.5})

@@ -325,7 +325,7 @@ def test_resume_with_reset_best_forgets_the_best_value(tmp_path):
 
 
 def test_compare_harness_finds_the_shipped_checkpoints():
-    compare = pytest.importorskip("l2o_gym.compare")
+    compare = pytest.importorskip("l2o_gym.experiments.compare")
     for env_id in PRETRAINED:
         path = compare.pretrained_path("lstm", env_id)
         assert path is not None and path.name == PRETRAINED[env_id]

@@ -10,7 +10,8 @@ import torch
 
 import l2o_gym
 from l2o_gym.problems import FAMILIES, ProblemBatch, ProblemFamily, make_family, stream_seed
-from l2o_gym.problems.base import SPLITS, counter_randint
+from l2o_gym.problems.base import counter_randint
+from l2o_gym.checks import SPLITS
 from l2o_gym.problems.mlp import MLP, load_dataset
 
 EXPECTED = {

@@ -17,7 +17,7 @@ from l2o_gym.agents import sb3
 from l2o_gym.agents.sb3 import SB3Policy, SB3TrainConfig, build_sb3_policy, load_policy, save_sb3_policy, train_sb3
 from l2o_gym.checkpoint import CheckpointError, load_state, read_policy_config
 from l2o_gym.core import CoreConfig
-from l2o_gym.evaluation import evaluate
+from l2o_gym.experiments.evaluation import evaluate
 from l2o_gym.optim import LearnedOptimizer
 
 ENV = "l2o/LogisticRegression-v0"
@@ -240,7 +240,7 @@ def test_cli_recurrent_without_contrib_exits_2(tmp_path, monkeypatch, capsys):
 
 
 def test_shipped_ppo_checkpoint_matches_the_gps_setup():
-    from l2o_gym.compare import pretrained_path
+    from l2o_gym.experiments.compare import pretrained_path
 
     path = pretrained_path("ppo", ENV)
     assert path is not None and path.name == "ppo_LogisticRegression.safetensors"

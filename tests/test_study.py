@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from l2o_gym.compare import LEARNED, pretrained_path
-from l2o_gym.evaluation import EvalResult
-from l2o_gym.study import PRESETS, long_horizon_rows, preset_config, run_study, study_sections
+from l2o_gym.experiments.compare import LEARNED, pretrained_path
+from l2o_gym.experiments.evaluation import EvalResult
+from l2o_gym.experiments.study import PRESETS, long_horizon_rows, preset_config, run_study, study_sections
 
 
 def test_every_policy_of_the_study_is_shipped():

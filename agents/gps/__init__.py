@@ -17,7 +17,7 @@ from l2o_gym.agents.gps.global_policy import GaussianMLP, RegressionConfig
 from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics, LinearGaussianPolicy
 from l2o_gym.agents.gps.policy import GPSPolicy, load_gps_policy
 
-#: the loader ``l2o_gym.compare`` uses for ``--policies gps[=CKPT]``.
+#: the loader ``l2o_gym.experiments.compare`` uses for ``--policies gps[=CKPT]``.
 load_policy = load_gps_policy
 
 __all__ = [

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from l2o_gym import core
 from l2o_gym.agents.gps.global_policy import GaussianMLP
 from l2o_gym.agents.gps.policy import GPSPolicy
-from l2o_gym.agents.gps.train import final_objective, tuned_gd_step
+from l2o_gym.agents.tuning import final_objective, tuned_gd_step
 from l2o_gym.agents.baselines import GradientDescent
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import Policy, rollout
@@ -97,7 +97,7 @@ def train_bound(cfg: BoundConfig, out: str | Path | None = None, *, progress: bo
         on the same ``val`` problems. With ``out``, the best policy is written to ``out/bound_best.safetensors``
         (atomically) whenever it improves, and the summary to its config.
     """
-    from l2o_gym.evaluation import env_family
+    from l2o_gym.registry import env_family
 
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)

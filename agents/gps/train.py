@@ -21,20 +21,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from l2o_gym.agents.common import training_record
 from l2o_gym.agents.gps.badmm import BADMMConfig, BADMMTrainer
 from l2o_gym.agents.gps.global_policy import GaussianMLP, RegressionConfig
 from l2o_gym.agents.gps.policy import KIND, GPSPolicy
 from l2o_gym.agents.gps.task import OptimizationTask
+from l2o_gym.agents.tuning import FIRST_ORDER, _best_of, best_baseline, final_objective, tune_baselines, tuned_gd_step
 from l2o_gym.checkpoint import load_state, save_state, update_policy_config
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import Policy, run_policy
-from l2o_gym.problems import ProblemBatch
 
 log = logging.getLogger(__name__)
-
-#: learning rates tried for the initial gradient-step controller and the first-order baselines.
-LR_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-
 
 @dataclass
 class GPSTrainConfig:
@@ -106,93 +103,13 @@ class GPSTrainConfig:
         return GPSTrainConfig(**d, badmm=BADMMConfig(**b))
 
 
-def final_objective(policy: Policy, problems: ProblemBatch, horizon: int, config: CoreConfig | None = None) -> float:
-    """Mean objective after ``horizon`` steps of ``policy`` (a diverged instance counts its last finite objective)."""
-    traj = run_policy(policy, problems, horizon, config)
-    return float(traj.losses[-1].mean())
-
-
-def tune_baselines(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> dict[str, tuple[dict[str, float], float]]:
-    """Each baseline tuned on ``problems``: ``{name: (hparams, mean objective at horizon)}``.
-
-    First-order methods are tuned over :data:`LR_GRID` (momentum 0.9); CG and L-BFGS have no step size.
-    A baseline that diverges for every setting gets ``({}, inf)``.
-    """
-    from l2o_gym.agents.baselines import make_baseline
-
-    out: dict[str, tuple[dict[str, float], float]] = {}
-    for name in names:
-        best: tuple[dict[str, float], float] = ({}, math.inf)
-        grid: list[dict[str, float]] = [{}] if name in ("cg", "lbfgs") else [{"lr": lr} for lr in LR_GRID]
-        for hp in grid:
-            value = final_objective(make_baseline(name, **hp), problems, horizon)
-            if math.isfinite(value) and value < best[1]:
-                best = (hp, value)
-        out[name] = best
-    return out
-
-
-def tuned_gd_step(problems: ProblemBatch, horizon: int) -> tuple[float, float]:
-    """Gradient descent tuned on ``problems`` (:func:`tune_baselines`): ``(lr, mean objective at horizon)``;
-    ``lr`` is the smallest of :data:`LR_GRID` (objective ``inf``) if every step size diverges."""
-    hp, value = tune_baselines(("sgd",), problems, horizon)["sgd"]
-    return float(hp.get("lr", LR_GRID[0])), value
-
-
-def _best_of(tuned: dict[str, tuple[dict[str, float], float]], names: tuple[str, ...]) -> tuple[str, dict[str, float], float]:
-    best: tuple[str, dict[str, float], float] = ("", {}, math.inf)
-    for name in names:
-        hp, value = tuned[name]
-        if value < best[2]:
-            best = (name, hp, value)
-    return best
-
-
-def best_baseline(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> tuple[str, dict[str, float], float]:
-    """Best tuned baseline on ``problems``: ``(name, hparams, mean objective at horizon)`` (:func:`tune_baselines`)."""
-    return _best_of(tune_baselines(names, problems, horizon), names)
-
-
-#: the first-order baselines of the ``first_order_baseline`` sample-efficiency figure.
-FIRST_ORDER: tuple[str, ...] = ("sgd", "momentum")
-
-
-def steps_to_reach(curve: list[list[float]], target: float) -> int | None:
-    """Env steps of the first point of ``curve`` (``[[env_steps, val_final], …]``) at or below ``target``."""
-    for steps, value in curve:
-        if value <= target:
-            return int(steps)
-    return None
-
-
-def training_record(
-    curve: list[list[float]], env_steps_total: int, baseline: tuple[str, float], first_order: tuple[str, float]
-) -> dict[str, Any]:
-    """The training summary stored in checkpoints under ``"training"`` (same schema as the PPO checkpoints).
-
-    Args:
-        curve: ``[[env_steps, val_final], …]`` after every iteration (deterministic global policy on ``val``).
-        env_steps_total: env steps (sampled transitions) of the whole run.
-        baseline: ``(name, val_final)`` of the best tuned baseline of the run (any of its ``baselines``).
-        first_order: ``(name, val_final)`` of the best tuned first-order baseline (:data:`FIRST_ORDER`).
-    """
-    return {
-        "env_steps_total": int(env_steps_total),
-        "baseline": {"name": baseline[0], "val_final": float(baseline[1])},
-        "env_steps_to_reach_baseline": steps_to_reach(curve, baseline[1]),
-        "first_order_baseline": {"name": first_order[0], "val_final": float(first_order[1])},
-        "env_steps_to_reach_first_order": steps_to_reach(curve, first_order[1]),
-        "curve": [[int(s), float(v)] for s, v in curve],
-    }
-
-
 def training_record_from_summary(summary_path: str | Path) -> dict[str, Any]:
     """:func:`training_record` rebuilt from a run's ``summary.json`` (for runs made before it was stored).
 
     The first-order baseline is re-tuned on the run's ``val`` problems (:data:`FIRST_ORDER`) when the
     summary lacks it.
     """
-    from l2o_gym.evaluation import env_family
+    from l2o_gym.registry import env_family
 
     s = json.loads(Path(summary_path).read_text())
     cfg = s["train_config"]
@@ -237,7 +154,7 @@ def train_gps(
     (resume with ``resume=True``), ``summary.json``, ``tb/`` (TensorBoard). A new (not resumed) run in a folder
     that holds a previous run's checkpoints first renames them to ``*.previous.safetensors``.
     """
-    from l2o_gym.evaluation import env_family
+    from l2o_gym.registry import env_family
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -387,7 +304,7 @@ def evaluate_on_test(
     """
     from l2o_gym.agents.baselines import make_baseline
     from l2o_gym.agents.gps.policy import load_gps_policy
-    from l2o_gym.evaluation import env_family
+    from l2o_gym.registry import env_family
 
     family = env_family(env_id)
     val = family.sample(n_val, "val", seed, dtype=torch.float64)

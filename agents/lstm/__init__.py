@@ -9,7 +9,7 @@ from l2o_gym.agents.lstm.policy import (
     load_pretrained,
     preprocess,
 )
-from l2o_gym.agents.lstm.trainer import TrainConfig, Trainer, env_family, time_meta_iteration, train
+from l2o_gym.agents.lstm.trainer import TrainConfig, Trainer, time_meta_iteration, train
 
 __all__ = [
     "PRETRAINED",
@@ -18,7 +18,6 @@ __all__ = [
     "LSTMPolicy",
     "TrainConfig",
     "Trainer",
-    "env_family",
     "load_policy",
     "load_pretrained",
     "preprocess",

@@ -244,5 +244,5 @@ def load_pretrained(env_id: str = "l2o/Quadratic-v0", device: torch.device | str
 
 
 def load_policy(path: str | Path, env_id: str | None = None, device: torch.device | str = "cpu") -> LSTMPolicy:
-    """Loader used by :mod:`l2o_gym.compare` (``--policies lstm[=CKPT]``): :meth:`LSTMPolicy.load`."""
+    """Loader used by :mod:`l2o_gym.experiments.compare` (``--policies lstm[=CKPT]``): :meth:`LSTMPolicy.load`."""
     return LSTMPolicy.load(path, device=device, env_id=env_id)

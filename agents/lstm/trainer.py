@@ -44,7 +44,7 @@ from l2o_gym import core
 from l2o_gym.checkpoint import load_state, save_state
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import rollout, run_policy
-from l2o_gym.problems import ProblemFamily, make_family
+from l2o_gym.registry import env_family
 
 from l2o_gym.agents.lstm.policy import LSTMConfig, LSTMPolicy
 
@@ -54,14 +54,6 @@ WEIGHTINGS: tuple[str, ...] = ("uniform", "linear")
 OBJECTIVES: tuple[str, ...] = ("sum", "log")
 
 
-def env_family(env_id: str, **overrides: Any) -> ProblemFamily:
-    """The problem family of a registered env id (``l2o/Quadratic-v0`` → ``quadratic``), with size overrides."""
-    from l2o_gym.envs import ENV_TABLE
-
-    if env_id not in ENV_TABLE:
-        raise ValueError(f"unknown env id {env_id!r}: expected one of {', '.join(ENV_TABLE)}")
-    kwargs = {k: v for k, v in ENV_TABLE[env_id].items() if k not in ("family", "action_scale")}
-    return make_family(ENV_TABLE[env_id]["family"], **{**kwargs, **overrides})
 
 
 @dataclass

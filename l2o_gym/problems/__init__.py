@@ -4,41 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from l2o_gym.problems.base import (
-    SPLITS,
-    ProblemBatch,
-    ProblemFamily,
-    ProblemSampler,
-    check_split,
-    stream_seed,
-)
+from l2o_gym.checks import SPLITS, check_split
+from l2o_gym.problems.base import ProblemBatch, ProblemFamily, ProblemSampler, stream_seed
+from l2o_gym.problems.logistic_regression import LogisticRegression
+from l2o_gym.problems.mlp import MLP
+from l2o_gym.problems.neural_net import NeuralNet
 from l2o_gym.problems.quadratic import Quadratic
+from l2o_gym.problems.rastrigin import Rastrigin
+from l2o_gym.problems.robust_linear_regression import RobustLinearRegression
+from l2o_gym.problems.rosenbrock import Rosenbrock
 
+#: registry name -> family class; :func:`make_family` is the one entry point.
 FAMILIES: dict[str, type[ProblemFamily]] = {
-    "quadratic": Quadratic,
+    cls.name: cls
+    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin)
 }
-
-
-def _register_optional() -> None:
-    # Families live in their own modules; importing them here keeps `make_family` the one entry point.
-    from l2o_gym.problems import logistic_regression, mlp, neural_net, rastrigin, robust_linear_regression, rosenbrock
-
-    for mod, cls in (
-        (logistic_regression, "LogisticRegression"),
-        (robust_linear_regression, "RobustLinearRegression"),
-        (neural_net, "NeuralNet"),
-        (mlp, "MLP"),
-        (rosenbrock, "Rosenbrock"),
-        (rastrigin, "Rastrigin"),
-    ):
-        family = getattr(mod, cls)
-        FAMILIES[family.name] = family
-
-
-try:
-    _register_optional()
-except ImportError:  # pragma: no cover - only while a family module is being written
-    pass
 
 
 def make_family(family: str | ProblemFamily, **kwargs: Any) -> ProblemFamily:
@@ -69,7 +49,13 @@ __all__ = [
     "ProblemBatch",
     "ProblemFamily",
     "ProblemSampler",
+    "LogisticRegression",
+    "MLP",
+    "NeuralNet",
     "Quadratic",
+    "Rastrigin",
+    "RobustLinearRegression",
+    "Rosenbrock",
     "check_split",
     "make_family",
     "stream_seed",

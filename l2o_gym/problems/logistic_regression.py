@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2o_gym.problems.base import ProblemBatch, ProblemFamily, check_positive, check_positive_int
+from l2o_gym.problems.base import ProblemBatch, ProblemFamily
+from l2o_gym.checks import check_positive, check_positive_int
 
 #: Cluster means are drawn from ``U[-MEAN_RANGE, MEAN_RANGE]^2``.
 MEAN_RANGE: float = 3.0

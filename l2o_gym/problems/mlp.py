@@ -18,14 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2o_gym.problems.base import (
-    SPLITS,
-    ProblemBatch,
-    ProblemFamily,
-    check_positive_int,
-    check_split,
-    counter_randint,
-)
+from l2o_gym.problems.base import ProblemBatch, ProblemFamily, counter_randint
+from l2o_gym.checks import SPLITS, check_positive_int, check_split
 
 #: Input size of each dataset (pixels per image).
 DATASET_INPUTS: dict[str, int] = {"mnist": 784, "digits": 64}

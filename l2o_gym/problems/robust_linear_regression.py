@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2o_gym.problems.base import ProblemBatch, ProblemFamily, check_positive, check_positive_int
+from l2o_gym.problems.base import ProblemBatch, ProblemFamily
+from l2o_gym.checks import check_positive, check_positive_int
 from l2o_gym.problems.logistic_regression import sample_gaussian_clusters
 
 

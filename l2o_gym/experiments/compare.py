@@ -4,7 +4,7 @@ Everything a run needs (env ids, policies, tuned hyperparameters, checkpoints, t
 resolved and checked *before* any evaluation starts, so bad input fails in seconds with a clear message.
 
 Outputs in ``out/``: ``results.json`` (one entry per env × policy × horizon, see
-:class:`l2o_gym.evaluation.EvalResult`), ``report.md`` (a table per env and horizon, best in bold, links
+:class:`l2o_gym.experiments.evaluation.EvalResult`), ``report.md`` (a table per env and horizon, best in bold, links
 to the plots) and one PNG of mean objective vs iteration with 95% CI bands per env and horizon.
 """
 
@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 
 from l2o_gym.agents.baselines import BASELINES, make_baseline
 from l2o_gym.checkpoint import CheckpointError, atomic_write
-from l2o_gym.evaluation import EvalResult, env_family, evaluate
+from l2o_gym.experiments.evaluation import EvalResult, evaluate
 from l2o_gym.plotting import plot_curves
 from l2o_gym.policy import Policy
-from l2o_gym.tuning import load_tuned, tuned_entry, variant_kwargs
+from l2o_gym.experiments.tuning import load_tuned, tuned_entry
+from l2o_gym.registry import env_family, env_short_name, variant_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,6 @@ LEARNED: dict[str, str] = {
 }
 
 
-def env_short_name(env_id: str) -> str:
-    """``"l2o/Quadratic-v0"`` -> ``"Quadratic"`` (file names of plots and shipped checkpoints)."""
-    return re.sub(r"-v\d+$", "", env_id.split("/")[-1])
 
 
 def pretrained_dir() -> Path:
@@ -130,7 +128,7 @@ class CompareConfig:
     """Arguments of a comparison run (``scripts/compare.py`` flags).
 
     Either ``envs`` × ``policies`` at ``horizon`` (and ``long_horizon``), or explicit ``sections`` (the
-    presets of :mod:`l2o_gym.study`); ``n_problems`` is the default number of held-out problems.
+    presets of :mod:`l2o_gym.experiments.study`); ``n_problems`` is the default number of held-out problems.
     """
 
     envs: list[str] = field(default_factory=list)
@@ -166,7 +164,7 @@ class _Job:
 
 def plan(cfg: CompareConfig) -> list[_Job]:
     """Resolve and check everything; raises ``ValueError``/``CheckpointError``/``OSError`` before any work."""
-    from l2o_gym.envs.registration import ENV_TABLE
+    from l2o_gym.registry import ENV_TABLE
 
     sections = cfg.resolve_sections()
     if not sections:
@@ -236,7 +234,7 @@ def write_report(
     lines = [
         f"# {cfg.title}",
         "",
-        f"- command: `{cfg.command or 'l2o_gym.compare.run_comparison'}`",
+        f"- command: `{cfg.command or 'l2o_gym.experiments.compare.run_comparison'}`",
         f"- date: {_dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, device {cfg.device}",
         f"- held-out `test` problems (seed {cfg.seed}; {cfg.n_problems} per env unless a section says otherwise); "

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from l2o_gym.agents.baselines import BASELINES, make_baseline
 from l2o_gym.checkpoint import atomic_write
-from l2o_gym.evaluation import evaluate
+from l2o_gym.experiments.evaluation import evaluate
+from l2o_gym.registry import variant_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,6 @@ def setting_key(env_id: str, horizon: int = DEFAULT_TUNING_HORIZON, variant: str
     return key if horizon == DEFAULT_TUNING_HORIZON else f"{key}@T{horizon}"
 
 
-def variant_kwargs(env_id: str, variant: str | None) -> dict[str, Any]:
-    """Family keyword overrides of a named variant of ``env_id`` (``{}`` for ``None``)."""
-    if not variant:
-        return {}
-    from l2o_gym.envs.registration import VARIANTS
-
-    table = VARIANTS.get(env_id, {})
-    if variant not in table:
-        raise ValueError(f"unknown variant {variant!r} of {env_id}: expected one of {', '.join(table) or '(none)'}")
-    return dict(table[variant])
 
 
 def default_tuned_path() -> Path:

@@ -1,4 +1,4 @@
-"""The RL-versus-supervised study: presets of :class:`~l2o_gym.compare.Section` and its summary tables.
+"""The RL-versus-supervised study: presets of :class:`~l2o_gym.experiments.compare.Section` and its summary tables.
 
 ``python scripts/compare.py --preset study --out runs/main`` (the README's main job) runs, on held-out
 ``test`` problems, every shipped learned optimizer — GPS and PPO (reinforcement learning), the
@@ -7,7 +7,7 @@ coordinatewise LSTM (supervised, BPTT) — against the tuned hand-designed basel
 degrades past its training horizon, the RL one does not), plus the MLP transfer runs of Andrychowicz et al.
 (the checkpoint trained on the 20-unit sigmoid MLP applied to 40 units, two layers and ReLU).
 
-On top of the per-section tables of :func:`l2o_gym.compare.write_report`, the report starts with
+On top of the per-section tables of :func:`l2o_gym.experiments.compare.write_report`, the report starts with
 
 * **RL vs supervised** — per problem, the best tuned baseline and each learned optimizer at ``T`` and 10·T;
 * **long horizon** — per learned optimizer, ``f(θ_10T) / f(θ_T)``, the peak of the mean objective over
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
-from l2o_gym.compare import CompareConfig, Section, fmt_number, run_jobs, write_report, write_results
-from l2o_gym.evaluation import EvalResult
+from l2o_gym.experiments.compare import CompareConfig, Section, fmt_number, run_jobs, write_report, write_results
+from l2o_gym.experiments.evaluation import EvalResult
 
 log = logging.getLogger(__name__)
 

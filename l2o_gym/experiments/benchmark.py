@@ -83,9 +83,9 @@ def env_throughput(
 def baseline_eval_time(
     env_id: str = "l2o/Quadratic-v0", n_problems: int = 1000, horizon: int = 100, device: str = "cpu"
 ) -> dict[str, float]:
-    """Wall seconds of :func:`l2o_gym.evaluation.evaluate` for each first-order baseline (default settings)."""
+    """Wall seconds of :func:`l2o_gym.experiments.evaluation.evaluate` for each first-order baseline (default settings)."""
     from l2o_gym.agents.baselines import FIRST_ORDER, make_baseline
-    from l2o_gym.evaluation import evaluate
+    from l2o_gym.experiments.evaluation import evaluate
 
     out = {}
     for name in FIRST_ORDER:

@@ -31,17 +31,10 @@ import torch
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import Policy, rollout
 from l2o_gym import core
-from l2o_gym.problems import ProblemFamily, make_family
-from l2o_gym.problems.base import check_split, resolve_device, resolve_dtype
+from l2o_gym.registry import env_family
+from l2o_gym.checks import check_split, resolve_device, resolve_dtype
 
 
-def env_family(env_id: str, **family_kwargs: Any) -> ProblemFamily:
-    """The problem family behind a registered env id (with optional size overrides, e.g. ``hidden=(40,)``)."""
-    from l2o_gym.envs.registration import ENV_TABLE
-
-    if env_id not in ENV_TABLE:
-        raise ValueError(f"unknown env id {env_id!r}: expected one of {', '.join(ENV_TABLE)}")
-    return make_family(ENV_TABLE[env_id]["family"], **family_kwargs)
 
 
 @dataclass

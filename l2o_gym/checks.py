@@ -1,0 +1,62 @@
+"""Argument checks shared by every layer: splits, devices, dtypes, positive numbers.
+
+Each raises ``ValueError`` naming the bad value. This module imports only torch and numpy, so the problem
+families, the core, the env adapters and the agents can all use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+#: The instance streams of every problem family: disjoint seed streams (``l2o_gym.problems.base.stream_seed``).
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+def check_split(split: str) -> str:
+    """Return ``split`` if it is one of :data:`SPLITS`, else raise ``ValueError`` naming it."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    return split
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float32``/``torch.float64`` or their names; anything else raises ``ValueError``."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+        return _DTYPES[dtype]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"unsupported dtype {dtype!r}: expected torch.float32 or torch.float64")
+    return dtype
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """Parse ``device`` and check that it is usable here (e.g. ``'cuda'`` needs CUDA)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: expected e.g. 'cpu', 'cuda', 'cuda:0'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}: expected 'cpu' or 'cuda'")
+    return dev
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Raise ``ValueError`` naming ``value`` unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+def check_positive(name: str, value: Any) -> float:
+    """Raise ``ValueError`` naming ``value`` unless it is a finite positive number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return v
+
