@@ -2,7 +2,7 @@
 
 First-order methods (SGD, momentum, Nesterov, Adam, RMSprop) are elementwise tensor updates over the
 ``N`` problems, with exactly ``torch.optim``'s update rules (tested against it). Their memory is the
-``hidden`` of the Policy interface. Each uses one gradient evaluation per iteration (the core's).
+``memory`` of the Policy interface. Each uses one gradient evaluation per iteration (the core's).
 
 Li & Malik's second-order-ish baselines, nonlinear conjugate gradient (Polak–Ribière+, Wolfe line search)
 and L-BFGS (strong-Wolfe line search), are ``scipy.optimize.minimize``'s ``"CG"`` and ``"L-BFGS-B"`` (no
@@ -62,8 +62,8 @@ class GradientDescent(Policy):
     def __init__(self, lr: float | Tensor = 0.01) -> None:
         self.lr = _check_lr(lr)
 
-    def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
-        return -self.lr * state.grad, hidden
+    def act(self, state: State, memory: Any) -> tuple[Tensor, Any]:
+        return -self.lr * state.grad, memory
 
 
 class Momentum(Policy):
@@ -88,9 +88,9 @@ class Momentum(Policy):
     def reset(self, state: State) -> Tensor | None:
         return None
 
-    def act(self, state: State, hidden: Tensor | None) -> tuple[Tensor, Tensor]:
+    def act(self, state: State, memory: Tensor | None) -> tuple[Tensor, Tensor]:
         g = state.grad
-        buf = g.clone() if hidden is None else self.momentum * hidden + g
+        buf = g.clone() if memory is None else self.momentum * memory + g
         direction = g + self.momentum * buf if self.nesterov else buf
         return -self.lr * direction, buf
 
@@ -131,12 +131,12 @@ class Adam(Policy):
         z = torch.zeros_like(state.theta)
         return _AdamMemory(z, z.clone(), 0)
 
-    def act(self, state: State, hidden: _AdamMemory) -> tuple[Tensor, _AdamMemory]:
+    def act(self, state: State, memory: _AdamMemory) -> tuple[Tensor, _AdamMemory]:
         b1, b2 = self.betas
         g = state.grad
-        t = hidden.t + 1
-        m = b1 * hidden.m + (1 - b1) * g
-        v = b2 * hidden.v + (1 - b2) * g * g
+        t = memory.t + 1
+        m = b1 * memory.m + (1 - b1) * g
+        v = b2 * memory.v + (1 - b2) * g * g
         denom = v.sqrt() / math.sqrt(1 - b2**t) + self.eps
         return -(self.lr / (1 - b1**t)) * m / denom, _AdamMemory(m, v, t)
 
@@ -157,9 +157,9 @@ class RMSprop(Policy):
     def reset(self, state: State) -> Tensor:
         return torch.zeros_like(state.theta)
 
-    def act(self, state: State, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    def act(self, state: State, memory: Tensor) -> tuple[Tensor, Tensor]:
         g = state.grad
-        s = self.alpha * hidden + (1 - self.alpha) * g * g
+        s = self.alpha * memory + (1 - self.alpha) * g * g
         return -self.lr * g / (s.sqrt() + self.eps), s
 
 
@@ -243,14 +243,14 @@ class _ScipyPath(Policy):
         ev = torch.from_numpy(np.stack(evals, axis=1)).to(state.theta.device)
         return _PathMemory(path, ev, 1)
 
-    def act(self, state: State, hidden: _PathMemory) -> tuple[Tensor, _PathMemory]:
-        k = min(hidden.k, hidden.path.shape[0] - 1)
-        step = hidden.path[k] - state.theta
-        return step, _PathMemory(hidden.path, hidden.evals, hidden.k + 1)
+    def act(self, state: State, memory: _PathMemory) -> tuple[Tensor, _PathMemory]:
+        k = min(memory.k, memory.path.shape[0] - 1)
+        step = memory.path[k] - state.theta
+        return step, _PathMemory(memory.path, memory.evals, memory.k + 1)
 
-    def evals(self, hidden: _PathMemory, steps: int) -> Tensor:
+    def evals(self, memory: _PathMemory, steps: int) -> Tensor:
         """Objective+gradient evaluations used for the first ``steps`` iterations, ``[N]``."""
-        return hidden.evals[min(steps, hidden.evals.shape[0] - 1)].to(torch.float64)
+        return memory.evals[min(steps, memory.evals.shape[0] - 1)].to(torch.float64)
 
 
 class ConjugateGradient(_ScipyPath):

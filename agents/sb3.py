@@ -302,13 +302,13 @@ class SB3Policy(Policy):
 
     ``Δθ = action_scale · clip(μ(normalise(features(state))), −1, 1)`` where ``μ`` is the mean action of
     the SB3 policy (PPO: Gaussian mean; SAC: ``tanh`` of the mean; RecurrentPPO: mean given the LSTM state,
-    kept in ``hidden``) and ``normalise`` is VecNormalize's ``clip((o − mean)/sqrt(var + eps), ±clip_obs)``.
+    kept in ``memory``) and ``normalise`` is VecNormalize's ``clip((o − mean)/sqrt(var + eps), ±clip_obs)``.
 
     The observation is built with :attr:`core_config`, the config the model was trained with (the evaluation
     resets problems with it). On a state built with another config (e.g. inside
     :class:`l2o_gym.optim.LearnedOptimizer`, history 1 by default) the policy keeps a *shadow* state with its
     own config, advanced from the state's objective, gradient and actual displacement (no extra
-    evaluations). ``hidden`` is ``None`` (feed-forward, same config) or a tuple of tensors
+    evaluations). ``memory`` is ``None`` (feed-forward, same config) or a tuple of tensors
     ``(shadow, lstm)`` so ``LearnedOptimizer.state_dict()`` can save it.
 
     Args:
@@ -388,8 +388,8 @@ class SB3Policy(Policy):
             return x
         return ((x - self.obs_mean) / self.obs_std).clamp(-self.clip_obs, self.clip_obs)
 
-    def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
-        shadow, lstm = hidden if hidden is not None else (None, None)
+    def act(self, state: State, memory: Any) -> tuple[Tensor, Any]:
+        shadow, lstm = memory if memory is not None else (None, None)
         obs, shadow = self.view.observe(state, shadow)
         x = self.normalize(obs)
         with torch.no_grad():

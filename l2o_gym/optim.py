@@ -40,22 +40,22 @@ from l2o_gym.policy import Policy
 
 
 
-def _pack_hidden(hidden: Any) -> Any:
-    if hidden is None or isinstance(hidden, (Tensor, int, float)):
-        return hidden
-    if isinstance(hidden, (tuple, list)):
-        return {"__seq__": [_pack_hidden(h) for h in hidden], "tuple": isinstance(hidden, tuple)}
+def _pack_memory(memory: Any) -> Any:
+    if memory is None or isinstance(memory, (Tensor, int, float)):
+        return memory
+    if isinstance(memory, (tuple, list)):
+        return {"__seq__": [_pack_memory(h) for h in memory], "tuple": isinstance(memory, tuple)}
     raise TypeError(
         f"LearnedOptimizer.state_dict() supports policy memories made of tensors, numbers and tuples/lists of "
-        f"them; this policy's memory is a {type(hidden).__name__}"
+        f"them; this policy's memory is a {type(memory).__name__}"
     )
 
 
-def _unpack_hidden(obj: Any, device: torch.device) -> Any:
+def _unpack_memory(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, Tensor):
         return obj.to(device)
     if isinstance(obj, dict) and "__seq__" in obj:
-        seq = [_unpack_hidden(h, device) for h in obj["__seq__"]]
+        seq = [_unpack_memory(h, device) for h in obj["__seq__"]]
         return tuple(seq) if obj.get("tuple", True) else seq
     return obj
 
@@ -87,7 +87,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.policy = policy
         self.core_config = config or CoreConfig(horizon=10**9, history=1, blowup=1e30, validate=False)
         self._mdp: State | None = None
-        self._hidden: Any = None
+        self._memory: Any = None
         self._moved = False
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -148,12 +148,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         f = torch.full((1,), f_val, device=theta.device, dtype=theta.dtype)
         if prev is None:
             state = core.initial_state(theta, f, grad, self.core_config)
-            hidden = self.policy.reset(state)
+            memory = self.policy.reset(state)
         else:
             state, _, _, _ = core.transition(prev, theta - prev.theta, f, grad)
             state = _replace_theta(state, theta)
-            hidden = self._hidden
-        step, hidden = self.policy.act(state, hidden)
+            memory = self._memory
+        step, memory = self.policy.act(state, memory)
         step = step.detach()
         if not bool(torch.isfinite(step).all()):
             warnings.warn("LearnedOptimizer: the policy proposed a non-finite step; it is skipped", RuntimeWarning, stacklevel=2)
@@ -164,7 +164,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if ok and group["lr"] != 0:
                 p.add_(step[0, off : off + n].view_as(p).to(p.dtype), alpha=group["lr"])
             off += n
-        self._mdp, self._hidden = state, hidden
+        self._mdp, self._memory = state, memory
         return loss
 
     # ---- state dict ------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if self._mdp is not None:
             sd["l2o"] = {
                 "mdp": {k: getattr(self._mdp, k) for k in core.STATE_TENSORS},
-                "hidden": _pack_hidden(self._hidden),
+                "memory": _pack_memory(self._memory),
             }
         return sd
 
@@ -182,7 +182,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         extra = state_dict.pop("l2o", None)
         super().load_state_dict(state_dict)
         if extra is None:
-            self._mdp, self._hidden = None, None
+            self._mdp, self._memory = None, None
             return
         params = self._params()
         device = params[0][1].device if params else torch.device("cpu")
@@ -195,7 +195,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if mdp["obs"].shape[1] != core.obs_dim(self.core_config, expected):
             raise ValueError("optimizer state was saved with another CoreConfig (history/include_steps)")
         self._mdp = State(problems=None, config=self.core_config, **mdp)  # type: ignore[arg-type]
-        self._hidden = _unpack_hidden(extra["hidden"], device)
+        self._memory = _unpack_memory(extra["memory"] if "memory" in extra else extra.get("hidden"), device)  # "hidden": before 0.2
 
 
 def _replace_theta(state: State, theta: Tensor) -> State:

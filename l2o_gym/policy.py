@@ -5,10 +5,10 @@ A policy maps the MDP state to a step Δθ. Learned policies read only :func:`l2
 gradient ``state.grad``, and line-search methods may evaluate ``state.problems`` (each call is counted in
 ``state.problems.n_evals``).
 
-    hidden = policy.reset(state)
-    step, hidden = policy.act(state, hidden)   # step: [N, d]
+    memory = policy.reset(state)
+    step, memory = policy.act(state, memory)   # step: [N, d]
 
-``hidden`` is whatever per-episode memory the policy needs (momentum buffers, LSTM states), batched over
+``memory`` is whatever per-episode memory the policy needs (momentum buffers, LSTM states), batched over
 the ``N`` instances; ``None`` for memoryless policies.
 """
 
@@ -29,7 +29,7 @@ from l2o_gym.problems.base import ProblemBatch
 
 
 class Policy(ABC):
-    """A batched optimizer: ``reset(state) -> hidden``, ``act(state, hidden) -> (step[N, d], hidden)``."""
+    """A batched optimizer: ``reset(state) -> memory``, ``act(state, memory) -> (step[N, d], memory)``."""
 
     #: short name used in reports.
     name: str = "policy"
@@ -39,10 +39,10 @@ class Policy(ABC):
         return None
 
     @abstractmethod
-    def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
+    def act(self, state: State, memory: Any) -> tuple[Tensor, Any]:
         """The step Δθ ``[N, d]`` (same dtype and device as θ) and the updated memory."""
 
-    def evals(self, hidden: Any, steps: int) -> Tensor | None:
+    def evals(self, memory: Any, steps: int) -> Tensor | None:
         """Objective+gradient evaluations ``[N]`` used in the first ``steps`` iterations.
 
         ``None`` (the default) means one per iteration, the core's; line-search methods override it.
@@ -95,14 +95,14 @@ class Trajectory:
 
     Attributes:
         state: the final state.
-        hidden: the policy's final memory (to continue the unroll).
+        memory: the policy's final memory (to continue the unroll).
         costs: ``[T, N]`` per-step costs from :func:`l2o_gym.core.step` (keeps the autograd graph if any).
         losses: ``[T+1, N]`` objective ``f(θ_t)`` from the start state on (detached; frozen after divergence).
         terminated: ``[T, N]`` bool, diverged at or before each step.
     """
 
     state: State
-    hidden: Any
+    memory: Any
     costs: Tensor
     losses: Tensor
     terminated: Tensor
@@ -115,7 +115,7 @@ def rollout(
     policy: Policy,
     state: State,
     n_steps: int,
-    hidden: Any = _RESET,
+    memory: Any = _RESET,
     *,
     progress: bool = False,
     desc: str | None = None,
@@ -123,23 +123,23 @@ def rollout(
     """Run ``policy`` for ``n_steps`` steps from ``state`` through the functional core.
 
     The single rollout loop of l2o-gym: evaluation calls it under ``torch.no_grad()``, the BPTT trainer
-    calls it with gradients enabled on truncated unrolls (passing ``hidden`` and ``state`` on).
+    calls it with gradients enabled on truncated unrolls (passing ``memory`` and ``state`` on).
 
     Args:
         policy: any :class:`Policy`.
         state: the start state (e.g. ``core.reset(problems, config)``).
         n_steps: number of steps.
-        hidden: the policy's memory; by default ``policy.reset(state)``.
+        memory: the policy's memory; by default ``policy.reset(state)``.
         progress: show a tqdm bar.
         desc: the bar's label.
     """
-    if hidden is _RESET:
-        hidden = policy.reset(state)
+    if memory is _RESET:
+        memory = policy.reset(state)
     losses = [state.loss.detach()]
     costs: list[Tensor] = []
     terms: list[Tensor] = []
     for _ in tqdm(range(n_steps), desc=desc or policy.name, disable=not progress, leave=False):
-        action, hidden = policy.act(state, hidden)
+        action, memory = policy.act(state, memory)
         state, cost, terminated, _ = core.step(state, action)
         costs.append(cost)
         terms.append(terminated)
@@ -148,7 +148,7 @@ def rollout(
     empty = state.loss.new_zeros(0, n)
     return Trajectory(
         state=state,
-        hidden=hidden,
+        memory=memory,
         costs=torch.stack(costs) if costs else empty,
         losses=torch.stack(losses),
         terminated=torch.stack(terms) if terms else empty.bool(),

@@ -59,10 +59,10 @@ def test_line_search_methods_count_evaluations():
     problems = make_family("logistic_regression").sample(4, "train", 0, dtype=torch.float64)
     policy = LBFGS()
     state = core.reset(problems, CoreConfig(horizon=20))
-    hidden = policy.reset(state)
-    ev = policy.evals(hidden, 20)
+    memory = policy.reset(state)
+    ev = policy.evals(memory, 20)
     assert ev.shape == (4,) and torch.all(ev >= 20)
-    assert torch.all(policy.evals(hidden, 10) <= ev)
+    assert torch.all(policy.evals(memory, 10) <= ev)
     assert GradientDescent(0.1).evals(None, 20) is None
 
 

@@ -87,7 +87,7 @@ def test_state_dict_round_trip_continues_identically():
     m2.load_state_dict(saved["model"])
     o2 = LearnedOptimizer(m2.parameters(), policy)
     o2.load_state_dict(saved["opt"])
-    assert isinstance(o2._hidden, tuple) and len(o2._hidden) == 4
+    assert isinstance(o2._memory, tuple) and len(o2._memory) == 4
     _train(m1, o1, x, y, 3, seed=7)
     _train(m2, o2, x, y, 3, seed=7)
     for a, b in zip(m1.parameters(), m2.parameters()):

@@ -83,8 +83,8 @@ class _Differentiable(Policy):
     def __init__(self, model: GaussianMLP) -> None:
         self.model = model
 
-    def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
-        return self.model(core.features(state)), hidden
+    def act(self, state: State, memory: Any) -> tuple[Tensor, Any]:
+        return self.model(core.features(state)), memory
 
 
 def train_bound(cfg: BoundConfig, out: str | Path | None = None, *, progress: bool = True) -> tuple[GPSPolicy, dict[str, Any]]:

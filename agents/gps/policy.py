@@ -62,15 +62,15 @@ class GPSPolicy(Policy):
             raise ValueError(f"GPS policy trained for dimension {self.dim}, the problems have {state.dim}")
         return self.view.start(state)
 
-    def act(self, state: State, hidden: Any) -> tuple[Tensor, Any]:
-        obs, hidden = self.view.observe(state, hidden)
+    def act(self, state: State, memory: Any) -> tuple[Tensor, Any]:
+        obs, memory = self.view.observe(state, memory)
         dtype = self.model.in_mean.dtype
         with torch.no_grad():
             step = self.model(obs.to(dtype)).to(state.theta.dtype)
         if self.max_step is not None:
             step = step.clamp(-self.max_step, self.max_step)
         step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
-        return step, hidden
+        return step, memory
 
     # ------------------------------------------------------------------ checkpoints
     def config_dict(self) -> dict[str, Any]:

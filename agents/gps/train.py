@@ -321,10 +321,10 @@ def evaluate_on_test(
         cfg = gps.core_config if name == "gps" else None
         traj = run_policy(pol, test, long, cfg)
         losses = traj.losses.double()  # [long+1, n]
-        if pol.evals(traj.hidden, long) is None:  # one evaluation per iteration
+        if pol.evals(traj.memory, long) is None:  # one evaluation per iteration
             f_evals, evals_t = losses[horizon].mean(), float(horizon)
         else:
-            per_t = torch.stack([pol.evals(traj.hidden, t) for t in range(long + 1)])  # [long+1, n], nondecreasing
+            per_t = torch.stack([pol.evals(traj.memory, t) for t in range(long + 1)])  # [long+1, n], nondecreasing
             last = ((per_t <= horizon).long().sum(0) - 1).clamp_min(0)  # last iterate within the budget
             f_evals = losses.gather(0, last[None]).mean()
             evals_t = float(per_t[horizon].mean())

@@ -122,23 +122,23 @@ class CoordinateLSTM(nn.Module):
         z = torch.zeros(m, self.config.hidden, device=device, dtype=dtype)
         return tuple(z.clone() for _ in range(2 * self.config.layers))
 
-    def forward(self, g: Tensor, hidden: Hidden, n: int) -> tuple[Tensor, Hidden]:
+    def forward(self, g: Tensor, memory: Hidden, n: int) -> tuple[Tensor, Hidden]:
         """One step for ``M = n·d`` coordinates.
 
         Args:
             g: ``[M]`` gradients (coordinate-major within each of the ``n`` problems).
-            hidden: ``2·L`` tensors ``[M, hidden]``.
+            memory: ``2·L`` tensors ``[M, hidden]``.
             n: number of problems (for the global averaging cells).
 
         Returns:
-            ``(out[M], hidden)``: the unscaled network output and the new memory.
+            ``(out[M], memory)``: the unscaled network output and the new memory.
         """
         cfg = self.config
         H, k = cfg.hidden, cfg.global_cells
         x = preprocess(g * cfg.input_scale if cfg.input_scale != 1.0 else g, cfg.preprocessing, cfg.p)
         new: list[Tensor] = []
         for layer in range(cfg.layers):
-            h, c = hidden[2 * layer], hidden[2 * layer + 1]
+            h, c = memory[2 * layer], memory[2 * layer + 1]
             gates = torch.addmm(self.biases[layer], torch.cat([x, h], dim=1), self.weights[layer])
             sig = torch.sigmoid(gates[:, : 3 * H])
             c = sig[:, H : 2 * H] * c + sig[:, :H] * torch.tanh(gates[:, 3 * H :])
@@ -176,13 +176,13 @@ class LSTMPolicy(Policy):
         p = next(self.net.parameters())
         return self.net.initial_hidden(state.n * state.dim, p.device, p.dtype)
 
-    def act(self, state: State, hidden: Hidden) -> tuple[Tensor, Hidden]:
+    def act(self, state: State, memory: Hidden) -> tuple[Tensor, Hidden]:
         n, d = state.grad.shape
         p = next(self.net.parameters())
         g = state.grad.reshape(-1).to(device=p.device, dtype=p.dtype)
-        out, hidden = self.net(g, hidden, n)
+        out, memory = self.net(g, memory, n)
         step = (self.config.output_scale * out).view(n, d).to(device=state.theta.device, dtype=state.theta.dtype)
-        return step, hidden
+        return step, memory
 
     # ---- utilities --------------------------------------------------------------------------------
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LSTMPolicy:

@@ -3,12 +3,12 @@
 Read top to bottom, one episode is::
 
     problems = family.sample(n_problems, "train", seed=episode_seed(episode, rank))   # fresh meta-batch
-    state, hidden = core.reset(problems), policy.reset(state)
+    state, memory = core.reset(problems), policy.reset(state)
     for each of horizon / unroll truncations:
-        traj = rollout(policy, state, unroll, hidden)        # the one rollout loop, graph kept
+        traj = rollout(policy, state, unroll, memory)        # the one rollout loop, graph kept
         meta_loss = Σ_t w_t · mean_n traj.costs[t, n]         # (optionally weighted) sum of the objective
         meta_loss.backward(); all-reduce grads (DDP); clip; Adam step   (skipped with a warning if NaN)
-        state, hidden = traj.state.detach(), detach(traj.hidden)   # carried across truncations
+        state, memory = traj.state.detach(), detach(traj.memory)   # carried across truncations
 
 Every ``val_every`` episodes the policy is evaluated on a fixed set of ``val`` problems (mean final
 objective after ``horizon`` steps); the best one is written to ``<out>/best.safetensors`` and the full
@@ -139,13 +139,13 @@ def episode_seed(cfg: TrainConfig, episode: int, rank: int = 0, world: int = 1) 
     return ((cfg.seed * 1_000_003 + episode) * world + rank) % (2**62)
 
 
-def detach_hidden(hidden: Any) -> Any:
+def detach_memory(memory: Any) -> Any:
     """Cut the policy memory (tensors or nested tuples/lists of them) from the graph."""
-    if isinstance(hidden, Tensor):
-        return hidden.detach()
-    if isinstance(hidden, (tuple, list)):
-        return type(hidden)(detach_hidden(h) for h in hidden)
-    return hidden
+    if isinstance(memory, Tensor):
+        return memory.detach()
+    if isinstance(memory, (tuple, list)):
+        return type(memory)(detach_memory(h) for h in memory)
+    return memory
 
 
 def meta_loss(costs: Tensor, cfg: TrainConfig, t0: int) -> Tensor:
@@ -196,13 +196,13 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tb"))
 
     # ---- one meta-iteration -----------------------------------------------------------------------
-    def meta_step(self, state: core.State, hidden: Any, t0: int) -> tuple[core.State, Any, float, bool]:
+    def meta_step(self, state: core.State, memory: Any, t0: int) -> tuple[core.State, Any, float, bool]:
         """One truncation: unroll ``cfg.unroll`` steps, backpropagate, all-reduce, clip, Adam step.
 
-        Returns ``(state, hidden, meta_loss, updated)`` with state and memory detached.
+        Returns ``(state, memory, meta_loss, updated)`` with state and memory detached.
         """
         cfg = self.cfg
-        traj = rollout(self.policy, state, cfg.unroll, hidden)
+        traj = rollout(self.policy, state, cfg.unroll, memory)
         loss = meta_loss(traj.costs, cfg, t0)
         self.optimizer.zero_grad(set_to_none=False)
         params = list(self.policy.net.parameters())
@@ -226,7 +226,7 @@ class Trainer:
             self.optimizer.step()
         else:
             log.warning("episode %d, t=%d: non-finite meta-loss or meta-gradient; update skipped", self.episode, t0)
-        return traj.state.detach(), detach_hidden(traj.hidden), float(loss.detach()), ok
+        return traj.state.detach(), detach_memory(traj.memory), float(loss.detach()), ok
 
     def run_episode(self) -> dict[str, Any]:
         """One episode on a fresh meta-batch of train problems (``horizon / unroll`` meta-iterations)."""
@@ -234,10 +234,10 @@ class Trainer:
         seed = episode_seed(cfg, self.episode, self.rank, self.world)
         problems = self.family.sample(cfg.n_problems, "train", seed, self.device, cfg.dtype)
         state = core.reset(problems, self.core_config)
-        hidden = self.policy.reset(state)
+        memory = self.policy.reset(state)
         losses, skipped = [], 0
         for t0 in range(0, cfg.horizon, cfg.unroll):
-            state, hidden, loss, ok = self.meta_step(state, hidden, t0)
+            state, memory, loss, ok = self.meta_step(state, memory, t0)
             losses.append(loss)
             skipped += not ok
         self.episode += 1
@@ -387,16 +387,16 @@ def time_meta_iteration(
     trainer = Trainer(cfg)
     problems = trainer.family.sample(n_problems, "train", 0, trainer.device)
     state = core.reset(problems, trainer.core_config)
-    hidden = trainer.policy.reset(state)
+    memory = trainer.policy.reset(state)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + iters):
         if i % (cfg.horizon // unroll) == 0:
             state = core.reset(problems, trainer.core_config)
-            hidden = trainer.policy.reset(state)
+            memory = trainer.policy.reset(state)
         sync()
         t = time.perf_counter()
-        state, hidden, _, _ = trainer.meta_step(state, hidden, 0)
+        state, memory, _, _ = trainer.meta_step(state, memory, 0)
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t)

@@ -132,7 +132,7 @@ def evaluate(
         torch.cuda.synchronize(problems.device)
     wall = time.perf_counter() - start
     losses = traj.losses.double().cpu().numpy()  # [T+1, n]
-    evals = policy.evals(traj.hidden, horizon)
+    evals = policy.evals(traj.memory, horizon)
     grad_evals = float(evals.double().mean()) if evals is not None else float(horizon)
     final = losses[-1]
     final_mean = float(final.mean())
