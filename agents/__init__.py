@@ -3,6 +3,7 @@
 from l2o_gym.agents.baselines import (
     BASELINES,
     LBFGS,
+    Adagrad,
     Adam,
     ConjugateGradient,
     GradientDescent,
@@ -17,6 +18,7 @@ from l2o_gym.agents.lstm import LSTMPolicy, load_pretrained  # coordinatewise LS
 __all__ = [
     "BASELINES",
     "LBFGS",
+    "Adagrad",
     "Adam",
     "ConjugateGradient",
     "GradientDescent",

@@ -1,6 +1,6 @@
 """Hand-designed optimizers as batched :class:`~l2o_gym.policy.Policy` objects.
 
-First-order methods (SGD, momentum, Nesterov, Adam, RMSprop) are elementwise tensor updates over the
+First-order methods (SGD, momentum, Nesterov, Adam, RMSprop, AdaGrad) are elementwise tensor updates over the
 ``N`` problems, with exactly ``torch.optim``'s update rules (tested against it). Their memory is the
 ``memory`` of the Policy interface. Each uses one gradient evaluation per iteration (the core's).
 
@@ -163,6 +163,32 @@ class RMSprop(Policy):
         return -self.lr * g / (s.sqrt() + self.eps), s
 
 
+class Adagrad(Policy):
+    """AdaGrad (``torch.optim.Adagrad``, no learning-rate decay or weight decay):
+    ``s ← s + g²`` (``s₀ = initial_accumulator_value``), ``Δθ = −lr · g / (√s + eps)``.
+    """
+
+    name = "adagrad"
+    hyperparameters = ("lr",)
+
+    def __init__(self, lr: float = 1e-2, eps: float = 1e-10, initial_accumulator_value: float = 0.0) -> None:
+        self.lr = _check_lr(lr)
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        if not (isinstance(initial_accumulator_value, (int, float)) and initial_accumulator_value >= 0):
+            raise ValueError(f"initial_accumulator_value must be >= 0, got {initial_accumulator_value!r}")
+        self.eps = float(eps)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+
+    def reset(self, state: State) -> Tensor:
+        return torch.full_like(state.theta, self.initial_accumulator_value)
+
+    def act(self, state: State, memory: Tensor) -> tuple[Tensor, Tensor]:
+        g = state.grad
+        s = memory + g * g
+        return -self.lr * g / (s.sqrt() + self.eps), s
+
+
 @dataclass
 class _PathMemory:
     path: Tensor  # [T+1, N, d] iterates θ_0..θ_T computed by scipy (held at the last one if it stopped)
@@ -288,11 +314,12 @@ BASELINES: dict[str, type[Policy]] = {
     "nag": Nesterov,
     "adam": Adam,
     "rmsprop": RMSprop,
+    "adagrad": Adagrad,
     "cg": ConjugateGradient,
     "lbfgs": LBFGS,
 }
 
-FIRST_ORDER: tuple[str, ...] = ("sgd", "momentum", "nag", "adam", "rmsprop")
+FIRST_ORDER: tuple[str, ...] = ("sgd", "momentum", "nag", "adam", "rmsprop", "adagrad")
 
 
 def make_baseline(name: str, **hparams: Any) -> Policy:

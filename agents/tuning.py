@@ -21,7 +21,7 @@ LR_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 def final_objective(policy: Policy, problems: ProblemBatch, horizon: int, config: CoreConfig | None = None) -> float:
     """Mean objective after ``horizon`` steps of ``policy`` (a diverged instance counts its last finite objective)."""
     traj = run_policy(policy, problems, horizon, config)
-    return float(traj.losses[-1].mean())
+    return float(traj.objectives[-1].mean())
 
 
 def tune_baselines(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> dict[str, tuple[dict[str, float], float]]:

@@ -23,7 +23,8 @@ REWARD_MODES: tuple[str, ...] = ("objective", "log_objective", "improvement")
 
 
 def reward_from_cost(cost: Tensor, prev_loss: Tensor, mode: str) -> Tensor:
-    """Reward ``[N]`` from the core's cost ``[N]`` (``f(θ_{t+1})`` or the divergence penalty).
+    """Reward ``[N]`` from the core's cost ``[N]`` (``f(θ_{t+1})`` — the true objective for families with one,
+    :mod:`l2o_gym.core` — or the divergence penalty).
 
     * ``"objective"``: ``−cost`` (Li & Malik's cost, negated);
     * ``"log_objective"``: ``−log10(max(cost, 0) + 1e-12)``, scale-free across families;
@@ -136,7 +137,7 @@ class BatchedOptimizee:
         """One transition: ``(obs[N, F], reward[N], terminated[N], truncated[N])`` (no autoreset)."""
         assert self.state is not None
         delta = self.to_action(action)
-        prev = self.state.loss
+        prev = self.state.objective  # the true objective where the family has one (core.State.objective)
         self.state, cost, terminated, truncated = core.step(self.state, delta)
         reward = reward_from_cost(cost, prev, self.reward_mode)
         return core.features(self.state), reward, terminated, truncated

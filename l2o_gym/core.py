@@ -14,7 +14,14 @@ RL agents simply call it under ``torch.no_grad()``.
 (minibatch ``t + 1`` for stochastic families). By default the gradient fed back to the policy is detached
 (*first-order*, as in Andrychowicz et al.); ``CoreConfig(second_order=True)`` keeps its graph.
 
-**Cost.** ``cost_t = f(θ_{t+1})``, the objective after the step (Li & Malik's cost).
+**Cost.** ``cost_t = f(θ_{t+1})``, the objective after the step (Li & Malik's cost). For a family with a
+*true objective* (:attr:`~l2o_gym.problems.base.ProblemFamily.has_true_loss`: e.g. the loss over an instance's
+whole dataset while ``f`` is a minibatch loss) the cost is the true objective instead: ``State.true_loss``,
+evaluated at θ₀ and after every step whose new counter ``t`` is a multiple of ``CoreConfig.true_every``
+or reaches the horizon, and held in between (so with ``true_every = k > 1`` the cost is the true
+objective of the last evaluated iterate; ``k = 1``, the default, is exact every step). Observations (and
+the divergence test) use the minibatch values only. For the other families ``State.true_loss`` is
+``None`` and nothing changes.
 
 **Episode end.** ``truncated`` once ``t ≥ horizon``. ``terminated`` only for divergence: if ``f(θ_{t+1})``
 or its gradient is non-finite, or ``f(θ_{t+1}) > threshold = blowup · (|f(θ₀)| + 1)``, the step is
@@ -62,6 +69,8 @@ class CoreConfig:
         feature_clip: bound on the relative objective-change features.
         eps: denominator guard of the relative objective change.
         validate: check every action's shape, dtype, device and finiteness (one device sync per step).
+        true_every: evaluate the true objective (families that have one) every this many steps (and at the
+            horizon); 1 = every step.
     """
 
     horizon: int = 100
@@ -73,9 +82,11 @@ class CoreConfig:
     feature_clip: float = 1e3
     eps: float = 1e-8
     validate: bool = True
+    true_every: int = 1
 
     def __post_init__(self) -> None:
         check_positive_int("horizon", self.horizon)
+        check_positive_int("true_every", self.true_every)
         check_positive_int("history", self.history)
         check_positive("blowup", self.blowup)
         check_positive("grad_scale", self.grad_scale)
@@ -99,6 +110,8 @@ class State:
         t: ``[N]`` int64 iteration counters.
         threshold: ``[N]`` divergence thresholds ``blowup · (|f(θ₀)| + 1)`` (also the penalty).
         terminated: ``[N]`` bool, diverged.
+        true_loss: ``[N]`` true objective at the last iterate where it was evaluated (see the module
+            docstring), or ``None`` for families without one (then ``loss`` is exact).
     """
 
     problems: ProblemBatch
@@ -111,6 +124,7 @@ class State:
     t: Tensor
     threshold: Tensor
     terminated: Tensor
+    true_loss: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -136,6 +150,11 @@ class State:
 
     def _tensor_fields(self) -> list[str]:
         return [f.name for f in fields(self) if isinstance(getattr(self, f.name), Tensor)]
+
+    @property
+    def objective(self) -> Tensor:
+        """``[N]`` the objective reports use: :attr:`true_loss` where the family has one, else :attr:`loss`."""
+        return self.loss if self.true_loss is None else self.true_loss
 
     def detach(self) -> State:
         """The same state cut from the autograd graph (truncated BPTT)."""
@@ -164,7 +183,9 @@ def coordinate_feature_dim(config: CoreConfig) -> int:
 
 #: Names of the tensor fields of :class:`State` (everything but ``problems`` and ``config``), in order: what a
 #: state is saved or carried as when its problems are not at hand (``LearnedOptimizer``, feature views).
-STATE_TENSORS: tuple[str, ...] = tuple(f.name for f in fields(State) if f.name not in ("problems", "config"))
+#: ``true_loss`` is not among them: states without problems have no true objective.
+STATE_TENSORS: tuple[str, ...] = tuple(
+    f.name for f in fields(State) if f.name not in ("problems", "config", "true_loss"))
 
 
 def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
@@ -181,7 +202,10 @@ def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
     if bool(bad.any()):
         idx = bad.nonzero().flatten().tolist()[:10]
         raise ValueError(f"{problems.family.name}: non-finite objective or gradient at x0 for instances {idx}")
-    return initial_state(theta, f0, g0, config, problems)
+    state = initial_state(theta, f0, g0, config, problems)
+    if problems.has_true_loss:
+        state = replace(state, true_loss=problems.true_loss(theta))
+    return state
 
 
 def initial_state(theta: Tensor, loss: Tensor, grad: Tensor, config: CoreConfig | None = None,
@@ -238,11 +262,22 @@ def step(state: State, action: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
     cfg = state.config
     if cfg.validate:
         check_action(state, action)
-    f, g = state.problems.loss_and_grad(state.theta + action, state.t + 1, create_graph=cfg.second_order)
-    return transition(state, action, f, g)
+    cand = state.theta + action
+    f, g = state.problems.loss_and_grad(cand, state.t + 1, create_graph=cfg.second_order)
+    true_f = None
+    if state.true_loss is not None and bool(true_due(state.t + 1, cfg).any()):
+        true_f = state.problems.true_loss(cand)
+    return transition(state, action, f, g, true_f)
 
 
-def transition(state: State, action: Tensor, f: Tensor, g: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
+def true_due(t: Tensor, config: CoreConfig) -> Tensor:
+    """``[N]`` bool: whether the true objective is evaluated at iteration counter ``t[N]``."""
+    return (t % config.true_every == 0) | (t >= config.horizon)
+
+
+def transition(
+    state: State, action: Tensor, f: Tensor, g: Tensor, true_f: Tensor | None = None
+) -> tuple[State, Tensor, Tensor, Tensor]:
     """The bookkeeping half of :func:`step`, given the objective ``f[N]`` and gradient ``g[N, d]`` at
     ``θ_t + action`` evaluated elsewhere (e.g. by :class:`l2o_gym.optim.LearnedOptimizer` from a user's
     closure): divergence check, history update, new observation. Same return value as :func:`step`.
@@ -256,7 +291,13 @@ def transition(state: State, action: Tensor, f: Tensor, g: Tensor) -> tuple[Stat
     theta = torch.where(ok_col, cand, state.theta)
     loss = torch.where(ok, f, state.loss)
     grad = torch.where(ok_col, g, state.grad)
-    cost = torch.where(ok, f, state.threshold)
+    true_loss = state.true_loss
+    if true_loss is not None:
+        if true_f is not None:
+            true_loss = torch.where(ok & true_due(t, cfg), true_f, true_loss)
+        cost = torch.where(ok, true_loss, state.threshold)
+    else:
+        cost = torch.where(ok, f, state.threshold)
     terminated = ~ok
     loss_hist = torch.cat([state.loss_hist[:, 1:], loss.detach()[:, None]], dim=1)
     # The new observation, built in one copy: drop the oldest gradient (and step), append the newest.
@@ -281,6 +322,7 @@ def transition(state: State, action: Tensor, f: Tensor, g: Tensor) -> tuple[Stat
         t=t,
         threshold=state.threshold,
         terminated=terminated,
+        true_loss=true_loss,
     )
     return new, cost, terminated, t >= cfg.horizon
 

@@ -99,6 +99,8 @@ class Trajectory:
         costs: ``[T, N]`` per-step costs from :func:`l2o_gym.core.step` (keeps the autograd graph if any).
         losses: ``[T+1, N]`` objective ``f(θ_t)`` from the start state on (detached; frozen after divergence).
         terminated: ``[T, N]`` bool, diverged at or before each step.
+        true_losses: ``[T+1, N]`` the true (full-data) objective ``State.true_loss`` after each step (held
+            between evaluations when ``CoreConfig.true_every > 1``), or ``None`` for families without one.
     """
 
     state: State
@@ -106,6 +108,12 @@ class Trajectory:
     costs: Tensor
     losses: Tensor
     terminated: Tensor
+    true_losses: Tensor | None = None
+
+    @property
+    def objectives(self) -> Tensor:
+        """``[T+1, N]`` what reports use: :attr:`true_losses` where the family has them, else :attr:`losses`."""
+        return self.losses if self.true_losses is None else self.true_losses
 
 
 _RESET = object()
@@ -136,6 +144,7 @@ def rollout(
     if memory is _RESET:
         memory = policy.reset(state)
     losses = [state.loss.detach()]
+    true_losses = None if state.true_loss is None else [state.true_loss.detach()]
     costs: list[Tensor] = []
     terms: list[Tensor] = []
     for _ in tqdm(range(n_steps), desc=desc or policy.name, disable=not progress, leave=False):
@@ -144,6 +153,8 @@ def rollout(
         costs.append(cost)
         terms.append(terminated)
         losses.append(state.loss.detach())
+        if true_losses is not None:
+            true_losses.append(state.true_loss.detach())  # type: ignore[union-attr]
     n = state.n
     empty = state.loss.new_zeros(0, n)
     return Trajectory(
@@ -152,6 +163,7 @@ def rollout(
         costs=torch.stack(costs) if costs else empty,
         losses=torch.stack(losses),
         terminated=torch.stack(terms) if terms else empty.bool(),
+        true_losses=None if true_losses is None else torch.stack(true_losses),
     )
 
 

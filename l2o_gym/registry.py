@@ -25,6 +25,7 @@ ENV_TABLE: dict[str, dict[str, Any]] = {
     "l2o/MLP-v0": {"family": "mlp", "action_scale": 0.1},
     "l2o/Rosenbrock-v0": {"family": "rosenbrock", "action_scale": 0.1},
     "l2o/Rastrigin-v0": {"family": "rastrigin", "action_scale": 0.5},
+    "l2o/NNClassifier-v0": {"family": "nn_classifier", "action_scale": 0.1},
 }
 
 ENV_IDS: tuple[str, ...] = tuple(ENV_TABLE)
@@ -41,6 +42,22 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "2layers": {"hidden": (20, 20)},
         "relu": {"activation": "relu"},
     },
+    "l2o/NNClassifier-v0": {},  # filled below: NN_SETTINGS x NN_DATASETS
+}
+
+#: Li & Malik (2017)'s test settings of the NN-classifier benchmark as family overrides (the 2T setting is
+#: the "wide" net evaluated for 800 iterations: a horizon, not a variant).
+NN_SETTINGS: dict[str, dict[str, Any]] = {
+    "": {},  # same net as the training objective: 48-48, batch 64
+    "wide": {"inputs": 100, "hidden": 200},
+    "batch10": {"batch_size": 10},
+    "wide-batch10": {"inputs": 100, "hidden": 200, "batch_size": 10},
+}
+#: datasets of the NN-classifier benchmark (mnist = held-out instances of the training objective).
+NN_DATASETS: tuple[str, ...] = ("mnist", "digits", "lfw_subset", "breast_cancer", "photo_patches")
+#: variant names ``"<dataset>"`` (same net) or ``"<dataset>-<setting>"``, e.g. ``"photo_patches-wide-batch10"``.
+VARIANTS["l2o/NNClassifier-v0"] = {
+    (ds + (f"-{name}" if name else "")): {"dataset": ds, **kw} for name, kw in NN_SETTINGS.items() for ds in NN_DATASETS
 }
 
 

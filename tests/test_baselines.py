@@ -8,7 +8,7 @@ import scipy.optimize
 import torch
 
 from l2o_gym import CoreConfig, core, make_family, run_policy
-from l2o_gym.agents import LBFGS, Adam, ConjugateGradient, GradientDescent, Momentum, Nesterov, RMSprop, make_baseline
+from l2o_gym.agents import LBFGS, Adagrad, Adam, ConjugateGradient, GradientDescent, Momentum, Nesterov, RMSprop, make_baseline
 
 
 @pytest.mark.parametrize(
@@ -19,8 +19,10 @@ from l2o_gym.agents import LBFGS, Adam, ConjugateGradient, GradientDescent, Mome
         (lambda: Nesterov(0.01, 0.8), lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.8, nesterov=True)),
         (lambda: Adam(0.05, (0.8, 0.99), 1e-6), lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.99), eps=1e-6)),
         (lambda: RMSprop(0.01, 0.9, 1e-7), lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-7)),
+        (lambda: Adagrad(0.3), lambda p: torch.optim.Adagrad(p, lr=0.3)),
+        (lambda: Adagrad(0.1, 1e-6, 0.5), lambda p: torch.optim.Adagrad(p, lr=0.1, eps=1e-6, initial_accumulator_value=0.5)),
     ],
-    ids=["sgd", "momentum", "nag", "adam", "rmsprop"],
+    ids=["sgd", "momentum", "nag", "adam", "rmsprop", "adagrad", "adagrad-eps-init"],
 )
 def test_first_order_updates_match_torch_optim(ours, theirs):
     problems = make_family("logistic_regression").sample(5, "train", 3, dtype=torch.float64)
@@ -88,3 +90,11 @@ def test_bad_hyperparameters(bad):
         make_baseline(name, **bad)
     with pytest.raises(ValueError, match="'newton'"):
         make_baseline("newton")
+
+
+def test_adagrad_bad_arguments_and_registry():
+    with pytest.raises(ValueError, match="lr"):
+        Adagrad(-1.0)
+    with pytest.raises(ValueError, match="initial_accumulator_value"):
+        Adagrad(0.1, initial_accumulator_value=-1.0)
+    assert isinstance(make_baseline("adagrad", lr=0.2), Adagrad)

@@ -22,6 +22,7 @@ EXPECTED = {
     "mlp",
     "rosenbrock",
     "rastrigin",
+    "nn_classifier",
 }
 
 #: Small sizes so the whole file stays fast (MLP on the 8×8 scikit-learn digits).
@@ -33,6 +34,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "mlp": {"dataset": "digits", "hidden": (4,), "batch_size": 8},
     "rosenbrock": {"dim": 3},
     "rastrigin": {"dim": 4},
+    "nn_classifier": {"dataset": "breast_cancer", "inputs": 5, "hidden": 4, "batch_size": 8, "n_examples": 40},
 }
 
 NAMES = sorted(FAMILIES)

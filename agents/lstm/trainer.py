@@ -249,7 +249,7 @@ class Trainer:
     def validate(self) -> float:
         """Mean final objective of the policy on the fixed val problems after ``horizon`` steps."""
         traj = run_policy(self.policy, self.val_set, self.cfg.horizon, replace(self.core_config, second_order=False))
-        return float(traj.losses[-1].mean())
+        return float(traj.objectives[-1].mean())
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -2,7 +2,10 @@
 
     result = evaluate(policy, "l2o/Quadratic-v0", n_problems=100, horizon=100, seed=0)   # split="test"
 
-Metrics (all over the ``n`` problems):
+Metrics (all over the ``n`` problems). For families with a true objective (``ProblemFamily.has_true_loss``,
+e.g. the NN-classifier benchmark: the loss over each instance's whole dataset, while the optimizer sees
+minibatches) every curve and figure below is of the *true* objective, evaluated every ``true_every`` steps
+and at ``T`` (held in between); ``extra["objective"] = "true"`` and ``extra["minibatch_final_mean"]`` record it.
 
 * ``curve_mean[t]`` — mean objective ``f(θ_t)`` for ``t = 0…T`` with a 95% bootstrap confidence interval
   (``curve_ci_low``/``curve_ci_high``; 1000 resamples of the problems, percentile method, seeded);
@@ -75,7 +78,7 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.9
     return np.quantile(means, alpha, axis=0), np.quantile(means, 1 - alpha, axis=0)
 
 
-def evaluation_config(policy: Policy, horizon: int) -> CoreConfig:
+def evaluation_config(policy: Policy, horizon: int, true_every: int = 1) -> CoreConfig:
     """The core config to evaluate ``policy`` with, horizon set.
 
     A policy that reads :func:`l2o_gym.core.features` exposes the config it was trained with as
@@ -86,8 +89,8 @@ def evaluation_config(policy: Policy, horizon: int) -> CoreConfig:
     """
     base = getattr(policy, "core_config", None)
     if isinstance(base, CoreConfig):
-        return dataclasses.replace(base, horizon=horizon)
-    return CoreConfig(horizon=horizon, history=1)
+        return dataclasses.replace(base, horizon=horizon, true_every=true_every)
+    return CoreConfig(horizon=horizon, history=1, true_every=true_every)
 
 
 def evaluate(
@@ -104,6 +107,7 @@ def evaluate(
     label: str | None = None,
     progress: bool = False,
     n_boot: int = 1000,
+    true_every: int = 1,
 ) -> EvalResult:
     """Run ``policy`` on the first ``n_problems`` instances of the ``(split, seed)`` stream of ``env_id``.
 
@@ -119,11 +123,13 @@ def evaluate(
         label: the policy name in the result (default ``policy.name``).
         progress: tqdm bar over iterations.
         n_boot: bootstrap resamples for the confidence band.
+        true_every: evaluate the true objective (families that have one) every this many steps and at ``T``
+            (:class:`~l2o_gym.core.CoreConfig`); the curve holds the last value in between.
     """
     check_split(split)
     family = env_family(env_id, **(family_kwargs or {}))
     problems = family.sample(n_problems, split, seed, resolve_device(device), resolve_dtype(dtype))
-    config = evaluation_config(policy, horizon)
+    config = evaluation_config(policy, horizon, true_every)
     start = time.perf_counter()
     with torch.no_grad():
         state = core.reset(problems, config)
@@ -131,7 +137,11 @@ def evaluate(
     if problems.device.type == "cuda":
         torch.cuda.synchronize(problems.device)
     wall = time.perf_counter() - start
-    losses = traj.losses.double().cpu().numpy()  # [T+1, n]
+    losses = traj.objectives.double().cpu().numpy()  # [T+1, n]: the true objective where there is one
+    extra: dict[str, Any] = {}
+    if traj.true_losses is not None:
+        extra = {"objective": "true", "true_every": true_every,
+                 "minibatch_final_mean": float(traj.losses[-1].double().mean())}
     evals = policy.evals(traj.memory, horizon)
     grad_evals = float(evals.double().mean()) if evals is not None else float(horizon)
     final = losses[-1]
@@ -155,4 +165,5 @@ def evaluate(
         curve_ci_low=low.tolist(),
         curve_ci_high=high.tolist(),
         split=split,
+        extra=extra,
     )

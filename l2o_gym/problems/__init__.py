@@ -9,6 +9,7 @@ from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, Proble
 from l2o_gym.problems.logistic_regression import LogisticRegression
 from l2o_gym.problems.mlp import MLP
 from l2o_gym.problems.neural_net import NeuralNet
+from l2o_gym.problems.nn_classifier import NNClassifier
 from l2o_gym.problems.quadratic import Quadratic
 from l2o_gym.problems.rastrigin import Rastrigin
 from l2o_gym.problems.robust_linear_regression import RobustLinearRegression
@@ -17,7 +18,7 @@ from l2o_gym.problems.rosenbrock import Rosenbrock
 #: registry name -> family class; :func:`make_family` is the one entry point.
 FAMILIES: dict[str, type[ProblemFamily]] = {
     cls.name: cls
-    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin)
+    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin, NNClassifier)
 }
 
 
@@ -53,6 +54,7 @@ __all__ = [
     "MLP",
     "ParamSpec",
     "NeuralNet",
+    "NNClassifier",
     "Quadratic",
     "Rastrigin",
     "RobustLinearRegression",

@@ -126,6 +126,17 @@ class ProblemBatch:
         self.n_evals += 1
         return self.family.loss(self, theta, self._step(theta, step))
 
+    @property
+    def has_true_loss(self) -> bool:
+        """Whether the family reports a true objective distinct from the (minibatch) loss."""
+        return self.family.has_true_loss
+
+    def true_loss(self, theta: Tensor) -> Tensor:
+        """The true objective ``[N]`` at ``theta[N, d]`` (full data; not counted in ``n_evals``: the optimizer
+        never sees it); the loss at step 0 for families without one (:meth:`ProblemFamily.true_loss`)."""
+        out = self.family.true_loss(self, theta)
+        return self.loss(theta, 0) if out is None else out
+
     def loss_and_grad(
         self, theta: Tensor, step: Tensor | int | None = None, create_graph: bool = False
     ) -> tuple[Tensor, Tensor]:
@@ -274,6 +285,8 @@ class ProblemFamily(ABC):
     name: str = ""
     #: whether the objective depends on ``step`` (minibatches).
     stochastic: bool = False
+    #: whether :meth:`true_loss` reports a true (full-data) objective distinct from :meth:`loss`.
+    has_true_loss: bool = False
 
     @property
     @abstractmethod
@@ -290,6 +303,12 @@ class ProblemFamily(ABC):
 
     def loss_and_grad(self, batch: ProblemBatch, theta: Tensor, step: Tensor) -> tuple[Tensor, Tensor] | None:
         """Closed-form ``(f[N], ∇f[N, d])``, differentiable in ``theta``; ``None`` means use autograd."""
+        return None
+
+    def true_loss(self, batch: ProblemBatch, theta: Tensor) -> Tensor | None:
+        """The true objective ``[N]`` at ``theta[N, d]`` (e.g. the loss over an instance's whole dataset, of which
+        :meth:`loss` sees minibatches), differentiable; ``None`` (the default) means :meth:`loss` is exact.
+        Families that override it set ``has_true_loss = True``."""
         return None
 
     def param_specs(self) -> tuple[ParamSpec, ...]:

@@ -51,6 +51,12 @@ def _partitions(n_images: int) -> dict[str, np.ndarray]:
     return parts
 
 
+def example_partitions(n_images: int) -> dict[str, np.ndarray]:
+    """The fixed train/val/test partition (:data:`PARTITION_FRACTIONS`, seed :data:`PARTITION_SEED`) of
+    ``n_images`` example indices: ``{split: read-only int array}`` (shared by the families that split examples)."""
+    return _partitions(n_images)
+
+
 @dataclass(eq=False)
 class MLP(ProblemFamily):
     """Minibatch training of a multilayer perceptron classifier on digit images.

@@ -1,0 +1,162 @@
+"""The NN-classifier benchmark family (Li & Malik 2017) and the true objective through core, rollout, envs
+and evaluation."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from l2o_gym import core
+from l2o_gym.agents import Adam, make_baseline
+from l2o_gym.core import CoreConfig
+from l2o_gym.experiments.evaluation import evaluate
+from l2o_gym.policy import run_policy
+from l2o_gym.problems import NNClassifier, make_family
+from l2o_gym.problems.mlp import example_partitions
+from l2o_gym.registry import NN_DATASETS, VARIANTS, env_family
+
+SMALL = {"dataset": "breast_cancer", "inputs": 6, "hidden": 5, "batch_size": 8, "n_examples": 50}
+
+
+def test_default_is_mnist48_and_param_specs_cover_theta():
+    f = env_family("l2o/NNClassifier-v0")
+    assert (f.dataset, f.inputs, f.hidden, f.batch_size) == ("mnist", 48, 48, 64)
+    assert f.dim == 48 * 48 + 48 + 48 * 10 + 10 == 2842
+    specs = f.param_specs()
+    assert [s.name for s in specs] == ["layer0.weight", "layer0.bias", "layer1.weight", "layer1.bias"]
+    assert [s.kind for s in specs] == ["weight", "bias", "weight", "bias"]
+    assert specs[0].offset == 0 and specs[-1].offset + specs[-1].numel == f.dim
+    wide = env_family("l2o/NNClassifier-v0", **VARIANTS["l2o/NNClassifier-v0"]["lfw_subset-wide"])
+    assert (wide.inputs, wide.hidden, wide.n_classes, wide.dim) == (100, 200, 2, 100 * 200 + 200 + 200 * 2 + 2)
+
+
+def test_variants_cover_every_setting_and_dataset():
+    table = VARIANTS["l2o/NNClassifier-v0"]
+    assert len(table) == 4 * len(NN_DATASETS)
+    assert table["photo_patches-wide-batch10"] == {"dataset": "photo_patches", "inputs": 100, "hidden": 200,
+                                                   "batch_size": 10}
+
+
+def test_instances_projected_to_unit_variance_and_deterministic():
+    f = NNClassifier(**SMALL)
+    a, b = f.sample(3, "train", 7), f.sample(3, "train", 7)
+    for k in a.data:
+        assert torch.equal(a.data[k], b.data[k])
+    assert torch.equal(a.x0, b.x0) and torch.equal(a.seeds, b.seeds)
+    X = a.data["X"].double()
+    assert X.shape == (3, 50, 6)
+    torch.testing.assert_close(X.mean(1), torch.zeros(3, 6, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(X.std(1, unbiased=False), torch.ones(3, 6, dtype=torch.float64), atol=1e-4, rtol=0)
+    # instances differ in projection, example subset and initialisation; splits draw other instances
+    assert not torch.equal(a.data["index"][0], a.data["index"][1])
+    assert not torch.allclose(a.x0[0], a.x0[1])
+    test = f.sample(3, "test", 7)
+    assert not torch.equal(test.data["index"], a.data["index"])
+
+
+def test_mnist_held_out_instances_use_other_digits():
+    f = NNClassifier(n_examples=100)
+    parts = example_partitions(5000)
+    tr, te = f.sample(2, "train", 0), f.sample(2, "test", 0)
+    assert set(tr.data["index"].flatten().tolist()) <= set(parts["train"].tolist())
+    assert set(te.data["index"].flatten().tolist()) <= set(parts["test"].tolist())
+    assert not NNClassifier(dataset="digits", n_examples=100).split_examples  # transfer sets use all examples
+
+
+def test_losses_match_a_plain_torch_net():
+    f = NNClassifier(**SMALL)
+    batch = f.sample(2, "val", 1, dtype=torch.float64)
+    theta = batch.x0 + 0.3 * torch.randn_like(batch.x0)
+    step = torch.tensor([3, 5])
+    pos = f.minibatch_positions(batch, step)
+    for i in range(2):
+        w1, b1, w2, b2 = torch.split(theta[i], [6 * 5, 5, 5 * 2, 2])
+        net = lambda x: torch.relu(x @ w1.reshape(6, 5) + b1) @ w2.reshape(5, 2) + b2  # noqa: E731
+        X, y = batch.data["X"][i], batch.data["y"][i]
+        full = F.cross_entropy(net(X), y)
+        mini = F.cross_entropy(net(X[pos[i]]), y[pos[i]])
+        torch.testing.assert_close(batch.true_loss(theta)[i], full)
+        torch.testing.assert_close(batch.loss(theta, step)[i], mini)
+    # the minibatch stream is a pure function of (seed, step)
+    assert torch.equal(f.minibatch_positions(batch, step), pos)
+    assert not torch.equal(f.minibatch_positions(batch, step + 1), pos)
+
+
+def test_bad_input_clear_errors():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar10'.*mnist, digits, lfw_subset"):
+        NNClassifier(dataset="cifar10")
+    with pytest.raises(ValueError, match="unknown activation 'gelu'.*relu"):
+        NNClassifier(dataset="breast_cancer", activation="gelu")
+    with pytest.raises(ValueError, match="hidden must be a positive integer"):
+        NNClassifier(dataset="breast_cancer", hidden=0)
+    with pytest.raises(ValueError, match="too small for batch_size=300.*only 200 examples"):
+        NNClassifier(dataset="lfw_subset", batch_size=300)
+    with pytest.raises(ValueError, match="500 examples for split 'val', fewer than n_examples=800"):
+        NNClassifier(dataset="mnist", n_examples=800)
+    with pytest.raises(ValueError, match="bad arguments"):
+        make_family("nn_classifier", layers=3)
+
+
+def test_projection_wider_than_the_input_is_allowed():
+    f = NNClassifier(dataset="breast_cancer", inputs=64, hidden=8, batch_size=16)  # 30 raw features -> 64
+    batch = f.sample(2, "test", 0)
+    f0, g0 = batch.loss_and_grad(batch.x0)
+    assert torch.isfinite(f0).all() and torch.isfinite(g0).all() and torch.isfinite(batch.true_loss(batch.x0)).all()
+
+
+def test_core_cost_is_the_true_objective_observations_the_minibatch():
+    batch = NNClassifier(**SMALL).sample(3, "train", 0, dtype=torch.float64)
+    state = core.reset(batch, CoreConfig(horizon=5))
+    torch.testing.assert_close(state.true_loss, batch.true_loss(batch.x0))
+    action = -0.1 * state.grad
+    nxt, cost, term, _ = core.step(state, action)
+    torch.testing.assert_close(cost, batch.true_loss(batch.x0 + action))
+    torch.testing.assert_close(nxt.loss, batch.loss(batch.x0 + action, 1))  # minibatch objective of step 1
+    assert not torch.equal(cost, nxt.loss)
+    assert torch.equal(nxt.objective, nxt.true_loss)
+
+
+def test_true_every_holds_the_value_between_evaluations():
+    batch = NNClassifier(**SMALL).sample(2, "train", 0, dtype=torch.float64)
+    traj = run_policy(make_baseline("sgd", lr=0.1), batch, 7, CoreConfig(horizon=7, history=1, true_every=3))
+    exact = run_policy(make_baseline("sgd", lr=0.1), batch, 7, CoreConfig(horizon=7, history=1))
+    tl, ex = traj.true_losses, exact.true_losses
+    assert tl.shape == (8, 2)
+    torch.testing.assert_close(traj.losses, exact.losses)  # the optimizer sees the same minibatches
+    for t in (0, 3, 6, 7):  # evaluated at multiples of 3 and at the horizon
+        torch.testing.assert_close(tl[t], ex[t])
+    torch.testing.assert_close(tl[4], ex[3])
+    torch.testing.assert_close(tl[5], ex[3])
+    torch.testing.assert_close(traj.costs[3], ex[3])  # the cost after step 4 is the held value
+
+
+def test_families_without_true_objective_unchanged():
+    batch = make_family("quadratic", dim=4).sample(2, "train", 0)
+    state = core.reset(batch, CoreConfig(horizon=3))
+    assert state.true_loss is None and state.objective is state.loss
+    nxt, cost, _, _ = core.step(state, -0.01 * state.grad)
+    assert torch.equal(cost, nxt.loss)
+    traj = run_policy(make_baseline("sgd", lr=0.01), batch, 3)
+    assert traj.true_losses is None and traj.objectives is traj.losses
+
+
+def test_env_reward_is_minus_true_objective():
+    env = gym.make("l2o/NNClassifier-v0", **SMALL, horizon=4)
+    env.reset(seed=0)
+    state = env.unwrapped.driver.state
+    _, reward, _, _, _ = env.step(np.zeros(env.action_space.shape, dtype=np.float32))  # θ stays at θ₀
+    assert reward == pytest.approx(-float(state.true_loss[0]), rel=1e-5)
+    assert reward != pytest.approx(-float(env.unwrapped.driver.state.loss[0]), rel=1e-5)
+
+
+def test_evaluation_reports_the_true_objective_and_adam_learns():
+    res = evaluate(Adam(0.01), "l2o/NNClassifier-v0", n_problems=3, horizon=60, seed=0,
+                   family_kwargs={"dataset": "digits", "n_examples": 200}, true_every=20, n_boot=20)
+    assert res.extra["objective"] == "true" and res.extra["true_every"] == 20
+    assert len(res.curve_mean) == 61
+    assert res.curve_mean[25] == res.curve_mean[20]  # held between evaluations
+    assert res.final_mean < 0.5 * res.curve_mean[0]  # the true objective falls (≈2.3 at θ₀)
+    assert np.isfinite(res.extra["minibatch_final_mean"])
