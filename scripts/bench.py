@@ -7,6 +7,8 @@
 ``env``: env-steps/s of the native torch vector env against ``gymnasium.vector.SyncVectorEnv`` over the
 single env, with their ratio.
 ``eval``: wall time of evaluating every first-order baseline on 1,000 quadratics x 100 steps (batched).
+``nn``: the NN-classifier benchmark (MNIST-48, N = 100): core step vs a bare batched forward+backward of the
+same nets, and seconds per LSTM meta-iteration (``python scripts/bench.py nn``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--iters", type=int, default=20, help="timed meta-iterations (default: %(default)s)")
     q.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     q.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    nn = sub.add_parser("nn", help="NN-classifier step vs bare forward+backward; LSTM meta-iteration")
+    nn.add_argument("--n-problems", type=int, default=100, help="problems N (default: %(default)s)")
+    nn.add_argument("--steps", type=int, default=50, help="timed steps (default: %(default)s)")
+    nn.add_argument("--lstm-problems", type=int, default=4, help="problems per LSTM meta-iteration (default: %(default)s)")
+    nn.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.what in ("env", "eval"):
@@ -62,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--n-problems and --horizon must be positive, got {args.n_problems} and {args.horizon}")
     if args.what == "lstm":
         return _bench_lstm(args, parser)
+    if args.what == "nn":
+        return _bench_nn(args, parser)
     if args.what == "eval":
         times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device)
         print(f"# {args.env}: {args.n_problems} problems x {args.horizon} steps, device={args.device}, "
@@ -103,6 +112,23 @@ def _bench_lstm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     print(f"# LSTM meta-iteration: {args.n_problems} quadratics x {args.dim}-d, unroll {args.unroll}, "
           f"device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"median {r['median_s']:.4f} s  (min {r['min_s']:.4f}, max {r['max_s']:.4f}, {r['iters']} iterations)")
+    return 0
+
+
+def _bench_nn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from l2o_gym.experiments.benchmark import nn_lstm_meta_iteration, nn_step_time
+
+    if min(args.n_problems, args.steps, args.lstm_problems) < 1:
+        parser.error("--n-problems, --steps and --lstm-problems must be positive integers")
+    r = nn_step_time(args.n_problems, args.steps, device=args.device)
+    print(f"# l2o/NNClassifier-v0 (MNIST-48, 48-48-10, batch 64, M = 1000): N = {args.n_problems}, "
+          f"device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.steps}")
+    print(f"bare fwd+bwd           {1e3 * r['bare']:8.2f} ms")
+    print(f"core.step (minibatch)  {1e3 * r['core_minibatch']:8.2f} ms  ratio {r['ratio_minibatch']:.2f}")
+    print(f"core.step (+true f)    {1e3 * r['core_true_every_step']:8.2f} ms  ratio {r['ratio_true_every_step']:.2f}")
+    m = nn_lstm_meta_iteration(args.lstm_problems, device=args.device)
+    print(f"LSTM meta-iteration ({args.lstm_problems} problems, unroll 20): median {m['median_s']:.2f} s "
+          f"(min {m['min_s']:.2f}, max {m['max_s']:.2f})")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_tiny_study_writes_a_complete_report(tiny_study):
     assert len(results) == expected
     data = json.loads((out / "results.json").read_text())
     assert len(data["runs"]) == expected
-    assert set(data["study"]) == {"versus", "long_horizon", "sample_efficiency"}
+    assert set(data["study"]) == {"versus", "long_horizon", "sample_efficiency", "nn_benchmark"}
     report = (out / "report.md").read_text()
     for heading in ("## RL vs supervised", "## Long horizon", "## Sample efficiency"):
         assert heading in report
@@ -50,6 +51,17 @@ def test_tiny_study_writes_a_complete_report(tiny_study):
     for name in ("Quadratic_T10.png", "Quadratic_T20.png", "LogisticRegression_T2.png", "MLP-relu_T10.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert "## l2o/MLP-v0 + relu — T = 10" in report
+    # NN benchmark (Li & Malik 2017): true objective; baselines tuned on MNIST-48 only, applied to every setting
+    assert "## NN benchmark (Li & Malik 2017)" in report
+    nn = [r for r in data["runs"] if r["env"] == "l2o/NNClassifier-v0"]
+    assert nn and all(r["objective"] == "true" for r in nn)
+    tuned = json.loads((Path(__file__).parents[1] / "agents" / "tuned_baselines.json").read_text())["envs"]
+    for r in nn:
+        if r["policy"] != "lstm":
+            assert r["tuned_as"] == "l2o/NNClassifier-v0"
+            assert r["hparams"] == tuned["l2o/NNClassifier-v0@T400"][r["policy"]]["hparams"]
+    sections_nn = {r["section"] for r in data["study"]["nn_benchmark"]}
+    assert sections_nn == {s.name for s in sections if s.env == "l2o/NNClassifier-v0"}
 
 
 def test_long_horizon_verdicts():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import Tensor
 
 
 @dataclass
@@ -93,3 +95,87 @@ def baseline_eval_time(
         evaluate(make_baseline(name), env_id, n_problems=n_problems, horizon=horizon, device=device)
         out[name] = time.perf_counter() - start
     return out
+
+
+def nn_step_time(
+    n_problems: int = 100, steps: int = 50, warmup: int = 5, device: str = "cpu", **family_kwargs: Any
+) -> dict[str, float]:
+    """Seconds per step of the NN-classifier family (default MNIST-48: 48-48-10, batch 64) at ``n_problems``,
+    measured in one run, median over ``steps`` (interleaved so contention hits every variant alike):
+
+    * ``bare``: a plain batched forward + backward of the same ``N`` nets on a minibatch (gather, two ``bmm``,
+      ReLU, cross-entropy, ``autograd.grad``) — the floor;
+    * ``core_minibatch``: :func:`l2o_gym.core.step` with the true objective evaluated only at the horizon
+      (``true_every`` = horizon), i.e. what the optimizer needs;
+    * ``core_true_every_step``: :func:`l2o_gym.core.step` with the true objective (all ``M`` examples) every
+      step (``true_every = 1``);
+    * the ratios ``core_minibatch / bare`` and ``core_true_every_step / bare``.
+    """
+    import torch.nn.functional as F
+
+    from l2o_gym import core
+    from l2o_gym.core import CoreConfig
+    from l2o_gym.registry import env_family
+
+    family = env_family("l2o/NNClassifier-v0", **family_kwargs)
+    problems = family.sample(n_problems, "test", 0, device)
+    i, h, c = family.layer_sizes
+    X, y, seeds = problems.data["X"], problems.data["y"], problems.seeds
+    rows = torch.arange(n_problems, device=problems.device)[:, None]
+    big = 10**9
+    states = {
+        "core_minibatch": core.reset(problems, CoreConfig(horizon=big, history=1, validate=False, true_every=big)),
+        "core_true_every_step": core.reset(problems, CoreConfig(horizon=big, history=1, validate=False)),
+    }
+    sync = torch.cuda.synchronize if problems.device.type == "cuda" else (lambda: None)
+
+    def bare(theta: Tensor, t: int) -> None:
+        from l2o_gym.problems.base import counter_randint
+
+        leaf = theta.detach().requires_grad_(True)
+        pos = counter_randint(seeds, torch.full_like(seeds, t), family.batch_size, X.shape[1])
+        w1, b1, w2, b2 = torch.split(leaf, [i * h, h, h * c, c], dim=-1)
+        hid = torch.relu(torch.baddbmm(b1.unsqueeze(1), X[rows, pos], w1.reshape(-1, i, h)))
+        z = torch.baddbmm(b2.unsqueeze(1), hid, w2.reshape(-1, h, c))
+        loss = F.cross_entropy(z.reshape(-1, c), y[rows, pos].reshape(-1), reduction="none").reshape(pos.shape).mean(-1)
+        torch.autograd.grad(loss.sum(), leaf)
+
+    times: dict[str, list[float]] = {"bare": [], **{k: [] for k in states}}
+    with torch.no_grad():
+        for k in range(warmup + steps):
+            for name in times:
+                sync()
+                start = time.perf_counter()
+                if name == "bare":
+                    with torch.enable_grad():
+                        bare(problems.x0, k + 1)
+                else:
+                    s = states[name]
+                    states[name], *_ = core.step(s, -0.01 * s.grad)
+                sync()
+                if k >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    out = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    out["ratio_minibatch"] = out["core_minibatch"] / out["bare"]
+    out["ratio_true_every_step"] = out["core_true_every_step"] / out["bare"]
+    return out
+
+
+def nn_lstm_meta_iteration(n_problems: int = 4, unroll: int = 20, iters: int = 5, device: str = "cpu") -> dict[str, float]:
+    """Seconds per LSTM meta-iteration on MNIST-48 (``n_problems`` problems, one truncated unroll of ``unroll``
+    steps forward + backward + Adam step, true objective as the cost every step), median over ``iters``."""
+    from l2o_gym import core
+    from l2o_gym.agents.lstm.trainer import Trainer, TrainConfig
+
+    cfg = TrainConfig(env_id="l2o/NNClassifier-v0", n_problems=n_problems, horizon=400, unroll=unroll,
+                      val_every=0, val_problems=1, device=device, progress=False)
+    trainer = Trainer(cfg)
+    state = core.reset(trainer.family.sample(n_problems, "train", 0, trainer.device), trainer.core_config)
+    memory = trainer.policy.reset(state)
+    times = []
+    for _ in range(iters + 1):
+        start = time.perf_counter()
+        state, memory, _, _ = trainer.meta_step(state, memory, 0)
+        times.append(time.perf_counter() - start)
+    times = sorted(times[1:])
+    return {"median_s": times[len(times) // 2], "min_s": times[0], "max_s": times[-1], "iters": iters}

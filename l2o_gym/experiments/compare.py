@@ -104,6 +104,12 @@ class Section:
         variant: a named problem variant of ``env`` (:data:`l2o_gym.envs.VARIANTS`, e.g. ``"relu"``).
         n_problems: held-out problems (``None``: the config's ``n_problems``).
         title: heading in the report (default ``env`` or ``env + variant``).
+        tuned_as: the variant whose tuned hyperparameters the baselines use (``""``: the plain env id); ``None``
+            (default): this section's own. Li & Malik's protocol tunes on the training objective only and
+            applies the result unchanged to every test setting.
+        tuned_horizon: the horizon whose tuned hyperparameters the baselines use (default ``horizon``).
+        true_every: evaluate the true objective (families that have one) every this many steps
+            (:class:`l2o_gym.core.CoreConfig`).
     """
 
     env: str
@@ -113,6 +119,9 @@ class Section:
     variant: str | None = None
     n_problems: int | None = None
     title: str | None = None
+    tuned_as: str | None = None
+    tuned_horizon: int | None = None
+    true_every: int = 1
 
     @property
     def name(self) -> str:
@@ -194,15 +203,18 @@ def plan(cfg: CompareConfig) -> list[_Job]:
         horizons = [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else [])
         for spec in specs:
             if spec.name in BASELINES:
-                entry = tuned_entry(tuned, sec.env, spec.name, sec.horizon, sec.variant)
+                tuned_variant = sec.variant if sec.tuned_as is None else (sec.tuned_as or None)
+                entry = tuned_entry(tuned, sec.env, spec.name, sec.tuned_horizon or sec.horizon, tuned_variant)
                 if entry is None:
-                    variant = f" --variant {sec.variant}" if sec.variant else ""
+                    variant = f" --variant {tuned_variant}" if tuned_variant else ""
                     raise ValueError(
                         f"no tuned hyperparameters for {spec.name!r} on {sec.name}: run `python scripts/tune_baselines.py "
-                        f"--env {sec.env}{variant} --horizon {sec.horizon} --policies {spec.name}`"
+                        f"--env {sec.env}{variant} --horizon {sec.tuned_horizon or sec.horizon} --policies {spec.name}`"
                     )
                 policy: Policy = make_baseline(spec.name, **entry["hparams"])
                 extra: dict[str, Any] = {"hparams": entry["hparams"], "tuned_horizon": entry.get("horizon")}
+                if sec.tuned_as is not None:
+                    extra["tuned_as"] = tuned_variant or sec.env
             else:
                 key = (spec.name, spec.checkpoint, sec.env)
                 if key not in loaded:
@@ -287,7 +299,7 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     for job in tqdm(jobs, desc="compare", disable=not progress):
         res = evaluate(
             job.policy, job.section.env, n_problems=job.n_problems, horizon=job.horizon, seed=cfg.seed, split="test",
-            device=cfg.device, family_kwargs=job.family_kwargs, label=job.label,
+            device=cfg.device, family_kwargs=job.family_kwargs, label=job.label, true_every=job.section.true_every,
         )
         res.extra.update(job.extra)
         if job.family_kwargs:

@@ -54,7 +54,57 @@ def study_sections() -> list[Section]:
         Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, 1000, n_problems=10),
         *(Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, None, variant=v, n_problems=10)
           for v in ("hidden40", "2layers", "relu")),
+        # Li & Malik 2017: held-out MNIST-48 at T and 2T, and the setting where the paper's LSTM "diverged
+        # fairly quickly" (wider net, batch 10) on the CIFAR-10 stand-in; few problems to keep `make compare` short.
+        nn_section("mnist", 5),
+        nn_section("photo_patches-wide-batch10", 2, None),
     ]
+
+
+#: the NN-classifier benchmark (Li & Malik 2017, docs/nn-benchmark.md): baselines and learned optimizers.
+NN_ENV = "l2o/NNClassifier-v0"
+NN_POLICIES = [*FIRST_ORDER, "adagrad", *LINE_SEARCH, "lstm"]
+#: the training horizon T of the benchmark; every setting is also run to 2T (the paper's fifth setting).
+NN_T = 400
+#: true-objective evaluation stride of the NN sections (the full-data loss costs ~5 minibatch steps; measured,
+#: docs/benchmarks.md); the value at T and 2T is always exact.
+NN_TRUE_EVERY = 10
+
+
+def nn_section(variant: str, n_problems: int, long_horizon: int | None = 2 * NN_T, title: str | None = None) -> Section:
+    """One NN-benchmark setting: baselines tuned on the MNIST-48 training objective (``tuned_as=""`` at T)
+    and applied unchanged (the paper's protocol), every learned optimizer shipped for the env."""
+    return Section(NN_ENV, list(NN_POLICIES), NN_T, long_horizon, variant=variant, n_problems=n_problems,
+                   title=title or f"NNClassifier {variant}", tuned_as="", tuned_horizon=NN_T, true_every=NN_TRUE_EVERY)
+
+
+def nn_sections(n_problems: int = 100, datasets: tuple[str, ...] | None = None) -> list[Section]:
+    """Every test setting × dataset of the benchmark (:data:`l2o_gym.registry.VARIANTS`) at T and 2T, plus the
+    10·T long-horizon check on held-out MNIST (a tenth of the problems)."""
+    from l2o_gym.registry import NN_DATASETS, NN_SETTINGS
+
+    out = [nn_section(ds + (f"-{s}" if s else ""), n_problems)
+           for s in NN_SETTINGS for ds in (datasets or NN_DATASETS)]
+    out.append(nn_section("mnist", max(1, n_problems // 10), 10 * NN_T, title="NNClassifier mnist (10T)"))
+    return out
+
+
+def nn_full_sections() -> list[Section]:
+    """The complete NN benchmark: 100 test problems per setting, every dataset (docs/nn-benchmark.md)."""
+    return nn_sections(100)
+
+
+def nn_small_sections() -> list[Section]:
+    """A reduced NN benchmark that fits a shared 2-core CPU: held-out MNIST and the TFD and CIFAR-10 stand-ins
+    (``lfw_subset``, ``photo_patches``), every setting at T and 2T, 5 test problems each; MNIST at 10T on 2."""
+    out = nn_sections(5, ("mnist", "lfw_subset", "photo_patches"))
+    out[-1] = dataclasses.replace(out[-1], n_problems=2)
+    return out
+
+
+def nn_target_sections() -> list[Section]:
+    """The supervised optimizer's home ground: held-out MNIST-48, 100 test problems, at T and 2T."""
+    return [nn_section("mnist", 100, title="NNClassifier mnist (100 problems)")]
 
 
 def tiny_sections() -> list[Section]:
@@ -67,7 +117,8 @@ def tiny_sections() -> list[Section]:
     return out
 
 
-PRESETS = {"study": study_sections, "study-tiny": tiny_sections}
+PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "nn-full": nn_full_sections,
+           "nn-small": nn_small_sections, "nn-target": nn_target_sections}
 
 
 def preset_config(name: str, **kwargs: Any) -> CompareConfig:
@@ -164,6 +215,48 @@ def sample_efficiency_rows(results: list[EvalResult]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def nn_rows(results: list[EvalResult], sections: list[Section]) -> list[dict[str, Any]]:
+    """Per NN-benchmark section and horizon (T, 2T): the LSTM's true objective, the best MNIST-tuned baseline's,
+    how many baselines the LSTM is at or below, and the LSTM's diverged fraction."""
+    idx = _index(results)
+    rows = []
+    for sec in sections:
+        if sec.env != NN_ENV:
+            continue
+        for h in [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else []):
+            lstm = idx.get((sec.name, "lstm", h))
+            base = [idx[(sec.name, p, h)] for p in sec.policies if p not in LEARNED_KIND and (sec.name, p, h) in idx]
+            if lstm is None or not base:
+                continue
+            best = min(base, key=lambda r: r.final_mean)
+            rows.append({"section": sec.name, "variant": sec.variant, "T": h, "n_problems": lstm.n_problems,
+                         "lstm": lstm.final_mean, "best_baseline": best.policy, "best_baseline_f": best.final_mean,
+                         "lstm_beats": sum(lstm.final_mean <= b.final_mean for b in base), "n_baselines": len(base),
+                         "lstm_diverged_fraction": lstm.diverged_fraction,
+                         "baselines": {b.policy: b.final_mean for b in base}})
+    return rows
+
+
+def nn_summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown of :func:`nn_rows`."""
+    if not rows:
+        return []
+    lines = [
+        "## NN benchmark (Li & Malik 2017): LSTM vs baselines tuned on MNIST-48, true objective",
+        "",
+        "Baselines were tuned on the MNIST-48 training objective at T = 400 only and applied unchanged; the LSTM was "
+        "meta-trained on MNIST-48. `≤ baselines`: how many baselines the LSTM's mean true objective is at or below.",
+        "",
+        "| setting | iteration | problems | LSTM | best baseline | LSTM ≤ baselines | LSTM diverged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['section']} | {r['T']} | {r['n_problems']} | {fmt_number(r['lstm'])} | {r['best_baseline']} "
+                     f"{fmt_number(r['best_baseline_f'])} | {r['lstm_beats']}/{r['n_baselines']} | "
+                     f"{100 * r['lstm_diverged_fraction']:.0f}% |")
+    return [*lines, ""]
+
+
 def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[list[str], dict[str, Any]]:
     """Markdown for the three summary tables, and the same data for ``results.json``."""
     learned = [k for k in LEARNED_KIND if any(r.policy == k for r in results)]
@@ -238,7 +331,9 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
     if ratios:
         lines += ["", *ratios]
     lines.append("")
-    return lines, {"versus": vs, "long_horizon": lh, "sample_efficiency": se}
+    nn = nn_rows(results, sections)
+    lines += nn_summary_lines(nn)
+    return lines, {"versus": vs, "long_horizon": lh, "sample_efficiency": se, "nn_benchmark": nn}
 
 
 def _gps_ppo_ratio(rows: list[dict[str, Any]]) -> list[str]:

@@ -75,8 +75,10 @@ def tune_baseline(
     split: str = "train",
     device: str = "cpu",
     family_kwargs: dict[str, Any] | None = None,
+    true_every: int = 1,
 ) -> dict[str, Any]:
-    """Tune one baseline on one env; returns ``{"hparams", "final_mean", "diverged_fraction", "n_evaluated"}``."""
+    """Tune one baseline on one env (``true_every``: see :func:`~l2o_gym.experiments.evaluation.evaluate`; the
+    selection reads only the final objective, which is always evaluated); returns ``{"hparams", "final_mean", "diverged_fraction", "n_evaluated"}``."""
     if split == "test":
         raise ValueError("tuning must not read the test split: use split='train' or 'val'")
     if name not in BASELINES:
@@ -89,7 +91,7 @@ def tune_baseline(
             hp = dict(extra) if lr is None else {"lr": lr, **extra}
             res = evaluate(
                 make_baseline(name, **hp), env_id, n_problems=n_problems, horizon=horizon, seed=seed,
-                split=split, device=device, family_kwargs=family_kwargs, n_boot=10,
+                split=split, device=device, family_kwargs=family_kwargs, n_boot=10, true_every=true_every,
             )
             candidates.append((hp, res.final_mean, res.diverged_fraction))
             all_diverged_run = all_diverged_run + 1 if res.diverged_fraction == 1.0 else 0
@@ -112,6 +114,7 @@ def tune(
     command: str = "",
     out: str | Path | None = None,
     variant: str | None = None,
+    true_every: int = 1,
 ) -> dict[str, Any]:
     """Tune ``names`` on every env (optionally a named ``variant`` of it) at ``horizon``; merge the entries,
     keyed by :func:`setting_key`, into the JSON at ``out`` (created if missing) and return it."""
@@ -122,7 +125,7 @@ def tune(
     for env_id, name in tqdm(list(itertools.product(env_ids, names)), desc="tuning", leave=False):
         fkw = variant_kwargs(env_id, variant)
         res = tune_baseline(name, env_id, n_problems=n_problems, horizon=horizon, seed=seed, split=split, device=device,
-                            family_kwargs=fkw)
+                            family_kwargs=fkw, true_every=true_every)
         key = setting_key(env_id, horizon, variant)
         log.info("%s %s: %s -> mean final f %.4g (%d configs)", key, name, res["hparams"], res["final_mean"], res["n_evaluated"])
         entry = data["envs"].setdefault(key, {})
