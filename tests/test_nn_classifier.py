@@ -160,3 +160,17 @@ def test_evaluation_reports_the_true_objective_and_adam_learns():
     assert res.curve_mean[25] == res.curve_mean[20]  # held between evaluations
     assert res.final_mean < 0.5 * res.curve_mean[0]  # the true objective falls (≈2.3 at θ₀)
     assert np.isfinite(res.extra["minibatch_final_mean"])
+
+
+def test_nn_presets_follow_the_protocol():
+    from l2o_gym.experiments.study import PRESETS
+
+    full = PRESETS["nn-full"]()
+    assert {s.variant for s in full[:-1]} == set(VARIANTS["l2o/NNClassifier-v0"])
+    assert all((s.n_problems, s.horizon, s.long_horizon) == (100, 400, 800) for s in full[:-1])
+    assert (full[-1].variant, full[-1].long_horizon) == ("mnist", 4000)
+    # baselines tuned on the MNIST-48 training objective at T only, applied unchanged everywhere
+    assert all(s.tuned_as == "" and s.tuned_horizon == 400 for s in full)
+    assert all("lstm" in s.policies and "adagrad" in s.policies for s in full)
+    small = PRESETS["nn-small-photo_patches"]()
+    assert [s.long_horizon for s in small] == [None, 800, None, None]  # 2T for the wide net (setting 5)

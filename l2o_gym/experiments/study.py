@@ -61,6 +61,8 @@ def study_sections() -> list[Section]:
     ]
 
 
+from l2o_gym.registry import NN_DATASETS as NN_DATASETS_  # noqa: E402
+
 #: the NN-classifier benchmark (Li & Malik 2017, docs/nn-benchmark.md): baselines and learned optimizers.
 NN_ENV = "l2o/NNClassifier-v0"
 NN_POLICIES = [*FIRST_ORDER, "adagrad", *LINE_SEARCH, "lstm"]
@@ -94,17 +96,22 @@ def nn_full_sections() -> list[Section]:
     return nn_sections(100)
 
 
-def nn_small_sections() -> list[Section]:
-    """A reduced NN benchmark that fits a shared 2-core CPU: held-out MNIST and the TFD and CIFAR-10 stand-ins
-    (``lfw_subset``, ``photo_patches``), every setting at T and 2T, 5 test problems each; MNIST at 10T on 2."""
-    out = nn_sections(5, ("mnist", "lfw_subset", "photo_patches"))
-    out[-1] = dataclasses.replace(out[-1], n_problems=2)
+def nn_small_sections(datasets: tuple[str, ...] | None = None, n_problems: int = 3) -> list[Section]:
+    """A reduced NN benchmark that fits a shared 2-core CPU: every setting at T with ``n_problems`` test problems,
+    the wide net also at 2T (the paper's fifth setting); for MNIST also the 10T check (LSTM and Adam, 2 problems)."""
+    from l2o_gym.registry import NN_DATASETS, NN_SETTINGS
+
+    out = [nn_section(ds + (f"-{s}" if s else ""), n_problems, 2 * NN_T if s == "wide" else None)
+           for ds in (datasets or NN_DATASETS) for s in NN_SETTINGS]
+    if "mnist" in (datasets or NN_DATASETS):
+        out.append(dataclasses.replace(nn_section("mnist", 2, 10 * NN_T, title="NNClassifier mnist (10T)"),
+                                       policies=["adam", "lstm"]))
     return out
 
 
-def nn_target_sections() -> list[Section]:
-    """The supervised optimizer's home ground: held-out MNIST-48, 100 test problems, at T and 2T."""
-    return [nn_section("mnist", 100, title="NNClassifier mnist (100 problems)")]
+def nn_target_sections(n_problems: int = 100) -> list[Section]:
+    """The supervised optimizer's home ground: held-out MNIST-48 at T and 2T (``n_problems`` test problems)."""
+    return [nn_section("mnist", n_problems, title=f"NNClassifier mnist ({n_problems} problems)")]
 
 
 def tiny_sections() -> list[Section]:
@@ -118,7 +125,10 @@ def tiny_sections() -> list[Section]:
 
 
 PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "nn-full": nn_full_sections,
-           "nn-small": nn_small_sections, "nn-target": nn_target_sections}
+           "nn-small": nn_small_sections, "nn-target": nn_target_sections,
+           "nn-target-20": lambda: nn_target_sections(20),
+           # one dataset each, to run the reduced benchmark as parallel processes
+           **{f"nn-small-{ds}": (lambda ds=ds: nn_small_sections((ds,))) for ds in NN_DATASETS_}}
 
 
 def preset_config(name: str, **kwargs: Any) -> CompareConfig:
