@@ -109,6 +109,12 @@ def _read_policy_file(
         config = json.loads(meta[_META_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt config: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: its config is a JSON {type(config).__name__}, not an object")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r}: field 'format_version' is {version!r}, this l2o-gym reads "
+                              f"format {FORMAT_VERSION}")
     if kind is not None and config.get("kind") != kind:
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r} policy, expected {kind!r}")
     return tensors, config
@@ -120,6 +126,43 @@ def update_policy_config(path: str | Path, updates: dict[str, Any], kind: str | 
     tensors, config = load_policy_file(path, kind=kind)
     config.pop("format_version", None)
     return save_policy(path, tensors, {**config, **updates})
+
+
+_TYPES: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,),
+                                      dict: (dict,), list: (list,)}
+
+
+def config_field(config: dict[str, Any], path: str | Path, name: str, typ: type, *, optional: bool = False) -> Any:
+    """``config[name]``, checked to be a ``typ`` (``float`` accepts integers; ``bool`` is never an ``int``).
+
+    Raises:
+        CheckpointError: naming the file and the field, if it is missing (and not ``optional``) or ill-typed.
+    """
+    if name not in config or (optional and config[name] is None):
+        if optional:
+            return None
+        raise CheckpointError(f"checkpoint {str(path)!r}: config field {name!r} is missing")
+    value = config[name]
+    ok = isinstance(value, _TYPES.get(typ, (typ,))) and not (typ in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise CheckpointError(f"checkpoint {str(path)!r}: config field {name!r} should be {typ.__name__}, "
+                              f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_shapes(path: str | Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise :class:`CheckpointError` (naming the file and the tensor) unless ``tensors`` has exactly the keys
+    of ``expected`` with those shapes — called *before* a network is built from a checkpoint's config, so an
+    edited config never allocates more than the file holds."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: missing tensors "
+                              f"{missing}, unexpected tensors {extra}")
+    for k, shape in expected.items():
+        if tuple(tensors[k].shape) != tuple(shape):
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: tensor {k!r} "
+                                  f"has shape {tuple(tensors[k].shape)}, the config implies {tuple(shape)}")
 
 
 def check_compatible(config: dict[str, Any], path: str | Path, *, env_id: str | None = None, dim: int | None = None) -> None:

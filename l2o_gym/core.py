@@ -88,7 +88,8 @@ class State:
     """Full state of ``N`` optimizees (θ included; policies read :func:`features` instead).
 
     Attributes:
-        problems: the ``N`` objective functions.
+        problems: the ``N`` objective functions; ``None`` in a state rebuilt from its tensors alone
+            (:data:`STATE_TENSORS`: feature views, ``LearnedOptimizer``), which only :func:`transition` advances.
         config: the MDP constants.
         theta: ``[N, d]`` current iterates θ_t.
         loss: ``[N]`` current objective f(θ_t) (last finite value once terminated).
@@ -101,7 +102,7 @@ class State:
         terminated: ``[N]`` bool, diverged.
     """
 
-    problems: ProblemBatch
+    problems: ProblemBatch | None
     config: CoreConfig
     theta: Tensor
     loss: Tensor
@@ -238,6 +239,9 @@ def step(state: State, action: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
     cfg = state.config
     if cfg.validate:
         check_action(state, action)
+    if state.problems is None:
+        raise ValueError("step() needs a state with its problems (this one was rebuilt from tensors alone); "
+                         "advance it with transition(state, action, loss, grad)")
     f, g = state.problems.loss_and_grad(state.theta + action, state.t + 1, create_graph=cfg.second_order)
     return transition(state, action, f, g)
 

@@ -89,7 +89,7 @@ def test_interrupted_lstm_training_keeps_checkpoint_and_resumes(tmp_path, monkey
     monkeypatch.setattr(Trainer, "run_episode", original)
     state = load_state(tmp_path / "state.pt")  # intact and loadable with weights_only=True
     assert state["episode"] == 3
-    assert (tmp_path / "best.safetensors").is_file()
+    assert (tmp_path / "lstm_best.safetensors").is_file()
 
     resumed = Trainer(cfg)
     assert resumed.resume()

@@ -208,7 +208,7 @@ def plan(cfg: CompareConfig) -> list[_Job]:
                 if key not in loaded:
                     loaded[key] = _load_learned(spec, sec.env, cfg.device)
                 policy, path = loaded[key]
-                pdim = getattr(policy, "dim", None)
+                pdim = policy.dim
                 if pdim is not None and pdim != dim:
                     raise CheckpointError(f"checkpoint {path!r} is for dimension {pdim}, {sec.name} has dimension {dim}")
                 extra = {"checkpoint": path}

@@ -84,7 +84,7 @@ def evaluation_config(policy: Policy, horizon: int) -> CoreConfig:
     at ``O(N·d)`` instead of copying an ``[N, H·d]`` feature buffer every step (the costs and the returned
     objectives do not depend on the history length).
     """
-    base = getattr(policy, "core_config", None)
+    base = policy.core_config
     if isinstance(base, CoreConfig):
         return dataclasses.replace(base, horizon=horizon)
     return CoreConfig(horizon=horizon, history=1)

@@ -30,6 +30,7 @@ from typing import Any
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
 from l2o_gym.experiments.compare import CompareConfig, Section, fmt_number, run_jobs, write_report, write_results
 from l2o_gym.experiments.evaluation import EvalResult
+from l2o_gym.stability import stability
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,10 @@ def long_horizon_rows(results: list[EvalResult], sections: list[Section]) -> lis
             short, long = idx.get((sec.name, kind, sec.horizon)), idx.get((sec.name, kind, sec.long_horizon))
             if short is None or long is None:
                 continue
-            if short.final_mean > 0:
-                ratio: float | None = long.final_mean / short.final_mean
-            else:
-                ratio = 1.0 if long.final_mean <= short.final_mean else None  # None: grew from exactly 0
-            worst = max(long.curve_mean[sec.horizon:])  # the mean objective's peak after the training horizon
-            finite = long.diverged_fraction == 0 and math.isfinite(long.final_mean)
-            peak = worst / short.final_mean if short.final_mean > 0 else None
-            within = ratio is not None and ratio <= STABLE_RATIO
-            steady = within and peak is not None and peak <= STABLE_RATIO
-            verdict = "diverges" if not finite else ("stable" if steady else "recovers" if within else "grows")
+            v = stability(short.final_mean, long.curve_mean[sec.horizon:], long.diverged_fraction, STABLE_RATIO)
+            ratio = None if math.isinf(v.ratio) else v.ratio  # None: grew from exactly 0
+            peak = v.peak_ratio if short.final_mean > 0 else None
+            finite, verdict = v.finite, v.verdict
             rows.append({"section": sec.name, "policy": kind, "kind": LEARNED_KIND[kind], "T": sec.horizon,
                          "long_T": sec.long_horizon, "f_T": short.final_mean, "f_long": long.final_mean,
                          "ratio": ratio, "worst_ratio": peak,
