@@ -226,6 +226,9 @@ class Agent(ABC):
         """Extra entries of ``summary.json``."""
         return {}
 
+    def on_best(self) -> None:
+        """Called when a validation becomes the new best (e.g. to keep its weights in memory)."""
+
     def selection_rule(self) -> str:
         """How ``{kind}_best`` is chosen, in words (for the warning when nothing was eligible)."""
         return "had a finite val objective"
@@ -360,14 +363,6 @@ def _tune(agent: Agent) -> dict[str, tuple[dict[str, float], float]]:
     return tune_baselines(tuple(dict.fromkeys(tuple(agent.baselines) + FIRST_ORDER)), val, horizon)
 
 
-def _best(tuned: dict[str, tuple[dict[str, float], float]], names: tuple[str, ...]) -> tuple[str, dict[str, float], float]:
-    best: tuple[str, dict[str, float], float] = ("none", {}, math.inf)
-    for name in names:
-        if name in tuned and tuned[name][1] < best[2]:
-            best = (name, *tuned[name])
-    return best
-
-
 def fit(
     agent: Agent,
     out: str | Path | None,
@@ -392,7 +387,7 @@ def fit(
         CheckpointError: ``resume`` without a fitting ``state.pt``; an unusable ``out``.
         KeyboardInterrupt: re-raised after the checkpoints and the summary are written.
     """
-    from l2o_gym.agents.tuning import FIRST_ORDER
+    from l2o_gym.agents.tuning import FIRST_ORDER, _best_of
 
     folder = RunFolder(Path(out), agent.kind) if out is not None and agent.writes else None
     if resume:
@@ -405,8 +400,8 @@ def fit(
         else:
             folder.out.mkdir(parents=True, exist_ok=True)
     tuned = _tune(agent)
-    base_name, base_hp, base_val = _best(tuned, tuple(agent.baselines))
-    fo_name, fo_hp, fo_val = _best(tuned, FIRST_ORDER)
+    base_name, base_hp, base_val = _best_of(tuned, tuple(agent.baselines) if tuned else ())
+    fo_name, fo_hp, fo_val = _best_of(tuned, FIRST_ORDER if tuned else ())
     if tuned:
         log.info("tuned baselines on val: %s", {k: (hp, round(v, 6)) for k, (hp, v) in tuned.items()})
         log.info("best tuned baseline: %s %s -> %.5g; first-order: %s %s -> %.5g",
@@ -446,6 +441,7 @@ def fit(
             log.info("%s reached the best baseline's val objective after %d env steps", agent.kind, steps)
         if v.eligible and value < rec.best_val:
             rec.best_val, rec.best_iteration, rec.best_env_steps = value, agent.iterations_done, steps
+            agent.on_best()
             if folder is not None:
                 agent.save_policy(folder.best, extra(val_final=value))
         if writer is not None:
