@@ -15,10 +15,7 @@ from l2o_gym.agents.gps.badmm import BADMMConfig, BADMMTrainer
 from l2o_gym.agents.gps.dynamics import GPSFitError
 from l2o_gym.agents.gps.global_policy import GaussianMLP, RegressionConfig
 from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics, LinearGaussianPolicy
-from l2o_gym.agents.gps.policy import GPSPolicy, load_gps_policy
-
-#: the loader ``l2o_gym.experiments.compare`` uses for ``--policies gps[=CKPT]``.
-load_policy = load_gps_policy
+from l2o_gym.agents.gps.policy import GPSPolicy, load_gps_policy, load_policy
 
 __all__ = [
     "BADMMConfig",
