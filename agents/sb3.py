@@ -175,20 +175,19 @@ class SB3TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        self.net_arch = tuple(int(w) for w in self.net_arch)
-        self.baselines = tuple(self.baselines)
-        if self.action_scale is None and self.env_id in _env_table():
-            self.action_scale = float(_env_table()[self.env_id].get("action_scale", 1.0))
-
-    def validate(self) -> SB3TrainConfig:
-        """Raise ``ValueError`` (``ImportError`` for a missing sb3-contrib) on a bad configuration."""
+        """Every value check (``ValueError`` naming the field and the value); sb3-contrib is checked by :meth:`validate`."""
         from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.checks import check_nonnegative, check_positive, check_seed, resolve_device
         from l2o_gym.envs.common import REWARD_MODES
 
+        self.net_arch = tuple(self.net_arch)
+        self.baselines = tuple(self.baselines)
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}: expected one of {', '.join(ALGOS)}")
         if self.env_id not in _env_table():
             raise ValueError(f"unknown env id {self.env_id!r}: expected one of {', '.join(_env_table())}")
+        if self.action_scale is None:
+            self.action_scale = float(_env_table()[self.env_id].get("action_scale", 1.0))
         if self.reward_mode not in REWARD_MODES:
             raise ValueError(f"unknown reward_mode {self.reward_mode!r}: expected one of {', '.join(REWARD_MODES)}")
         if self.activation not in ACTIVATIONS:
@@ -199,19 +198,29 @@ class SB3TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("learning_rate", "clip_obs", "action_scale"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1:
-            raise ValueError(f"gamma and gae_lambda must lie in (0, 1], got {self.gamma}, {self.gae_lambda}")
-        if self.learning_starts < 0 or (self.gradient_steps < 1 and self.gradient_steps != -1):
-            raise ValueError("learning_starts must be >= 0 and gradient_steps >= 1 or -1")
-        if not self.net_arch or min(self.net_arch) < 1:
-            raise ValueError(f"net_arch needs positive widths, got {self.net_arch}")
+        for name in ("learning_rate", "clip_obs", "action_scale", "clip_range", "max_grad_norm"):
+            check_positive(name, getattr(self, name))
+        check_nonnegative("ent_coef", self.ent_coef)
+        if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1 or not 0 < self.tau <= 1:
+            raise ValueError(f"gamma, gae_lambda and tau must lie in (0, 1], got {self.gamma}, {self.gae_lambda}, {self.tau}")
+        if self.log_std_init is not None and not math.isfinite(self.log_std_init):
+            raise ValueError(f"log_std_init must be finite or None, got {self.log_std_init!r}")
+        if isinstance(self.learning_starts, bool) or not isinstance(self.learning_starts, int) or self.learning_starts < 0:
+            raise ValueError(f"learning_starts must be a non-negative integer, got {self.learning_starts!r}")
+        if self.gradient_steps < 1 and self.gradient_steps != -1:
+            raise ValueError(f"gradient_steps must be >= 1 or -1, got {self.gradient_steps!r}")
+        if not self.net_arch or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1
+                                    for w in self.net_arch):
+            raise ValueError(f"net_arch needs positive integer widths, got {self.net_arch}")
+        self.net_arch = tuple(int(w) for w in self.net_arch)
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad or not self.baselines:
             raise ValueError(f"unknown baseline(s) {bad}: expected names of {', '.join(BASELINES)}")
+        check_seed(self.seed)
+        resolve_device(self.device)
+
+    def validate(self) -> SB3TrainConfig:
+        """Check what ``__post_init__`` cannot: ``recurrent_ppo`` needs sb3-contrib (``ImportError`` naming the extra)."""
         if self.algo == "recurrent_ppo":
             _contrib()
         return self

@@ -60,3 +60,21 @@ def check_positive(name: str, value: Any) -> float:
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return v
 
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    """Raise ``ValueError`` naming ``value`` unless it is a finite number ``>= 0``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return v
+
+
+def check_seed(value: Any) -> int:
+    """Raise ``ValueError`` unless ``value`` is a non-negative integer (a seed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)

@@ -36,10 +36,14 @@ from l2o_gym.agents.common import Agent, fit
 from l2o_gym.agents.gps.global_policy import GaussianMLP
 from l2o_gym.agents.gps.policy import GPSPolicy
 from l2o_gym.agents.tuning import final_objective, tuned_gd_step
+from l2o_gym.checks import check_nonnegative, check_seed, resolve_device
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import Policy
 
 log = logging.getLogger(__name__)
+
+#: activations of the Gaussian MLP (:class:`~l2o_gym.agents.gps.global_policy.GaussianMLP`).
+ACTIVATIONS: tuple[str, ...] = ("softplus", "tanh", "relu")
 
 
 @dataclass
@@ -49,12 +53,18 @@ class BoundConfig:
     Attributes:
         env_id: registered env id (its problem family).
         horizon: unroll length ``T`` (the whole episode; no truncation).
-        history: ``H`` of the features; ``include_steps`` as in GPS (``--include-steps``).
-        hidden, activation: the Gaussian MLP (GPS default: one layer of 50 softplus units).
+        history: ``H`` of the features.
+        include_steps: also feed the last ``H`` steps, as GPS's ``--include-steps``.
+        hidden: hidden widths of the Gaussian MLP (GPS default: one layer of 50 softplus units).
+        activation: its activation.
         episodes: Adam steps, each on a fresh batch of ``batch`` ``train`` problems.
-        lr: Adam learning rate; clip: global gradient-norm clip (0: none).
-        n_val: ``val`` problems for model selection, evaluated every ``val_every`` episodes.
+        batch: problems per episode.
+        lr: Adam learning rate.
+        clip: global gradient-norm clip (0: none).
+        n_val: ``val`` problems for model selection.
+        val_every: validate every this many episodes.
         seed: seeds the model, the problem streams and the normalisation batch.
+        device: torch device.
     """
 
     env_id: str = "l2o/LogisticRegression-v0"
@@ -73,11 +83,24 @@ class BoundConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        from l2o_gym.registry import ENV_IDS
+
+        self.hidden = tuple(self.hidden)
+        if self.env_id not in ENV_IDS:
+            raise ValueError(f"unknown env id {self.env_id!r}: expected one of {', '.join(ENV_IDS)}")
         for name in ("horizon", "history", "episodes", "batch", "n_val", "val_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        check_nonnegative("clip", self.clip)
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be positive integer widths, got {self.hidden!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+        check_seed(self.seed)
+        resolve_device(self.device)
 
 
 class _Differentiable(Policy):

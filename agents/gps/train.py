@@ -26,11 +26,15 @@ from l2o_gym.agents.gps.policy import KIND, GPSPolicy
 from l2o_gym.agents.gps.task import OptimizationTask
 from l2o_gym.agents.tuning import FIRST_ORDER, best_baseline, final_objective, tune_baselines, tuned_gd_step
 from l2o_gym.checkpoint import CheckpointError, update_policy_config
+from l2o_gym.checks import check_nonnegative, check_positive, check_positive_int, check_seed
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import Policy, run_policy
 from l2o_gym.stability import stability
 
 log = logging.getLogger(__name__)
+
+#: the ``hessian`` options of the cost expansion (:mod:`~l2o_gym.agents.gps.cost`).
+HESSIANS: tuple[str, ...] = ("exact", "psd", "none")
 
 @dataclass
 class GPSTrainConfig:
@@ -84,9 +88,32 @@ class GPSTrainConfig:
     badmm: BADMMConfig = field(default_factory=BADMMConfig)
 
     def __post_init__(self) -> None:
+        from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.registry import ENV_IDS
+
+        if isinstance(self.badmm, dict):
+            self.badmm = BADMMConfig(**self.badmm)
+        self.hidden, self.baselines = tuple(self.hidden), tuple(self.baselines)
+        if self.env_id not in ENV_IDS:
+            raise ValueError(f"unknown env id {self.env_id!r}: expected one of {', '.join(ENV_IDS)}")
+        for name in ("n_conditions", "horizon", "history", "iterations", "n_val"):
+            check_positive_int(name, getattr(self, name))
+        check_positive("init_std", self.init_std)
+        if self.init_lr is not None:
+            check_positive("init_lr", self.init_lr)
+        for name in ("action_penalty", "max_step_factor", "stable_factor"):
+            check_nonnegative(name, getattr(self, name))
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be positive integer widths, got {self.hidden!r}")
+        if self.hessian not in HESSIANS:
+            raise ValueError(f"unknown hessian {self.hessian!r}: expected one of {', '.join(HESSIANS)}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"unknown baselines {bad}: expected names of {', '.join(BASELINES)}")
+        check_seed(self.seed)
         if self.stable_factor != 0 and not self.stable_factor >= 1:
             raise ValueError(f"stable_factor must be 0 (off) or >= 1 (a peak ratio is never below 1), got {self.stable_factor!r}")
-        if int(self.long_factor) < 1:
+        if isinstance(self.long_factor, bool) or not isinstance(self.long_factor, int) or self.long_factor < 1:
             raise ValueError(f"long_factor must be >= 1, got {self.long_factor!r}")
 
     def to_dict(self) -> dict[str, Any]:

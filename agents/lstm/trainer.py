@@ -47,6 +47,7 @@ from l2o_gym.agents.bptt import BPTT, world
 from l2o_gym.agents.common import Agent, RunFolder, fit, load_run_state, state_path
 from l2o_gym.agents.lstm.policy import KIND, LSTMConfig, LSTMPolicy
 from l2o_gym.checkpoint import CheckpointError
+from l2o_gym.checks import resolve_device
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import run_policy
 from l2o_gym.registry import env_family
@@ -131,6 +132,15 @@ class TrainConfig:
         self.baselines = tuple(self.baselines)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.family_kwargs, dict):
+            raise ValueError(f"family_kwargs must be a JSON object (dict), got {self.family_kwargs!r}")
+        resolve_device(self.device)
+        try:
+            env_family(self.env_id, **self.family_kwargs)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"env_id {self.env_id!r} with family_kwargs {self.family_kwargs!r}: {exc}") from None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

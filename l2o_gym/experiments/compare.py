@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import platform
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from l2o_gym.agents.baselines import BASELINES, make_baseline
-from l2o_gym.checkpoint import CheckpointError, atomic_write
+from l2o_gym.agents.common import pretrained_dir
+from l2o_gym.checkpoint import CheckpointError, atomic_write, read_policy_config
 from l2o_gym.experiments.evaluation import EvalResult, evaluate
 from l2o_gym.plotting import plot_curves
 from l2o_gym.policy import Policy
@@ -35,20 +35,17 @@ from l2o_gym.registry import env_family, env_short_name, variant_kwargs
 
 log = logging.getLogger(__name__)
 
-#: learned policy kind -> "module:function" of its loader ``load_policy(path, env_id, device) -> Policy``.
+#: learned policy kind (the ``kind`` in its checkpoints) -> "module:function" of its loader
+#: ``load_policy(path, *, env_id=None, device="cpu") -> Policy``.
 LEARNED: dict[str, str] = {
     "lstm": "l2o_gym.agents.lstm:load_policy",
     "gps": "l2o_gym.agents.gps:load_policy",
     "ppo": "l2o_gym.agents.sb3:load_policy",
+    "sac": "l2o_gym.agents.sb3:load_policy",
+    "recurrent_ppo": "l2o_gym.agents.sb3:load_policy",
 }
 
 
-
-
-def pretrained_dir() -> Path:
-    import l2o_gym.agents
-
-    return Path(l2o_gym.agents.__file__).resolve().parent / "pretrained"
 
 
 def pretrained_path(kind: str, env_id: str) -> Path | None:
@@ -84,6 +81,10 @@ def _load_learned(spec: PolicySpec, env_id: str, device: str) -> tuple[Policy, s
         )
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} for policy {spec.name!r} does not exist")
+    found = read_policy_config(path).get("kind")
+    if found != spec.name:
+        hint = f"; pass it as {found}={path}" if found in LEARNED else ""
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {found!r} policy, not {spec.name!r}{hint}")
     module, _, fn = LEARNED[spec.name].partition(":")
     try:
         loader: Callable[..., Policy] = getattr(importlib.import_module(module), fn)

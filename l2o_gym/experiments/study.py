@@ -35,7 +35,8 @@ from l2o_gym.stability import stability
 log = logging.getLogger(__name__)
 
 #: learned policies and how they were trained (report labels).
-LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "lstm": "supervised (LSTM, BPTT)"}
+LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "sac": "RL (SAC)", "recurrent_ppo": "RL (RecurrentPPO)",
+                "lstm": "supervised (LSTM, BPTT)"}
 FIRST_ORDER = ["sgd", "momentum", "nag", "adam", "rmsprop"]
 LINE_SEARCH = ["cg", "lbfgs"]
 #: ``f(θ_10T) ≤ STABLE_RATIO · f(θ_T)`` counts as not degrading past the training horizon (the issue's 1.1×).

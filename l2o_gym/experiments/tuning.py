@@ -52,9 +52,9 @@ def setting_key(env_id: str, horizon: int = DEFAULT_TUNING_HORIZON, variant: str
 
 def default_tuned_path() -> Path:
     """The shipped tuned-hyperparameter file (inside the installed ``l2o_gym.agents`` package)."""
-    import l2o_gym.agents
+    from l2o_gym.agents.common import package_file
 
-    return Path(l2o_gym.agents.__file__).resolve().parent / "tuned_baselines.json"
+    return package_file("tuned_baselines.json")
 
 
 def _grids(name: str) -> list[dict[str, float]]:
