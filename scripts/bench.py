@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from l2o_gym.experiments import cli
 from l2o_gym.experiments.benchmark import baseline_eval_time, env_throughput
 
 
@@ -27,41 +28,39 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("env", help="env-steps/s: native torch VectorEnv vs SyncVectorEnv")
     p.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024, 16384], help="numbers of envs N")
-    p.add_argument("--device", default="cpu", help="torch device of the native env (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=2.0, help="measurement time per configuration")
+    p.add_argument("--sizes", type=cli.positive_int, nargs="+", default=[1, 64, 1024, 16384], help="numbers of envs N")
+    p.add_argument("--device", type=cli.device, default="cpu", help="torch device of the native env (default: %(default)s)")
+    p.add_argument("--seconds", type=cli.positive_float, default=2.0,
+                   help="measurement time per configuration (finite, positive; default: %(default)s)")
     p.add_argument(
-        "--sync-max", type=int, default=16384, help="skip SyncVectorEnv above this N (default: %(default)s)"
+        "--sync-max", type=cli.nonnegative_int, default=16384, help="skip SyncVectorEnv above this N (default: %(default)s)"
     )
-    p.add_argument("--history", type=int, default=25, help="history length H (default: %(default)s)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--history", type=cli.positive_int, default=25, help="history length H (default: %(default)s)")
+    p.add_argument("--json", type=cli.out_path, default=None, help="also write the results to this JSON file")
     e = sub.add_parser("eval", help="wall time of evaluating the first-order baselines (batched)")
     e.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
-    e.add_argument("--n-problems", type=int, default=1000, help="problems (default: %(default)s)")
-    e.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
-    e.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    e.add_argument("--n-problems", type=cli.positive_int, default=1000, help="problems (default: %(default)s)")
+    e.add_argument("--horizon", type=cli.positive_int, default=100, help="iterations (default: %(default)s)")
+    e.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     q = sub.add_parser("lstm", help="seconds per LSTM meta-iteration (128 quadratics x 10-d, unroll 20)")
-    q.add_argument("--n-problems", type=int, default=128, help="problems per meta-batch (default: %(default)s)")
-    q.add_argument("--dim", type=int, default=10, help="quadratic dimension (default: %(default)s)")
-    q.add_argument("--unroll", type=int, default=20, help="truncation length (default: %(default)s)")
-    q.add_argument("--iters", type=int, default=20, help="timed meta-iterations (default: %(default)s)")
-    q.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
-    q.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    args = parser.parse_args(argv)
+    q.add_argument("--n-problems", type=cli.positive_int, default=128, help="problems per meta-batch (default: %(default)s)")
+    q.add_argument("--dim", type=cli.positive_int, default=10, help="quadratic dimension (default: %(default)s)")
+    q.add_argument("--unroll", type=cli.positive_int, default=20, help="truncation length (default: %(default)s)")
+    q.add_argument("--iters", type=cli.positive_int, default=20, help="timed meta-iterations (default: %(default)s)")
+    q.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
+    q.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    return cli.run(parser, _body, argv)
+
+
+def _body(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.what in ("env", "eval"):
         from l2o_gym.registry import ENV_IDS
 
         if args.env not in ENV_IDS:
-            parser.error(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")
-    if args.what == "env":
-        if min(args.sizes) < 1 or args.history < 1 or args.seconds <= 0:
-            parser.error(f"--sizes and --history must be positive integers and --seconds positive, got "
-                         f"{args.sizes}, {args.history}, {args.seconds}")
-    if args.what == "eval" and (args.n_problems < 1 or args.horizon < 1):
-        parser.error(f"--n-problems and --horizon must be positive, got {args.n_problems} and {args.horizon}")
+            raise cli.UsageError(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")
     if args.what == "lstm":
-        return _bench_lstm(args, parser)
+        return _bench_lstm(args)
     if args.what == "eval":
         times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device)
         print(f"# {args.env}: {args.n_problems} problems x {args.horizon} steps, device={args.device}, "
@@ -90,14 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _bench_lstm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _bench_lstm(args: argparse.Namespace) -> int:
     from l2o_gym.agents.lstm import time_meta_iteration
 
-    for name in ("n_problems", "dim", "unroll", "iters", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if 100 % args.unroll:
-        parser.error("--unroll must divide the horizon 100")
+        raise cli.UsageError(f"--unroll must divide the horizon 100, got {args.unroll}")
     torch.set_num_threads(args.threads)
     r = time_meta_iteration(args.n_problems, args.dim, args.unroll, args.iters, device=args.device)
     print(f"# LSTM meta-iteration: {args.n_problems} quadratics x {args.dim}-d, unroll {args.unroll}, "

@@ -8,8 +8,8 @@ adds the flags every training script shares (``--out``, ``--resume``, ``--thread
 ``--export``), and :func:`run` is the ``main`` wrapper:
 
 * exit 2: usage errors — a bad flag or value, a config the config class rejects, ``--resume`` without a
-  fitting ``state.pt``, an unusable ``--out``, a ``CheckpointError`` — one line naming the flag or value, no
-  traceback;
+  fitting ``state.pt``, an unusable ``--out``, a ``CheckpointError``, any ``ValueError`` or ``OSError`` (a bad
+  value or path that reached the library) — one line naming the flag or value, no traceback;
 * exit 130: Ctrl-C (``KeyboardInterrupt``), after the training lifecycle has saved what it can;
 * exit 1: any other runtime failure, one line (``--debug``-free: the traceback goes to the log at DEBUG level).
 
@@ -419,7 +419,7 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
-    except ValueError as exc:  # a bad value reaching the library: still the user's input
+    except (ValueError, OSError) as exc:  # a bad value or path reaching the library: still the user's input
         parser.error(str(exc))
     except Exception as exc:  # noqa: BLE001 - the runtime-failure exit code
         log.debug("runtime failure", exc_info=True)
