@@ -27,8 +27,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, cli.ConfigArgs]:
                                    types_={"hidden": cli.positive_int})
     cli.deprecated_alias(p, "--val", "--n-val", "cfg__n_val", type=cli.positive_int)
     cli.deprecated_alias(p, "--no-steps", "--no-include-steps", "cfg__include_steps", store_const=False)
-    cli.add_run_args(p, out_required=True)
-    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
+    cli.add_run_args(p, tensorboard=True, out_required=True)
     return p, cfg_args
 
 
@@ -36,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, cfg_args = build_parser()
 
     def body(a: argparse.Namespace) -> int:
-        cfg = cfg_args.build(a)
-        cli.check_resume(a)
-        cli.setup(a)
+        cfg = cli.prepare(a, cfg_args)
         _, summary = train_bound(cfg, a.out, progress=not a.quiet, resume=a.resume, tensorboard=not a.no_tensorboard)
         if summary["best_episode"] == 0:
             print("gps_policy_bound.py: error: no finite validation objective: nothing saved", file=sys.stderr)

@@ -34,9 +34,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, cli.ConfigArgs]:
                                    choices={"hessian": HESSIANS, "baselines": tuple(BASELINES)},
                                    types_={"hidden": cli.positive_int})
     cli.deprecated_alias(p, "--val", "--n-val", "cfg__n_val", type=cli.positive_int)
-    cli.add_run_args(p, out_default="runs/gps")
+    cli.add_run_args(p, tensorboard=True, out_default="runs/gps")
     p.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
     p.add_argument("--evaluate", default=None, metavar="CKPT",
                    help="no training: the docs/gps.md table for CKPT (baselines tuned on val at --horizon, "
                         "100 test problems at T and 10T) as JSON")
@@ -47,11 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser, cfg_args = build_parser()
 
     def body(a: argparse.Namespace) -> int:
-        cfg = cfg_args.build(a)
-        cli.check_resume(a)
         if a.evaluate and not Path(a.evaluate).is_file():
             raise cli.UsageError(f"--evaluate: checkpoint {a.evaluate!r} does not exist")
-        cli.setup(a)
+        cfg = cli.prepare(a, cfg_args)
         if a.evaluate:
             from l2o_gym.agents.gps.train import evaluate_on_test
 

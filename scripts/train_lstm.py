@@ -45,11 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser, cfg_args = build_parser()
 
     def body(a: argparse.Namespace) -> int:
-        cfg = cfg_args.build(a, out=a.out, progress=not a.quiet)
-        cli.check_resume(a)
         if a.reset_best and not a.resume:
             raise cli.UsageError("--reset-best needs --resume")
-        cli.setup(a)
+        cfg = cli.prepare(a, cfg_args, out=a.out, progress=not a.quiet)
         rank, world = init_distributed(cfg.device)
         policy = train(cfg, resume=a.resume, reset_best=a.reset_best)
         if rank == 0:

@@ -33,8 +33,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, cli.ConfigArgs]:
         choices={"algo": ALGOS, "reward_mode": REWARD_MODES, "activation": tuple(ACTIVATIONS),
                  "baselines": tuple(BASELINES)},
         types_={"net_arch": cli.positive_int})
-    cli.add_run_args(p, out_default="runs/sb3")
-    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
+    cli.add_run_args(p, tensorboard=True, out_default="runs/sb3")
     return p, cfg_args
 
 
@@ -42,13 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser, cfg_args = build_parser()
 
     def body(a: argparse.Namespace) -> int:
-        cfg = cfg_args.build(a)
+        cfg = cli.prepare(a, cfg_args)
         try:
             cfg.validate()
         except ImportError as exc:
             raise cli.UsageError(f"--algo {cfg.algo}: {exc}") from None
-        cli.check_resume(a)
-        cli.setup(a)
         summary = train_sb3(cfg, a.out, resume=a.resume, progress_bar=not a.quiet, tensorboard=not a.no_tensorboard)
         b, fo = summary["baseline"], summary["first_order_baseline"]
 

@@ -3,27 +3,19 @@ an interrupted training run leaves its last checkpoint intact and resumes from i
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_script
 import torch
 
 from l2o_gym.agents.lstm import TrainConfig
 from l2o_gym.agents.lstm.trainer import Trainer
 from l2o_gym.checkpoint import load_state
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_script = load_script
 
 
 @pytest.mark.parametrize(

@@ -5,24 +5,17 @@ shared flag names."""
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_script
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 NO_CUDA = not torch.cuda.is_available()
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_script_err_{name}", SCRIPTS / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_script = load_script
 
 
 @pytest.fixture(autouse=True)

@@ -359,9 +359,10 @@ def add_run_args(
     export: bool = True,
     threads: bool = True,
     quiet: bool = True,
+    tensorboard: bool = False,
 ) -> None:
     """The flags every training script shares: ``--out``, ``--resume``, ``--export``, ``--threads``, ``--quiet``
-    (and the deprecated ``--save``/``--no-progress``)."""
+    (and the deprecated ``--save``/``--no-progress``); ``--no-tensorboard`` when the config has no such field."""
     g = parser.add_argument_group("run")
     g.add_argument("--out", type=out_dir, default=out_default, required=out_required,
                    help="run folder (checkpoints, state.pt, summary.json, tb/)"
@@ -378,6 +379,17 @@ def add_run_args(
     if quiet:
         g.add_argument("--quiet", action="store_true", help="no progress bar, warnings-only logging")
         deprecated_alias(parser, "--no-progress", "--quiet", "quiet", store_const=True)
+    if tensorboard:
+        g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
+
+
+def prepare(args: argparse.Namespace, cfg_args: ConfigArgs, **overrides: Any) -> Any:
+    """The config from the flags (:meth:`ConfigArgs.build`), the ``--resume`` check (:func:`check_resume`), then
+    logging and threads (:func:`setup`): the start of every training script."""
+    cfg = cfg_args.build(args, **overrides)
+    check_resume(args)
+    setup(args)
+    return cfg
 
 
 def check_resume(args: argparse.Namespace) -> None:
