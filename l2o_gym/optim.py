@@ -135,7 +135,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not params:
             return loss
         theta, grad, usable = self._flat(params)
-        if not self._moved and hasattr(self.policy, "to"):
+        if not self._moved:
             self.policy.to(theta.device)
             self._moved = True
         prev = self._mdp

@@ -50,6 +50,11 @@ class Policy(ABC):
     def act(self, state: State, memory: Any) -> tuple[Tensor, Any]:
         """The step Δθ ``[N, d]`` (same dtype and device as θ) and the updated memory."""
 
+    def to(self, device: torch.device | str) -> Policy:
+        """Move the policy's tensors to ``device`` (in place) and return it; a no-op for policies without any
+        (``LearnedOptimizer`` calls it with the parameters' device)."""
+        return self
+
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write the policy to a ``.safetensors`` checkpoint (weights + JSON config, ``extra`` merged into the
         config) that its kind's ``load_policy`` reads back. Hand-designed baselines have no weights to save."""
