@@ -151,6 +151,8 @@ class Agent(ABC):
     config: Any = None
     #: validate every this many iterations and after the last one (``0``: never).
     val_every: int = 1
+    #: write ``{kind}_last`` and ``state.pt`` at every this-many-th validation (and after the last iteration).
+    checkpoint_every: int = 1
     #: validate once before the first iteration (the curve then starts at 0 env steps).
     validate_first: bool = False
     #: the agent's state is consistent in the middle of an iteration (Ctrl-C then saves it).
@@ -466,7 +468,7 @@ def fit(
                     if not k.startswith("val") and isinstance(x, (int, float)):
                         writer.add_scalar(f"train/{k}", x, int(agent.env_steps))
                 writer.flush()
-            if due:
+            if due and (agent.iterations_done % (agent.checkpoint_every * max(agent.val_every, 1)) == 0 or agent.done()):
                 checkpoint()
             done, total = agent.progress()
             bar.total = total

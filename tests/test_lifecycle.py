@@ -164,3 +164,15 @@ def test_bptt_trains_any_module_policy_and_skips_non_finite_updates(caplog):
     bptt.loss_fn = lambda costs, t0: costs.mean() * float("nan")
     r = bptt.step(core.reset(fam.sample(16, "train", 99), cc), None, 10)
     assert not r.updated and torch.equal(before, policy.net.weight) and "update skipped" in caplog.text
+
+
+def test_checkpoint_every_thins_the_state_writes(tmp_path):
+    agent = Toy([3.0, 2.0, 1.0, 0.5, 0.2], interrupt_at=4)
+    agent.checkpoint_every = 2
+    with pytest.raises(KeyboardInterrupt):
+        fit(agent, tmp_path, progress=False, tensorboard=False)
+    assert read_run_state(tmp_path / "state.pt", "toy")["k"] == 2  # written after iteration 2, not 1 or 3
+    agent = Toy([3.0, 2.0, 1.0])
+    agent.checkpoint_every = 2
+    fit(agent, tmp_path / "b", progress=False, tensorboard=False)
+    assert read_run_state(tmp_path / "b" / "state.pt", "toy")["k"] == 3  # and always after the last one
