@@ -191,9 +191,17 @@ class Agent(ABC):
     def iterations_done(self) -> int:
         """Iterations completed (restored by :meth:`load_state_dict`)."""
 
-    @abstractmethod
+    @property
+    def iterations_total(self) -> int | None:
+        """The run's budget in iterations (``None``: :meth:`done` and :meth:`progress` are overridden, e.g. a
+        budget in env steps)."""
+        return None
+
     def done(self) -> bool:
-        """Whether the run's budget (episodes, iterations, env steps) is used up."""
+        """Whether the run's budget is used up (default: :attr:`iterations_total` iterations)."""
+        if self.iterations_total is None:
+            raise NotImplementedError(f"{type(self).__name__} must define iterations_total or override done()")
+        return self.iterations_done >= self.iterations_total
 
     @property
     @abstractmethod
@@ -215,7 +223,8 @@ class Agent(ABC):
 
     def progress(self) -> tuple[int, int]:
         """``(done, total)`` for the progress bar (default: iterations)."""
-        return self.iterations_done, self.iterations_done + (0 if self.done() else 1)
+        total = self.iterations_total
+        return self.iterations_done, total if total is not None else self.iterations_done + (0 if self.done() else 1)
 
     def check_resume(self, state: dict[str, Any], path: Path) -> None:
         """Raise :class:`CheckpointError` if ``state`` cannot continue with this agent's config."""

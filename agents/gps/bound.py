@@ -198,11 +198,9 @@ class BoundAgent(Agent):
     def iterations_done(self) -> int:
         return self.episode
 
-    def done(self) -> bool:
-        return self.episode >= self.config.episodes
-
-    def progress(self) -> tuple[int, int]:
-        return self.episode, self.config.episodes
+    @property
+    def iterations_total(self) -> int:
+        return self.config.episodes
 
     @property
     def env_steps(self) -> int:

@@ -242,11 +242,9 @@ class GPSAgent(Agent):
     def iterations_done(self) -> int:
         return self.trainer.iteration_count
 
-    def done(self) -> bool:
-        return self.trainer.iteration_count >= self.config.iterations
-
-    def progress(self) -> tuple[int, int]:
-        return self.trainer.iteration_count, self.config.iterations
+    @property
+    def iterations_total(self) -> int:
+        return self.config.iterations
 
     @property
     def env_steps(self) -> int:

@@ -235,11 +235,9 @@ class Trainer(Agent):
     def iterations_done(self) -> int:
         return self.episode
 
-    def done(self) -> bool:
-        return self.episode >= self.cfg.episodes
-
-    def progress(self) -> tuple[int, int]:
-        return self.episode, self.cfg.episodes
+    @property
+    def iterations_total(self) -> int:
+        return self.cfg.episodes
 
     @property
     def env_steps(self) -> int:
