@@ -13,7 +13,7 @@ deterministic policy's mean final objective ``f(θ_T)`` on a fixed set of ``n_va
 training horizon, computed with the library's rollout (:func:`l2o_gym.policy.run_policy`) every
 ``eval_every`` env steps. The best tuned baseline's ``val`` objective (any of ``baselines``) and the best
 first-order one (SGD/momentum) are the sample-efficiency targets: the run records the env steps at which
-the policy first reaches each (``"training"`` record, the schema of :func:`l2o_gym.agents.gps.train.training_record`).
+the policy first reaches each (``"training"`` record, :func:`l2o_gym.agents.common.training_record`).
 
 Training runs through the common lifecycle (:func:`l2o_gym.agents.common.fit`, :class:`SB3Agent`); files written
 by :func:`train_sb3` in ``out_dir``:

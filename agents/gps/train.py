@@ -1,10 +1,11 @@
-"""Training driver for GPS on an l2o-gym env: conditions, baselines, BADMM iterations, logging, checkpoints.
+"""GPS as an agent of the common run lifecycle (:func:`l2o_gym.agents.common.fit`): conditions, BADMM iterations,
+validation with the optional stability-past-the-horizon selection.
 
-:func:`train_gps` runs ``iterations`` BADMM iterations on ``n_conditions`` problems of the env's ``train``
-split, evaluates the deterministic global policy on ``n_val`` ``val`` problems after each iteration, keeps the
-best-on-val checkpoint (``gps_best.safetensors``), writes the resumable training state (``state.pt``) and
-TensorBoard scalars, and reports how many env steps it took to reach the best tuned baseline's ``val``
-objective at the horizon (the sample-efficiency figure).
+:func:`train_gps` runs ``iterations`` BADMM iterations (:class:`GPSAgent`) on ``n_conditions`` problems of the
+env's ``train`` split and evaluates the deterministic global policy on ``n_val`` ``val`` problems after each
+iteration; the lifecycle keeps the best-on-val checkpoint (``gps_best.safetensors``), writes the resumable
+training state (``state.pt``), TensorBoard scalars and the summary, and records how many env steps it took to
+reach the best tuned baseline's ``val`` objective at the horizon (the sample-efficiency figure).
 """
 
 from __future__ import annotations
