@@ -11,7 +11,9 @@ Baselines use the hyperparameters tuned on train problems at the horizon (agents
 Presets (l2o_gym/experiments/study.py): ``study`` (every shipped learned optimizer against the tuned baselines at its
 training horizon T and at 10T, MLP transfer runs, sample-efficiency table) and ``study-tiny`` (its
 structure at toy size, seconds).
-Writes OUT/results.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
+Writes OUT/results.json, OUT/timings.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
+Each evaluation runs on one thread; --workers N runs N of them in parallel processes (default: one per available
+CPU). results.json is byte-identical for any N and machine (wall times go to timings.json; docs/threads.md).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder, e.g. runs/NAME")
     p.add_argument("--tuned", default=None, help="tuned-hyperparameter JSON (default: the shipped one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes, one thread each; results do not depend on it "
+                        "(default: one per available CPU)")
     return p
 
 
@@ -57,16 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--preset and --env are exclusive: a preset defines its own envs")
     if not args.preset and not args.env:
         parser.error("give --env ID [ID ...] or --preset NAME")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be a positive integer, got {args.workers}")
     try:
         if args.preset:
             cfg = preset_config(args.preset, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-                                command=command)
+                                command=command, workers=args.workers)
             results = run_study(cfg, progress=not args.quiet)
         else:
             cfg = CompareConfig(
                 envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
                 long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-                command=command,
+                command=command, workers=args.workers,
             )
             results = run_comparison(cfg, progress=not args.quiet)
     except (ValueError, CheckpointError, OSError, FileNotFoundError) as exc:

@@ -265,6 +265,6 @@ def run_study(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     sections = cfg.resolve_sections()
     lines, tables = summary_lines(results, sections)
     out = Path(cfg.out)
-    write_results(results, out, {"study": tables})
+    write_results(results, out, {"study": tables}, workers=cfg.resolve_workers(len(results)))
     write_report(results, out, cfg, lines)
     return results
