@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume needs --out")
     if args.reset_best and not args.resume:
         parser.error("--reset-best needs --resume")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:  # one rule for every training script: a positive count, default 1 (docs/threads.md)
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rank, world = init_distributed(args.device)
     try:

@@ -140,7 +140,7 @@ def test_results_json_is_identical_for_one_and_two_workers(tmp_path):
     assert len(runs) == 2 * 4 + 2 * 4 and not any(f in r for r in runs for f in TIMING_FIELDS)
     timings = json.loads((outs[1] / "timings.json").read_text())
     assert timings["workers"] == 2 and len(timings["runs"]) == len(runs)
-    assert all(t["wall_s"] > 0 for t in timings["runs"])
+    assert all(t["wall_s"] > 0 and t["cpu_s"] > 0 for t in timings["runs"])
     assert torch.get_num_threads() == 2
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 import concurrent.futures as _futures
 import datetime as _dt
 import importlib
-import multiprocessing
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,12 +358,15 @@ def _evaluate_task(task: _Task, policy: Policy | None = None) -> EvalResult:
     """Run one job on one thread (in a worker, or in the main process with ``policy`` already built)."""
     from threadpoolctl import threadpool_limits
 
+    cpu = time.process_time()
     with threadpool_limits(limits=1, user_api="blas"):
-        return evaluate(
+        res = evaluate(
             policy if policy is not None else _build_policy(task), task.env, n_problems=task.n_problems,
             horizon=task.horizon, seed=task.seed, split="test", device=task.device, family_kwargs=task.family_kwargs,
             label=task.label, threads=1,
         )
+    res.extra["cpu_s"] = time.process_time() - cpu  # policy loading included; moved to timings.json
+    return res
 
 
 def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
@@ -403,21 +407,22 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
 
 
 #: ``results.json`` holds only what a rerun reproduces bit for bit; these run-dependent fields of each
-#: entry go to ``timings.json`` instead.
-TIMING_FIELDS: tuple[str, ...] = ("wall_s",)
+#: entry go to ``timings.json`` instead: ``wall_s`` (the rollout's wall seconds) and ``cpu_s`` (CPU seconds of
+#: the whole job in its process, policy loading included — on one thread, the job's wall time on an idle core).
+TIMING_FIELDS: tuple[str, ...] = ("wall_s", "cpu_s")
 
 
 def write_results(
     results: list[EvalResult], out: Path, extra: dict[str, Any] | None = None, workers: int | None = None
 ) -> Path:
     """Write ``results.json`` — ``{"runs": [...], **extra}`` (strict JSON: no NaN), each run without
-    :data:`TIMING_FIELDS` — and ``timings.json`` — ``{"runs": [{section, policy, horizon, wall_s}], "workers",
+    :data:`TIMING_FIELDS` — and ``timings.json`` — ``{"runs": [{section, policy, horizon, wall_s, cpu_s}], "workers",
     "machine", "date"}``. Two runs of the same config write byte-identical ``results.json`` files."""
     runs, timings = [], []
     for r in results:
         d = r.as_dict()
         timing = {"section": r.extra.get("section", r.env), "policy": r.policy, "horizon": r.horizon}
-        timing.update({k: d.pop(k) for k in TIMING_FIELDS})
+        timing.update({k: d.pop(k) for k in TIMING_FIELDS if k in d})
         runs.append(d)
         timings.append(timing)
     meta = {"workers": workers, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
