@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--n-problems", type=int, default=1000, help="problems (default: %(default)s)")
     e.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
     e.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    e.add_argument("--threads", type=int, default=1,
+                   help="torch threads of each evaluation (default: %(default)s, as compare.py; 0: torch's setting)")
     b = sub.add_parser("busy", help="env-steps/s idle vs beside CPU-bound competitor processes")
     b.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
     b.add_argument("--num-envs", type=int, default=1024, help="number of envs N (default: %(default)s)")
@@ -79,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "busy":
         return _bench_busy(args, parser)
     if args.what == "eval":
-        times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device)
+        if args.threads < 0:
+            parser.error(f"--threads must be a positive integer or 0, got {args.threads}")
+        threads = args.threads or None
+        times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device, threads)
         print(f"# {args.env}: {args.n_problems} problems x {args.horizon} steps, device={args.device}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+              f"torch {torch.__version__}, {threads or torch.get_num_threads()} thread(s)")
         for name, sec in times.items():
             print(f"{name:9s} {sec:6.2f} s")
         print(f"{'total':9s} {sum(times.values()):6.2f} s")

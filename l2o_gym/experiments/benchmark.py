@@ -87,16 +87,18 @@ def env_throughput(
 
 
 def baseline_eval_time(
-    env_id: str = "l2o/Quadratic-v0", n_problems: int = 1000, horizon: int = 100, device: str = "cpu"
+    env_id: str = "l2o/Quadratic-v0", n_problems: int = 1000, horizon: int = 100, device: str = "cpu",
+    threads: int | None = 1,
 ) -> dict[str, float]:
-    """Wall seconds of :func:`l2o_gym.experiments.evaluation.evaluate` for each first-order baseline (default settings)."""
+    """Wall seconds of :func:`l2o_gym.experiments.evaluation.evaluate` for each first-order baseline (default
+    settings; ``threads``: evaluate's argument, 1 by default as in the comparison, ``None``: torch's setting)."""
     from l2o_gym.agents.baselines import FIRST_ORDER, make_baseline
     from l2o_gym.experiments.evaluation import evaluate
 
     out = {}
     for name in FIRST_ORDER:
         start = time.perf_counter()
-        evaluate(make_baseline(name), env_id, n_problems=n_problems, horizon=horizon, device=device)
+        evaluate(make_baseline(name), env_id, n_problems=n_problems, horizon=horizon, device=device, threads=threads)
         out[name] = time.perf_counter() - start
     return out
 

@@ -400,8 +400,12 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
         with _futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                           initargs=(logging.getLogger().getEffectiveLevel(),)) as pool:
             futures = {pool.submit(_evaluate_task, jobs[i].task(cfg)): i for i in order}
-            for fut in _futures.as_completed(futures):
-                done(futures[fut], fut.result())
+            try:
+                for fut in _futures.as_completed(futures):
+                    done(futures[fut], fut.result())
+            except BaseException:  # a failed job or Ctrl-C: do not start the queued jobs
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     bar.close()
     return [r for r in results if r is not None]
 
