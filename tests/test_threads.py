@@ -175,3 +175,25 @@ def test_cli_rejects_bad_thread_flags(script, argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _script(script).main([a.format(tmp=tmp_path) for a in argv])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_failing_job_in_a_worker_raises_in_the_parent(tmp_path, monkeypatch):
+    import shutil
+
+    import l2o_gym.experiments.compare as compare
+    from l2o_gym.checkpoint import CheckpointError
+
+    ckpt = tmp_path / "lstm.safetensors"
+    shutil.copy(compare.pretrained_path("lstm", "l2o/Quadratic-v0"), ckpt)
+    real_plan = compare.plan
+
+    def plan_then_delete(cfg):
+        jobs = real_plan(cfg)  # checks pass here ...
+        ckpt.unlink()  # ... and the file is gone when the worker process loads it
+        return jobs
+
+    monkeypatch.setattr(compare, "plan", plan_then_delete)
+    cfg = CompareConfig(sections=[Section("l2o/Quadratic-v0", ["sgd", f"lstm={ckpt}"], 3, n_problems=2)],
+                        out=str(tmp_path / "out"), workers=2)
+    with pytest.raises((CheckpointError, FileNotFoundError), match="lstm.safetensors"):
+        compare.run_jobs(cfg, progress=False)
