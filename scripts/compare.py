@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes, one thread each; results do not depend on it "
                         "(default: one per available CPU)")
+    p.add_argument("--portable", action="store_true",
+                   help="pin torch's and MKL's kernels to AVX2 in the workers: the same results.json on any x86-64 "
+                        "CPU with AVX2, AVX-512 or not (slower where AVX-512 exists; docs/threads.md)")
     return p
 
 
@@ -67,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.preset:
             cfg = preset_config(args.preset, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-                                command=command, workers=args.workers)
+                                command=command, workers=args.workers, portable=args.portable)
             results = run_study(cfg, progress=not args.quiet)
         else:
             cfg = CompareConfig(
                 envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
                 long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-                command=command, workers=args.workers,
+                command=command, workers=args.workers, portable=args.portable,
             )
             results = run_comparison(cfg, progress=not args.quiet)
     except (ValueError, CheckpointError, OSError, FileNotFoundError) as exc:

@@ -197,3 +197,20 @@ def test_a_failing_job_in_a_worker_raises_in_the_parent(tmp_path, monkeypatch):
                         out=str(tmp_path / "out"), workers=2)
     with pytest.raises((CheckpointError, FileNotFoundError), match="lstm.safetensors"):
         compare.run_jobs(cfg, progress=False)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="needs an AVX2 CPU")
+def test_portable_runs_pin_the_kernels_and_do_not_depend_on_workers(tmp_path):
+    import os
+
+    before = os.environ.get("ATEN_CPU_CAPABILITY")
+    sections = [Section("l2o/Quadratic-v0", ["sgd", "lstm"], 4, 8, n_problems=3)]
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        run_comparison(CompareConfig(sections=sections, out=str(out), workers=workers, portable=True), progress=False)
+        outs.append(out)
+        timings = json.loads((out / "timings.json").read_text())["runs"]
+        assert {t["cpu_capability"] for t in timings} == {"AVX2"}
+    assert (outs[0] / "results.json").read_bytes() == (outs[1] / "results.json").read_bytes()
+    assert os.environ.get("ATEN_CPU_CAPABILITY") == before  # the parent's environment is restored

@@ -18,6 +18,7 @@ Everything that may differ between two runs (wall times, date, machine) goes to 
 from __future__ import annotations
 
 import concurrent.futures as _futures
+import contextlib
 import datetime as _dt
 import importlib
 import json
@@ -27,7 +28,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,9 @@ class CompareConfig:
     presets of :mod:`l2o_gym.experiments.study`); ``n_problems`` is the default number of held-out problems.
     ``workers``: parallel worker processes for the independent evaluations (``None``: one per available CPU,
     :func:`l2o_gym.threads.available_cpus`); each evaluation runs on one thread, so results do not depend on it.
+    ``portable``: run every job in spawned workers whose torch and MKL kernels are pinned to the AVX2 code paths
+    (:data:`PORTABLE_ENV`), so that ``results.json`` is also identical across x86-64 CPUs with and without
+    AVX-512 (slower on AVX-512 machines; the default uses the machine's best kernels).
     """
 
     envs: list[str] = field(default_factory=list)
@@ -158,6 +162,7 @@ class CompareConfig:
     sections: list[Section] | None = None
     title: str = "l2o-gym comparison"
     workers: int | None = None
+    portable: bool = False
 
     def resolve_workers(self, n_jobs: int) -> int:
         """The worker processes a run of ``n_jobs`` evaluations uses (at most one per job)."""
@@ -366,15 +371,38 @@ def _evaluate_task(task: _Task, policy: Policy | None = None) -> EvalResult:
             label=task.label, threads=1,
         )
     res.extra["cpu_s"] = time.process_time() - cpu  # policy loading included; moved to timings.json
+    res.extra["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the kernels used; timings.json
     return res
+
+
+#: Environment of ``portable`` workers: torch's CPU kernels and MKL's code branch pinned to AVX2. Read once when
+#: torch (and MKL) load, so only freshly spawned processes can take them. Measured on the AVX-512 machine at one
+#: thread: the shipped quadratic LSTM's mean over 20 problems at T = 100 is 0.033025 with the machine's kernels,
+#: 0.032954 with ATen's AVX2 kernels, 0.032739 with MKL's AVX2 branch (docs/threads.md).
+PORTABLE_ENV: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+
+
+@contextlib.contextmanager
+def _child_environment(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` in ``os.environ`` while worker processes are spawned (they inherit it), then restore it."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Plan and evaluate every job of ``cfg`` (no files written but the output-folder probe).
 
-    Jobs run one thread each: in this process when ``cfg.resolve_workers`` is 1, else in a pool of spawned
-    worker processes (spawn, not fork: a forked child of a process that has used torch's thread pool can
-    deadlock), longest jobs first. Results come back in plan order whatever the worker count.
+    Jobs run one thread each: in this process when ``cfg.resolve_workers`` is 1 (and not ``cfg.portable``), else
+    in a pool of spawned worker processes (spawn, not fork: a forked child of a process that has used torch's
+    thread pool can deadlock), longest jobs first. Results come back in plan order whatever the worker count.
     """
     jobs = plan(cfg)
     workers = cfg.resolve_workers(len(jobs))
@@ -391,14 +419,15 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
         results[i] = res
         bar.update()
 
-    if workers == 1:
+    if workers == 1 and not cfg.portable:
         for i, job in enumerate(jobs):
             done(i, _evaluate_task(job.task(cfg), job.policy))
     else:
         order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost())
         ctx = multiprocessing.get_context("spawn")
-        with _futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                          initargs=(logging.getLogger().getEffectiveLevel(),)) as pool:
+        with _child_environment(PORTABLE_ENV if cfg.portable else {}), _futures.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(logging.getLogger().getEffectiveLevel(),)
+        ) as pool:
             futures = {pool.submit(_evaluate_task, jobs[i].task(cfg)): i for i in order}
             try:
                 for fut in _futures.as_completed(futures):
@@ -411,9 +440,10 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
 
 
 #: ``results.json`` holds only what a rerun reproduces bit for bit; these run-dependent fields of each
-#: entry go to ``timings.json`` instead: ``wall_s`` (the rollout's wall seconds) and ``cpu_s`` (CPU seconds of
-#: the whole job in its process, policy loading included — on one thread, the job's wall time on an idle core).
-TIMING_FIELDS: tuple[str, ...] = ("wall_s", "cpu_s")
+#: entry go to ``timings.json`` instead: ``wall_s`` (the rollout's wall seconds), ``cpu_s`` (CPU seconds of
+#: the whole job in its process, policy loading included — on one thread, the job's wall time on an idle core)
+#: and ``cpu_capability`` (the torch kernel set the job ran with, e.g. ``AVX512``; ``AVX2`` with ``portable``).
+TIMING_FIELDS: tuple[str, ...] = ("wall_s", "cpu_s", "cpu_capability")
 
 
 def write_results(
