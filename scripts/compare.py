@@ -13,7 +13,8 @@ training horizon T and at 10T, MLP transfer runs, sample-efficiency table) and `
 structure at toy size, seconds).
 Writes OUT/results.json, OUT/timings.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
 Each evaluation runs on one thread; --workers N runs N of them in parallel processes (default: one per available
-CPU). results.json is byte-identical for any N and machine (wall times go to timings.json; docs/threads.md).
+CPU). results.json is byte-identical for any N, and across machines with the same instruction set (--portable:
+any x86-64 CPU with AVX2); wall times go to timings.json (docs/threads.md).
 """
 
 from __future__ import annotations

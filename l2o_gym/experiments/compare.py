@@ -10,7 +10,8 @@ to the plots) and one PNG of mean objective vs iteration with 95% CI bands per e
 
 Reproducibility: every evaluation runs on one torch thread (and one BLAS thread), in the main process
 (``workers=1``) or in one of ``workers`` spawned worker processes; the evaluations are independent, so
-``results.json`` is byte-identical for any worker count and on any CPU machine with the same package versions.
+``results.json`` is byte-identical for any worker count and on any CPU machine with the same package versions and
+instruction set (``portable=True``: on any x86-64 CPU with AVX2, kernels pinned; see :data:`PORTABLE_ENV`).
 Everything that may differ between two runs (wall times, date, machine) goes to ``timings.json`` and
 ``report.md`` only (``docs/threads.md``).
 """
