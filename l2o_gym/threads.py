@@ -5,7 +5,7 @@ Why this exists. torch runs its CPU kernels on an OpenMP pool of ``torch.get_num
 ``1024×10×10`` ``bmm``, a ``[1024, 275]`` feature buffer): with an idle machine a second thread buys little,
 and when **any other CPU-bound process** shares the cores, every parallel region waits for a descheduled
 pool thread. On a 2-core machine with one competing process the native ``l2o/Quadratic-v0`` env at
-``N = 1024`` ran at 0.3–0.4× of its idle speed with 2 threads, against 0.9–1.0× with 1 thread (figures in
+``N = 1024`` ran at 0.3–0.45× of its idle speed with 2 threads, against 1.0–1.15× with 1 thread (figures in
 ``docs/benchmarks.md``, "Throughput beside a competing process"). The thread count also changes the
 floating-point summation order of some kernels (matrix products inside the LSTM on 159k coordinates), so
 results that must reproduce on every machine fix it (``docs/threads.md``).
@@ -36,9 +36,10 @@ from collections.abc import Iterator
 
 import torch
 
-#: Elements of work per step below which the envs run on one thread (``threads="auto"``). Measured on the
-#: 2-core machine (``scripts/bench.py busy``): up to ``N = 16384`` quadratics (``N·F = 4.5M`` feature
-#: elements) one thread is within 25% of two when idle and 2–3× faster beside a competing process.
+#: Elements of work per step (``N·F``: envs × observation size) below which the envs run on one thread
+#: (``threads="auto"``). Measured on the 2-core machine (docs/threads.md): at ``N = 16384`` quadratics
+#: (``N·F`` = 4.5·10⁶) one thread was within 10% of two idle and 4.7× faster beside a competing process; at
+#: ``N = 65536`` (1.8·10⁷) two threads were 1.33× faster idle, so above the threshold the caller decides.
 SMALL_WORK = 8_000_000
 
 
