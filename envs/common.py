@@ -6,7 +6,9 @@ Both :class:`~l2o_gym.envs.env.L2OEnv` (``N = 1``, numpy) and :class:`~l2o_gym.e
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +20,21 @@ from l2o_gym.core import CoreConfig, State
 from l2o_gym.problems import ProblemBatch, ProblemFamily, make_family
 from l2o_gym.problems.base import ProblemSampler
 from l2o_gym.checks import check_positive, check_split, resolve_device, resolve_dtype
+from l2o_gym.threads import auto_threads, check_threads, torch_threads
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _under_thread_policy(method: _F) -> _F:
+    """Run a :class:`BatchedOptimizee` method with torch's thread count set to ``self.step_threads``
+    (restored afterwards; see :mod:`l2o_gym.threads`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: BatchedOptimizee, *args: Any, **kwargs: Any) -> Any:
+        with torch_threads(self.step_threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 REWARD_MODES: tuple[str, ...] = ("objective", "log_objective", "improvement")
 
@@ -53,6 +70,11 @@ class BatchedOptimizee:
         blowup: divergence factor (see :mod:`l2o_gym.core`).
         device: torch device of every tensor.
         dtype: ``torch.float32`` or ``torch.float64`` (names accepted).
+        threads: torch CPU threads for ``reset``/``step`` (the caller's setting is restored after each call):
+            ``"auto"`` (default) — 1 thread when the step's work ``N·F`` is below
+            :data:`l2o_gym.threads.SMALL_WORK` (small kernels: a second thread gains little and collapses when
+            another process competes for the cores), else the caller's setting; an int fixes the count;
+            ``None`` leaves torch's setting alone. See :mod:`l2o_gym.threads`.
         family_kwargs: sizes of the family (e.g. ``dim=20``).
     """
 
@@ -69,8 +91,10 @@ class BatchedOptimizee:
         blowup: float = 1e4,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str = torch.float32,
+        threads: int | str | None = "auto",
         **family_kwargs: Any,
     ) -> None:
+        self.threads = check_threads(threads)
         self.family = make_family(family, **family_kwargs)
         self.num = num
         self.split = check_split(split)
@@ -86,6 +110,11 @@ class BatchedOptimizee:
         )
         self.dim = self.family.dim
         self.obs_dim = core.obs_dim(self.config, self.dim)
+        #: the thread count ``reset``/``step`` run with (``None``: the caller's), resolved from ``threads``.
+        self.step_threads: int | None = (
+            (auto_threads(self.num * self.obs_dim) if self.device.type == "cpu" else None)
+            if self.threads == "auto" else self.threads  # type: ignore[assignment]
+        )
         self.sampler: ProblemSampler | None = None
         self.state: State | None = None
 
@@ -97,6 +126,7 @@ class BatchedOptimizee:
         return spaces.Box(-1.0, 1.0, shape=(self.dim,), dtype=np.float32)
 
     # -- episode control ---------------------------------------------------------------------------
+    @_under_thread_policy
     def reset(self, seed: int | None, problems: ProblemBatch | None = None) -> Tensor:
         """Start new episodes; returns the observation ``[N, F]``.
 
@@ -132,6 +162,7 @@ class BatchedOptimizee:
             raise ValueError("action contains NaN or inf; actions must be finite values in [-1, 1]")
         return a.clamp(-1.0, 1.0) * self.action_scale
 
+    @_under_thread_policy
     def step(self, action: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One transition: ``(obs[N, F], reward[N], terminated[N], truncated[N])`` (no autoreset)."""
         assert self.state is not None
@@ -141,6 +172,7 @@ class BatchedOptimizee:
         reward = reward_from_cost(cost, prev, self.reward_mode)
         return core.features(self.state), reward, terminated, truncated
 
+    @_under_thread_policy
     def reset_done(self, done: Tensor) -> Tensor:
         """Replace the instances where ``done[N]`` by fresh ones from the stream; returns the new ``[N, F]``."""
         assert self.state is not None and self.sampler is not None

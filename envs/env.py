@@ -46,7 +46,9 @@ class L2OEnv(gym.Env):
     ## Arguments
     ``gymnasium.make("l2o/Quadratic-v0", split="train", horizon=100, history=25, action_scale=0.5,
     reward_mode="objective", include_steps=False, blowup=1e4, device="cpu", dtype="float32",
-    render_mode=None, **family_kwargs)``, e.g. ``dim=20`` for the quadratic.
+    render_mode=None, threads="auto", **family_kwargs)``, e.g. ``dim=20`` for the quadratic. ``threads``: torch
+    CPU threads of each ``reset``/``step`` (``"auto"``: one for small batches, the caller's setting is restored
+    after each call; ``None``: torch's setting untouched; see :mod:`l2o_gym.threads`).
 
     ``reset(options={"problems": batch})`` runs the episode on a given one-instance
     :class:`~l2o_gym.problems.ProblemBatch` instead of sampling one.
@@ -69,6 +71,7 @@ class L2OEnv(gym.Env):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str = torch.float32,
         render_mode: str | None = None,
+        threads: int | str | None = "auto",
         **family_kwargs: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -76,7 +79,7 @@ class L2OEnv(gym.Env):
         self.render_mode = render_mode
         self.driver = BatchedOptimizee(
             family, 1, split, horizon, history, action_scale, reward_mode, include_steps, blowup, device, dtype,
-            **family_kwargs,
+            threads=threads, **family_kwargs,
         )
         self.observation_space = self.driver.single_observation_space()
         self.action_space = self.driver.single_action_space()

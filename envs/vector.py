@@ -28,7 +28,9 @@ class L2OVectorEnv(VectorEnv):
     ``info["objective"]`` is ``f(θ)`` ``[N]`` of the step's (pre-reset) states.
 
     Arguments: ``gymnasium.make_vec("l2o/Quadratic-v0", num_envs=64, device="cpu", ...)`` with the same
-    keyword arguments as the single environment.
+    keyword arguments as the single environment, including ``threads`` (default ``"auto"``: ``reset``/``step``
+    run on one torch thread while ``N·F`` is below :data:`l2o_gym.threads.SMALL_WORK`, the caller's setting
+    restored after each call; see :mod:`l2o_gym.threads`).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -47,6 +49,7 @@ class L2OVectorEnv(VectorEnv):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str = torch.float32,
         render_mode: str | None = None,
+        threads: int | str | None = "auto",
         **family_kwargs: Any,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
@@ -57,7 +60,7 @@ class L2OVectorEnv(VectorEnv):
         self.render_mode = render_mode
         self.driver = BatchedOptimizee(
             family, self.num_envs, split, horizon, history, action_scale, reward_mode, include_steps, blowup,
-            device, dtype, **family_kwargs,
+            device, dtype, threads=threads, **family_kwargs,
         )
         np_dtype = np.float64 if self.driver.dtype == torch.float64 else np.float32
         self.single_observation_space = self.driver.single_observation_space(np_dtype)

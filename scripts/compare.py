@@ -11,7 +11,10 @@ Baselines use the hyperparameters tuned on train problems at the horizon (agents
 Presets (l2o_gym/experiments/study.py): ``study`` (every shipped learned optimizer against the tuned baselines at its
 training horizon T and at 10T, MLP transfer runs, sample-efficiency table) and ``study-tiny`` (its
 structure at toy size, seconds).
-Writes OUT/results.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
+Writes OUT/results.json, OUT/timings.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
+Each evaluation runs on one thread; --workers N runs N of them in parallel processes (default: one per available
+CPU). results.json is byte-identical for any N, and across machines with the same instruction set (--portable:
+any x86-64 CPU with AVX2); wall times go to timings.json (docs/threads.md).
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", default=None, help="tuned-hyperparameter JSON (default: the shipped one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     cli.deprecated_alias(p, "--no-progress", "--quiet", "quiet", store_const=True)
+    p.add_argument("--workers", type=cli.positive_int, default=None,
+                   help="parallel worker processes, one thread each; results do not depend on it "
+                        "(default: one per available CPU)")
+    p.add_argument("--portable", action="store_true",
+                   help="pin torch's and MKL's kernels to AVX2 in the workers: the same results.json on any x86-64 "
+                        "CPU with AVX2, AVX-512 or not (slower where AVX-512 exists; docs/threads.md)")
     return p
 
 
@@ -63,13 +72,13 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise cli.UsageError("give --env ID [ID ...] or --preset NAME")
     if args.preset:
         cfg = preset_config(args.preset, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-                            command=command)
+                            command=command, workers=args.workers, portable=args.portable)
         results = run_study(cfg, progress=not args.quiet)
     else:
         cfg = CompareConfig(
             envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
             long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-            command=command,
+            command=command, workers=args.workers, portable=args.portable,
         )
         results = run_comparison(cfg, progress=not args.quiet)
     width = max(len(r.policy) for r in results)
