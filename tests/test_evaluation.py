@@ -14,7 +14,7 @@ from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.experiments.compare import CompareConfig, PolicySpec, plan, run_comparison
 from l2o_gym.experiments.evaluation import bootstrap_mean_ci, evaluate
 from l2o_gym.problems.base import ProblemFamily
-from l2o_gym.experiments.tuning import LR_GRID, load_tuned, setting_key, tune, tune_baseline, tuned_entry, variant_kwargs
+from l2o_gym.experiments.tuning import LR_GRID, load_tuned, setting_key, tune, tune_setting, tuned_entry, variant_kwargs
 
 RESULT_KEYS = {
     "env", "policy", "horizon", "n_problems", "seed", "final_mean", "final_median", "log10_final_mean",
@@ -65,15 +65,15 @@ def test_tuning_never_reads_test(monkeypatch):
         return orig(self, split, *args, **kwargs)
 
     monkeypatch.setattr(ProblemFamily, "sampler", spy)
-    res = tune_baseline("adam", "l2o/Quadratic-v0", n_problems=4, horizon=10)
+    res = tune_setting("adam", "l2o/Quadratic-v0", n_problems=4, horizon=10)
     assert seen and set(seen) == {"train"}
     assert res["hparams"]["lr"] in LR_GRID
     with pytest.raises(ValueError, match="test split"):
-        tune_baseline("sgd", "l2o/Quadratic-v0", split="test")
+        tune_setting("sgd", "l2o/Quadratic-v0", split="test")
 
 
 def test_tuning_picks_best_stable_learning_rate():
-    res = tune_baseline("sgd", "l2o/Quadratic-v0", n_problems=8, horizon=20)
+    res = tune_setting("sgd", "l2o/Quadratic-v0", n_problems=8, horizon=20)
     lr = res["hparams"]["lr"]
     # The neighbours on the grid are no better (or diverge).
     i = LR_GRID.index(lr)
@@ -93,7 +93,8 @@ def tiny_tuned(tmp_path_factory):
 
 def test_tuned_file_round_trip(tiny_tuned):
     data = json.loads(tiny_tuned.read_text())
-    assert data["grid"]["lr"][0] == pytest.approx(1e-5)
+    assert data["protocol"]["grids"]["sgd"]["lr"][0] == pytest.approx(1e-5)
+    assert data["protocol"]["grids"]["cg"] == {}
     tuned = load_tuned(tiny_tuned)
     assert set(tuned) == {"l2o/Quadratic-v0@T8", "l2o/LogisticRegression-v0@T8"}
     assert tuned["l2o/Quadratic-v0@T8"]["cg"]["hparams"] == {}
