@@ -23,17 +23,19 @@ tuning problems is therefore scored, never dropped: it loses to any configuratio
 below its starting objective, and among configurations that all diverge somewhere the one with the fewest
 (and least costly) divergences wins.
 
-**Selection score** (a margin of one learning-rate step): the larger of a configuration's penalized mean and
-the penalized mean of the same configuration at the next larger learning rate of the grid (×10^¼). Plain
-minimization of the penalized mean picks the step size right at the edge of stability of the *tuning*
-problems; test problems a little more curved than any tuning one then blow up (on ``l2o/Quadratic-v0`` the
-largest Hessian eigenvalue over 1,000 test problems is 76.7, over the first 100 train problems 67.7, over
-1,000 train problems 68.8, so more tuning problems do not close the gap: the tail is sampled, not bounded).
-A configuration whose next larger step already fails on the tuning problems is hedged against that: the
-selected configuration stays good when the curvature is up to 1.78× the largest seen. Measured on
-``l2o/Quadratic-v0`` (1,000 test problems, docs/benchmarks.md): NAG's edge choice (lr 0.0178, μ 0.95)
-reaches log10 mean f(θ_T) +1.12 because one test problem slowly diverges; with the margin it picks lr 0.01,
-μ 0.95 (−1.11, against momentum's −1.14).
+**Selection score** (a margin of one learning-rate step at the edge of stability): a configuration is
+*stable* on the tuning problems when no problem diverged and every problem ended at or below its starting
+objective (``f(θ_T) ≤ f(θ₀)``). The selection score of a configuration is its penalized mean if the same
+configuration at the next larger learning rate of the grid (×10^¼) is stable (or does not exist), and
+otherwise the larger of the two penalized means. Plain minimization of the penalized mean picks the step size
+right at the edge of stability of the *tuning* problems; test problems a little more curved than any tuning
+one then blow up (on ``l2o/Quadratic-v0`` the largest Hessian eigenvalue over 1,000 test problems is 76.7,
+over the first 100 train problems 67.7, over 1,000 train problems 68.8, so more tuning problems do not
+close the gap: the tail is sampled, not bounded). With the margin the selection stays stable for curvatures
+up to 1.78× the largest seen; where the next step is merely worse but stable nothing changes (the margin
+does not shift a U-shaped curve's minimum). Measured on ``l2o/Quadratic-v0`` (1,000 test problems,
+docs/benchmarks.md): NAG's edge choice (lr 0.0178, μ 0.95) reaches log10 mean f(θ_T) +1.12 because one
+test problem slowly diverges.
 
 **Selection**: the lowest selection score; ties go to the earlier configuration in grid order (smaller μ,
 then smaller learning rate). Along the learning-rate axis (ascending, for each μ) the scan stops after two
@@ -99,15 +101,16 @@ class Candidate:
         final_mean: mean final objective with diverged problems at their last finite value (the evaluation
             harness's convention, for comparison with reports).
         diverged_fraction: fraction of the problems whose episode diverged.
-        score: the selection criterion: the larger of ``penalized_mean`` and the ``penalized_mean`` of the same
-            configuration with the next larger learning rate of the grid (module docstring; equal to
-            ``penalized_mean`` where there is no such neighbour).
+        stable: no problem diverged and every problem ended at or below its starting objective.
+        score: the selection criterion (module docstring): ``penalized_mean``, raised to the ``penalized_mean`` of
+            the same configuration at the next larger learning rate of the grid when that one is not stable.
     """
 
     hparams: dict[str, float]
     penalized_mean: float
     final_mean: float
     diverged_fraction: float
+    stable: bool = True
     score: float = math.nan
 
 
@@ -159,11 +162,13 @@ def score_config(policy: Policy, problems: ProblemBatch, horizon: int, hparams: 
     """Run ``policy`` on ``problems`` for ``horizon`` steps and score it (module docstring)."""
     traj = run_policy(policy, problems, horizon, _tuning_config(horizon))
     pen = penalized_final(traj).double()
+    diverged = traj.state.terminated
     return Candidate(
         hparams=dict(hparams or {}),
         penalized_mean=float(pen.mean()),
         final_mean=float(traj.losses[-1].double().mean()),
-        diverged_fraction=float(traj.state.terminated.double().mean()),
+        diverged_fraction=float(diverged.double().mean()),
+        stable=bool(not diverged.any() and (traj.losses[-1] <= traj.losses[0]).all()),
     )
 
 
@@ -204,8 +209,8 @@ def tune_baseline(name: str, problems: ProblemBatch, horizon: int) -> TuneResult
 
 
 def _with_margin(candidates: list[Candidate], lrs: tuple[float, ...]) -> list[Candidate]:
-    """Each candidate with its selection ``score``: the worse of its own penalized mean and that of the same
-    configuration at the next larger learning rate of ``lrs`` (when it was evaluated)."""
+    """Each candidate with its selection ``score``: its penalized mean, or the worse of it and that of the same
+    configuration at the next larger learning rate of ``lrs`` when that one was evaluated and is not stable."""
     index = {tuple(sorted(c.hparams.items())): c for c in candidates}
     out = []
     for c in candidates:
@@ -213,7 +218,7 @@ def _with_margin(candidates: list[Candidate], lrs: tuple[float, ...]) -> list[Ca
         lr = c.hparams.get("lr")
         if lr is not None and lr in lrs and lrs.index(lr) + 1 < len(lrs):
             up = index.get(tuple(sorted({**c.hparams, "lr": lrs[lrs.index(lr) + 1]}.items())))
-            if up is not None:
+            if up is not None and not up.stable:
                 score = max(score, up.penalized_mean)
         out.append(dataclasses.replace(c, score=score))
     return out

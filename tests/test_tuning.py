@@ -79,8 +79,15 @@ def test_a_configuration_diverging_on_one_problem_is_penalized_not_dropped(monke
     assert torch.equal(penalized_final(traj), torch.where(traj.state.terminated, traj.state.threshold, traj.state.loss))
     # the margin: lr 0.1 is the lowest penalized mean, but its next larger step (0.45) fails, so 0.05 is chosen
     assert by_lr[0.1].penalized_mean < by_lr[0.05].penalized_mean < fast.penalized_mean
+    assert not fast.stable and by_lr[0.1].stable and by_lr[0.05].stable
     assert by_lr[0.1].score == fast.penalized_mean and by_lr[0.05].score == by_lr[0.05].penalized_mean
     assert res.hparams == {"lr": 0.05} and res.value == by_lr[0.05].penalized_mean
+    # a stable but worse next step does not move the choice: without the curvature-3 problem lr 0.45 is the best
+    # (error factor 0.1 per step; 0.8 gives 0.6)
+    monkeypatch.setitem(GRIDS, "sgd", {"lr": (0.1, 0.45, 0.8)})
+    easy = tune_baseline("sgd", _diagonal_quadratics([1.0] * 4), 20)
+    assert [c.stable for c in easy.candidates] == [True, True, True]
+    assert easy.hparams == {"lr": 0.45} and all(c.score == c.penalized_mean for c in easy.candidates)
     # when every configuration diverges somewhere, the least penalized one is selected (finite score, no inf)
     monkeypatch.setitem(GRIDS, "sgd", {"lr": (0.45, 0.5)})
     both = tune_baseline("sgd", problems, 20)
