@@ -131,3 +131,52 @@ def test_tune_never_reads_test_and_the_script_writes_the_protocol(monkeypatch, t
     assert entry["protocol"] == data["protocol"]["id"] and set(entry["hparams"]) == {"lr", "momentum"}
     assert data["protocol"]["grids"]["nag"]["momentum"] == list(MOMENTUM_GRID)
     assert "train score" in capsys.readouterr().out
+
+
+def test_study_sample_efficiency_uses_the_protocol_targets():
+    from types import SimpleNamespace
+
+    from l2o_gym.agents.common import steps_to_reach
+    from l2o_gym.checkpoint import read_policy_config
+    from l2o_gym.experiments.compare import pretrained_dir
+    from l2o_gym.experiments.study import sample_efficiency_rows
+    from l2o_gym.experiments.tuning import val_reference_key
+
+    path = pretrained_dir() / "gps_LogisticRegression.safetensors"
+    config = read_policy_config(path)
+    tc, curve = config["train_config"], config["training"]["curve"]
+    result = SimpleNamespace(env=tc["env_id"], policy="gps", extra={"checkpoint": str(path)})
+    stored = sample_efficiency_rows([result])[0]
+    assert stored["reference"] == "checkpoint" and stored["baseline"] == config["training"]["baseline"]
+    target = curve[len(curve) // 2][1]  # a target the stored validation curve reaches half way
+    key = val_reference_key(tc["env_id"], tc["horizon"], tc["n_val"], tc["seed"], tuple(tc["baselines"]))
+    refs = {key: {"baseline": {"name": "cg", "val_final": target}, "protocol": "p",
+                  "first_order_baseline": {"name": "nag", "val_final": 1e-9}}}
+    row = sample_efficiency_rows([result], refs)[0]
+    assert row["reference"] == "p" and row["baseline"] == {"name": "cg", "val_final": target}
+    assert row["env_steps_to_reach_baseline"] == steps_to_reach(curve, target) is not None
+    assert row["env_steps_to_reach_first_order"] is None  # 1e-9 is never reached
+
+
+def test_spread_script_usage_errors_exit_2(capsys):
+    spec = importlib.util.spec_from_file_location("_script_tuning_spread", SCRIPTS / "tuning_spread.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for argv, match in ((["--env", "l2o/Quadratic-v0", "--n-test", "0"], "must be positive"),
+                        ([], "give --env ID"), (["--env", "l2o/MLP-v0", "--variant", "tanh"], "unknown variant 'tanh'")):
+        with pytest.raises(SystemExit) as exc:
+            mod.main(argv)
+        assert exc.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_seed_spread_is_recorded_in_the_tuned_file(tmp_path):
+    from l2o_gym.experiments.tuning import record_spread, seed_spread
+
+    spread = seed_spread("l2o/Quadratic-v0", ["sgd"], seeds=[0, 1], n_problems=4, horizon=5, n_test=6)
+    row = spread["sgd"]
+    assert row["seeds"] == [0, 1] and len(row["hparams"]) == 2 and len(row["test_log10_final_mean"]) == 2
+    assert row["log10_spread"] == pytest.approx(max(row["test_log10_final_mean"]) - min(row["test_log10_final_mean"]))
+    assert spread == seed_spread("l2o/Quadratic-v0", ["sgd"], seeds=[0, 1], n_problems=4, horizon=5, n_test=6)
+    data = record_spread(tmp_path / "t.json", "l2o/Quadratic-v0@T5", spread, "cmd")
+    assert json.loads((tmp_path / "t.json").read_text())["stability"]["l2o/Quadratic-v0@T5"]["sgd"] == json.loads(
+        json.dumps(row)) and data["protocol"]["id"]
