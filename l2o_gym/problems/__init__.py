@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from l2o_gym.checks import SPLITS, check_split
-from l2o_gym.problems.base import ProblemBatch, ProblemFamily, ProblemSampler, stream_seed
+from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, ProblemSampler, param_specs_from, stream_seed
 from l2o_gym.problems.logistic_regression import LogisticRegression
 from l2o_gym.problems.mlp import MLP
 from l2o_gym.problems.neural_net import NeuralNet
@@ -51,6 +51,7 @@ __all__ = [
     "ProblemSampler",
     "LogisticRegression",
     "MLP",
+    "ParamSpec",
     "NeuralNet",
     "Quadratic",
     "Rastrigin",
@@ -58,5 +59,6 @@ __all__ = [
     "Rosenbrock",
     "check_split",
     "make_family",
+    "param_specs_from",
     "stream_seed",
 ]
