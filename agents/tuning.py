@@ -9,7 +9,7 @@ sample-efficiency reference of every training run (:func:`best_baseline` on the 
 **Grid** (:data:`GRIDS`, one line per baseline): the learning rate over ``10^(k/4)``, ``k = −20…4``
 (``1e-5 … 10``, 25 values, :data:`LR_GRID`); momentum and NAG over learning rate × momentum *jointly*,
 ``μ ∈ {0, 0.5, 0.9, 0.95, 0.99}`` (:data:`MOMENTUM_GRID`; 125 pairs). ``μ = 0`` makes both plain gradient
-descent, so tuned momentum/NAG can never lose to tuned SGD on the training problems; 0.95 fills the gap
+descent, so their grids hold SGD's (their selection score is never worse than SGD's); 0.95 fills the gap
 between 0.9 and 0.99 where the heavy-ball optimum ``((√κ−1)/(√κ+1))²`` of a quadratic with condition
 number ``κ`` lies: over 1,000 ``l2o/Quadratic-v0`` train problems its 10/50/90 % quantiles are 0.90 / 0.95 /
 0.99 (``log10 κ`` 3.1 / 3.9 / 5.4), and the tuner does pick μ = 0.95 there for both momentum and NAG. Adam and RMSprop keep torch's defaults for their other constants; CG and L-BFGS have no
