@@ -3,7 +3,8 @@
 
     python scripts/tune_baselines.py --env l2o/Quadratic-v0 --policies sgd adam --out agents/tuned_baselines.json
 
-Grid and selection rule: see l2o_gym/experiments/tuning.py. The test split is never read.
+Grids, divergence penalty and selection rule: the one protocol of l2o_gym/agents/tuning.py (also used by
+GPS and SB3 training). The test split is never read.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
         for name in args.policies:
             key = setting_key(env_id, args.horizon, args.variant)
             e = data["envs"][key][name]
-            print(f"{key:40s} {name:9s} {str(e['hparams']):38s} train mean f(θ_T) = {e['final_mean']:.4g}")
+            print(f"{key:40s} {name:9s} {str(e['hparams']):38s} train score = {e['score']:.4g} "
+                  f"(diverged {100 * e['diverged_fraction']:.0f}%)")
     print(f"saved: {args.out}")
     return 0
 

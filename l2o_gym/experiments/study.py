@@ -27,6 +27,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from l2o_gym.agents.baselines import FIRST_ORDER as _FIRST_ORDER
+from l2o_gym.agents.common import steps_to_reach
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
 from l2o_gym.experiments.compare import CompareConfig, Section, fmt_number, run_jobs, write_report, write_results
 from l2o_gym.experiments.evaluation import EvalResult
@@ -37,7 +39,8 @@ log = logging.getLogger(__name__)
 #: learned policies and how they were trained (report labels).
 LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "sac": "RL (SAC)", "recurrent_ppo": "RL (RecurrentPPO)",
                 "lstm": "supervised (LSTM, BPTT)"}
-FIRST_ORDER = ["sgd", "momentum", "nag", "adam", "rmsprop"]
+#: the step-size (one gradient per iteration) baselines: :data:`l2o_gym.agents.baselines.FIRST_ORDER`.
+FIRST_ORDER = list(_FIRST_ORDER)
 LINE_SEARCH = ["cg", "lbfgs"]
 #: ``f(θ_10T) ≤ STABLE_RATIO · f(θ_T)`` counts as not degrading past the training horizon (the issue's 1.1×).
 STABLE_RATIO = 1.1
@@ -137,8 +140,39 @@ def versus_rows(results: list[EvalResult], sections: list[Section]) -> list[dict
     return rows
 
 
-def sample_efficiency_rows(results: list[EvalResult]) -> list[dict[str, Any]]:
-    """The ``"training"`` summaries of the learned checkpoints that were evaluated (one row per checkpoint)."""
+def _retarget(row: dict[str, Any], config: dict[str, Any], training: dict[str, Any],
+              references: dict[str, Any]) -> None:
+    """Replace the targets a checkpoint's training record was made with by the current protocol's (re-derived on
+    the same ``val`` problems, :func:`l2o_gym.experiments.tuning.val_reference`), and recount the steps to reach
+    them from the stored validation curve; ``row["reference"]`` says which targets the row shows."""
+    from l2o_gym.experiments.tuning import val_reference_key
+
+    tc = config.get("train_config", {})
+    curve = training.get("curve")
+    try:
+        key = val_reference_key(tc["env_id"], int(tc["horizon"]), int(tc["n_val"]), int(tc["seed"]),
+                                tuple(tc["baselines"]))
+    except (KeyError, TypeError, ValueError):
+        key = None
+    ref = references.get(key) if key else None
+    if ref is None or not curve:
+        row["reference"] = "checkpoint"
+        return
+    for what, steps_key in (("baseline", "env_steps_to_reach_baseline"),
+                            ("first_order_baseline", "env_steps_to_reach_first_order")):
+        target = ref[what]
+        row[what] = {"name": target["name"], "val_final": float(target["val_final"])}
+        row[steps_key] = steps_to_reach(curve, float(target["val_final"]))
+    row["reference"] = ref.get("protocol", "tuned file")
+
+
+def sample_efficiency_rows(results: list[EvalResult], references: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The ``"training"`` summaries of the learned checkpoints that were evaluated (one row per checkpoint).
+
+    ``references`` (the tuned file's ``"val_references"``, :func:`l2o_gym.experiments.tuning.load_val_references`):
+    where it holds the targets of a checkpoint's run, they replace the ones stored at training time, so the
+    table's "best baseline" comes from the same tuning protocol as the report's tuned baselines.
+    """
     seen: dict[str, dict[str, Any]] = {}
     for r in results:
         path = r.extra.get("checkpoint")
@@ -154,6 +188,7 @@ def sample_efficiency_rows(results: list[EvalResult]) -> list[dict[str, Any]]:
         if isinstance(training, dict):
             row.update(training)
             row.pop("curve", None)
+            _retarget(row, config, training, references or {})
         elif r.policy == "lstm":
             train = config.get("train", {})
             episode = config.get("episode")
@@ -163,8 +198,10 @@ def sample_efficiency_rows(results: list[EvalResult]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[list[str], dict[str, Any]]:
-    """Markdown for the three summary tables, and the same data for ``results.json``."""
+def summary_lines(results: list[EvalResult], sections: list[Section],
+                  references: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Markdown for the three summary tables, and the same data for ``results.json`` (``references``: see
+    :func:`sample_efficiency_rows`)."""
     learned = [k for k in LEARNED_KIND if any(r.policy == k for r in results)]
     vs = versus_rows(results, sections)
     lines = [
@@ -206,7 +243,7 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
         lines.append(f"| {row['section']} | {row['policy']} ({row['kind']}) | {row['T']} → {row['long_T']} | "
                      f"{fmt_number(row['f_T'])} | {fmt_number(row['f_long'])} | {_ratio(row['ratio'])} | {_ratio(row['worst_ratio'])} | "
                      f"{100 * row['diverged_fraction']:.0f}% | **{row['verdict']}** |")
-    se = sample_efficiency_rows(results)
+    se = sample_efficiency_rows(results, references)
     lines += [
         "",
         "## Sample efficiency (from the training summaries in the shipped checkpoints)",
@@ -214,7 +251,9 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
         "Env steps (optimizee iterations, summed over training problems and samples) until the policy's mean "
         "final objective on 100 `val` problems first reached the best tuned baseline's (line searches included) and "
         "the best first-order baseline's. The LSTM is trained by backpropagation, not RL: its optimizee steps are "
-        "listed for scale only.",
+        "listed for scale only. Both targets come from the tuning protocol of `l2o_gym.agents.tuning` (the tuned "
+        "file's `val_references`, re-derived on each run's own `val` problems); a row marked (checkpoint) shows the "
+        "targets stored at training time.",
         "",
         "| env | policy | env steps (total) | best baseline (val) | steps to reach it | best first-order (val) | steps to reach it |",
         "|---|---|---|---|---|---|---|",
@@ -226,8 +265,9 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
     for row in se:
         if "env_steps_total" in row:
             b, fo = row.get("baseline", {}), row.get("first_order_baseline", {})
+            mark = " (checkpoint)" if row.get("reference") == "checkpoint" else ""
             lines.append(
-                f"| {row['env']} | {row['policy']} | {int(row['env_steps_total']):,} | {b.get('name', '?')} "
+                f"| {row['env']} | {row['policy']}{mark} | {int(row['env_steps_total']):,} | {b.get('name', '?')} "
                 f"{fmt_number(float(b.get('val_final', math.nan)))} | {steps(row.get('env_steps_to_reach_baseline'))} | "
                 f"{fo.get('name', '?')} {fmt_number(float(fo.get('val_final', math.nan)))} | "
                 f"{steps(row.get('env_steps_to_reach_first_order'))} |")
@@ -262,7 +302,9 @@ def run_study(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Evaluate every section of ``cfg``; write ``results.json`` (runs + summary tables), ``report.md``, plots."""
     results = run_jobs(cfg, progress)
     sections = cfg.resolve_sections()
-    lines, tables = summary_lines(results, sections)
+    from l2o_gym.experiments.tuning import load_val_references
+
+    lines, tables = summary_lines(results, sections, load_val_references(cfg.tuned))
     out = Path(cfg.out)
     write_results(results, out, {"study": tables}, workers=cfg.resolve_workers(len(results)))
     write_report(results, out, cfg, lines)
