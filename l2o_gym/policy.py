@@ -33,6 +33,12 @@ class Policy(ABC):
 
     #: short name used in reports.
     name: str = "policy"
+    #: the problem dimension ``d`` the policy is restricted to (a learned policy that reads whole gradient
+    #: vectors, e.g. GPS or SB3, fits only the ``d`` it was trained on); ``None``: any dimension.
+    dim: int | None = None
+    #: whether :meth:`reset`/:meth:`act` evaluate ``state.problems`` themselves (line searches: CG, L-BFGS);
+    #: such a policy cannot run where there is no :class:`ProblemBatch` (``LearnedOptimizer``).
+    needs_problems: bool = False
 
     def reset(self, state: State) -> Any:
         """Per-episode memory for the ``state.n`` instances (``None`` if the policy has none)."""
