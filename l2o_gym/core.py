@@ -206,6 +206,7 @@ def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
     """
     config = config or CoreConfig()
     theta = problems.x0
+    check_config_dtype(config, theta.dtype)
     zero_t = torch.zeros(problems.n, dtype=torch.int64, device=problems.device)
     f0, g0 = problems.loss_and_grad(theta, zero_t, create_graph=config.second_order)
     bad = ~(torch.isfinite(f0) & torch.isfinite(g0 * config.grad_scale).all(-1))
