@@ -111,7 +111,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         policy: the optimizer's brain; moved to the parameters' device when it has a ``to`` method.
         lr: multiplier of the policy's step (per group; what learning-rate schedulers change).
         config: the MDP constants of the internal state. The default keeps a history of 1 iterate
-            (memory ``O(P)``), no divergence termination, no action validation; give a longer ``history``
+            (memory ``O(P)``), no action validation; there is never a divergence termination (``blowup`` is
+            ignored: no episode is ever reset here); give a longer ``history``
             for policies that read :func:`l2o_gym.core.features`.
     """
 
@@ -205,6 +206,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         f = torch.full((1,), f_val, device=theta.device, dtype=theta.dtype)
         if prev is None:
             state = core.initial_state(theta, f, grad, self.core_config)
+            # No divergence termination inside a user's training loop (nothing would ever reset it): a loss
+            # above the core's capped threshold must not freeze the policy's features.
+            state = dataclasses.replace(state, threshold=torch.full_like(state.threshold, math.inf))
             memory = self.policy.reset(state)
         else:
             state, _, _, _ = core.transition(prev, theta - prev.theta, f, grad)

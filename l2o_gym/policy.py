@@ -82,6 +82,8 @@ class FeatureView:
         if self.matches(state.config):
             return None
         s = core.initial_state(state.theta.detach(), state.loss.detach(), state.grad.detach(), self.config)
+        # The shadow follows the real state, which alone decides divergence: it never terminates itself.
+        s = dataclasses.replace(s, threshold=torch.full_like(s.threshold, float("inf")))
         return tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone()
 
     def observe(self, state: State, shadow: Any) -> tuple[Tensor, Any]:
