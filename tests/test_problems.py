@@ -457,3 +457,24 @@ def test_cpu_and_cuda_agree(name: str, dtype: torch.dtype) -> None:
     torch.testing.assert_close(g_g.cpu(), g_c, **tol)
     theta = cpu.x0 + 0.5
     torch.testing.assert_close(gpu.loss(theta.cuda(), step.cuda()).cpu(), cpu.loss(theta, step), **tol)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_param_specs_cover_theta_in_order(name):
+    fam = make_family(name)
+    specs = fam.param_specs()
+    assert specs[0].offset == 0 and sum(s.numel for s in specs) == fam.dim
+    for a, b in zip(specs, specs[1:]):
+        assert b.offset == a.offset + a.numel
+
+
+def test_mlp_param_specs_match_unflatten():
+    fam = make_family("mlp", hidden=(5,), dataset="digits")
+    theta = torch.randn(2, fam.dim, dtype=torch.float64)
+    layers = fam.unflatten(theta)
+    specs = fam.param_specs()
+    assert [s.kind for s in specs] == ["weight", "bias", "weight", "bias"]
+    for i, (W, b) in enumerate(layers):
+        w_spec, b_spec = specs[2 * i], specs[2 * i + 1]
+        assert torch.equal(theta[:, w_spec.slice].reshape(2, *w_spec.shape), W)
+        assert torch.equal(theta[:, b_spec.slice], b)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from l2o_gym.checks import SPLITS, UnknownArgumentError, check_split
-from l2o_gym.problems.base import ProblemBatch, ProblemFamily, ProblemSampler, stream_seed
+from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, ProblemSampler, param_specs_from, stream_seed
 from l2o_gym.problems.logistic_regression import LogisticRegression
 from l2o_gym.problems.mlp import MLP
 from l2o_gym.problems.neural_net import NeuralNet
@@ -57,6 +57,7 @@ __all__ = [
     "ProblemSampler",
     "LogisticRegression",
     "MLP",
+    "ParamSpec",
     "NeuralNet",
     "Quadratic",
     "Rastrigin",
@@ -64,5 +65,6 @@ __all__ = [
     "Rosenbrock",
     "check_split",
     "make_family",
+    "param_specs_from",
     "stream_seed",
 ]

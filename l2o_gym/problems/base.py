@@ -227,6 +227,42 @@ class ProblemSampler:
         return batch.to(self.device, self.dtype)
 
 
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter tensor inside the flat θ of a family: coordinates ``[offset, offset + numel)``.
+
+    Attributes:
+        name: e.g. ``"layer0.weight"``.
+        shape: the tensor's shape, e.g. ``(48, 48)``; ``θ[:, offset:offset+numel].reshape(N, *shape)``.
+        kind: the parameter kind that learned optimizers may treat alike, e.g. ``"weight"``, ``"bias"``,
+            ``"conv"``, ``"fc"``, ``"bn"``, ``"pixels"``; ``"all"`` for families without structure.
+        offset: first coordinate in θ.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.offset, self.offset + self.numel)
+
+
+def param_specs_from(shapes: list[tuple[str, tuple[int, ...], str]]) -> tuple[ParamSpec, ...]:
+    """Consecutive :class:`ParamSpec` s from ``(name, shape, kind)`` in θ order."""
+    out, offset = [], 0
+    for name, shape, kind in shapes:
+        spec = ParamSpec(name, tuple(int(x) for x in shape), kind, offset)
+        out.append(spec)
+        offset += spec.numel
+    return tuple(out)
+
+
 class ProblemFamily(ABC):
     """A distribution over objective functions ``f: R^d -> R`` (see the module docstring).
 
@@ -255,6 +291,12 @@ class ProblemFamily(ABC):
     def loss_and_grad(self, batch: ProblemBatch, theta: Tensor, step: Tensor) -> tuple[Tensor, Tensor] | None:
         """Closed-form ``(f[N], ∇f[N, d])``, differentiable in ``theta``; ``None`` means use autograd."""
         return None
+
+    def param_specs(self) -> tuple[ParamSpec, ...]:
+        """How θ's ``d`` coordinates split into parameter tensors (coordinate groups, Li & Malik 2017: one
+        weight matrix or bias vector each), in θ order and covering ``[0, d)``. Default: one group
+        ``"theta"`` of kind ``"all"``. Families of neural nets override it."""
+        return param_specs_from([("theta", (self.dim,), "all")])
 
     def sampler(
         self,

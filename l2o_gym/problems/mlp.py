@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2o_gym import data
-from l2o_gym.problems.base import ProblemBatch, ProblemFamily, counter_randint
+from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, counter_randint, param_specs_from
 from l2o_gym.checks import SPLITS, check_positive_int, check_split
 
 #: Input size of each dataset (pixels per image).
@@ -165,6 +165,14 @@ class MLP(ProblemFamily):
         return [
             (chunks[2 * i].reshape(n, a, b), chunks[2 * i + 1]) for i, (a, b) in enumerate(zip(s[:-1], s[1:]))
         ]
+
+    def param_specs(self) -> tuple[ParamSpec, ...]:
+        """``layer{i}.weight`` ``(fan_in, fan_out)`` (kind ``"weight"``) and ``layer{i}.bias`` (kind ``"bias"``)."""
+        s = self.layer_sizes
+        shapes: list[tuple[str, tuple[int, ...], str]] = []
+        for i, (a, b) in enumerate(zip(s[:-1], s[1:])):
+            shapes += [(f"layer{i}.weight", (a, b), "weight"), (f"layer{i}.bias", (b,), "bias")]
+        return param_specs_from(shapes)
 
     def logits(self, theta: Tensor, x: Tensor) -> Tensor:
         """Network outputs ``[N, B, 10]`` for inputs ``x[N, B, in]`` and per-instance weights ``theta[N, d]``."""
