@@ -11,7 +11,9 @@ target, so an interrupted write never leaves a truncated checkpoint behind.
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _META_KEY = "l2o_gym"
@@ -35,11 +39,45 @@ def _umask() -> int:
     return mask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or unknown: keep its file
+    return True
+
+
+def _remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temporary files ``.{name}.{pid}.*.tmp`` of ``path`` left by writers that no longer run (a
+    SIGKILL or power loss during :func:`atomic_write`); files of live processes are kept. Returns the removed."""
+    prefix = f".{path.name}."
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    if removed:
+        logger.info("removed %d stale temporary file(s) of %s left by interrupted writes", len(removed), path)
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result over ``path`` atomically (same filesystem)."""
+    """Call ``write(tmp_path)`` and move the result over ``path`` atomically (same filesystem).
+
+    The temporary file is ``.{name}.{pid}.{random}.tmp`` beside ``path``; one left behind by a killed
+    writer (its process no longer exists) is deleted by the next write of the same ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

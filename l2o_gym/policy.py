@@ -37,10 +37,14 @@ class Policy(ABC):
     #: the core config whose features the policy was trained on (the evaluation resets problems with it);
     #: ``None``: the policy reads any state (baselines, the coordinatewise LSTM).
     core_config: CoreConfig | None = None
-    #: the problem dimension the policy was trained for; ``None``: any dimension.
+    #: the problem dimension ``d`` the policy is restricted to (a learned policy that reads whole gradient
+    #: vectors, e.g. GPS or SB3, fits only the ``d`` it was trained on); ``None``: any dimension.
     dim: int | None = None
     #: the JSON config of the checkpoint the policy was loaded from; ``None`` if it was not loaded from one.
     checkpoint_config: dict[str, Any] | None = None
+    #: whether :meth:`reset`/:meth:`act` evaluate ``state.problems`` themselves (line searches: CG, L-BFGS);
+    #: such a policy cannot run where there is no :class:`ProblemBatch` (``LearnedOptimizer``).
+    needs_problems: bool = False
 
     def reset(self, state: State) -> Any:
         """Per-episode memory for the ``state.n`` instances (``None`` if the policy has none)."""
@@ -94,6 +98,8 @@ class FeatureView:
         if self.matches(state.config):
             return None
         s = core.initial_state(state.theta.detach(), state.loss.detach(), state.grad.detach(), self.config)
+        # The shadow follows the real state, which alone decides divergence: it never terminates itself.
+        s = dataclasses.replace(s, threshold=torch.full_like(s.threshold, float("inf")))
         return tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone()
 
     def observe(self, state: State, shadow: Any) -> tuple[Tensor, Any]:
