@@ -96,7 +96,7 @@ def test_bad_input_clear_errors():
         NNClassifier(dataset="lfw_subset", batch_size=300)
     with pytest.raises(ValueError, match="500 examples for split 'val', fewer than n_examples=800"):
         NNClassifier(dataset="mnist", n_examples=800)
-    with pytest.raises(ValueError, match="bad arguments"):
+    with pytest.raises(ValueError, match="unexpected keyword argument 'layers'.*valid: \\['dataset', 'inputs'"):
         make_family("nn_classifier", layers=3)
 
 
