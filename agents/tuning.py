@@ -83,6 +83,7 @@ GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "nag": {"momentum": MOMENTUM_GRID, "lr": LR_GRID},
     "adam": {"lr": LR_GRID},
     "rmsprop": {"lr": LR_GRID},
+    "adagrad": {"lr": LR_GRID},
     "cg": {},
     "lbfgs": {},
 }
@@ -149,13 +150,16 @@ def grid_configs(name: str) -> list[dict[str, float]]:
 
 
 def _tuning_config(horizon: int) -> CoreConfig:
-    return CoreConfig(horizon=horizon, history=1)
+    # The score reads the objective at t = 0 and t = T only: a family's true objective (NN benchmark) is
+    # evaluated there and nowhere else (true_every = horizon).
+    return CoreConfig(horizon=horizon, history=1, true_every=horizon)
 
 
 def penalized_final(traj: Trajectory) -> Tensor:
-    """``[N]`` final objective of each problem, the core's divergence penalty ``threshold`` where it diverged."""
+    """``[N]`` final objective of each problem (the true objective where the family has one), the core's divergence
+    penalty ``threshold`` where it diverged."""
     state = traj.state
-    return torch.where(state.terminated, state.threshold, state.loss).detach()
+    return torch.where(state.terminated, state.threshold, state.objective).detach()
 
 
 def score_config(policy: Policy, problems: ProblemBatch, horizon: int, hparams: dict[str, float] | None = None) -> Candidate:
@@ -166,9 +170,9 @@ def score_config(policy: Policy, problems: ProblemBatch, horizon: int, hparams: 
     return Candidate(
         hparams=dict(hparams or {}),
         penalized_mean=float(pen.mean()),
-        final_mean=float(traj.losses[-1].double().mean()),
+        final_mean=float(traj.objectives[-1].double().mean()),
         diverged_fraction=float(diverged.double().mean()),
-        stable=bool(not diverged.any() and (traj.losses[-1] <= traj.losses[0]).all()),
+        stable=bool(not diverged.any() and (traj.objectives[-1] <= traj.objectives[0]).all()),
     )
 
 
