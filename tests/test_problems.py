@@ -169,6 +169,7 @@ def test_default_dims() -> None:
         "mlp": 15910,
         "rosenbrock": 2,
         "rastrigin": 10,
+        "nn_classifier": 48 * 48 + 48 + 48 * 10 + 10,
     }
     assert MLP(dataset="digits").dim == 64 * 20 + 20 + 20 * 10 + 10
     assert MLP(hidden=(), dataset="digits").dim == 64 * 10 + 10
