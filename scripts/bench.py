@@ -7,6 +7,8 @@
 ``env``: env-steps/s of the native torch vector env against ``gymnasium.vector.SyncVectorEnv`` over the
 single env, with their ratio.
 ``eval``: wall time of evaluating every first-order baseline on 1,000 quadratics x 100 steps (batched).
+``step``: one native vector-env step against a bare batched forward + backward of the same objective
+(interleaved medians and their ratio), e.g. ``python scripts/bench.py step --env l2o/NeuralArt-v0 --n 8``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 
 import torch
 
-from l2o_gym.experiments.benchmark import baseline_eval_time, env_throughput
+from l2o_gym.experiments.benchmark import baseline_eval_time, env_throughput, step_overhead
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--iters", type=int, default=20, help="timed meta-iterations (default: %(default)s)")
     q.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     q.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    st = sub.add_parser("step", help="env step vs a bare batched forward+backward of the same objective")
+    st.add_argument("--env", default="l2o/NeuralArt-v0", help="registered env id (default: %(default)s)")
+    st.add_argument("--n", type=int, default=8, help="number of envs / problems N (default: %(default)s)")
+    st.add_argument("--history", type=int, default=25, help="history length H (default: %(default)s)")
+    st.add_argument("--reps", type=int, default=20, help="timed repetitions (default: %(default)s)")
+    st.add_argument("--family-kwargs", default="{}", help="JSON family overrides, e.g. '{\"size\": 128}'")
+    st.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    st.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.what in ("env", "eval"):
+    if args.what in ("env", "eval", "step"):
         from l2o_gym.registry import ENV_IDS
 
         if args.env not in ENV_IDS:
@@ -62,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--n-problems and --horizon must be positive, got {args.n_problems} and {args.horizon}")
     if args.what == "lstm":
         return _bench_lstm(args, parser)
+    if args.what == "step":
+        return _bench_step(args, parser)
     if args.what == "eval":
         times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device)
         print(f"# {args.env}: {args.n_problems} problems x {args.horizon} steps, device={args.device}, "
@@ -87,6 +99,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
+    return 0
+
+
+def _bench_step(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    for name in ("n", "history", "reps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    try:
+        fkw = json.loads(args.family_kwargs)
+        if not isinstance(fkw, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        parser.error(f"--family-kwargs {args.family_kwargs!r}: {exc}")
+    torch.set_num_threads(args.threads)
+    try:
+        r = step_overhead(args.env, args.n, args.history, args.reps, device=args.device, **fkw)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    print(f"# {args.env} {fkw or ''}: N={args.n}, H={args.history}, device={args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"env step {r['env_step_s'] * 1e3:.1f} ms, bare forward+backward {r['bare_forward_backward_s'] * 1e3:.1f} ms, "
+          f"ratio {r['ratio']:.2f} (medians of {r['reps']}, interleaved)")
     return 0
 
 
