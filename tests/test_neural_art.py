@@ -169,3 +169,30 @@ def test_env_and_variants() -> None:
         total += r
     assert trunc
     env.close()
+
+
+def test_art_pictures_show_the_sections_first_test_problems(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from l2o_gym.agents.baselines import make_baseline
+    from l2o_gym.experiments.art import art_pictures
+    from l2o_gym.experiments.compare import CompareConfig, Section
+    from l2o_gym.experiments.evaluation import evaluate
+
+    tuned = {"envs": {"l2o/NeuralArt-v0@T5": {"sgd": {"hparams": {"lr": 0.5}, "horizon": 5},
+                                               "adam": {"hparams": {"lr": 0.02}, "horizon": 5}}}}
+    (tmp_path / "tuned.json").write_text(json.dumps(tuned))
+    sec = Section("l2o/NeuralArt-v0", ["sgd", "adam"], 5, 50, n_problems=4)
+    cfg = CompareConfig(sections=[sec], tuned=str(tmp_path / "tuned.json"), out=str(tmp_path),
+                        family_kwargs={"l2o/NeuralArt-v0": TINY})
+    path, lines = art_pictures(sec, cfg, tmp_path, n_images=2)
+    assert path.name == "art_NeuralArt_T5.png" and path.is_file()
+    w, h = Image.open(path).size
+    assert (w, h) == (5 * 160, 2 * 180 + 50)  # 5 columns (content, style, start, sgd, adam) x 2 rows at 100 dpi
+    assert any("art_NeuralArt_T5.png" in line for line in lines)
+    ref = evaluate(make_baseline("adam", lr=0.02), "l2o/NeuralArt-v0", n_problems=2, horizon=5, family_kwargs=TINY)
+    assert f"adam {ref.final_mean:.3g}" in " ".join(lines)
+    with pytest.raises(ValueError, match="not a neural-art env"):
+        art_pictures(Section("l2o/Quadratic-v0", ["sgd"], 5), cfg, tmp_path)

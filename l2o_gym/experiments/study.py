@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "lstm": "supervised (LSTM, BPTT)"}
 FIRST_ORDER = ["sgd", "momentum", "nag", "adam", "rmsprop"]
 LINE_SEARCH = ["cg", "lbfgs"]
+#: Neural art (Andrychowicz et al. §3.4): the tuned first-order baselines and the LSTM, T = 128 as in the paper.
+ART_ENV = "l2o/NeuralArt-v0"
+ART_POLICIES = ["sgd", "momentum", "nag", "adam", "rmsprop", "lstm"]
+ART_T = 128
 #: ``f(θ_10T) ≤ STABLE_RATIO · f(θ_T)`` counts as not degrading past the training horizon (the issue's 1.1×).
 STABLE_RATIO = 1.1
 
@@ -54,6 +58,21 @@ def study_sections() -> list[Section]:
         Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, 1000, n_problems=10),
         *(Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, None, variant=v, n_problems=10)
           for v in ("hidden40", "2layers", "relu")),
+        # d = 12,288 pixels per image and a conv-net objective: 4 held-out images keep it within the budget;
+        # the 128×128 / second-style transfer and more images are in the "art-full" preset.
+        Section(ART_ENV, list(ART_POLICIES), ART_T, 10 * ART_T, n_problems=4),
+    ]
+
+
+def art_sections(n_problems: int = 20, long_problems: int = 10) -> list[Section]:
+    """The complete neural-art study (preset ``art-full``): 64×64 with the training style at T and 10·T, then
+    the paper's transfer tests at T — 128×128 images (4× the pixels), the second style, and both."""
+    return [
+        Section(ART_ENV, list(ART_POLICIES), ART_T, None, n_problems=n_problems),
+        Section(ART_ENV, list(ART_POLICIES), ART_T, 10 * ART_T, n_problems=long_problems,
+                title=f"{ART_ENV} (10·T, {long_problems} images)"),
+        *(Section(ART_ENV, list(ART_POLICIES), ART_T, None, variant=v, n_problems=n_problems)
+          for v in ("128", "style2", "128+style2")),
     ]
 
 
@@ -67,7 +86,7 @@ def tiny_sections() -> list[Section]:
     return out
 
 
-PRESETS = {"study": study_sections, "study-tiny": tiny_sections}
+PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "art-full": art_sections}
 
 
 def preset_config(name: str, **kwargs: Any) -> CompareConfig:
@@ -261,10 +280,17 @@ def _gps_ppo_ratio(rows: list[dict[str, Any]]) -> list[str]:
 
 def run_study(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Evaluate every section of ``cfg``; write ``results.json`` (runs + summary tables), ``report.md``, plots."""
+    from l2o_gym.experiments.art import art_pictures, is_art_section
+
     results = run_jobs(cfg, progress)
     sections = cfg.resolve_sections()
     lines, tables = summary_lines(results, sections)
     out = Path(cfg.out)
+    pictured: set[tuple[str, str | None, int]] = set()
+    for sec in sections:  # neural art: the images each optimizer reaches after T steps, once per problem setting
+        if is_art_section(sec, cfg) and (sec.env, sec.variant, sec.horizon) not in pictured:
+            pictured.add((sec.env, sec.variant, sec.horizon))
+            lines += art_pictures(sec, cfg, out)[1]
     write_results(results, out, {"study": tables})
     write_report(results, out, cfg, lines)
     return results
