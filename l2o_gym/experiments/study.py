@@ -66,16 +66,14 @@ def study_sections() -> list[Section]:
     ]
 
 
-def art_sections(n_problems: int = 8, long_problems: int = 2) -> list[Section]:
+def art_sections(n_problems: int = 4) -> list[Section]:
     """The complete neural-art study (preset ``art-full``): 64×64 with the training style at T and 10·T, then
     the paper's transfer tests at T — 128×128 images (4× the pixels), the second style, and both.
 
     Few images (the paper used 100 test images): the LSTM runs on 12,288 (49,152 at 128×128) coordinates per
-    image and step, which on a shared 2-core CPU costs minutes per section; the sizes are arguments."""
+    image and step, which on a shared 2-core CPU costs minutes per section; ``n_problems`` is an argument."""
     return [
-        Section(ART_ENV, list(ART_POLICIES), ART_T, None, n_problems=n_problems),
-        Section(ART_ENV, list(ART_POLICIES), ART_T, 10 * ART_T, n_problems=long_problems,
-                title=f"{ART_ENV} (10·T, {long_problems} images)"),
+        Section(ART_ENV, list(ART_POLICIES), ART_T, 10 * ART_T, n_problems=n_problems),
         *(Section(ART_ENV, list(ART_POLICIES), ART_T, None, variant=v, n_problems=n_problems)
           for v in ("128", "style2", "128+style2")),
     ]
