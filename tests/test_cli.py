@@ -43,6 +43,8 @@ def _script(name: str) -> ModuleType:
         ("bench", ["lstm", "--iters", "0"], "--iters must be a positive integer"),
         ("bench", ["env", "--sizes", "0"], "--sizes and --history must be positive"),
         ("bench", ["eval", "--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),
+        ("bench", ["step", "--family-kwargs", '{"size": 2}'], "size 2 is too small"),
+        ("bench", ["step", "--n", "0"], "--n must be a positive integer"),
         ("demo", ["--num-envs", "0", "--out", "{tmp}"], "--num-envs and --horizon must be positive, got 0"),
         ("demo", ["--env", "l2o/Nope-v0"], "invalid choice: 'l2o/Nope-v0'"),
         ("train_sb3", ["--algo", "ppo", "--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),
