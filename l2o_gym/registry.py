@@ -25,6 +25,7 @@ ENV_TABLE: dict[str, dict[str, Any]] = {
     "l2o/MLP-v0": {"family": "mlp", "action_scale": 0.1},
     "l2o/Rosenbrock-v0": {"family": "rosenbrock", "action_scale": 0.1},
     "l2o/Rastrigin-v0": {"family": "rastrigin", "action_scale": 0.5},
+    "l2o/NeuralArt-v0": {"family": "neural_art", "action_scale": 0.1},
 }
 
 ENV_IDS: tuple[str, ...] = tuple(ENV_TABLE)
@@ -40,6 +41,13 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "hidden40": {"hidden": (40,)},
         "2layers": {"hidden": (20, 20)},
         "relu": {"activation": "relu"},
+    },
+    # Andrychowicz et al. §3.4: the LSTM trained on 64×64 images with one style, tested on 128×128 images
+    # (4× the pixels) and on a second style.
+    "l2o/NeuralArt-v0": {
+        "128": {"size": 128},
+        "style2": {"style": "hubble_deep_field"},
+        "128+style2": {"size": 128, "style": "hubble_deep_field"},
     },
 }
 

@@ -11,6 +11,8 @@ single env, with their ratio.
 ``busy``: native env-steps/s idle and beside CPU-bound competitor processes that the benchmark starts and stops
 itself, rounds alternating idle/busy; per thread mode (``auto``: the envs' thread policy, ``torch-default``: torch's
 global setting, ``1``) the medians and the busy/idle ratio (l2o_gym.threads, docs/threads.md).
+``step``: one native vector-env step against a bare batched forward + backward of the same objective
+(interleaved medians and their ratio), e.g. ``python scripts/bench.py step --env l2o/NeuralArt-v0 --n 8``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import torch
 
 from l2o_gym.experiments import cli
-from l2o_gym.experiments.benchmark import THREAD_MODES, baseline_eval_time, busy_throughput, env_throughput
+from l2o_gym.experiments.benchmark import THREAD_MODES, baseline_eval_time, busy_throughput, env_throughput, step_overhead
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,12 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--iters", type=cli.positive_int, default=20, help="timed meta-iterations (default: %(default)s)")
     q.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
     q.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    st = sub.add_parser("step", help="env step vs a bare batched forward+backward of the same objective")
+    st.add_argument("--env", default="l2o/NeuralArt-v0", help="registered env id (default: %(default)s)")
+    st.add_argument("--n", type=cli.positive_int, default=8, help="number of envs / problems N (default: %(default)s)")
+    st.add_argument("--history", type=cli.positive_int, default=25, help="history length H (default: %(default)s)")
+    st.add_argument("--reps", type=cli.positive_int, default=20, help="timed repetitions (default: %(default)s)")
+    st.add_argument("--family-kwargs", type=cli.json_object, default={},
+                    help="JSON family overrides, e.g. '{\"size\": 128}'")
+    st.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
+    st.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     return cli.run(parser, _body, argv)
 
 
 def _body(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.what in ("env", "eval", "busy"):
+    if args.what in ("env", "eval", "busy", "step"):
         from l2o_gym.registry import ENV_IDS
 
         if args.env not in ENV_IDS:
@@ -80,6 +91,8 @@ def _body(args: argparse.Namespace) -> int:
         return _bench_lstm(args)
     if args.what == "busy":
         return _bench_busy(args)
+    if args.what == "step":
+        return _bench_step(args)
     if args.what == "eval":
         threads = args.threads or None
         times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device, threads)
@@ -122,6 +135,17 @@ def _bench_busy(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
+    return 0
+
+
+def _bench_step(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    fkw = args.family_kwargs
+    r = step_overhead(args.env, args.n, args.history, args.reps, device=args.device, **fkw)
+    print(f"# {args.env} {fkw or ''}: N={args.n}, H={args.history}, device={args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"env step {r['env_step_s'] * 1e3:.1f} ms, bare forward+backward {r['bare_forward_backward_s'] * 1e3:.1f} ms, "
+          f"ratio {r['ratio']:.2f} (medians of {r['reps']}, interleaved)")
     return 0
 
 

@@ -22,6 +22,7 @@ EXPECTED = {
     "mlp",
     "rosenbrock",
     "rastrigin",
+    "neural_art",
 }
 
 #: Small sizes so the whole file stays fast (MLP on the 8×8 scikit-learn digits).
@@ -33,6 +34,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "mlp": {"dataset": "digits", "hidden": (4,), "batch_size": 8},
     "rosenbrock": {"dim": 3},
     "rastrigin": {"dim": 4},
+    "neural_art": {"size": 16, "widths": (4, 8)},
 }
 
 NAMES = sorted(FAMILIES)
@@ -167,6 +169,7 @@ def test_default_dims() -> None:
         "mlp": 15910,
         "rosenbrock": 2,
         "rastrigin": 10,
+        "neural_art": 3 * 64 * 64,
     }
     assert MLP(dataset="digits").dim == 64 * 20 + 20 + 20 * 10 + 10
     assert MLP(hidden=(), dataset="digits").dim == 64 * 10 + 10

@@ -174,3 +174,58 @@ def busy_throughput(
             "load_before": load_before, "load_after": load_after,
         })
     return rows
+
+
+def step_overhead(
+    env_id: str,
+    num_envs: int = 8,
+    history: int = 25,
+    reps: int = 20,
+    warmup: int = 3,
+    device: str = "cpu",
+    seed: int = 0,
+    **family_kwargs,
+) -> dict[str, float]:
+    """Seconds of one native vector-env step against a bare batched forward + backward of the same objective.
+
+    Both run on the same ``num_envs`` problems; the bare one is ``f = family.loss(batch, θ, t)`` and
+    ``torch.autograd.grad(f.sum(), θ)`` and nothing else — the least any optimizer step must compute. The
+    two are timed *interleaved* (env step, bare, env step, …), so load on a shared machine affects both
+    alike; the medians over ``reps`` and their ratio are returned (goal for the heavy families: ≤ 1.3×).
+    """
+    from l2o_gym.registry import env_family
+
+    venv = gym.make_vec(env_id, num_envs, device=device, history=history, **family_kwargs)
+    venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    shape = (num_envs,) + venv.single_action_space.shape
+    actions = [torch.as_tensor(rng.uniform(-0.1, 0.1, shape).astype(np.float32), device=device) for _ in range(4)]
+    family = env_family(env_id, **family_kwargs)
+    batch = family.sample(num_envs, "train", seed, device)
+    theta0 = batch.x0.clone()
+    step = torch.zeros(num_envs, dtype=torch.int64, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def bare() -> None:
+        theta = theta0.detach().requires_grad_(True)
+        f = family.loss(batch, theta, step)
+        torch.autograd.grad(f.sum(), theta)
+
+    env_t, bare_t = [], []
+    for i in range(warmup + reps):
+        sync()
+        t = time.perf_counter()
+        venv.step(actions[i % 4])
+        sync()
+        t_env = time.perf_counter() - t
+        t = time.perf_counter()
+        bare()
+        sync()
+        t_bare = time.perf_counter() - t
+        if i >= warmup:
+            env_t.append(t_env)
+            bare_t.append(t_bare)
+    venv.close()
+    env_med, bare_med = float(np.median(env_t)), float(np.median(bare_t))
+    return {"env_step_s": env_med, "bare_forward_backward_s": bare_med, "ratio": env_med / bare_med,
+            "num_envs": num_envs, "history": history, "reps": reps, "threads": torch.get_num_threads()}

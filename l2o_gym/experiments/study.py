@@ -5,7 +5,9 @@
 coordinatewise LSTM (supervised, BPTT) — against the tuned hand-designed baselines, each env at the horizon
 ``T`` its learned policies were trained for **and at 10·T** (Li & Malik's claim: the supervised optimizer
 degrades past its training horizon, the RL one does not), plus the MLP transfer runs of Andrychowicz et al.
-(the checkpoint trained on the 20-unit sigmoid MLP applied to 40 units, two layers and ReLU).
+(the checkpoint trained on the 20-unit sigmoid MLP applied to 40 units, two layers and ReLU), and the neural-art
+runs of Andrychowicz et al. §3.4 (4 held-out 64×64 images at T = 128, with PNG grids of the images each optimizer
+reaches; preset ``art-full``: 20 images, 10·T, 128×128 and the second style — see docs/neural-art.md).
 
 On top of the per-section tables of :func:`l2o_gym.experiments.compare.write_report`, the report starts with
 
@@ -42,6 +44,10 @@ LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "sac": "RL (SAC)", "recurr
 #: the step-size (one gradient per iteration) baselines: :data:`l2o_gym.agents.baselines.FIRST_ORDER`.
 FIRST_ORDER = list(_FIRST_ORDER)
 LINE_SEARCH = ["cg", "lbfgs"]
+#: Neural art (Andrychowicz et al. §3.4): the tuned first-order baselines and the LSTM, T = 128 as in the paper.
+ART_ENV = "l2o/NeuralArt-v0"
+ART_POLICIES = ["sgd", "momentum", "nag", "adam", "rmsprop", "lstm"]
+ART_T = 128
 #: ``f(θ_10T) ≤ STABLE_RATIO · f(θ_T)`` counts as not degrading past the training horizon (the issue's 1.1×).
 STABLE_RATIO = 1.1
 
@@ -62,6 +68,22 @@ def study_sections() -> list[Section]:
         Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, 1000, n_problems=10),
         *(Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, None, variant=v, n_problems=20)
           for v in ("hidden40", "2layers", "relu")),
+        # d = 12,288 pixels per image and a conv-net objective: 4 held-out images at T keep it within the
+        # budget; 10·T, the 128×128 / second-style transfer and more images are in the "art-full" preset.
+        Section(ART_ENV, list(ART_POLICIES), ART_T, None, n_problems=4),
+    ]
+
+
+def art_sections(n_problems: int = 4) -> list[Section]:
+    """The complete neural-art study (preset ``art-full``): 64×64 with the training style at T and 10·T, then
+    the paper's transfer tests at T — 128×128 images (4× the pixels), the second style, and both.
+
+    Few images (the paper used 100 test images): the LSTM runs on 12,288 (49,152 at 128×128) coordinates per
+    image and step, which on a shared 2-core CPU costs minutes per section; ``n_problems`` is an argument."""
+    return [
+        Section(ART_ENV, list(ART_POLICIES), ART_T, 10 * ART_T, n_problems=n_problems),
+        *(Section(ART_ENV, list(ART_POLICIES), ART_T, None, variant=v, n_problems=n_problems)
+          for v in ("128", "style2", "128+style2")),
     ]
 
 
@@ -75,7 +97,7 @@ def tiny_sections() -> list[Section]:
     return out
 
 
-PRESETS = {"study": study_sections, "study-tiny": tiny_sections}
+PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "art-full": art_sections}
 
 
 def preset_config(name: str, **kwargs: Any) -> CompareConfig:
@@ -300,12 +322,19 @@ def _gps_ppo_ratio(rows: list[dict[str, Any]]) -> list[str]:
 
 def run_study(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Evaluate every section of ``cfg``; write ``results.json`` (runs + summary tables), ``report.md``, plots."""
+    from l2o_gym.experiments.art import art_pictures, is_art_section
+
     results = run_jobs(cfg, progress)
     sections = cfg.resolve_sections()
     from l2o_gym.experiments.tuning import load_val_references
 
     lines, tables = summary_lines(results, sections, load_val_references(cfg.tuned))
     out = Path(cfg.out)
+    pictured: set[tuple[str, str | None, int]] = set()
+    for sec in sections:  # neural art: the images each optimizer reaches after T steps, once per problem setting
+        if is_art_section(sec, cfg) and (sec.env, sec.variant, sec.horizon) not in pictured:
+            pictured.add((sec.env, sec.variant, sec.horizon))
+            lines += art_pictures(sec, cfg, out, n_images=min(2, sec.n_problems or cfg.n_problems))[1]
     write_results(results, out, {"study": tables}, workers=cfg.resolve_workers(len(results)))
     write_report(results, out, cfg, lines)
     return results

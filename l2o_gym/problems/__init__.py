@@ -9,6 +9,7 @@ from l2o_gym.checks import SPLITS, UnknownArgumentError, check_split
 from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, ProblemSampler, param_specs_from, stream_seed
 from l2o_gym.problems.logistic_regression import LogisticRegression
 from l2o_gym.problems.mlp import MLP
+from l2o_gym.problems.neural_art import NeuralArt
 from l2o_gym.problems.neural_net import NeuralNet
 from l2o_gym.problems.quadratic import Quadratic
 from l2o_gym.problems.rastrigin import Rastrigin
@@ -18,7 +19,7 @@ from l2o_gym.problems.rosenbrock import Rosenbrock
 #: registry name -> family class; :func:`make_family` is the one entry point.
 FAMILIES: dict[str, type[ProblemFamily]] = {
     cls.name: cls
-    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin)
+    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin, NeuralArt)
 }
 
 
@@ -58,6 +59,7 @@ __all__ = [
     "LogisticRegression",
     "MLP",
     "ParamSpec",
+    "NeuralArt",
     "NeuralNet",
     "Quadratic",
     "Rastrigin",
