@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset-best", action="store_true",
                    help="with --resume: forget the best val value (fine-tuning on another family)")
     p.add_argument("--export", default=None, help="copy the best checkpoint to this path")
+    p.add_argument("--kinds", default="",
+                   help="comma-separated LSTM names of a multi-LSTM (one LSTM per parameter kind), e.g. conv,fc,bn,bias; "
+                        "empty (default): one shared LSTM")
+    p.add_argument("--assign", default="{}",
+                   help="JSON parameter kind -> LSTM name for --kinds ('*': the rest), e.g. '{\"*\": \"all\"}'")
+    p.add_argument("--init", default=None, help="warm start from this checkpoint (lstm: copied into every LSTM)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -83,13 +89,19 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("not a JSON object")
         arch = LSTMConfig(hidden=args.hidden, layers=args.layers, preprocessing=args.preprocessing, p=args.p,
                           output_scale=args.output_scale, global_cells=args.global_cells)
-        cfg = TrainConfig(env_id=args.env, family_kwargs=family_kwargs, arch=arch, n_problems=args.n_problems,
+        assign = json.loads(args.assign)
+        if not isinstance(assign, dict):
+            raise ValueError("--assign: not a JSON object")
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        cfg = TrainConfig(kinds=kinds, assign=assign, init=args.init, env_id=args.env, family_kwargs=family_kwargs, arch=arch, n_problems=args.n_problems,
                           horizon=args.horizon, unroll=args.unroll, episodes=args.episodes, lr=args.lr,
                           clip=args.clip, weighting=args.weighting, objective=args.objective,
                           second_order=args.second_order, val_every=args.val_every, val_problems=args.val_problems,
                           seed=args.seed, device=args.device, out=args.out, progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.init and not __import__("os").path.isfile(args.init):
+        parser.error(f"--init: checkpoint {args.init!r} does not exist")
     if args.resume and not args.out:
         parser.error("--resume needs --out")
     if args.reset_best and not args.resume:

@@ -46,6 +46,7 @@ from l2o_gym.core import CoreConfig
 from l2o_gym.policy import rollout, run_policy
 from l2o_gym.registry import env_family
 
+from l2o_gym.agents.lstm.multi import MultiLSTMPolicy, init_from_checkpoint
 from l2o_gym.agents.lstm.policy import LSTMConfig, LSTMPolicy
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,12 @@ class TrainConfig:
         out: output folder (checkpoints, TensorBoard logs); ``None`` writes nothing.
         tensorboard: write TensorBoard scalars under ``out/tb``.
         progress: show a tqdm bar.
+        kinds: LSTM names of a multi-LSTM policy (one coordinatewise LSTM per parameter kind,
+            :class:`~l2o_gym.agents.lstm.multi.MultiLSTMPolicy`), e.g. ``("conv", "fc", "bn", "bias")``;
+            empty (default): one shared :class:`LSTMPolicy`.
+        assign: parameter kind -> LSTM name for a multi-LSTM (``"*"``: the rest); default identity.
+        init: warm start: a checkpoint whose weights initialise the policy (an ``"lstm"`` checkpoint is
+            copied into every LSTM of a multi-LSTM; :func:`~l2o_gym.agents.lstm.multi.init_from_checkpoint`).
     """
 
     env_id: str = "l2o/Quadratic-v0"
@@ -103,6 +110,9 @@ class TrainConfig:
     out: str | None = None
     tensorboard: bool = True
     progress: bool = True
+    kinds: tuple[str, ...] = ()
+    assign: dict[str, str] = field(default_factory=dict)
+    init: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_problems", "horizon", "unroll", "episodes", "val_problems"):
@@ -123,9 +133,24 @@ class TrainConfig:
             raise ValueError(f"val_every must be >= 0, got {self.val_every!r}")
         if isinstance(self.arch, dict):
             self.arch = LSTMConfig(**self.arch)
+        self.kinds = tuple(self.kinds)
+        if self.assign and not self.kinds:
+            raise ValueError("assign needs kinds (the LSTM names of a multi-LSTM policy)")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def make_policy(cfg: TrainConfig) -> LSTMPolicy | MultiLSTMPolicy:
+    """The policy a config trains: one shared :class:`LSTMPolicy`, or with ``cfg.kinds`` a
+    :class:`~l2o_gym.agents.lstm.multi.MultiLSTMPolicy` (one LSTM per name in ``kinds``, ``cfg.assign`` mapping
+    the family's parameter kinds to them), checked against the family's parameter kinds."""
+    if not cfg.kinds:
+        return LSTMPolicy(cfg.arch, env_id=cfg.env_id)
+    policy = MultiLSTMPolicy(cfg.kinds, cfg.arch, assign=cfg.assign, env_id=cfg.env_id)
+    family = env_family(cfg.env_id, **cfg.family_kwargs)
+    policy.check_kinds([s.kind for s in family.param_specs()], where=f"env {cfg.env_id}")
+    return policy
 
 
 def _dist() -> tuple[int, int]:
@@ -177,7 +202,9 @@ class Trainer:
         self.rank, self.world = _dist()
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.policy = LSTMPolicy(cfg.arch, env_id=cfg.env_id).to(self.device)
+        self.policy = make_policy(cfg).to(self.device)
+        if cfg.init:
+            init_from_checkpoint(self.policy, cfg.init)
         if self.world > 1:  # identical start on every rank
             for p in self.policy.net.parameters():
                 dist.broadcast(p.data, 0)
@@ -333,7 +360,7 @@ class Trainer:
             self.policy.save(self.out / "last.safetensors", {"train": _jsonable(cfg), "episode": self.episode})
             self.save()
             if (self.out / "best.safetensors").is_file():
-                return LSTMPolicy.load(self.out / "best.safetensors", self.device)
+                return type(self.policy).load(self.out / "best.safetensors", self.device)
         return self.policy
 
     def close(self) -> None:

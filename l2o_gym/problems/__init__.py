@@ -6,6 +6,7 @@ from typing import Any
 
 from l2o_gym.checks import SPLITS, check_split
 from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, ProblemSampler, param_specs_from, stream_seed
+from l2o_gym.problems.convnet import ConvNet
 from l2o_gym.problems.logistic_regression import LogisticRegression
 from l2o_gym.problems.mlp import MLP
 from l2o_gym.problems.neural_net import NeuralNet
@@ -17,7 +18,7 @@ from l2o_gym.problems.rosenbrock import Rosenbrock
 #: registry name -> family class; :func:`make_family` is the one entry point.
 FAMILIES: dict[str, type[ProblemFamily]] = {
     cls.name: cls
-    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin)
+    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin, ConvNet)
 }
 
 
@@ -45,6 +46,7 @@ def make_family(family: str | ProblemFamily, **kwargs: Any) -> ProblemFamily:
 
 __all__ = [
     "FAMILIES",
+    "ConvNet",
     "SPLITS",
     "ProblemBatch",
     "ProblemFamily",
