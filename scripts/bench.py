@@ -47,7 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--iters", type=int, default=20, help="timed meta-iterations (default: %(default)s)")
     q.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     q.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    c = sub.add_parser("convnet", help="conv-net family: batched fwd+bwd (grouped vs vmap vs separate nets), env "
+                                        "step, multi-LSTM meta-iteration (docs/convnet.md)")
+    c.add_argument("--n-problems", type=int, default=8, help="conv nets N (default: %(default)s)")
+    c.add_argument("--reps", type=int, default=5, help="timed repetitions, interleaved (default: %(default)s)")
+    c.add_argument("--unroll", type=int, default=10, help="meta-iteration truncation length (default: %(default)s)")
+    c.add_argument("--no-meta", action="store_true", help="skip the multi-LSTM meta-iteration")
+    c.add_argument("--family-kwargs", default="{}", help="JSON ConvNet arguments, e.g. '{\"dataset\": \"mnist\"}'")
+    c.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    c.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.what == "convnet":
+        return _bench_convnet(args, parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.what in ("env", "eval"):
         from l2o_gym.registry import ENV_IDS
@@ -103,6 +114,33 @@ def _bench_lstm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     print(f"# LSTM meta-iteration: {args.n_problems} quadratics x {args.dim}-d, unroll {args.unroll}, "
           f"device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"median {r['median_s']:.4f} s  (min {r['min_s']:.4f}, max {r['max_s']:.4f}, {r['iters']} iterations)")
+    return 0
+
+
+def _bench_convnet(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from l2o_gym.experiments.benchmark import convnet_speed
+
+    for name in ("n_problems", "reps", "unroll", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    try:
+        kw = json.loads(args.family_kwargs)
+        if not isinstance(kw, dict):
+            raise ValueError("not a JSON object")
+        from l2o_gym.problems import ConvNet
+
+        ConvNet(**kw)
+    except (ValueError, TypeError) as exc:
+        parser.error(f"--family-kwargs: {exc}")
+    torch.set_num_threads(args.threads)
+    r = convnet_speed(args.n_problems, args.reps, args.unroll, kw, meta=not args.no_meta, device=args.device)
+    print(f"# ConvNet {kw or '(default)'}: N = {args.n_problems} nets, d = {r['dim']}, device={args.device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.reps} interleaved reps")
+    for k, v in r.items():
+        if k.endswith("_ratio"):
+            print(f"{k:24s} {v:8.2f}x")
+        elif isinstance(v, float):
+            print(f"{k:24s} {v:8.4f} s")
     return 0
 
 
