@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
 from l2o_gym.experiments.compare import CompareConfig, Section, fmt_number, run_jobs, write_report, write_results
 from l2o_gym.experiments.evaluation import EvalResult
@@ -34,8 +35,14 @@ from l2o_gym.experiments.evaluation import EvalResult
 log = logging.getLogger(__name__)
 
 #: learned policies and how they were trained (report labels).
-LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "lstm": "supervised (LSTM, BPTT)"}
+LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "lstm": "supervised (LSTM, BPTT)",
+                "mlstm": "supervised (one LSTM per kind)", "mlstm-sub": "supervised (LSTM-sub, 5 labels)",
+                "mlstm-shared": "supervised (one shared LSTM)"}
 FIRST_ORDER = ["sgd", "momentum", "nag", "adam", "rmsprop"]
+#: the first-order baselines of the conv-net sections (AdaGrad joins when the baselines have it).
+CONV_FIRST_ORDER = [*FIRST_ORDER, *(["adagrad"] if "adagrad" in BASELINES else [])]
+#: problems per conv-net section in the main job (d = 12,338; a conv net costs ~30 ms per step on one core).
+CONV_MAIN_PROBLEMS = 1
 LINE_SEARCH = ["cg", "lbfgs"]
 #: ``f(θ_10T) ≤ STABLE_RATIO · f(θ_T)`` counts as not degrading past the training horizon (the issue's 1.1×).
 STABLE_RATIO = 1.1
@@ -54,7 +61,31 @@ def study_sections() -> list[Section]:
         Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, 1000, n_problems=10),
         *(Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, None, variant=v, n_problems=10)
           for v in ("hidden40", "2layers", "relu")),
+        # Andrychowicz §3.3 (conv net on the colour stand-in for CIFAR-10), all labels; the rest in --preset convnet.
+        Section("l2o/ConvNet-v0", [*CONV_FIRST_ORDER, "mlstm"], 100, 1000, n_problems=CONV_MAIN_PROBLEMS),
     ]
+
+
+def convnet_sections(n_problems: int = 8) -> list[Section]:
+    """The complete conv-net study (``--preset convnet``; Andrychowicz et al. §3.3, Figure 6): tuned first-order
+    baselines and the learned optimizers on held-out problems at T = 100 and 1000 — all labels (multi-LSTM vs
+    one shared LSTM), the unseen label subsets "5 of 10" and "2 of 10" (disjoint from LSTM-sub's training labels
+    0–4: LSTM-sub vs the multi-LSTM trained on all labels) and MNIST (dataset transfer)."""
+    env, base = "l2o/ConvNet-v0", CONV_FIRST_ORDER
+    return [
+        Section(env, [*base, "mlstm", "mlstm-shared"], 100, 1000, n_problems=n_problems, title="ConvNet — all labels"),
+        Section(env, [*base, "mlstm", "mlstm-sub"], 100, 1000, variant="labels5_test", n_problems=n_problems,
+                title="ConvNet — 5 of 10 labels (5–9, unseen by LSTM-sub)"),
+        Section(env, [*base, "mlstm", "mlstm-sub"], 100, 1000, variant="labels2_test", n_problems=n_problems,
+                title="ConvNet — 2 of 10 labels (8, 9, unseen by LSTM-sub)"),
+        Section(env, [*base, "mlstm"], 100, 1000, variant="mnist", n_problems=n_problems,
+                title="ConvNet — MNIST (dataset transfer)"),
+    ]
+
+
+def convnet_tiny_sections() -> list[Section]:
+    """:func:`convnet_sections` at toy size (1 problem, T = 3 → 6): smoke runs and tests."""
+    return [dataclasses.replace(s, horizon=3, long_horizon=6, n_problems=1) for s in convnet_sections()]
 
 
 def tiny_sections() -> list[Section]:
@@ -67,7 +98,8 @@ def tiny_sections() -> list[Section]:
     return out
 
 
-PRESETS = {"study": study_sections, "study-tiny": tiny_sections}
+PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "convnet": convnet_sections,
+           "convnet-tiny": convnet_tiny_sections}
 
 
 def preset_config(name: str, **kwargs: Any) -> CompareConfig:
