@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"baselines (default: {' '.join(FIRST_ORDER)})")
     parser.add_argument("--n-problems", type=int, default=4, help="train problems per configuration (default: %(default)s)")
     parser.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
+    parser.add_argument("--refine", type=int, nargs="*", default=[2, 1],
+                        help="refinement steps in quarter decades around the best (default: 2 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(default_tuned_path()), help="JSON file to merge into (default: the shipped one)")
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/tune_coarse.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for v in variants:
         entries = coarse_tune(args.env, args.policies, variant=v, out=args.out, command=command,
-                              n_problems=args.n_problems, horizon=args.horizon, seed=args.seed, device=args.device)
+                              n_problems=args.n_problems, horizon=args.horizon, seed=args.seed, device=args.device,
+                              refine=tuple(args.refine))
         for name, e in entries.items():
             print(f"{args.env}{'+' + v if v else ''} {name:9s} {str(e['hparams']):32s} train mean f(θ_T) = {e['final_mean']:.4g}",
                   flush=True)

@@ -7,7 +7,8 @@ hours for the conv-net family on a shared CPU. This module tunes the same baseli
 
 1. the decades ``k ∈ {−12, −8, −4, 0}`` (``1e-3 … 1``);
 2. the half decades ``k* ± 2`` around the best decade ``k*``;
-3. the quarter decades ``k** ± 1`` around the best so far.
+3. the quarter decades ``k** ± 1`` around the best so far (``refine=(2, 1)``, the default; ``refine=(2,)``
+   stops after the half decades).
 
 Momentum and NAG use ``μ = 0.9`` only (recorded). Selection is the tuning module's rule: lowest mean final
 objective among the configurations with no diverged problem (else lowest overall). ``split="train"`` (never
@@ -41,9 +42,12 @@ def _lr(k: int) -> float:
 
 def coarse_tune_baseline(
     name: str, env_id: str, *, variant: str | None = None, n_problems: int = 4, horizon: int = 100, seed: int = 0,
-    split: str = "train", device: str = "cpu",
+    split: str = "train", device: str = "cpu", refine: tuple[int, ...] = (2, 1),
 ) -> dict[str, Any]:
-    """Tune one baseline's learning rate coarse to fine (module docstring); returns the tuning entry."""
+    """Tune one baseline's learning rate coarse to fine (module docstring); returns the tuning entry.
+
+    ``refine``: the steps (in quarter decades) of the refinement passes around the best so far.
+    """
     if split == "test":
         raise ValueError("tuning must not read the test split: use split='train' or 'val'")
     if name not in BASELINES or name in ("cg", "lbfgs"):
@@ -67,13 +71,13 @@ def coarse_tune_baseline(
 
     for k in COARSE_K:
         run(k)
-    for delta in (2, 1):
+    for delta in refine:
         b = best()
         run(b - delta)
         run(b + delta)
     b = best()
     return {"hparams": {"lr": _lr(b), **extra}, "final_mean": results[b][0], "diverged_fraction": results[b][1],
-            "n_evaluated": len(results), "grid": "coarse", "split": split, "n_problems": n_problems,
+            "n_evaluated": len(results), "grid": f"coarse: decades {[_lr(k) for k in COARSE_K]}, refined by {list(refine)} quarter decades", "split": split, "n_problems": n_problems,
             "horizon": horizon, "seed": seed, **({"variant": variant, "family_kwargs": fkw} if variant else {})}
 
 
