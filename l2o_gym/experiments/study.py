@@ -66,21 +66,26 @@ def study_sections() -> list[Section]:
     ]
 
 
-def convnet_sections(n_problems: int = 8) -> list[Section]:
+def convnet_sections(n_problems: int = 8, long_horizon: int | None = 1000) -> list[Section]:
     """The complete conv-net study (``--preset convnet``; Andrychowicz et al. §3.3, Figure 6): tuned first-order
     baselines and the learned optimizers on held-out problems at T = 100 and 1000 — all labels (multi-LSTM vs
     one shared LSTM), the unseen label subsets "5 of 10" and "2 of 10" (disjoint from LSTM-sub's training labels
     0–4: LSTM-sub vs the multi-LSTM trained on all labels) and MNIST (dataset transfer)."""
-    env, base = "l2o/ConvNet-v0", CONV_FIRST_ORDER
+    env, base, lt = "l2o/ConvNet-v0", CONV_FIRST_ORDER, long_horizon
     return [
-        Section(env, [*base, "mlstm", "mlstm-shared"], 100, 1000, n_problems=n_problems, title="ConvNet — all labels"),
-        Section(env, [*base, "mlstm", "mlstm-sub"], 100, 1000, variant="labels5_test", n_problems=n_problems,
+        Section(env, [*base, "mlstm", "mlstm-shared"], 100, lt, n_problems=n_problems, title="ConvNet — all labels"),
+        Section(env, [*base, "mlstm", "mlstm-sub"], 100, lt, variant="labels5_test", n_problems=n_problems,
                 title="ConvNet — 5 of 10 labels (5–9, unseen by LSTM-sub)"),
-        Section(env, [*base, "mlstm", "mlstm-sub"], 100, 1000, variant="labels2_test", n_problems=n_problems,
+        Section(env, [*base, "mlstm", "mlstm-sub"], 100, lt, variant="labels2_test", n_problems=n_problems,
                 title="ConvNet — 2 of 10 labels (8, 9, unseen by LSTM-sub)"),
-        Section(env, [*base, "mlstm"], 100, 1000, variant="mnist", n_problems=n_problems,
+        Section(env, [*base, "mlstm"], 100, lt, variant="mnist", n_problems=n_problems,
                 title="ConvNet — MNIST (dataset transfer)"),
     ]
+
+
+def convnet_quick_sections() -> list[Section]:
+    """:func:`convnet_sections` with 4 problems at T = 100 only (what a shared 2-core CPU affords in minutes)."""
+    return convnet_sections(n_problems=4, long_horizon=None)
 
 
 def convnet_tiny_sections() -> list[Section]:
@@ -99,7 +104,7 @@ def tiny_sections() -> list[Section]:
 
 
 PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "convnet": convnet_sections,
-           "convnet-tiny": convnet_tiny_sections}
+           "convnet-quick": convnet_quick_sections, "convnet-tiny": convnet_tiny_sections}
 
 
 def preset_config(name: str, **kwargs: Any) -> CompareConfig:
