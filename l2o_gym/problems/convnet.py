@@ -111,9 +111,9 @@ class ConvNet(ProblemFamily):
 
     Sizes:
         Default (``dataset="patches"``, 32×32×3, ``channels=(8, 16, 16)``, ``kernel=3``, ``fc=32``, 10 labels):
-        conv 216 + 1152 + 2304, bn 2·(8+16+16+32), fc 256·32 + 32·10, bias 10: ``d = 12,306``.
-        MNIST (28×28×1): ``d = 7,506``. The channel counts are smaller than the DeepMind code's (16, 16, 16,
-        5×5 kernels) to keep CPU cost sane (``docs/convnet.md``).
+        conv 216 + 1152 + 2304, bn 2·(8 + 16 + 16 + 32), fc 256·32 + 32·10, bias 10: ``d = 12,338``.
+        MNIST (28×28×1, pooled to 3×3): ``d = 8,610``. The channel counts are smaller than the DeepMind code's
+        (16, 16, 16 with 5×5 kernels) to keep the CPU cost sane (``docs/convnet.md``).
 
     θ layout and kinds (:meth:`param_specs`):
         ``conv{l}.weight [C_l, C_{l−1}, k, k]`` (kind ``"conv"``), ``bn{l}.weight``/``bn{l}.bias [C_l]`` (kind
@@ -130,6 +130,17 @@ class ConvNet(ProblemFamily):
         image_size: side of the patches (``"patches"`` only; ``None``: 32). Must survive ``len(channels)``
             poolings: at least ``2**len(channels)`` pixels, else ``ValueError`` naming the size.
         method: ``"grouped"`` (grouped convolutions) or ``"vmap"`` (:func:`torch.func.vmap`); same function.
+
+    Example:
+        >>> fam = ConvNet(labels=(0, 1))            # "2 of 10 labels"
+        >>> fam.dim, fam.n_outputs
+        (12074, 2)
+        >>> batch = fam.sample(2, "test", seed=0)   # 2 nets; f at θ₀ on minibatch 0
+        >>> batch.loss(batch.x0).shape
+        torch.Size([2])
+
+    Version history:
+        v0 (``l2o/ConvNet-v0``): initial version.
     """
 
     dataset: str = "patches"
