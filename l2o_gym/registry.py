@@ -26,6 +26,7 @@ ENV_TABLE: dict[str, dict[str, Any]] = {
     "l2o/Rosenbrock-v0": {"family": "rosenbrock", "action_scale": 0.1},
     "l2o/Rastrigin-v0": {"family": "rastrigin", "action_scale": 0.5},
     "l2o/NeuralArt-v0": {"family": "neural_art", "action_scale": 0.1},
+    "l2o/ConvNet-v0": {"family": "convnet", "action_scale": 0.1},
 }
 
 ENV_IDS: tuple[str, ...] = tuple(ENV_TABLE)
@@ -48,6 +49,16 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "128": {"size": 128},
         "style2": {"style": "hubble_deep_field"},
         "128+style2": {"size": 128, "style": "hubble_deep_field"},
+    },
+    # Andrychowicz et al. §3.3: the conv net on the colour stand-in for CIFAR-10 (default: all 10 labels),
+    # "5 of 10" / "2 of 10" label subsets (LSTM-sub is trained on "labels5"; the *_test sets are disjoint
+    # from it, for testing on unseen labels), and MNIST as a dataset transfer.
+    "l2o/ConvNet-v0": {
+        "mnist": {"dataset": "mnist"},
+        "labels5": {"labels": (0, 1, 2, 3, 4)},
+        "labels2": {"labels": (0, 1)},
+        "labels5_test": {"labels": (5, 6, 7, 8, 9)},
+        "labels2_test": {"labels": (8, 9)},
     },
 }
 

@@ -77,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="JSON family overrides, e.g. '{\"size\": 128}'")
     st.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
     st.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    c = sub.add_parser("convnet", help="conv-net family: batched fwd+bwd (grouped vs vmap vs separate nets), env "
+                                        "step, multi-LSTM meta-iteration (docs/convnet.md)")
+    c.add_argument("--n-problems", type=cli.positive_int, default=8, help="conv nets N (default: %(default)s)")
+    c.add_argument("--reps", type=cli.positive_int, default=5, help="timed repetitions, interleaved (default: %(default)s)")
+    c.add_argument("--unroll", type=cli.positive_int, default=10, help="meta-iteration truncation length (default: %(default)s)")
+    c.add_argument("--no-meta", action="store_true", help="skip the multi-LSTM meta-iteration")
+    c.add_argument("--family-kwargs", default="{}", help="JSON ConvNet arguments, e.g. '{\"dataset\": \"mnist\"}'")
+    c.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
+    c.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     return cli.run(parser, _body, argv)
 
 
@@ -89,6 +98,8 @@ def _body(args: argparse.Namespace) -> int:
             raise cli.UsageError(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")
     if args.what == "lstm":
         return _bench_lstm(args)
+    if args.what == "convnet":
+        return _bench_convnet(args)
     if args.what == "busy":
         return _bench_busy(args)
     if args.what == "step":
@@ -159,6 +170,30 @@ def _bench_lstm(args: argparse.Namespace) -> int:
     print(f"# LSTM meta-iteration: {args.n_problems} quadratics x {args.dim}-d, unroll {args.unroll}, "
           f"device={args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"median {r['median_s']:.4f} s  (min {r['min_s']:.4f}, max {r['max_s']:.4f}, {r['iters']} iterations)")
+    return 0
+
+
+def _bench_convnet(args: argparse.Namespace) -> int:
+    from l2o_gym.experiments.benchmark import convnet_speed
+
+    try:
+        kw = json.loads(args.family_kwargs)
+        if not isinstance(kw, dict):
+            raise ValueError("not a JSON object")
+        from l2o_gym.problems import ConvNet
+
+        ConvNet(**kw)
+    except (ValueError, TypeError) as exc:
+        raise cli.UsageError(f"--family-kwargs: {exc}") from None
+    torch.set_num_threads(args.threads)
+    r = convnet_speed(args.n_problems, args.reps, args.unroll, kw, meta=not args.no_meta, device=args.device)
+    print(f"# ConvNet {kw or '(default)'}: N = {args.n_problems} nets, d = {r['dim']}, device={args.device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.reps} interleaved reps")
+    for k, v in r.items():
+        if k.endswith("_ratio"):
+            print(f"{k:24s} {v:8.2f}x")
+        elif isinstance(v, float):
+            print(f"{k:24s} {v:8.4f} s")
     return 0
 
 

@@ -23,6 +23,7 @@ EXPECTED = {
     "rosenbrock",
     "rastrigin",
     "neural_art",
+    "convnet",
 }
 
 #: Small sizes so the whole file stays fast (MLP on the 8×8 scikit-learn digits).
@@ -35,6 +36,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "rosenbrock": {"dim": 3},
     "rastrigin": {"dim": 4},
     "neural_art": {"size": 16, "widths": (4, 8)},
+    "convnet": {"channels": (2, 2, 2), "fc": 4, "batch_size": 8, "image_size": 8},
 }
 
 NAMES = sorted(FAMILIES)
@@ -110,6 +112,11 @@ def test_make_family_bad_keyword() -> None:
         ("rosenbrock", {"scale_min": 3.0}, 3.0),
         ("rastrigin", {"dim": -2}, -2),
         ("rastrigin", {"A": float("inf")}, float("inf")),
+        ("convnet", {"image_size": 4}, 4),
+        ("convnet", {"kernel": 2}, 2),
+        ("convnet", {"channels": (8, 0, 8)}, 0),
+        ("convnet", {"batch_size": 1}, 1),
+        ("convnet", {"method": "loop"}, "loop"),
     ],
 )
 def test_bad_constructor_values(name: str, kwargs: dict[str, Any], bad: Any) -> None:
@@ -170,6 +177,7 @@ def test_default_dims() -> None:
         "rosenbrock": 2,
         "rastrigin": 10,
         "neural_art": 3 * 64 * 64,
+        "convnet": 12338,
     }
     assert MLP(dataset="digits").dim == 64 * 20 + 20 + 20 * 10 + 10
     assert MLP(hidden=(), dataset="digits").dim == 64 * 10 + 10

@@ -229,3 +229,93 @@ def step_overhead(
     env_med, bare_med = float(np.median(env_t)), float(np.median(bare_t))
     return {"env_step_s": env_med, "bare_forward_backward_s": bare_med, "ratio": env_med / bare_med,
             "num_envs": num_envs, "history": history, "reps": reps, "threads": torch.get_num_threads()}
+
+
+def convnet_speed(
+    n_problems: int = 8, reps: int = 5, unroll: int = 10, family_kwargs: dict | None = None,
+    meta: bool = True, device: str = "cpu",
+) -> dict[str, float]:
+    """Seconds per call (median of ``reps``, measured *interleaved* so that a contended machine slows every
+    variant alike) of, for ``n_problems`` conv nets of :class:`l2o_gym.problems.ConvNet`:
+
+    * ``bare_grouped``: one batched forward + backward (grouped convolutions) — ``autograd.grad`` of the
+      summed minibatch losses w.r.t. θ ``[N, d]``, nothing else;
+    * ``bare_vmap``: the same with ``method="vmap"``;
+    * ``separate``: ``N`` separate ``nn.Sequential`` nets, one forward + backward each;
+    * ``env_step``: one step of the native vector env ``gymnasium.make_vec("l2o/ConvNet-v0", N)`` (the
+      batched core with Li & Malik's H = 25 history features and the gymnasium adapter);
+    * ``core_step``: one :func:`l2o_gym.core.step` with history 1 (what the LSTM trainer runs);
+    * ``meta_iteration`` (``meta``): one multi-LSTM (conv/fc/bn/bias) truncated-BPTT meta-iteration of
+      ``unroll`` steps (forward, backward, Adam).
+
+    Ratios ``env_step / bare_grouped`` etc. are added as ``*_ratio``.
+    """
+    import statistics
+
+    import torch.nn.functional as F
+
+    from l2o_gym import core
+    from l2o_gym.problems import ConvNet
+
+    kw = dict(family_kwargs or {})
+    fam = ConvNet(**kw)
+    fam_v = ConvNet(**{**kw, "method": "vmap"})
+    batch = fam.sample(n_problems, "train", 0, device)
+    batch_v = fam_v.sample(n_problems, "train", 0, device)
+    theta = batch.x0.clone()
+    step_t = torch.zeros(n_problems, dtype=torch.int64, device=device)
+
+    def bare(b) -> None:
+        leaf = theta.detach().requires_grad_(True)
+        torch.autograd.grad(b.family.loss(b, leaf, step_t).sum(), leaf)
+
+    X, y = fam.partition("train", torch.device(device), torch.float32)
+    pos = fam.minibatch_positions(batch, step_t)
+    nets = [fam.to_module(theta[i]) for i in range(n_problems)]
+
+    def separate() -> None:
+        for i, net in enumerate(nets):
+            net.zero_grad()
+            F.cross_entropy(net(X[pos[i]]), y[pos[i]]).backward()
+
+    venv = gym.make_vec("l2o/ConvNet-v0", n_problems, device=device, **kw)
+    venv.reset(seed=0)
+    zero = torch.zeros((n_problems,) + venv.single_action_space.shape, device=device)
+    cc = core.CoreConfig(horizon=10**6, history=1, validate=False)
+    state = [core.reset(batch, cc)]
+
+    def core_step() -> None:
+        state[0] = core.step(state[0], torch.zeros_like(theta))[0]
+
+    jobs = {"bare_grouped": lambda: bare(batch), "bare_vmap": lambda: bare(batch_v), "separate": separate,
+            "env_step": lambda: venv.step(zero), "core_step": core_step}
+    if meta:
+        from l2o_gym.agents.lstm.trainer import TrainConfig, Trainer
+
+        trainer = Trainer(TrainConfig(env_id="l2o/ConvNet-v0", family_kwargs=kw, n_problems=n_problems, unroll=unroll,
+                                      val_every=0, val_problems=1, progress=False, device=device,
+                                      kinds=("conv", "fc", "bn", "bias")))
+        mstate = [core.reset(batch, trainer.core_config)]
+        mem = [trainer.policy.reset(mstate[0])]
+
+        def meta_it() -> None:
+            mstate[0], mem[0], _, _ = trainer.meta_step(mstate[0], mem[0], 0)
+
+        jobs["meta_iteration"] = meta_it
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for r in range(reps + 1):
+        for k, fn in jobs.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            if r > 0:  # the first round is a warm-up
+                times[k].append(time.perf_counter() - t)
+    venv.close()
+    out = {k: statistics.median(v) for k, v in times.items()}
+    for k in ("bare_vmap", "separate", "env_step", "core_step"):
+        out[f"{k}_ratio"] = out[k] / out["bare_grouped"]
+    out.update({"n_problems": n_problems, "reps": reps, "unroll": unroll, "dim": fam.dim,
+                "threads": torch.get_num_threads()})
+    return out

@@ -29,6 +29,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.agents.baselines import FIRST_ORDER as _FIRST_ORDER
 from l2o_gym.agents.common import steps_to_reach
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
@@ -40,9 +41,15 @@ log = logging.getLogger(__name__)
 
 #: learned policies and how they were trained (report labels).
 LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "sac": "RL (SAC)", "recurrent_ppo": "RL (RecurrentPPO)",
-                "lstm": "supervised (LSTM, BPTT)"}
+                "lstm": "supervised (LSTM, BPTT)",
+                "mlstm": "supervised (one LSTM per kind)", "mlstm-sub": "supervised (LSTM-sub, 5 labels)",
+                "mlstm-shared": "supervised (one shared LSTM)"}
 #: the step-size (one gradient per iteration) baselines: :data:`l2o_gym.agents.baselines.FIRST_ORDER`.
 FIRST_ORDER = list(_FIRST_ORDER)
+#: the first-order baselines of the conv-net sections (AdaGrad joins when the baselines have it).
+CONV_FIRST_ORDER = [*FIRST_ORDER, *(["adagrad"] if "adagrad" in BASELINES else [])]
+#: problems per conv-net section in the main job (d = 12,338; a conv net costs ~30 ms per step on one core).
+CONV_MAIN_PROBLEMS = 1
 LINE_SEARCH = ["cg", "lbfgs"]
 #: Neural art (Andrychowicz et al. §3.4): the tuned first-order baselines and the LSTM, T = 128 as in the paper.
 ART_ENV = "l2o/NeuralArt-v0"
@@ -71,6 +78,8 @@ def study_sections() -> list[Section]:
         # d = 12,288 pixels per image and a conv-net objective: 4 held-out images at T keep it within the
         # budget; 10·T, the 128×128 / second-style transfer and more images are in the "art-full" preset.
         Section(ART_ENV, list(ART_POLICIES), ART_T, None, n_problems=4),
+        # Andrychowicz §3.3 (conv net on the colour stand-in for CIFAR-10), all labels; the rest in --preset convnet.
+        Section("l2o/ConvNet-v0", [*CONV_FIRST_ORDER, "mlstm"], 100, 1000, n_problems=CONV_MAIN_PROBLEMS),
     ]
 
 
@@ -87,6 +96,33 @@ def art_sections(n_problems: int = 4) -> list[Section]:
     ]
 
 
+def convnet_sections(n_problems: int = 8, long_horizon: int | None = 1000) -> list[Section]:
+    """The complete conv-net study (``--preset convnet``; Andrychowicz et al. §3.3, Figure 6): tuned first-order
+    baselines and the learned optimizers on held-out problems at T = 100 and 1000 — all labels (multi-LSTM vs
+    one shared LSTM), the unseen label subsets "5 of 10" and "2 of 10" (disjoint from LSTM-sub's training labels
+    0–4: LSTM-sub vs the multi-LSTM trained on all labels) and MNIST (dataset transfer)."""
+    env, base, lt = "l2o/ConvNet-v0", CONV_FIRST_ORDER, long_horizon
+    return [
+        Section(env, [*base, "mlstm", "mlstm-shared"], 100, lt, n_problems=n_problems, title="ConvNet — all labels"),
+        Section(env, [*base, "mlstm", "mlstm-sub"], 100, lt, variant="labels5_test", n_problems=n_problems,
+                title="ConvNet — 5 of 10 labels (5–9, unseen by LSTM-sub)"),
+        Section(env, [*base, "mlstm", "mlstm-sub"], 100, lt, variant="labels2_test", n_problems=n_problems,
+                title="ConvNet — 2 of 10 labels (8, 9, unseen by LSTM-sub)"),
+        Section(env, [*base, "mlstm"], 100, lt, variant="mnist", n_problems=n_problems,
+                title="ConvNet — MNIST (dataset transfer)"),
+    ]
+
+
+def convnet_quick_sections() -> list[Section]:
+    """:func:`convnet_sections` with 4 problems at T = 100 only (what a shared 2-core CPU affords in minutes)."""
+    return convnet_sections(n_problems=4, long_horizon=None)
+
+
+def convnet_tiny_sections() -> list[Section]:
+    """:func:`convnet_sections` at toy size (1 problem, T = 3 → 6): smoke runs and tests."""
+    return [dataclasses.replace(s, horizon=3, long_horizon=6, n_problems=1) for s in convnet_sections()]
+
+
 def tiny_sections() -> list[Section]:
     """The study's structure at toy size (3 problems, T/10, 2·T/10): for tests and smoke runs (seconds)."""
     out = []
@@ -97,7 +133,8 @@ def tiny_sections() -> list[Section]:
     return out
 
 
-PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "art-full": art_sections}
+PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "art-full": art_sections,
+           "convnet": convnet_sections, "convnet-quick": convnet_quick_sections, "convnet-tiny": convnet_tiny_sections}
 
 
 def preset_config(name: str, **kwargs: Any) -> CompareConfig:

@@ -7,6 +7,7 @@ from typing import Any
 
 from l2o_gym.checks import SPLITS, UnknownArgumentError, check_split
 from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, ProblemSampler, param_specs_from, stream_seed
+from l2o_gym.problems.convnet import ConvNet
 from l2o_gym.problems.logistic_regression import LogisticRegression
 from l2o_gym.problems.mlp import MLP
 from l2o_gym.problems.neural_art import NeuralArt
@@ -19,7 +20,8 @@ from l2o_gym.problems.rosenbrock import Rosenbrock
 #: registry name -> family class; :func:`make_family` is the one entry point.
 FAMILIES: dict[str, type[ProblemFamily]] = {
     cls.name: cls
-    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin, NeuralArt)
+    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin, NeuralArt,
+                ConvNet)
 }
 
 
@@ -52,6 +54,7 @@ def make_family(family: str | ProblemFamily, **kwargs: Any) -> ProblemFamily:
 
 __all__ = [
     "FAMILIES",
+    "ConvNet",
     "SPLITS",
     "ProblemBatch",
     "ProblemFamily",
