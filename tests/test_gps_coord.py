@@ -1,0 +1,233 @@
+"""Convolutional GPS local side (agents/gps/coord.py): per-group LQG vs the full LQG, per-coordinate dynamics
+fits, permutation equivariance."""
+
+from __future__ import annotations
+
+import torch
+
+from l2o_gym.agents.gps.coord import (
+    GRAD,
+    OBS_DIM,
+    STATE_DIM,
+    CoordinateController,
+    CoordinateFeatures,
+    DynamicsMoments,
+    group_cost,
+    group_index,
+    initial_controller,
+)
+from l2o_gym.agents.gps.cost import QuadraticCost
+from l2o_gym.agents.gps.dynamics import fit_dynamics
+from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics, LinearGaussianPolicy
+from l2o_gym.agents.gps.lqr import backward, solve_kl_step
+from l2o_gym.problems import make_family
+
+DT = torch.float64
+
+
+def _random_group_system(ds: int, T: int, gen: torch.Generator):
+    F = 0.3 * torch.randn(1, T, ds, ds + 1, generator=gen, dtype=DT)
+    f = 0.1 * torch.randn(1, T, ds, generator=gen, dtype=DT)
+    W = 0.01 * torch.eye(ds, dtype=DT).expand(1, T, ds, ds).clone()
+    A = torch.randn(1, T, ds + 1, ds + 1, generator=gen, dtype=DT)
+    C = A @ A.transpose(-1, -2) / (ds + 1) + 0.1 * torch.eye(ds + 1, dtype=DT)
+    c = torch.randn(1, T, ds + 1, generator=gen, dtype=DT)
+    x0m = torch.randn(1, ds, generator=gen, dtype=DT)
+    x0c = 0.1 * torch.eye(ds, dtype=DT)[None]
+    prev = LinearGaussianPolicy(
+        0.2 * torch.randn(1, T, 1, ds, generator=gen, dtype=DT),
+        0.1 * torch.randn(1, T, 1, generator=gen, dtype=DT),
+        torch.full((1, T, 1, 1), 0.3, dtype=DT),
+    )
+    return LinearGaussianDynamics(F, f, W, x0m, x0c), QuadraticCost(C, c, torch.zeros(1, T, dtype=DT)), prev
+
+
+def _assemble(dyn, cost, prev, n: int):
+    """The full system of ``n`` coordinates with block-diagonal, shared blocks; y = [s^1..s^n, a^1..a^n]."""
+    _, T, ds, dy = dyn.F.shape
+    dx = n * ds
+    eye = torch.eye(n, dtype=DT)
+
+    def to_full_y(M):  # [T, ds+1, ds+1] block over (s, a) -> [T, dx+n, dx+n]
+        out = torch.zeros(T, dx + n, dx + n, dtype=DT)
+        out[:, :dx, :dx] = torch.kron(eye, M[:, :ds, :ds])
+        out[:, :dx, dx:] = torch.kron(eye, M[:, :ds, ds:])
+        out[:, dx:, :dx] = torch.kron(eye, M[:, ds:, :ds])
+        out[:, dx:, dx:] = torch.kron(eye, M[:, ds:, ds:])
+        return out
+
+    Ff = torch.zeros(T, dx, dx + n, dtype=DT)
+    Ff[:, :, :dx] = torch.kron(eye, dyn.F[0, :, :, :ds])
+    Ff[:, :, dx:] = torch.kron(eye, dyn.F[0, :, :, ds:])
+    dyn_f = LinearGaussianDynamics(
+        Ff[None], dyn.f[0].repeat(1, n)[None], torch.kron(eye, dyn.W[0])[None],
+        dyn.x0_mean.repeat(1, n), torch.kron(eye, dyn.x0_cov[0])[None],
+    )
+    cost_f = QuadraticCost(to_full_y(cost.C[0])[None],
+                           torch.cat([cost.c[0, :, :ds].repeat(1, n), cost.c[0, :, ds:].repeat(1, n)], -1)[None],
+                           n * cost.c0)
+    prev_f = LinearGaussianPolicy(torch.kron(eye, prev.K[0])[None], prev.k[0].repeat(1, n)[None],
+                                  torch.kron(eye, prev.cov[0])[None])
+    return dyn_f, cost_f, prev_f
+
+
+def test_per_group_lqg_equals_full_lqg_on_assembled_system():
+    gen = torch.Generator().manual_seed(0)
+    ds, T, n = 3, 6, 4
+    dyn, cost, prev = _random_group_system(ds, T, gen)
+    dyn_f, cost_f, prev_f = _assemble(dyn, cost, prev, n)
+    eta = torch.tensor([0.7], dtype=DT)
+    g = backward(dyn, cost, eta, prev=prev, du=1)
+    full = backward(dyn_f, cost_f, eta, prev=prev_f, du=n)
+    eye = torch.eye(n, dtype=DT)
+    assert bool(g.ok.all()) and bool(full.ok.all())
+    torch.testing.assert_close(full.policy.K[0], torch.kron(eye, g.policy.K[0]))
+    torch.testing.assert_close(full.policy.k[0], g.policy.k[0].repeat(1, n))
+    torch.testing.assert_close(full.policy.cov[0], torch.kron(eye, g.policy.cov[0]))
+    torch.testing.assert_close(full.V[0], torch.kron(eye, g.V[0]))
+
+
+def test_per_coordinate_kl_budget_scales_with_group_size():
+    # KL of the full controller = n × the group's, so ε_full = n·ε_g gives the same η and controllers.
+    gen = torch.Generator().manual_seed(1)
+    ds, T, n = 2, 5, 3
+    dyn, cost, prev = _random_group_system(ds, T, gen)
+    dyn_f, cost_f, prev_f = _assemble(dyn, cost, prev, n)
+    eps = torch.tensor([0.05], dtype=DT)
+    g = solve_kl_step(dyn, cost, prev, eps)
+    full = solve_kl_step(dyn_f, cost_f, prev_f, n * eps)
+    torch.testing.assert_close(full.eta, g.eta, rtol=1e-6, atol=0)
+    torch.testing.assert_close(full.kl, n * g.kl, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(full.policy.K[0], torch.kron(torch.eye(n, dtype=DT), g.policy.K[0]))
+
+
+def _shared_system_samples(G=2, ds=2, T=4, N=6, d_per=(300, 500), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    A = 0.5 * torch.randn(G, T, ds, ds + 1, generator=gen, dtype=DT)
+    b = torch.randn(G, T, ds, generator=gen, dtype=DT)
+    noise = 0.05
+    groups = torch.repeat_interleave(torch.arange(G), torch.tensor(d_per))
+    d = len(groups)
+    s = torch.randn(N, d, ds, generator=gen, dtype=DT)
+    S, Aa = [s], []
+    for t in range(T):
+        a = torch.randn(N, d, generator=gen, dtype=DT)
+        y = torch.cat([s, a[..., None]], -1)
+        s = torch.einsum("dij,ndj->ndi", A[groups, t], y) + b[groups, t] + noise * torch.randn(N, d, ds, generator=gen, dtype=DT)
+        S.append(s)
+        Aa.append(a)
+    return A, b, groups, torch.stack(S, 2), torch.stack(Aa, 2)  # S [N, d, T+1, ds], Aa [N, d, T]
+
+
+def test_moments_fit_recovers_shared_linear_gaussian_system():
+    A, b, groups, S, Aa = _shared_system_samples()
+    G, T, ds = A.shape[0], A.shape[1], A.shape[2]
+    mom = DynamicsMoments(G, T, ds)
+    for t in range(T):
+        mom.add(t, S[:, :, t], Aa[:, :, t], S[:, :, t + 1], groups)
+    dyn = mom.fit(reg=1e-9)
+    # the fit is the least-squares regression of s_{t+1} on [s_t, a_t, 1] over every coordinate of a group …
+    for g in range(G):
+        for t in range(T):
+            idx = groups == g
+            Y = torch.cat([S[:, idx, t], Aa[:, idx, t, None], torch.ones_like(Aa[:, idx, t, None])], -1).reshape(-1, ds + 2)
+            coef = torch.linalg.lstsq(Y, S[:, idx, t + 1].reshape(-1, ds)).solution.T  # [ds, ds+2]
+            torch.testing.assert_close(dyn.F[g, t], coef[:, : ds + 1], atol=1e-6, rtol=0)
+            torch.testing.assert_close(dyn.f[g, t], coef[:, -1], atol=1e-6, rtol=0)
+    # … which recovers the shared system from 1,800–3,000 coordinate samples per group and step
+    torch.testing.assert_close(dyn.F, A, atol=0.02, rtol=0)
+    torch.testing.assert_close(dyn.f, b, atol=0.03, rtol=0)
+    W_true = 0.05**2 * torch.eye(ds, dtype=DT)
+    torch.testing.assert_close(dyn.W, W_true.expand_as(dyn.W), atol=5e-4, rtol=0)
+
+
+def test_moments_add_up_and_match_fit_dynamics():
+    A, b, groups, S, Aa = _shared_system_samples(G=1, d_per=(40,), N=3)
+    T, ds = A.shape[1], A.shape[2]
+    whole, half1, half2 = (DynamicsMoments(1, T, ds) for _ in range(3))
+    for t in range(T):
+        whole.add(t, S[:, :, t], Aa[:, :, t], S[:, :, t + 1], groups)
+        half1.add(t, S[:2, :, t], Aa[:2, :, t], S[:2, :, t + 1], groups)
+        half2.add(t, S[2:, :, t], Aa[2:, :, t], S[2:, :, t + 1], groups)
+    half1.merge(half2)
+    torch.testing.assert_close(half1.outer, whole.outer)
+    prior = whole.prior()
+    a, c = whole.fit(prior), half1.fit(prior)
+    torch.testing.assert_close(a.F, c.F)
+    # The same samples, arranged as one condition with N·d samples, through the classic fit.
+    X = S.reshape(1, -1, T + 1, ds)
+    U = Aa.reshape(1, -1, T, 1)
+    ref = fit_dynamics(X, U, torch.ones(1, X.shape[1], dtype=torch.bool), prior)
+    torch.testing.assert_close(a.F, ref.F)
+    torch.testing.assert_close(a.f, ref.f)
+    torch.testing.assert_close(a.W, ref.W)
+
+
+def test_non_finite_samples_are_dropped_and_counted():
+    A, b, groups, S, Aa = _shared_system_samples(G=1, d_per=(10,), N=2, T=2)
+    S = S.clone()
+    S[0, 3, 1, 0] = float("nan")
+    mom = DynamicsMoments(1, 2, S.shape[-1])
+    for t in range(2):
+        mom.add(t, S[:, :, t], Aa[:, :, t], S[:, :, t + 1], groups)
+    assert mom.dropped == 2  # (t=0, s_next) and (t=1, s)
+    assert torch.isfinite(mom.outer).all() and mom.count[0].tolist() == [19.0, 19.0]
+
+
+def _run_features(theta_seq, loss_seq, grad_seq):
+    feats = CoordinateFeatures()
+    feats.reset(theta_seq[0], loss_seq[0], grad_seq[0])
+    out = [(feats.state, feats.obs)]
+    for th, f, g in zip(theta_seq[1:], loss_seq[1:], grad_seq[1:]):
+        feats.update(th, f, g)
+        out.append((feats.state, feats.obs))
+    return out
+
+
+def test_features_shapes_finite_and_permutation_equivariant():
+    fam = make_family("mlp", hidden=(4,), dataset="digits")
+    problems = fam.sample(2, "train", 0, dtype=DT)
+    theta = problems.x0.clone()
+    thetas, losses, grads = [], [], []
+    for t in range(40):
+        f, g = problems.loss_and_grad(theta, t)
+        thetas.append(theta.clone()), losses.append(f), grads.append(g)
+        theta = theta - 0.5 * g
+    perm = torch.randperm(fam.dim, generator=torch.Generator().manual_seed(0))
+    a = _run_features(thetas, losses, grads)
+    b = _run_features([x[:, perm] for x in thetas], losses, [x[:, perm] for x in grads])
+    for (sa, oa), (sb, ob) in zip(a, b):
+        assert sa.shape == (2, fam.dim, STATE_DIM) and oa.shape == (2, fam.dim, OBS_DIM)
+        assert torch.isfinite(sa).all() and torch.isfinite(oa).all()
+        torch.testing.assert_close(sa[:, perm], sb)
+        torch.testing.assert_close(oa[:, perm], ob)
+    # the objective falls under gradient descent: the most recent stride-5 change is negative at t = 39
+    assert bool((a[-1][0][:, 0, 3] < 0).all())
+
+
+def test_controller_is_permutation_equivariant_within_groups():
+    fam = make_family("mlp", hidden=(3,), dataset="digits")
+    specs = fam.param_specs()
+    groups = group_index(specs)
+    G, T = len(specs), 2
+    pol = initial_controller(G, T, lr=0.1, std=0.2)
+    pol.K[..., 0, 0] = torch.arange(G, dtype=DT)[:, None]  # groups differ
+    ctrl = CoordinateController(pol, groups)
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(2, fam.dim, STATE_DIM, generator=gen, dtype=DT)
+    noise = torch.randn(2, fam.dim, generator=gen, dtype=DT)
+    # a permutation that stays within each group
+    perm = torch.cat([spec.offset + torch.randperm(spec.numel, generator=gen) for spec in specs])
+    a = ctrl.sample(s, 1, noise)
+    b = ctrl.sample(s[:, perm], 1, noise[:, perm])
+    torch.testing.assert_close(a[:, perm], b)
+    torch.testing.assert_close(ctrl.mean(s, 0), -0.1 * s[..., GRAD] + pol.K[groups, 0, 0, 0] * s[..., 0])
+
+
+def test_group_cost_reads_the_objective_feature():
+    cost = group_cost(2, 3, action_penalty=0.5)
+    y = torch.zeros(2, 3, STATE_DIM + 1, dtype=DT)
+    y[..., 0] = 2.0
+    y[..., -1] = 1.0
+    S = torch.zeros(2, 3, STATE_DIM + 1, STATE_DIM + 1, dtype=DT)
+    torch.testing.assert_close(cost.expected(y, S), torch.full((2,), 3 * (2.0 + 0.25), dtype=DT))
