@@ -12,7 +12,7 @@ from l2o_gym.agents.gps.coord import (
     CoordinateController,
     CoordinateFeatures,
     DynamicsMoments,
-    group_cost,
+    CostMoments,
     group_index,
     initial_controller,
 )
@@ -202,7 +202,7 @@ def test_features_shapes_finite_and_permutation_equivariant():
         torch.testing.assert_close(sa[:, perm], sb)
         torch.testing.assert_close(oa[:, perm], ob)
     # the objective falls under gradient descent: the most recent stride-5 change is negative at t = 39
-    assert bool((a[-1][0][:, 0, 3] < 0).all())
+    assert bool((a[-1][0][:, 0, 4] < 0).all())
 
 
 def test_controller_is_permutation_equivariant_within_groups():
@@ -224,10 +224,41 @@ def test_controller_is_permutation_equivariant_within_groups():
     torch.testing.assert_close(ctrl.mean(s, 0), -0.1 * s[..., GRAD] + pol.K[groups, 0, 0, 0] * s[..., 0])
 
 
-def test_group_cost_reads_the_objective_feature():
-    cost = group_cost(2, 3, action_penalty=0.5)
-    y = torch.zeros(2, 3, STATE_DIM + 1, dtype=DT)
-    y[..., 0] = 2.0
-    y[..., -1] = 1.0
-    S = torch.zeros(2, 3, STATE_DIM + 1, STATE_DIM + 1, dtype=DT)
-    torch.testing.assert_close(cost.expected(y, S), torch.full((2,), 3 * (2.0 + 0.25), dtype=DT))
+def test_cost_model_recovers_gradient_regression_and_curvature():
+    # Separable quadratic f(θ) = Σ ½ h_i θ_i² with |f0| = 1: r = |g| is an exact linear function of a state
+    # feature here (s[0] = |g|), and the secant curvature along any step is the mean of h over the group.
+    gen = torch.Generator().manual_seed(0)
+    G, T, ds, N, d = 2, 3, 2, 5, 200
+    groups = torch.repeat_interleave(torch.arange(G), torch.tensor([120, 80]))
+    h = torch.where(groups == 0, 2.0, 0.5).to(DT)
+    mom = CostMoments(G, T, ds)
+    theta = torch.randn(N, d, generator=gen, dtype=DT)
+    from l2o_gym.agents.gps.coord import contiguous_segments
+    for t in range(T):
+        g = h * theta
+        s = torch.stack([g.abs(), torch.randn(N, d, generator=gen, dtype=DT)], -1)
+        step = -0.1 * g + 0.01 * torch.randn(N, d, generator=gen, dtype=DT)
+        g_next = h * (theta + step)
+        mom.add_segments(t, s, g.abs(), (g_next - g) * step, step * step, contiguous_segments(groups))
+        theta = theta + step
+    cost = mom.fit(action_penalty=0.0, ridge=1e-12)
+    w = (T - torch.arange(T, dtype=DT)) / T
+    torch.testing.assert_close(cost.C[:, :, 0, ds], w.expand(G, T))  # β on |g| is 1
+    torch.testing.assert_close(cost.C[:, :, 1, ds], torch.zeros(G, T, dtype=DT), atol=1e-9, rtol=0)
+    torch.testing.assert_close(cost.c[:, :, ds], torch.zeros(G, T, dtype=DT), atol=1e-9, rtol=0)
+    torch.testing.assert_close(cost.C[:, :, ds, ds], torch.tensor([[2.0], [0.5]], dtype=DT) * w)
+
+
+def test_cost_model_equals_first_order_decrease_for_the_frame_step():
+    # c(s, a') with β on the |g| feature: a frame step a' = −η|g| costs −η|g|² + ½ h η²|g|², the exact change of
+    # f = ½ h θ² (normalised by |f0| = 1) at t = 0 (weight 1).
+    mom = CostMoments(1, 1, 1)
+    g = torch.linspace(0.1, 2.0, 50, dtype=DT)[None]
+    s = g.abs()[..., None]
+    step = -0.3 * g
+    mom.add_segments(0, s, g.abs(), (1.5 * step) * step, step * step, [(slice(None), slice(None), 0)])
+    cost = mom.fit(action_penalty=0.0, ridge=1e-12)
+    y = torch.cat([s[0], (-0.3 * g.abs())[0][:, None]], -1)  # [50, 2]
+    model = 0.5 * torch.einsum("ni,ij,nj->n", y, cost.C[0, 0], y) + y @ cost.c[0, 0]
+    exact = (-0.3 * g * g + 0.5 * 1.5 * (0.3 * g) ** 2)[0]
+    torch.testing.assert_close(model, exact)

@@ -25,14 +25,33 @@ moments from several processes (``torch.distributed.all_reduce`` of the raw sums
 :func:`l2o_gym.agents.gps.dynamics.dynamics_from_moments` (the normal-inverse-Wishart posterior around a prior
 pooled over all groups and time steps). Non-finite samples are dropped and counted, never fed to a fit.
 
-**Cost.** ``c^g_t(s, a) = w_f · s[OBJ] + (w_u / 2) a²`` where ``s[OBJ] = f̄_t / f̄_0`` is the local state's
-averaged objective relative to its start value: linear in the state, so each coordinate carries the same
-share of the objective and the per-group cost is exact for the block-diagonal model (:func:`group_cost`).
+**Gradient-sign frame.** The effect of a step on the objective is ``Σ_i g^i a^i`` to first order: bilinear in
+state and action, which no linear model of one coordinate can represent (pooled over coordinates whose
+gradients have both signs, a regression of ``Δf`` on ``a^i`` sees nothing). Every per-coordinate quantity is
+therefore expressed in the frame of the current gradient's sign ``σ^i_t = sign(g^i_t)`` (``+1`` at 0): the
+features hold ``σ·ĝ`` (≥ 0 when the averaged and current gradients agree) and sign agreements, the
+controllers and the global policy output ``a' = σ·a`` (the step *along* the gradient), and the dynamics are
+fitted on ``(s, a', s')``; in that frame ``Δf ≈ Σ_i |g^i| a'^i`` is linear in the action with a coefficient of one
+sign. The optimizer is then equivariant to flipping the sign of any coordinate (θ^i → −θ^i flips g^i and the
+step), as a hand-designed first-order method is (tested).
+
+**Cost.** The objective is shared by all coordinates, so a per-coordinate model cannot attribute its value
+to one coordinate's step: a regression of ``f_{t+1}`` on ``a^i`` over the coordinates of one trajectory sees a
+constant. What *is* additive over coordinates is the local second-order model of the objective's change,
+``f(θ + Δθ) − f(θ) ≈ Σ_i (g^i Δθ^i + ½ h^i (Δθ^i)²)``, which in the frame is ``Σ_i (|g^i| a'^i + ½ h^i a'^2)``.
+The per-coordinate cost is this model (normalised by ``|f_0|``), expanded around the samples as GPS expands any
+cost: ``|g^i_t| / |f_0|`` is regressed on the local state per group and time step (``β_tᵀ s + β0_t``, a
+state-action cross term of the quadratic cost), and the curvature ``h_t`` is the secant curvature along the
+steps the samples took, ``Σ (g_{t+1} − g_t)·Δθ_t / Σ Δθ_t²`` (clipped at 0); ``w_u`` is added to it
+(:class:`CostMoments`)::
+
+    c^g_t(s, a') = (β_tᵀ s + β0_t) a' + ½ (h_t + w_u) a'²
+
+Summed over coordinates and time this is the model's predicted total decrease of ``f / |f_0|`` over the run.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -57,10 +76,12 @@ _EPS: float = 1e-8
 OBJ: int = 0  #: f̄_t / f̄_0, the averaged objective relative to its start value (the cost reads it)
 GRAD: int = 1  #: ḡ_t / sqrt(running mean of ḡ²), the normalised averaged gradient
 STEP_RATIO: int = 2  #: log((|x̄_t − x̄_{t−1}| + ε) / (|x̄_{t−1} − x̄_{t−2}| + ε)), clipped to ±10
-OBJ_CHANGES: slice = slice(3, 3 + N_OBJ_CHANGES)  #: (f̄_{t−5(k−1)} − f̄_{t−5k}) / |f̄_{t−5k}|, k = 1…25, clipped to ±10
-STATE_DIM: int = 3 + N_OBJ_CHANGES
-#: layout of the observation Ψ (global side): one-step relative objective change, normalised gradient, log step ratio.
-OBS_DIM: int = 3
+AGREE: int = 3  #: σ · sign(x̄_t − x̄_{t−1}): does the last averaged move point along the current gradient?
+OBJ_CHANGES: slice = slice(4, 4 + N_OBJ_CHANGES)  #: (f̄_{t−5(k−1)} − f̄_{t−5k}) / |f̄_{t−5k}|, k = 1…25, clipped to ±10
+STATE_DIM: int = 4 + N_OBJ_CHANGES
+#: layout of the observation Ψ (global side): one-step relative objective change, |g_t| / rms, log step
+#: ratio, σ · sign(Δθ_{t−1}).
+OBS_DIM: int = 4
 
 
 def group_index(specs: tuple[ParamSpec, ...], device: torch.device | str = "cpu") -> Tensor:
@@ -69,8 +90,21 @@ def group_index(specs: tuple[ParamSpec, ...], device: torch.device | str = "cpu"
     return torch.repeat_interleave(torch.arange(len(specs), device=device), sizes)
 
 
+def contiguous_segments(groups: Tensor) -> list[tuple[slice, slice, int]]:
+    """``(all rows, cols, index)`` for every run of equal values in ``groups[d]`` (coordinate groups are
+    contiguous in θ, so this is one segment per parameter tensor)."""
+    g = groups.tolist()
+    out, start = [], 0
+    for i in range(1, len(g) + 1):
+        if i == len(g) or g[i] != g[start]:
+            out.append((slice(None), slice(start, i), int(g[start])))
+            start = i
+    return out
+
+
 class CoordinateFeatures:
-    """Per-coordinate local-state features Φ and observations Ψ of ``N`` problems with ``d`` coordinates.
+    """Per-coordinate local-state features Φ and observations Ψ of ``N`` problems with ``d`` coordinates,
+    in the gradient-sign frame (module docstring; :attr:`frame` is ``σ[N, d]``).
 
     Call :meth:`reset` with the start iterate, objective and gradient, then :meth:`update` after every step.
     Every quantity is element-wise per coordinate or a per-problem scalar, so permuting the coordinates of θ
@@ -81,24 +115,31 @@ class CoordinateFeatures:
         obs: ``[N, d, OBS_DIM]`` Ψ (global side, train and test).
     """
 
-    def reset(self, theta: Tensor, loss: Tensor, grad: Tensor) -> None:
-        n, d = theta.shape
+    def reset(self, theta: Tensor, loss: Tensor, grad: Tensor, objective: Tensor | None = None) -> None:
+        """Start from iterate ``theta[N, d]``, minibatch objective ``loss[N]`` and gradient ``grad[N, d]``.
+
+        ``objective[N]`` (default ``loss``) feeds the objective part of Φ (``OBJ`` and the relative changes):
+        training passes the true (full-data) objective there, the cost reads it; Ψ always uses ``loss``.
+        """
+        objective = loss if objective is None else objective
         self._x = [theta.clone()]  # last AVERAGE_OVER iterates
         self._g = [grad.clone()]
-        self._f = [loss.clone()]
+        self._f = [objective.clone()]
         self._xbar: list[Tensor] = [theta.clone()]  # averaged iterates, last 3
-        self._fbar: list[Tensor] = [loss.clone()]  # averaged objective, last N_OBJ_CHANGES·OBJ_STRIDE + 1
-        self._f0 = loss.abs().clamp_min(_EPS)
+        self._fbar: list[Tensor] = [objective.clone()]  # averaged objective, last N_OBJ_CHANGES·OBJ_STRIDE + 1
+        self._f0 = objective.abs().clamp_min(_EPS)
         self._ms = grad * grad
         self._prev_loss = loss.clone()
         self._steps: list[Tensor] = []
         self._build(loss, grad)
 
-    def update(self, theta: Tensor, loss: Tensor, grad: Tensor) -> None:
+    def update(self, theta: Tensor, loss: Tensor, grad: Tensor, objective: Tensor | None = None) -> None:
+        """Advance by one iteration (arguments as in :meth:`reset`)."""
+        objective = loss if objective is None else objective
         self._steps = (self._steps + [theta - self._x[-1]])[-2:]
         self._x = (self._x + [theta.clone()])[-AVERAGE_OVER:]
         self._g = (self._g + [grad.clone()])[-AVERAGE_OVER:]
-        self._f = (self._f + [loss.clone()])[-AVERAGE_OVER:]
+        self._f = (self._f + [objective.clone()])[-AVERAGE_OVER:]
         self._xbar = (self._xbar + [torch.stack(self._x).mean(0)])[-3:]
         self._fbar = (self._fbar + [torch.stack(self._f).mean(0)])[-(N_OBJ_CHANGES * OBJ_STRIDE + 1):]
         self._build(loss, grad)
@@ -110,7 +151,11 @@ class CoordinateFeatures:
         self._ms = GRAD_DECAY * self._ms + (1 - GRAD_DECAY) * gbar * gbar
         s = grad.new_zeros(n, d, STATE_DIM)
         s[..., OBJ] = (self._fbar[-1] / self._f0)[:, None]
-        s[..., GRAD] = gbar / (self._ms.sqrt() + _EPS)
+        sigma = torch.where(grad < 0, -1.0, 1.0).to(grad.dtype)
+        self.frame = sigma
+        s[..., GRAD] = sigma * gbar / (self._ms.sqrt() + _EPS)
+        if len(self._xbar) >= 2:
+            s[..., AGREE] = sigma * torch.sign(self._xbar[-1] - self._xbar[-2])
         if len(self._xbar) >= 3:
             num = (self._xbar[-1] - self._xbar[-2]).abs() + _EPS
             den = (self._xbar[-2] - self._xbar[-3]).abs() + _EPS
@@ -124,9 +169,11 @@ class CoordinateFeatures:
         self.state = s
         o = grad.new_zeros(n, d, OBS_DIM)
         o[..., 0] = ((loss - self._prev_loss) / self._prev_loss.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
-        o[..., 1] = grad / (self._ms.sqrt() + _EPS)
+        o[..., 1] = grad.abs() / (self._ms.sqrt() + _EPS)
         if len(self._steps) == 2:
             o[..., 2] = torch.log((self._steps[-1].abs() + _EPS) / (self._steps[-2].abs() + _EPS)).clamp(-10.0, 10.0)
+        if self._steps:
+            o[..., 3] = sigma * torch.sign(self._steps[-1])
         self.obs = o
 
 
@@ -144,13 +191,13 @@ class CoordinateController:
     groups: Tensor
 
     def mean(self, s: Tensor, t: int) -> Tensor:
-        """Mean steps ``[N, d]`` for local states ``s[N, d, dS]``."""
+        """Mean frame steps ``a'[N, d]`` for local states ``s[N, d, dS]`` (the step is ``σ · a'``)."""
         K = self.policy.K[self.groups, t, 0]  # [d, dS]
         k = self.policy.k[self.groups, t, 0]  # [d]
         return torch.einsum("nds,ds->nd", s, K) + k
 
     def sample(self, s: Tensor, t: int, noise: Tensor) -> Tensor:
-        """Steps ``[N, d]`` with standard normal ``noise[N, d]``."""
+        """Frame steps ``a'[N, d]`` with standard normal ``noise[N, d]``."""
         std = self.policy.cov[self.groups, t, 0, 0].clamp_min(0.0).sqrt()  # [d]
         return self.mean(s, t) + std * noise
 
@@ -182,9 +229,19 @@ class DynamicsMoments:
     def add(self, t: int, s: Tensor, a: Tensor, s_next: Tensor, groups: Tensor, valid: Tensor | None = None) -> None:
         """Add the transitions of step ``t``: ``s[N, d, dS]``, ``a[N, d]``, ``s_next[N, d, dS]``.
 
-        ``valid[N]`` masks whole trajectories (diverged problems); entries with any non-finite value are
-        dropped and counted in :attr:`dropped`.
+        ``groups[d]`` is the moment index of every coordinate (the same for every row). ``valid[N]`` masks
+        whole rows (diverged problems); entries with any non-finite value are dropped and counted in
+        :attr:`dropped`.
         """
+        self.add_segments(t, s, a, s_next, contiguous_segments(groups), valid)
+
+    def add_segments(
+        self, t: int, s: Tensor, a: Tensor, s_next: Tensor, segments: list[tuple[Tensor | slice, slice, int]],
+        valid: Tensor | None = None,
+    ) -> None:
+        """Like :meth:`add`, with explicit ``segments``: ``(rows, cols, index)`` — the entries ``[rows, cols]``
+        are samples of moment index ``index`` (e.g. the coordinates of group ``g`` in the trajectories of
+        condition ``m``)."""
         z = torch.cat([s, a[..., None], s_next], -1).to(torch.float64)  # [N, d, dZ]
         ok = torch.isfinite(z).all(-1)  # [N, d]
         if valid is not None:
@@ -192,16 +249,17 @@ class DynamicsMoments:
         self.dropped += int((~ok).sum())
         z = torch.where(ok[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
         w = ok.to(z.dtype)
-        one_hot = torch.nn.functional.one_hot(groups, self.G).to(z.dtype)  # [d, G]
-        wg = torch.einsum("nd,dg->ndg", w, one_hot)  # [N, d, G]
-        self.count[:, t] += wg.sum((0, 1))
-        self.sum[:, t] += torch.einsum("ndg,ndi->gi", wg, z)
-        self.outer[:, t] += torch.einsum("ndg,ndi,ndj->gij", wg, z, z)
-        if t == 0:
-            x = z[..., : self.dS]
-            self.x0_count += wg.sum((0, 1))
-            self.x0_sum += torch.einsum("ndg,ndi->gi", wg, x)
-            self.x0_outer += torch.einsum("ndg,ndi,ndj->gij", wg, x, x)
+        for rows, cols, idx in segments:
+            zz = z[rows, cols].reshape(-1, z.shape[-1])
+            ww = w[rows, cols].reshape(-1)
+            self.count[idx, t] += ww.sum()
+            self.sum[idx, t] += zz.sum(0)
+            self.outer[idx, t] += zz.T @ zz
+            if t == 0:
+                x = zz[:, : self.dS]
+                self.x0_count[idx] += ww.sum()
+                self.x0_sum[idx] += x.sum(0)
+                self.x0_outer[idx] += x.T @ x
 
     def merge(self, other: DynamicsMoments) -> None:
         """Add another accumulator's sums (same shape)."""
@@ -253,23 +311,91 @@ class DynamicsMoments:
         return dynamics_from_moments(count.min(1).values, mean, emp, x0_mean, x0_cov, self.dS, prior, reg)
 
 
-def group_cost(
-    n_groups: int, horizon: int, state_dim: int = STATE_DIM, *, objective_weight: float = 1.0,
-    action_penalty: float = 1e-3, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
-) -> QuadraticCost:
-    """The per-coordinate cost ``c_t(s, a) = w_f s[OBJ] + (w_u/2) a²`` as a :class:`QuadraticCost` ``[G, T, …]``.
+class CostMoments:
+    """Per-(group, t) statistics of the local quadratic model of the objective (module docstring, *Cost*).
 
-    The cost of step ``t``'s action shows in the objective of ``s_{t+1}``; the backward pass sees it through
-    the dynamics. ``w_u > 0`` keeps ``Q_uu`` positive definite where the fitted dynamics are flat in ``a``.
+    For every coordinate sample it accumulates the moments of ``z = [s_t; r_t]`` with ``r = |g_t| / |f_0|``
+    (the first-order decrease of the normalised objective per unit frame step), and the secant sums
+    ``Σ (g_{t+1} − g_t)·Δθ_t / |f_0|`` and ``Σ Δθ_t²`` whose ratio is the curvature of the objective along the
+    steps taken. Raw sums, so pieces add up across batches and processes.
     """
-    if not (math.isfinite(action_penalty) and action_penalty >= 0):
-        raise ValueError(f"action_penalty must be a finite non-negative number, got {action_penalty!r}")
-    dy = state_dim + 1
-    C = torch.zeros(n_groups, horizon, dy, dy, dtype=dtype, device=device)
-    C[..., -1, -1] = action_penalty
-    c = torch.zeros(n_groups, horizon, dy, dtype=dtype, device=device)
-    c[..., OBJ] = objective_weight
-    return QuadraticCost(C, c, torch.zeros(n_groups, horizon, dtype=dtype, device=device))
+
+    def __init__(self, n_groups: int, horizon: int, state_dim: int, device: torch.device | str = "cpu") -> None:
+        opts = {"dtype": torch.float64, "device": device}
+        dz = state_dim + 1
+        self.G, self.T, self.dS = n_groups, horizon, state_dim
+        self.count = torch.zeros(n_groups, horizon, **opts)
+        self.sum = torch.zeros(n_groups, horizon, dz, **opts)
+        self.outer = torch.zeros(n_groups, horizon, dz, dz, **opts)
+        self.secant = torch.zeros(n_groups, horizon, **opts)
+        self.step_sq = torch.zeros(n_groups, horizon, **opts)
+
+    _FIELDS = ("count", "sum", "outer", "secant", "step_sq")
+
+    def add_segments(
+        self, t: int, s: Tensor, r: Tensor, dgrad_step: Tensor, step_sq: Tensor,
+        segments: list[tuple[Tensor | slice, slice, int]], valid: Tensor | None = None,
+    ) -> None:
+        """Add step ``t``: local states ``s[N, d, dS]``, ``r[N, d]``, ``(g_{t+1} − g_t) Δθ_t / |f_0|`` and
+        ``Δθ_t²`` (``[N, d]``) over ``segments`` (as :meth:`DynamicsMoments.add_segments`)."""
+        z = torch.cat([s, r[..., None]], -1).to(torch.float64)
+        ok = torch.isfinite(z).all(-1) & torch.isfinite(dgrad_step) & torch.isfinite(step_sq)
+        if valid is not None:
+            ok = ok & valid[:, None]
+        zero = torch.zeros((), dtype=torch.float64, device=z.device)
+        z = torch.where(ok[..., None], z, zero)
+        w = ok.to(torch.float64)
+        sec = torch.where(ok, dgrad_step.to(torch.float64), zero)
+        sq = torch.where(ok, step_sq.to(torch.float64), zero)
+        for rows, cols, idx in segments:
+            zz = z[rows, cols].reshape(-1, z.shape[-1])
+            self.count[idx, t] += w[rows, cols].sum()
+            self.sum[idx, t] += zz.sum(0)
+            self.outer[idx, t] += zz.T @ zz
+            self.secant[idx, t] += sec[rows, cols].sum()
+            self.step_sq[idx, t] += sq[rows, cols].sum()
+
+    def merge(self, other: CostMoments) -> None:
+        for name in self._FIELDS:
+            getattr(self, name).add_(getattr(other, name))
+
+    def all_reduce(self) -> None:
+        """Sum over the default ``torch.distributed`` group (no-op without one)."""
+        if dist.is_available() and dist.is_initialized():
+            for name in self._FIELDS:
+                dist.all_reduce(getattr(self, name))
+
+    def fit(self, *, action_penalty: float = 1e-4, min_curvature: float = 0.0, ridge: float = 1e-6) -> QuadraticCost:
+        """The per-coordinate quadratic cost ``c_t(s, a') = w_t [(β_tᵀ s + β0_t) a' + ½ (h_t + w_u) a'²]`` per group,
+        ``w_t = (T − t) / T``: the change of ``f`` at step ``t`` persists in the ``T − t`` objective values after it,
+        so the summed cost is the model's change of ``Σ_t f_t / (T |f_0|)``, the area under the curve (Li & Malik's
+        cost) rather than only the final value.
+
+        ``β, β0``: least-squares regression of ``r`` on ``[s, 1]`` (ridge ``ridge`` on ``s``); ``h_t`` the secant
+        curvature (clipped below at ``min_curvature``); ``w_u`` the action penalty. Returns
+        :class:`QuadraticCost` ``[G, T, …]`` over ``y = [s; a']``.
+        """
+        if bool((self.count <= 0).any()):
+            g, t = (self.count <= 0).nonzero()[0].tolist()
+            raise GPSFitError(f"cost fit: group {g} has no valid sample at time step {t}")
+        dS = self.dS
+        cnt = self.count[..., None]
+        mean = self.sum / cnt
+        cov = sym(self.outer / cnt[..., None] - torch.einsum("gti,gtj->gtij", mean, mean))
+        s_ss = cov[..., :dS, :dS] + ridge * torch.eye(dS, dtype=cov.dtype, device=cov.device)
+        beta = torch.linalg.solve(s_ss, cov[..., :dS, dS:]).squeeze(-1)  # [G, T, dS]
+        beta0 = mean[..., dS] - torch.einsum("gti,gti->gt", beta, mean[..., :dS])
+        h = torch.where(self.step_sq > 0, self.secant / self.step_sq.clamp_min(1e-300), torch.zeros_like(self.secant))
+        h = h.clamp_min(min_curvature)
+        dy = dS + 1
+        C = torch.zeros(self.G, self.T, dy, dy, dtype=torch.float64, device=cov.device)
+        C[..., :dS, dS] = beta
+        C[..., dS, :dS] = beta
+        C[..., dS, dS] = h + action_penalty
+        c = torch.zeros(self.G, self.T, dy, dtype=torch.float64, device=cov.device)
+        c[..., dS] = beta0
+        w = (self.T - torch.arange(self.T, dtype=torch.float64, device=cov.device)) / self.T  # [T]
+        return QuadraticCost(C * w[:, None, None], c * w[:, None], torch.zeros(self.G, self.T, dtype=torch.float64, device=cov.device))
 
 
 def initial_controller(
@@ -279,6 +405,6 @@ def initial_controller(
     """``a = −lr · s[GRAD] + N(0, std²)`` in every group: a normalised-gradient step (RMSprop-like) with
     exploration noise, the starting point of the local controllers."""
     K = torch.zeros(n_groups, horizon, 1, state_dim, dtype=dtype, device=device)
-    K[..., 0, GRAD] = -lr
+    K[..., 0, GRAD] = -lr  # a' = −lr σ ĝ, i.e. the step −lr ĝ
     cov = torch.full((n_groups, horizon, 1, 1), std**2, dtype=dtype, device=device)
     return LinearGaussianPolicy(K, torch.zeros(n_groups, horizon, 1, dtype=dtype, device=device), cov)
