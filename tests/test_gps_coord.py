@@ -3,6 +3,7 @@ fits, permutation equivariance."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from l2o_gym.agents.gps.coord import (
@@ -262,3 +263,109 @@ def test_cost_model_equals_first_order_decrease_for_the_frame_step():
     model = 0.5 * torch.einsum("ni,ij,nj->n", y, cost.C[0, 0], y) + y @ cost.c[0, 0]
     exact = (-0.3 * g * g + 0.5 * 1.5 * (0.3 * g) ** 2)[0]
     torch.testing.assert_close(model, exact)
+
+
+# ---------------------------------------------------------------- global policy and the loop
+
+def _tiny_setup(T=15):
+    from l2o_gym.agents.gps.conv import ConvGPSConfig
+
+    fam = make_family("mlp", hidden=(4,), dataset="digits", batch_size=16)
+    train = fam.sample(2, "train", 0, dtype=DT)
+    cfg = ConvGPSConfig(horizon=T, n_samples=2, hidden=8, regression_coords=4, init_std=0.01, kl_step=0.05,
+                        regression_epochs=3, bptt=5, seed=3)
+    return fam, train, cfg
+
+
+def test_global_policy_is_permutation_equivariant_within_groups():
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy, CoordinateLSTMNet
+    from l2o_gym.policy import run_policy
+
+    fam = make_family("mlp", hidden=(3,), dataset="digits")
+    specs = fam.param_specs()
+    torch.manual_seed(0)
+    net = CoordinateLSTMNet([(s.name, s.kind) for s in specs], hidden=6).double()
+    for head in net.heads:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    problems = fam.sample(2, "val", 0, dtype=DT)
+    gen = torch.Generator().manual_seed(1)
+    perm = torch.cat([s.offset + torch.randperm(s.numel, generator=gen) for s in specs])
+    permuted = type(problems)(problems.family, problems.split, problems.data, problems.x0[:, perm], problems.seeds)
+
+    pol = ConvGPSPolicy(net)
+    a = run_policy(pol, problems, 6)
+    # evaluate on the permuted parametrisation: θ' = θ[perm], f'(θ') = f(θ'[inv])
+    inv = torch.argsort(perm)
+
+    class PermFamily(type(fam)):
+        def loss(self, batch, theta, step):
+            return super().loss(batch, theta[:, inv], step)
+
+    pfam = PermFamily(**fam.config())
+    pprob = type(problems)(pfam, problems.split, problems.data, problems.x0[:, perm], problems.seeds)
+    b = run_policy(ConvGPSPolicy(net, specs=specs), pprob, 6)
+    torch.testing.assert_close(a.losses, b.losses)
+    torch.testing.assert_close(a.state.theta[:, perm], b.state.theta)
+
+
+def test_conv_gps_improves_on_its_initial_controller_on_val():
+    from l2o_gym.agents.gps.conv import ConvGPSTrainer
+    from l2o_gym.policy import run_policy
+
+    fam, train, cfg = _tiny_setup()
+    val = fam.sample(8, "val", 0, dtype=DT)
+    tr = ConvGPSTrainer(train, cfg)
+    init_final, _ = tr.controller_objective(tr.local, val)
+    for _ in range(3):
+        m = tr.iteration()
+        assert m["dropped"] == 0
+    traj = run_policy(tr.policy(), val, cfg.horizon)
+    assert float(traj.losses[-1].mean()) < init_final
+    assert torch.isfinite(traj.losses).all()
+
+
+def test_conv_gps_policy_round_trips_through_a_checkpoint(tmp_path):
+    from l2o_gym.agents.gps.conv import ConvGPSTrainer
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy
+    from l2o_gym.checkpoint import CheckpointError
+    from l2o_gym.policy import run_policy
+
+    fam, train, cfg = _tiny_setup(T=6)
+    tr = ConvGPSTrainer(train, cfg)
+    tr.iteration()
+    path = tr.policy().save(tmp_path / "cgps.safetensors")
+    loaded = ConvGPSPolicy.load(path)
+    val = fam.sample(3, "val", 0, dtype=DT)
+    a = run_policy(tr.policy(), val, 6).losses
+    b = run_policy(loaded, val, 6).losses
+    torch.testing.assert_close(a, b)
+    # a model whose tensors have a kind the policy never saw is refused, naming it
+    from l2o_gym.problems.base import param_specs_from
+
+    with pytest.raises(CheckpointError, match="conv.*matches none"):
+        loaded.net.group_map(param_specs_from([("conv1", (3, 3), "conv")]))
+
+
+def test_two_torchrun_processes_train_the_same_policy_as_one(tmp_path):
+    """Each rank samples its share of the trajectories (per-trajectory noise seeds), moments are all-reduced and
+    regression data gathered: the policy equals the single-process one up to the order of the float sums."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    worker = str(root / "tests" / "cgps_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, worker, str(tmp_path / "one.safetensors")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          worker, str(tmp_path / "two.safetensors")], capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
