@@ -25,3 +25,4 @@ bench: install  ## speed figures (docs/benchmarks.md)
 	$(PY) scripts/bench.py env
 	$(PY) scripts/bench.py eval
 	$(PY) scripts/bench.py lstm
+	$(PY) scripts/bench.py busy

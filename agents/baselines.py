@@ -193,6 +193,7 @@ class _ScipyPath(Policy):
 
     method = ""
     hyperparameters: tuple[str, ...] = ()
+    needs_problems = True  # scipy evaluates state.problems along each line search
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = dict(options or {})

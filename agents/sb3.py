@@ -13,32 +13,32 @@ deterministic policy's mean final objective ``f(θ_T)`` on a fixed set of ``n_va
 training horizon, computed with the library's rollout (:func:`l2o_gym.policy.run_policy`) every
 ``eval_every`` env steps. The best tuned baseline's ``val`` objective (any of ``baselines``) and the best
 first-order one (SGD/momentum) are the sample-efficiency targets: the run records the env steps at which
-the policy first reaches each (``"training"`` record, the schema of :func:`l2o_gym.agents.gps.train.training_record`).
+the policy first reaches each (``"training"`` record, :func:`l2o_gym.agents.common.training_record`).
 
-Files written by :func:`train_sb3` in ``out_dir``:
+Training runs through the common lifecycle (:func:`l2o_gym.agents.common.fit`, :class:`SB3Agent`); files written
+by :func:`train_sb3` in ``out_dir``:
 
 * ``{algo}_best.safetensors`` (best ``val`` objective) and ``{algo}_last.safetensors``: the policy network
   (``policy.state_dict()``), the observation statistics (tensors ``vecnormalize.obs_mean``/``obs_var``) and a
   JSON config (kind, env id, dimension, env kwargs, core config, policy kwargs, normalisation constants,
-  training summary) — loaded by :func:`load_policy` without unpickling anything;
+  training record) — loaded by :func:`load_policy` without unpickling anything;
 * ``state.pt``: the resumable training state (every network and optimizer state dict, ``num_timesteps``,
   VecNormalize statistics, RNG states, the validation curve), ``torch.save`` of tensors and primitives,
   loaded with ``weights_only=True``. SB3's own ``.zip`` format (cloudpickle) is never written nor read;
-* ``summary.json``, ``tb/`` (TensorBoard: SB3's scalars plus ``val/final_objective``), ``eval/`` (EvalCallback).
+* ``summary.json``, ``tb/`` (TensorBoard: SB3's scalars plus ``val/val_final``), ``eval/`` (EvalCallback).
 
-Every write is atomic (:func:`l2o_gym.checkpoint.atomic_write`); a ``KeyboardInterrupt`` leaves the last
-checkpoint intact, then writes a final one before re-raising.
+Every write is atomic (:func:`l2o_gym.checkpoint.atomic_write`); a ``KeyboardInterrupt`` writes a final
+checkpoint and the summary, then is re-raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,10 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from l2o_gym import core
-from l2o_gym.checkpoint import (
-    CheckpointError, check_compatible, load_policy_file, load_state, save_policy, save_state, update_policy_config,
-)
+from l2o_gym.agents.common import Agent, fit
+from l2o_gym.checkpoint import CheckpointError, check_compatible, config_field, load_policy_file, save_policy
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import FeatureView, Policy, run_policy
-from l2o_gym.problems import ProblemBatch
 
 log = logging.getLogger(__name__)
 
@@ -177,20 +175,19 @@ class SB3TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        self.net_arch = tuple(int(w) for w in self.net_arch)
-        self.baselines = tuple(self.baselines)
-        if self.action_scale is None and self.env_id in _env_table():
-            self.action_scale = float(_env_table()[self.env_id].get("action_scale", 1.0))
-
-    def validate(self) -> SB3TrainConfig:
-        """Raise ``ValueError`` (``ImportError`` for a missing sb3-contrib) on a bad configuration."""
+        """Every value check (``ValueError`` naming the field and the value); sb3-contrib is checked by :meth:`validate`."""
         from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.checks import check_nonnegative, check_positive, check_seed, resolve_device
         from l2o_gym.envs.common import REWARD_MODES
 
+        self.net_arch = tuple(self.net_arch)
+        self.baselines = tuple(self.baselines)
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}: expected one of {', '.join(ALGOS)}")
         if self.env_id not in _env_table():
             raise ValueError(f"unknown env id {self.env_id!r}: expected one of {', '.join(_env_table())}")
+        if self.action_scale is None:
+            self.action_scale = float(_env_table()[self.env_id].get("action_scale", 1.0))
         if self.reward_mode not in REWARD_MODES:
             raise ValueError(f"unknown reward_mode {self.reward_mode!r}: expected one of {', '.join(REWARD_MODES)}")
         if self.activation not in ACTIVATIONS:
@@ -201,19 +198,29 @@ class SB3TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("learning_rate", "clip_obs", "action_scale"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1:
-            raise ValueError(f"gamma and gae_lambda must lie in (0, 1], got {self.gamma}, {self.gae_lambda}")
-        if self.learning_starts < 0 or (self.gradient_steps < 1 and self.gradient_steps != -1):
-            raise ValueError("learning_starts must be >= 0 and gradient_steps >= 1 or -1")
-        if not self.net_arch or min(self.net_arch) < 1:
-            raise ValueError(f"net_arch needs positive widths, got {self.net_arch}")
+        for name in ("learning_rate", "clip_obs", "action_scale", "clip_range", "max_grad_norm"):
+            check_positive(name, getattr(self, name))
+        check_nonnegative("ent_coef", self.ent_coef)
+        if not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1 or not 0 < self.tau <= 1:
+            raise ValueError(f"gamma, gae_lambda and tau must lie in (0, 1], got {self.gamma}, {self.gae_lambda}, {self.tau}")
+        if self.log_std_init is not None and not math.isfinite(self.log_std_init):
+            raise ValueError(f"log_std_init must be finite or None, got {self.log_std_init!r}")
+        if isinstance(self.learning_starts, bool) or not isinstance(self.learning_starts, int) or self.learning_starts < 0:
+            raise ValueError(f"learning_starts must be a non-negative integer, got {self.learning_starts!r}")
+        if self.gradient_steps < 1 and self.gradient_steps != -1:
+            raise ValueError(f"gradient_steps must be >= 1 or -1, got {self.gradient_steps!r}")
+        if not self.net_arch or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1
+                                    for w in self.net_arch):
+            raise ValueError(f"net_arch needs positive integer widths, got {self.net_arch}")
+        self.net_arch = tuple(int(w) for w in self.net_arch)
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad or not self.baselines:
             raise ValueError(f"unknown baseline(s) {bad}: expected names of {', '.join(BASELINES)}")
+        check_seed(self.seed)
+        resolve_device(self.device)
+
+    def validate(self) -> SB3TrainConfig:
+        """Check what ``__post_init__`` cannot: ``recurrent_ppo`` needs sb3-contrib (``ImportError`` naming the extra)."""
         if self.algo == "recurrent_ppo":
             _contrib()
         return self
@@ -320,6 +327,7 @@ class SB3Policy(Policy):
         obs_mean, obs_var: VecNormalize observation statistics ``[F]`` (``None``: no normalisation).
         clip_obs, epsilon: VecNormalize constants.
         env_id: the env trained on (compatibility checks), optional.
+        train_config: the training config (what :meth:`save` writes; set by :func:`load_policy` and training).
     """
 
     def __init__(
@@ -334,6 +342,7 @@ class SB3Policy(Policy):
         clip_obs: float = 10.0,
         epsilon: float = 1e-8,
         env_id: str | None = None,
+        train_config: SB3TrainConfig | None = None,
     ) -> None:
         if kind not in ALGOS:
             raise ValueError(f"unknown SB3 kind {kind!r}: expected one of {', '.join(ALGOS)}")
@@ -351,10 +360,19 @@ class SB3Policy(Policy):
         self.device = next(module.parameters()).device
         self.obs_mean = None if obs_mean is None else obs_mean.detach().to(self.device, torch.float32).clone()
         self.obs_std = None
+        self.obs_var = None if obs_var is None else obs_var.detach().double().cpu().clone()
+        self.train_config = train_config
         if obs_var is not None:
             self.obs_std = torch.sqrt(obs_var.detach().double() + self.epsilon).to(self.device, torch.float32)
         if self.obs_mean is not None and self.obs_mean.shape != (self.obs_dim,):
             raise ValueError(f"observation statistics have shape {tuple(self.obs_mean.shape)}, expected ({self.obs_dim},)")
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the policy checkpoint (:func:`save_sb3_policy`) that :func:`load_policy` reads back."""
+        if self.train_config is None:
+            raise ValueError("this SB3Policy has no train_config to write into its checkpoint")
+        mean = None if self.obs_mean is None else self.obs_mean.double().cpu()
+        return save_sb3_policy(path, self.module, self.train_config, self.dim, mean, self.obs_var, self.epsilon, extra)
 
     @property
     def recurrent(self) -> bool:
@@ -443,16 +461,18 @@ def save_sb3_policy(
 
 def load_policy(
     path: str | Path,
+    *,
     env_id: str | None = None,
     device: str | torch.device = "cpu",
-    *,
     kind: str | None = None,
     dim: int | None = None,
 ) -> SB3Policy:
-    """Load an SB3 policy checkpoint (``.safetensors`` written by :func:`train_sb3`) as an :class:`SB3Policy`.
+    """The SB3 kinds' loader: a ``.safetensors`` checkpoint written by :func:`train_sb3` as an :class:`SB3Policy`.
 
-    The loader ``l2o_gym.experiments.compare`` uses for ``--policies ppo[=CKPT]``. The SB3 policy object is rebuilt from
-    the JSON config and its weights loaded with ``load_state_dict``; nothing is unpickled.
+    ``l2o_gym.experiments.compare`` uses it for ``--policies ppo|sac|recurrent_ppo[=CKPT]`` (after checking the
+    checkpoint's kind is the one named). The SB3 policy object is rebuilt from the JSON config and its weights
+    loaded with ``load_state_dict``; nothing is unpickled. The config's widths are checked against the file's
+    tensor shapes before any network is built.
 
     Args:
         path: the checkpoint.
@@ -463,7 +483,8 @@ def load_policy(
 
     Raises:
         CheckpointError: missing/corrupt file, not an SB3 policy (e.g. a GPS or LSTM checkpoint), another
-            kind, env id or dimension, or weights that do not fit the stored architecture.
+            kind, env id or dimension, a missing or ill-typed config field, or weights that do not fit the
+            stored architecture — naming the file (and the field).
     """
     tensors, cfg = load_policy_file(path, device=device)
     found = cfg.get("kind")
@@ -472,11 +493,26 @@ def load_policy(
     if kind is not None and found != kind:
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {found!r} policy, expected {kind!r}")
     check_compatible(cfg, path, env_id=env_id, dim=dim)
+    obs_dim, d = config_field(cfg, path, "obs_dim", int), config_field(cfg, path, "dim", int)
+    policy_kwargs = config_field(cfg, path, "policy_kwargs", dict)
+    core_d = config_field(cfg, path, "core_config", dict)
+    action_scale = config_field(cfg, path, "action_scale", float)
+    norm = config_field(cfg, path, "obs_norm", dict, optional=True) or {}
+    train_d = config_field(cfg, path, "train_config", dict, optional=True)
+    mean, var = tensors.pop(_OBS_MEAN, None), tensors.pop(_OBS_VAR, None)
+    # Every width the config asks for must be a dimension of some stored tensor: an edited config never
+    # builds a network larger than the file.
+    dims = {int(n) for t in tensors.values() for n in t.shape}
+    widths = list(policy_kwargs.get("net_arch", [])) + [policy_kwargs.get("lstm_hidden_size", d), obs_dim, d]
+    bad = [w for w in widths if not (isinstance(w, int) and not isinstance(w, bool) and w > 0 and w in dims)]
+    if bad:
+        raise CheckpointError(f"checkpoint {str(path)!r}: config fields 'policy_kwargs'/'obs_dim'/'dim' ask for widths "
+                              f"{bad} that no stored tensor has")
     try:
-        mean, var = tensors.pop(_OBS_MEAN, None), tensors.pop(_OBS_VAR, None)
-        module = build_sb3_policy(found, int(cfg["obs_dim"]), int(cfg["dim"]), cfg["policy_kwargs"])
-        core_config = CoreConfig(**cfg["core_config"])
-        norm = cfg.get("obs_norm", {})
+        module = build_sb3_policy(found, obs_dim, d, policy_kwargs)
+        core_config = CoreConfig(**core_d)
+        clip_obs, eps = float(norm.get("clip_obs", 10.0)), float(norm.get("epsilon", 1e-8))
+        train_config = SB3TrainConfig.from_dict(train_d) if train_d is not None else None
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} has an incomplete or invalid SB3 config: {exc}") from None
     module = module.to(device)
@@ -485,10 +521,10 @@ def load_policy(
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: {exc}") from None
     module.set_training_mode(False)  # type: ignore[operator]
-    return SB3Policy(
-        module, found, core_config, int(cfg["dim"]), float(cfg["action_scale"]), mean, var,
-        float(norm.get("clip_obs", 10.0)), float(norm.get("epsilon", 1e-8)), cfg.get("env_id"),
-    )
+    policy = SB3Policy(module, found, core_config, d, float(action_scale), mean, var, clip_obs, eps, cfg.get("env_id"),
+                       train_config=train_config)
+    policy.checkpoint_config = cfg
+    return policy
 
 
 # ====================================================================================== training
@@ -560,27 +596,43 @@ def _set_rng_state(st: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
-@dataclass
-class _Run:
-    """The state of one training run shared by the callbacks (validation, checkpoints)."""
+class SB3Agent(Agent):
+    """SB3's part of the run lifecycle (:func:`l2o_gym.agents.common.fit`): SB3's own ``learn()`` runs the
+    algorithm in chunks of ``eval_every`` env steps (one chunk = one iteration; ``reset_num_timesteps=False``,
+    so rollouts, counters and the TensorBoard run continue across chunks), with SB3's
+    :class:`~stable_baselines3.common.callbacks.EvalCallback` on the ``val`` env; after each chunk the
+    lifecycle validates the deterministic policy on the fixed ``val`` problems (the final-objective metric, also
+    at 0 env steps) and keeps the best, EvalCallback-style.
 
-    cfg: SB3TrainConfig
-    out: Path
-    model: Any
-    venv: Any
-    val: ProblemBatch
-    dim: int
-    curve: list[list[float]] = field(default_factory=list)
-    best_val: float = math.inf
-    best_steps: int = -1
+    Args:
+        cfg: the configuration (validated here).
+        out: the run folder (for SB3's TensorBoard logs and EvalCallback's ``eval/``); ``None``: no logs.
+        tensorboard: SB3's TensorBoard scalars in ``out/tb``.
+    """
 
-    @property
-    def best_path(self) -> Path:
-        return self.out / f"{self.cfg.algo}_best.safetensors"
+    validate_first = True
+    interrupt_safe = True  # SB3's state is consistent between any two env steps
 
-    @property
-    def last_path(self) -> Path:
-        return self.out / f"{self.cfg.algo}_last.safetensors"
+    def __init__(self, cfg: SB3TrainConfig, out: str | Path | None = None, *, tensorboard: bool = True) -> None:
+        from l2o_gym.registry import env_family
+
+        super().__init__()
+        cfg.validate()
+        self.config = self.cfg = cfg
+        self.kind = cfg.algo
+        self.baselines = tuple(cfg.baselines)
+        family = env_family(cfg.env_id)
+        self.dim = family.dim
+        self.val = family.sample(cfg.n_val, "val", cfg.seed, dtype=torch.float64)
+        self.venv = make_vec_env(cfg, "train", cfg.n_envs)
+        self.eval_env = make_vec_env(cfg, "val", cfg.n_eval_envs, training=False)
+        self.out = Path(out) if out is not None else None
+        tb = str(self.out / "tb") if self.out is not None and tensorboard else None
+        self.model = _build_model(cfg, self.venv, tb)
+        self.eval_env.seed(cfg.seed)
+        self.checkpoint_every = max(1, round(cfg.checkpoint_every / cfg.eval_every))
+        self.chunks = 0
+        self._callback: Any = None
 
     def _obs_stats(self) -> tuple[Tensor | None, Tensor | None]:
         if not self.cfg.norm_obs:
@@ -593,115 +645,115 @@ class _Run:
         mean, var = self._obs_stats()
         cfg = self.cfg
         return SB3Policy(self.model.policy, cfg.algo, cfg.core_config(), self.dim, float(cfg.action_scale or 1.0),
-                         mean, var, cfg.clip_obs, self.venv.epsilon, cfg.env_id)
+                         mean, var, cfg.clip_obs, self.venv.epsilon, cfg.env_id, train_config=cfg)
 
-    def save_policy(self, path: Path, extra: dict[str, Any] | None = None) -> Path:
-        mean, var = self._obs_stats()
-        return save_sb3_policy(path, self.model.policy, self.cfg, self.dim, mean, var, self.venv.epsilon,
-                               {"num_timesteps": int(self.model.num_timesteps), **(extra or {})})
+    # -- the Agent contract --------------------------------------------------------------------------
+    def iteration(self) -> dict[str, float]:
+        from stable_baselines3.common.callbacks import EvalCallback
+
+        cfg, model = self.cfg, self.model
+        if self._callback is None:
+            self._callback = EvalCallback(
+                self.eval_env, n_eval_episodes=cfg.n_eval_envs, eval_freq=max(1, cfg.eval_every // cfg.n_envs),
+                log_path=str(self.out / "eval") if self.out is not None else None, deterministic=True, verbose=0,
+                warn=False)
+        start = int(model.num_timesteps)
+        chunk = min(cfg.eval_every, cfg.total_timesteps - start)
+        t0 = time.perf_counter()
+        model.learn(chunk, callback=self._callback, reset_num_timesteps=False, tb_log_name=cfg.algo,
+                    progress_bar=False)
+        self.chunks += 1
+        wall = time.perf_counter() - t0
+        return {"env_steps": float(model.num_timesteps), "env_steps_per_s": (model.num_timesteps - start) / wall if wall > 0 else 0.0}
 
     def validate(self) -> float:
-        """Mean final objective of the deterministic policy on the ``val`` problems; records the curve."""
-        steps = int(self.model.num_timesteps)
-        if self.curve and self.curve[-1][0] == steps:
-            return float(self.curve[-1][1])
+        """Mean final objective of the deterministic policy on the ``val`` problems (``inf`` if not finite)."""
         was_training = self.model.policy.training
         self.model.policy.set_training_mode(False)
         policy = self.policy()
         t0 = time.perf_counter()
         config = dataclasses.replace(policy.core_config, horizon=self.cfg.horizon)
-        traj = run_policy(policy, self.val, self.cfg.horizon, config)
-        value = float(traj.losses[-1].mean())
+        value = float(run_policy(policy, self.val, self.cfg.horizon, config).losses[-1].mean())
         self.model.policy.set_training_mode(was_training)
-        if not math.isfinite(value):
-            value = math.inf
-        self.curve.append([steps, value])
-        if getattr(self.model, "_logger", None) is not None:  # set up by learn()
-            self.model.logger.record("val/final_objective", value)
-        if value < self.best_val:
-            self.best_val, self.best_steps = value, steps
-            self.save_policy(self.best_path, {"val_final": value})
-        log.info("%d env steps: val final objective %.5g (best %.5g at %d), %.2f s",
-                 steps, value, self.best_val, self.best_steps, time.perf_counter() - t0)
-        return value
+        log.info("%d env steps: val final objective %.5g, %.2f s", self.model.num_timesteps, value,
+                 time.perf_counter() - t0)
+        return value if math.isfinite(value) else math.inf
 
-    def save_checkpoint(self) -> None:
-        """Write ``{algo}_last.safetensors`` and the resumable ``state.pt`` (both atomically)."""
-        self.save_policy(self.last_path)
-        model = self.model
-        _, variables = model._get_torch_save_params()
+    def save_policy(self, path: Path, extra: dict[str, Any]) -> Path:
+        mean, var = self._obs_stats()
+        return save_sb3_policy(path, self.model.policy, self.cfg, self.dim, mean, var, self.venv.epsilon,
+                               {"num_timesteps": int(self.model.num_timesteps), **extra})
+
+    def state_dict(self) -> dict[str, Any]:
         from stable_baselines3.common.utils import get_device
 
-        state: dict[str, Any] = {
+        model = self.model
+        _, variables = model._get_torch_save_params()
+        return {
             "config": self.cfg.to_dict(),
             "num_timesteps": int(model.num_timesteps),
+            "chunks": self.chunks,
             "params": {k: v for k, v in model.get_parameters().items()},
             "variables": {name: _getattr(model, name).detach().cpu() for name in variables},
             "obs_rms": _rms_state(self.venv.obs_rms),
             "ret_rms": _rms_state(self.venv.ret_rms),
             "rng": _rng_state(),
-            "curve": self.curve,
-            "best_val": self.best_val,
-            "best_steps": self.best_steps,
             "device": str(get_device(self.cfg.device)),
         }
-        save_state(self.out / "state.pt", state)
 
-    def restore(self, st: dict[str, Any]) -> None:
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            saved = SB3TrainConfig.from_dict(state["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"training state {str(path)!r}: entry 'config' is missing or invalid: {exc}") from None
+        cfg = self.cfg
+        diff = [k for k in SB3TrainConfig.STRUCTURAL if getattr(saved, k) != getattr(cfg, k)]
+        if diff:
+            raise CheckpointError("cannot resume: the run in {} was made with other {}".format(
+                path, ", ".join(f"{k} ({getattr(saved, k)!r}, now {getattr(cfg, k)!r})" for k in diff)))
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
         model = self.model
         model.set_parameters(st["params"], exact_match=True, device=model.device)
         with torch.no_grad():
             for name, value in st["variables"].items():
                 _getattr(model, name).copy_(value.to(model.device))
         model.num_timesteps = int(st["num_timesteps"])
+        self.chunks = int(st["chunks"])
         _set_rms(self.venv.obs_rms, st["obs_rms"])
         _set_rms(self.venv.ret_rms, st["ret_rms"])
         _set_rng_state(st["rng"])
-        self.curve = [[int(s), float(v)] for s, v in st["curve"]]
-        self.best_val, self.best_steps = float(st["best_val"]), int(st["best_steps"])
+        self.venv.seed(self.cfg.seed + model.num_timesteps)  # a fresh training instance stream from here
+
+    @property
+    def iterations_done(self) -> int:
+        return self.chunks
+
+    def done(self) -> bool:
+        return self.model.num_timesteps >= self.cfg.total_timesteps
+
+    def progress(self) -> tuple[int, int]:
+        return int(self.model.num_timesteps), self.cfg.total_timesteps
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    def baseline_problems(self) -> tuple[Any, int]:
+        return self.val, self.cfg.horizon
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"algo": self.cfg.algo}
+
+    def close(self) -> None:
+        self.venv.close()
+        self.eval_env.close()
 
 
 def _getattr(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _callbacks(run: _Run, eval_env: Any) -> Any:
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
-
-    cfg = run.cfg
-
-    class ValidationCallback(EvalCallback):
-        """SB3's EvalCallback on the ``val`` env, plus the final-objective metric and best checkpoint."""
-
-        def _on_training_start(self) -> None:
-            super()._on_training_start()
-            if not run.curve:
-                run.validate()
-
-        def _on_step(self) -> bool:
-            if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
-                run.validate()  # recorded before EvalCallback dumps the logger at this step
-            return super()._on_step()
-
-    class StateCheckpoint(BaseCallback):
-        """Writes ``state.pt`` and the last policy every ``checkpoint_every`` env steps."""
-
-        def __init__(self, every_calls: int) -> None:
-            super().__init__()
-            self.every_calls = every_calls
-
-        def _on_step(self) -> bool:
-            if self.n_calls % self.every_calls == 0:
-                run.save_checkpoint()
-            return True
-
-    validation = ValidationCallback(
-        eval_env, n_eval_episodes=cfg.n_eval_envs, eval_freq=max(1, cfg.eval_every // cfg.n_envs),
-        log_path=str(run.out / "eval"), deterministic=True, verbose=0, warn=False,
-    )
-    return CallbackList([validation, StateCheckpoint(max(1, cfg.checkpoint_every // cfg.n_envs))])
 
 
 def train_sb3(
@@ -712,7 +764,8 @@ def train_sb3(
     progress_bar: bool = True,
     tensorboard: bool = True,
 ) -> dict[str, Any]:
-    """Train ``cfg.algo`` on ``cfg.env_id`` (module docstring). Returns the summary (also ``out_dir/summary.json``).
+    """Train ``cfg.algo`` on ``cfg.env_id`` through the common lifecycle (module docstring). Returns the summary
+    (also ``out_dir/summary.json``).
 
     Args:
         cfg: the configuration.
@@ -720,89 +773,14 @@ def train_sb3(
         resume: continue from ``out_dir/state.pt`` (``num_timesteps``, networks, optimizers, VecNormalize
             statistics, RNG states and the validation curve are restored; the training instance stream is
             re-seeded with ``seed + num_timesteps``; SAC restarts with an empty replay buffer).
-        progress_bar: SB3's progress bar (needs ``tqdm`` and ``rich``).
+        progress_bar: a progress bar over env steps.
         tensorboard: write TensorBoard scalars to ``out_dir/tb``.
 
     Raises:
-        ValueError: bad configuration, or ``resume`` with a state of a different configuration.
-        CheckpointError: ``resume`` without a readable ``state.pt``.
+        ValueError: bad configuration.
+        CheckpointError: ``resume`` without a fitting ``state.pt`` (missing, another kind, another configuration).
         KeyboardInterrupt: re-raised after writing a final checkpoint.
     """
-    from l2o_gym.agents.common import training_record
-    from l2o_gym.agents.tuning import FIRST_ORDER, best_baseline
-    from l2o_gym.registry import env_family
-
-    out = Path(out_dir)
-    state_path = out / "state.pt"
-    st = None
-    if resume:
-        st = load_state(state_path)
-        saved = SB3TrainConfig.from_dict(st["config"])
-        diff = [k for k in SB3TrainConfig.STRUCTURAL if getattr(saved, k) != getattr(cfg, k)]
-        if diff:
-            raise ValueError("cannot resume: the run in {} was made with other {}".format(
-                out, ", ".join(f"{k} ({getattr(saved, k)!r}, now {getattr(cfg, k)!r})" for k in diff)))
-    cfg.validate()
-    out.mkdir(parents=True, exist_ok=True)
-
-    family = env_family(cfg.env_id)
-    val = family.sample(cfg.n_val, "val", cfg.seed, dtype=torch.float64)
-    base_name, base_hp, base_val = best_baseline(cfg.baselines, val, cfg.horizon)
-    fo_name, fo_hp, fo_val = best_baseline(FIRST_ORDER, val, cfg.horizon)
-    log.info("best tuned baseline on val at T=%d: %s %s -> %.5g; first-order: %s %s -> %.5g",
-             cfg.horizon, base_name, base_hp, base_val, fo_name, fo_hp, fo_val)
-
-    venv = make_vec_env(cfg, "train", cfg.n_envs)
-    eval_env = make_vec_env(cfg, "val", cfg.n_eval_envs, training=False)
-    model = _build_model(cfg, venv, str(out / "tb") if tensorboard else None)
-    run = _Run(cfg, out, model, venv, val, family.dim)
-    if st is not None:
-        run.restore(st)
-        venv.seed(cfg.seed + model.num_timesteps)
-        log.info("resumed from %s at %d env steps", state_path, model.num_timesteps)
-    eval_env.seed(cfg.seed)
-    start_steps = int(model.num_timesteps)
-    remaining = cfg.total_timesteps - start_steps
-    t0 = time.perf_counter()
-    interrupted = False
-    try:
-        if remaining > 0:
-            model.learn(remaining, callback=_callbacks(run, eval_env), reset_num_timesteps=st is None,
-                        tb_log_name=cfg.algo, progress_bar=progress_bar)
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted at %d env steps: writing a final checkpoint", model.num_timesteps)
-    wall = time.perf_counter() - t0
-    steps_per_s = (model.num_timesteps - start_steps) / wall if wall > 0 else 0.0
-    run.validate()
-    run.save_checkpoint()
-    training = training_record(run.curve, int(model.num_timesteps), (base_name, base_val), (fo_name, fo_val))
-    for path in (run.best_path, run.last_path):
-        if path.is_file():
-            update_policy_config(path, {"training": training})
-    summary = {
-        "algo": cfg.algo,
-        "env_id": cfg.env_id,
-        "env_steps_total": int(model.num_timesteps),
-        "best_val": run.best_val,
-        "best_env_steps": run.best_steps,
-        "final_val": run.curve[-1][1] if run.curve else None,
-        "baseline": {"name": base_name, "hparams": base_hp, "val_final": base_val},
-        "env_steps_to_reach_baseline": training["env_steps_to_reach_baseline"],
-        "first_order_baseline": {"name": fo_name, "hparams": fo_hp, "val_final": fo_val},
-        "env_steps_to_reach_first_order": training["env_steps_to_reach_first_order"],
-        "env_steps_per_s": steps_per_s,
-        "wall_s": wall,
-        "interrupted": interrupted,
-        "best_checkpoint": str(run.best_path),
-        "training": training,
-        "train_config": cfg.to_dict(),
-    }
-    from l2o_gym.checkpoint import atomic_write
-
-    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
-    venv.close()
-    eval_env.close()
-    if interrupted:
-        raise KeyboardInterrupt
-    return summary
+    agent = SB3Agent(cfg, out_dir, tensorboard=tensorboard)
+    return fit(agent, out_dir, resume=resume, progress=progress_bar, tensorboard=tensorboard,
+               desc=f"{cfg.algo} {cfg.env_id}")

@@ -1,21 +1,240 @@
-"""Baseline tuning on a batch of training problems, for the agents' own use (the initial GPS controller, the
-sample-efficiency reference of every training run).
+"""The one tuning protocol of the hand-designed baselines, on a batch of problems the caller already holds.
 
-Runs through :func:`l2o_gym.policy.run_policy` (the one rollout loop) on a :class:`ProblemBatch` the agent
-already holds; the report's tuned file is produced by :mod:`l2o_gym.experiments.tuning`.
+Used everywhere a "tuned baseline" appears: the report's tuned file (:mod:`l2o_gym.experiments.tuning`
+samples the ``train`` problems of a setting, calls :func:`tune_baseline` and writes
+``agents/tuned_baselines.json``), the initial GPS controller (:func:`tuned_gd_step`) and the
+sample-efficiency reference of every training run (:func:`best_baseline` on the run's ``val`` problems,
+:data:`FIRST_ORDER`).
+
+**Grid** (:data:`GRIDS`, one line per baseline): the learning rate over ``10^(k/4)``, ``k = −20…4``
+(``1e-5 … 10``, 25 values, :data:`LR_GRID`); momentum and NAG over learning rate × momentum *jointly*,
+``μ ∈ {0, 0.5, 0.9, 0.95, 0.99}`` (:data:`MOMENTUM_GRID`; 125 pairs). ``μ = 0`` makes both plain gradient
+descent, so their grids hold SGD's (their selection score is never worse than SGD's); 0.95 fills the gap
+between 0.9 and 0.99 where the heavy-ball optimum ``((√κ−1)/(√κ+1))²`` of a quadratic with condition
+number ``κ`` lies: over 1,000 ``l2o/Quadratic-v0`` train problems its 10/50/90 % quantiles are 0.90 / 0.95 /
+0.99 (``log10 κ`` 3.1 / 3.9 / 5.4), and the tuner does pick μ = 0.95 there for both momentum and NAG. Adam and RMSprop keep torch's defaults for their other constants; CG and L-BFGS have no
+step size (line search) and are run once.
+
+**Penalized mean** (:func:`penalized_final`): the mean over the problems of the final objective ``f(θ_T)``,
+where a problem whose episode diverged (:mod:`l2o_gym.core`: non-finite, or above ``blowup·(|f(θ₀)|+1)``)
+counts the core's divergence penalty ``threshold = blowup·(|f(θ₀)|+1)`` — the cost the MDP charges a
+terminated instance each step — instead of its last finite objective. A configuration that diverges on some
+tuning problems is therefore scored, never dropped: it loses to any configuration that keeps every problem
+below its starting objective, and among configurations that all diverge somewhere the one with the fewest
+(and least costly) divergences wins.
+
+**Selection score** (a margin of one learning-rate step at the edge of stability): a configuration is
+*stable* on the tuning problems when no problem diverged and every problem ended at or below its starting
+objective (``f(θ_T) ≤ f(θ₀)``). The selection score of a configuration is its penalized mean if the same
+configuration at the next larger learning rate of the grid (×10^¼) is stable (or does not exist), and
+otherwise the larger of the two penalized means. Plain minimization of the penalized mean picks the step size
+right at the edge of stability of the *tuning* problems; test problems a little more curved than any tuning
+one then blow up (on ``l2o/Quadratic-v0`` the largest Hessian eigenvalue over 1,000 test problems is 76.7,
+over the first 100 train problems 67.7, over 1,000 train problems 68.8, so more tuning problems do not
+close the gap: the tail is sampled, not bounded). With the margin the selection stays stable for curvatures
+up to 1.78× the largest seen; where the next step is merely worse but stable nothing changes (the margin
+does not shift a U-shaped curve's minimum). Measured on ``l2o/Quadratic-v0`` (1,000 test problems,
+docs/benchmarks.md): NAG's edge choice (lr 0.0178, μ 0.95) reaches log10 mean f(θ_T) +1.12 because one
+test problem slowly diverges.
+
+**Selection**: the lowest selection score; ties go to the earlier configuration in grid order (smaller μ,
+then smaller learning rate). Along the learning-rate axis (ascending, for each μ) the scan stops after two
+consecutive values where *every* problem diverged: such a configuration has the largest possible penalized
+mean (every problem pays the penalty), and larger steps are assumed to diverge too (``n_evaluated`` records
+how many configurations ran).
+
+The value reported for the selected configuration (:func:`tune_baselines`, the sample-efficiency targets) is
+its penalized mean, i.e. its mean final objective when nothing diverged.
+
+Rollouts use the one loop, :func:`l2o_gym.policy.run_policy`, with a history of one iterate (baselines
+read only the gradient; the objectives do not depend on the history length) and the default divergence
+factor of :class:`~l2o_gym.core.CoreConfig`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass, field
 
-from l2o_gym.agents.baselines import make_baseline
+import torch
+from torch import Tensor
+
+from l2o_gym.agents.baselines import BASELINES, FIRST_ORDER, make_baseline
 from l2o_gym.core import CoreConfig
-from l2o_gym.policy import Policy, run_policy
+from l2o_gym.policy import Policy, Trajectory, run_policy
 from l2o_gym.problems import ProblemBatch
 
-#: learning rates tried for the initial gradient-step controller and the first-order baselines.
-LR_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+__all__ = [
+    "FIRST_ORDER", "GRIDS", "LR_GRID", "MOMENTUM_GRID", "Candidate", "TuneResult", "best_baseline", "final_objective",
+    "grid_configs", "penalized_final", "score_config", "tune_baseline", "tune_baselines", "tuned_gd_step",
+]
+
+#: learning rates ``10^(k/4)``, ``k = −20…4`` (``1e-5 … 10``; rounded to 6 significant digits).
+LR_GRID: tuple[float, ...] = tuple(float(f"{10 ** (k / 4):.6g}") for k in range(-20, 5))
+#: momentum coefficients tried jointly with every learning rate (momentum, NAG).
+MOMENTUM_GRID: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95, 0.99)
+
+#: the tuning grid of every baseline: ``{name: {hyperparameter: values}}``; ``{}``: nothing to tune (run once).
+#: The product of the listed values is searched; ``lr`` is the innermost (scanned) axis.
+GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
+    "sgd": {"lr": LR_GRID},
+    "momentum": {"momentum": MOMENTUM_GRID, "lr": LR_GRID},
+    "nag": {"momentum": MOMENTUM_GRID, "lr": LR_GRID},
+    "adam": {"lr": LR_GRID},
+    "rmsprop": {"lr": LR_GRID},
+    "cg": {},
+    "lbfgs": {},
+}
+
+#: consecutive learning rates at which every problem diverged after which the scan along ``lr`` stops.
+STOP_AFTER_ALL_DIVERGED = 2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated configuration.
+
+    Attributes:
+        hparams: the baseline's keyword arguments.
+        penalized_mean: mean penalized final objective (:func:`penalized_final`).
+        final_mean: mean final objective with diverged problems at their last finite value (the evaluation
+            harness's convention, for comparison with reports).
+        diverged_fraction: fraction of the problems whose episode diverged.
+        stable: no problem diverged and every problem ended at or below its starting objective.
+        score: the selection criterion (module docstring): ``penalized_mean``, raised to the ``penalized_mean`` of
+            the same configuration at the next larger learning rate of the grid when that one is not stable.
+    """
+
+    hparams: dict[str, float]
+    penalized_mean: float
+    final_mean: float
+    diverged_fraction: float
+    stable: bool = True
+    score: float = math.nan
+
+
+@dataclass
+class TuneResult:
+    """The outcome of :func:`tune_baseline`: the selected :class:`Candidate` and every evaluated one (grid order)."""
+
+    name: str
+    best: Candidate
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def hparams(self) -> dict[str, float]:
+        return dict(self.best.hparams)
+
+    @property
+    def value(self) -> float:
+        """The selected configuration's mean penalized final objective on the tuning problems."""
+        return self.best.penalized_mean
+
+    @property
+    def n_evaluated(self) -> int:
+        return len(self.candidates)
+
+
+def grid_configs(name: str) -> list[dict[str, float]]:
+    """Every configuration of :data:`GRIDS` for ``name``, in grid order (``lr`` innermost)."""
+    if name not in GRIDS:
+        known = ", ".join(GRIDS)
+        raise ValueError(f"no tuning grid for baseline {name!r}: expected one of {known} (add a line to GRIDS)")
+    grid = GRIDS[name]
+    configs: list[dict[str, float]] = [{}]
+    for key, values in grid.items():
+        configs = [{**c, key: float(v)} for c in configs for v in values]
+    return configs
+
+
+def _tuning_config(horizon: int) -> CoreConfig:
+    return CoreConfig(horizon=horizon, history=1)
+
+
+def penalized_final(traj: Trajectory) -> Tensor:
+    """``[N]`` final objective of each problem, the core's divergence penalty ``threshold`` where it diverged."""
+    state = traj.state
+    return torch.where(state.terminated, state.threshold, state.loss).detach()
+
+
+def score_config(policy: Policy, problems: ProblemBatch, horizon: int, hparams: dict[str, float] | None = None) -> Candidate:
+    """Run ``policy`` on ``problems`` for ``horizon`` steps and score it (module docstring)."""
+    traj = run_policy(policy, problems, horizon, _tuning_config(horizon))
+    pen = penalized_final(traj).double()
+    diverged = traj.state.terminated
+    return Candidate(
+        hparams=dict(hparams or {}),
+        penalized_mean=float(pen.mean()),
+        final_mean=float(traj.losses[-1].double().mean()),
+        diverged_fraction=float(diverged.double().mean()),
+        stable=bool(not diverged.any() and (traj.losses[-1] <= traj.losses[0]).all()),
+    )
+
+
+def tune_baseline(name: str, problems: ProblemBatch, horizon: int) -> TuneResult:
+    """Tune baseline ``name`` on ``problems`` at ``horizon`` with the protocol of the module docstring.
+
+    Args:
+        name: a baseline with a line in :data:`GRIDS`.
+        problems: the ``N`` tuning problems (``train`` or ``val``; the caller never passes ``test``).
+        horizon: iterations ``T`` of each run.
+
+    Raises:
+        ValueError: unknown baseline, or a horizon that is not a positive integer.
+    """
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
+    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+    configs = grid_configs(name)
+    candidates: list[Candidate] = []
+    outer: tuple[tuple[str, float], ...] | None = None
+    all_diverged_run = 0
+    for hp in configs:
+        key = tuple((k, v) for k, v in hp.items() if k != "lr")
+        if key != outer:  # a new point of the non-lr axes: restart the lr scan
+            outer, all_diverged_run = key, 0
+        elif all_diverged_run >= STOP_AFTER_ALL_DIVERGED:
+            continue
+        cand = score_config(make_baseline(name, **hp), problems, horizon, hp)
+        candidates.append(cand)
+        all_diverged_run = all_diverged_run + 1 if cand.diverged_fraction == 1.0 else 0
+    candidates = _with_margin(candidates, tuple(GRIDS[name].get("lr", ())))
+    best = candidates[0]
+    for cand in candidates[1:]:
+        if cand.score < best.score:
+            best = cand
+    return TuneResult(name=name, best=best, candidates=candidates)
+
+
+def _with_margin(candidates: list[Candidate], lrs: tuple[float, ...]) -> list[Candidate]:
+    """Each candidate with its selection ``score``: its penalized mean, or the worse of it and that of the same
+    configuration at the next larger learning rate of ``lrs`` when that one was evaluated and is not stable."""
+    index = {tuple(sorted(c.hparams.items())): c for c in candidates}
+    out = []
+    for c in candidates:
+        score = c.penalized_mean
+        lr = c.hparams.get("lr")
+        if lr is not None and lr in lrs and lrs.index(lr) + 1 < len(lrs):
+            up = index.get(tuple(sorted({**c.hparams, "lr": lrs[lrs.index(lr) + 1]}.items())))
+            if up is not None and not up.stable:
+                score = max(score, up.penalized_mean)
+        out.append(dataclasses.replace(c, score=score))
+    return out
+
+
+def tune_baselines(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> dict[str, tuple[dict[str, float], float]]:
+    """Each baseline tuned on ``problems`` (:func:`tune_baseline`): ``{name: (hparams, value)}``.
+
+    ``value`` is the selected configuration's mean penalized final objective (finite: a diverged problem
+    counts the core's penalty).
+    """
+    out: dict[str, tuple[dict[str, float], float]] = {}
+    for name in names:
+        res = tune_baseline(name, problems, horizon)
+        out[name] = (res.hparams, res.value)
+    return out
 
 
 def final_objective(policy: Policy, problems: ProblemBatch, horizon: int, config: CoreConfig | None = None) -> float:
@@ -24,32 +243,14 @@ def final_objective(policy: Policy, problems: ProblemBatch, horizon: int, config
     return float(traj.losses[-1].mean())
 
 
-def tune_baselines(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> dict[str, tuple[dict[str, float], float]]:
-    """Each baseline tuned on ``problems``: ``{name: (hparams, mean objective at horizon)}``.
-
-    First-order methods are tuned over :data:`LR_GRID` (momentum 0.9); CG and L-BFGS have no step size.
-    A baseline that diverges for every setting gets ``({}, inf)``.
-    """
-    out: dict[str, tuple[dict[str, float], float]] = {}
-    for name in names:
-        best: tuple[dict[str, float], float] = ({}, math.inf)
-        grid: list[dict[str, float]] = [{}] if name in ("cg", "lbfgs") else [{"lr": lr} for lr in LR_GRID]
-        for hp in grid:
-            value = final_objective(make_baseline(name, **hp), problems, horizon)
-            if math.isfinite(value) and value < best[1]:
-                best = (hp, value)
-        out[name] = best
-    return out
-
-
 def tuned_gd_step(problems: ProblemBatch, horizon: int) -> tuple[float, float]:
-    """Gradient descent tuned on ``problems`` (:func:`tune_baselines`): ``(lr, mean objective at horizon)``;
-    ``lr`` is the smallest of :data:`LR_GRID` (objective ``inf``) if every step size diverges."""
-    hp, value = tune_baselines(("sgd",), problems, horizon)["sgd"]
-    return float(hp.get("lr", LR_GRID[0])), value
+    """Gradient descent tuned on ``problems`` (:func:`tune_baseline`): ``(lr, mean penalized final objective)``."""
+    res = tune_baseline("sgd", problems, horizon)
+    return float(res.hparams["lr"]), res.value
 
 
 def _best_of(tuned: dict[str, tuple[dict[str, float], float]], names: tuple[str, ...]) -> tuple[str, dict[str, float], float]:
+    """The lowest-valued of ``names`` in ``tuned`` (:func:`tune_baselines`'s output); ties: the first listed."""
     best: tuple[str, dict[str, float], float] = ("", {}, math.inf)
     for name in names:
         hp, value = tuned[name]
@@ -59,9 +260,5 @@ def _best_of(tuned: dict[str, tuple[dict[str, float], float]], names: tuple[str,
 
 
 def best_baseline(names: tuple[str, ...], problems: ProblemBatch, horizon: int) -> tuple[str, dict[str, float], float]:
-    """Best tuned baseline on ``problems``: ``(name, hparams, mean objective at horizon)`` (:func:`tune_baselines`)."""
-    return _best_of(tune_baselines(names, problems, horizon), names)
-
-
-#: the first-order baselines of the ``first_order_baseline`` sample-efficiency figure.
-FIRST_ORDER: tuple[str, ...] = ("sgd", "momentum")
+    """Best tuned baseline on ``problems``: ``(name, hparams, value)`` (:func:`tune_baselines`)."""
+    return _best_of(tune_baselines(tuple(names), problems, horizon), tuple(names))

@@ -6,7 +6,11 @@ Both :class:`~l2o_gym.envs.env.L2OEnv` (``N = 1``, numpy) and :class:`~l2o_gym.e
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,8 +22,44 @@ from l2o_gym.core import CoreConfig, State
 from l2o_gym.problems import ProblemBatch, ProblemFamily, make_family
 from l2o_gym.problems.base import ProblemSampler
 from l2o_gym.checks import check_positive, check_split, resolve_device, resolve_dtype
+from l2o_gym.threads import auto_threads, check_threads, torch_threads
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _under_thread_policy(method: _F) -> _F:
+    """Run a :class:`BatchedOptimizee` method with torch's thread count set to ``self.step_threads``
+    (restored afterwards; see :mod:`l2o_gym.threads`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: BatchedOptimizee, *args: Any, **kwargs: Any) -> Any:
+        with torch_threads(self.step_threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 REWARD_MODES: tuple[str, ...] = ("objective", "log_objective", "improvement")
+
+logger = logging.getLogger(__name__)
+
+#: The process that imported this module. An env built in another process that did not import it anew is
+#: in a *forked* child (e.g. a worker of ``gymnasium.make_vec(..., vectorization_mode="async")``).
+_IMPORT_PID = os.getpid()
+
+
+def fork_safe_threads() -> None:
+    """In a forked child, run torch on one thread (what ``torch.utils.data.DataLoader`` does in its workers).
+
+    torch's OpenMP thread pool does not survive ``fork``: a child whose parent already ran parallel torch
+    code deadlocks at its first parallel kernel (measured: ``gymnasium.make_vec("l2o/LogisticRegression-v0",
+    2, vectorization_mode="async")`` after a 512×512 matmul in the parent hung in every try; with this, the
+    same call steps in 0.25 s). One env per worker process gets its parallelism from the processes. Only
+    forked children are changed (logged at INFO); the parent's and spawned processes' settings are untouched.
+    """
+    if os.getpid() != _IMPORT_PID and torch.get_num_threads() > 1:
+        logger.info("l2o_gym env built in a forked process: torch.set_num_threads(1) (was %d) to avoid "
+                    "torch's thread pool deadlocking after fork", torch.get_num_threads())
+        torch.set_num_threads(1)
 
 
 def reward_from_cost(cost: Tensor, prev_loss: Tensor, mode: str) -> Tensor:
@@ -28,13 +68,19 @@ def reward_from_cost(cost: Tensor, prev_loss: Tensor, mode: str) -> Tensor:
     * ``"objective"``: ``−cost`` (Li & Malik's cost, negated);
     * ``"log_objective"``: ``−log10(max(cost, 0) + 1e-12)``, scale-free across families;
     * ``"improvement"``: ``f(θ_t) − cost``, the decrease of the objective in this step.
+
+    Every reward is finite: the core's cost is finite (its penalty is capped, :func:`l2o_gym.core.penalty_cap`)
+    and an ``improvement`` that would overflow the dtype (only possible for objectives near ``−finfo.max``)
+    saturates at ``±finfo(dtype).max``. Rewards never carry an autograd graph.
     """
+    cost, prev_loss = cost.detach(), prev_loss.detach()
     if mode == "objective":
         return -cost
     if mode == "log_objective":
         return -torch.log10(cost.clamp_min(0.0) + 1e-12)
     if mode == "improvement":
-        return prev_loss - cost
+        big = torch.finfo(cost.dtype).max
+        return (prev_loss - cost).clamp(-big, big)
     raise ValueError(f"unknown reward_mode {mode!r}: expected one of {', '.join(REWARD_MODES)}")
 
 
@@ -47,12 +93,19 @@ class BatchedOptimizee:
         split: ``"train"``, ``"val"`` or ``"test"``: which instance stream resets draw from.
         horizon: episode length ``T`` (truncation).
         history: history length ``H`` of the observation.
-        action_scale: an action ``a ∈ [−1, 1]^d`` becomes the step ``Δθ = action_scale · a``.
+        action_scale: an action ``a ∈ [−1, 1]^d`` becomes the step ``Δθ = action_scale · a``; must be
+            finite in ``dtype``.
         reward_mode: see :func:`reward_from_cost`.
         include_steps: add the past steps to the observation.
-        blowup: divergence factor (see :mod:`l2o_gym.core`).
+        blowup: divergence factor (see :mod:`l2o_gym.core`; the threshold is capped at
+            :func:`l2o_gym.core.penalty_cap`).
         device: torch device of every tensor.
         dtype: ``torch.float32`` or ``torch.float64`` (names accepted).
+        threads: torch CPU threads for ``reset``/``step`` (the caller's setting is restored after each call):
+            ``"auto"`` (default) — 1 thread when the step's work ``N·F`` is below
+            :data:`l2o_gym.threads.SMALL_WORK` (small kernels: a second thread gains little and collapses when
+            another process competes for the cores), else the caller's setting; an int fixes the count;
+            ``None`` leaves torch's setting alone. See :mod:`l2o_gym.threads`.
         family_kwargs: sizes of the family (e.g. ``dim=20``).
     """
 
@@ -69,8 +122,11 @@ class BatchedOptimizee:
         blowup: float = 1e4,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str = torch.float32,
+        threads: int | str | None = "auto",
         **family_kwargs: Any,
     ) -> None:
+        self.threads = check_threads(threads)
+        fork_safe_threads()
         self.family = make_family(family, **family_kwargs)
         self.num = num
         self.split = check_split(split)
@@ -80,12 +136,21 @@ class BatchedOptimizee:
         self.action_scale = check_positive("action_scale", action_scale)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        if self.action_scale > torch.finfo(self.dtype).max:
+            raise ValueError(f"action_scale={action_scale!r} overflows {self.dtype} (largest finite value "
+                             f"{torch.finfo(self.dtype).max:.3g})")
         # Actions are validated and clipped here, so the core need not re-check each step.
         self.config = CoreConfig(
             horizon=horizon, history=history, include_steps=include_steps, blowup=blowup, validate=False
         )
+        core.check_config_dtype(self.config, self.dtype)
         self.dim = self.family.dim
         self.obs_dim = core.obs_dim(self.config, self.dim)
+        #: the thread count ``reset``/``step`` run with (``None``: the caller's), resolved from ``threads``.
+        self.step_threads: int | None = (
+            (auto_threads(self.num * self.obs_dim) if self.device.type == "cpu" else None)
+            if self.threads == "auto" else self.threads  # type: ignore[assignment]
+        )
         self.sampler: ProblemSampler | None = None
         self.state: State | None = None
 
@@ -97,6 +162,7 @@ class BatchedOptimizee:
         return spaces.Box(-1.0, 1.0, shape=(self.dim,), dtype=np.float32)
 
     # -- episode control ---------------------------------------------------------------------------
+    @_under_thread_policy
     def reset(self, seed: int | None, problems: ProblemBatch | None = None) -> Tensor:
         """Start new episodes; returns the observation ``[N, F]``.
 
@@ -116,9 +182,15 @@ class BatchedOptimizee:
         return core.features(self.state)
 
     def to_action(self, action: Any) -> Tensor:
-        """Validate a policy action (``[N, d]`` array-like in [−1, 1]) and return the raw step ``[N, d]``."""
-        if self.state is None:
-            raise RuntimeError("call reset() before step()")
+        """Validate a policy action (``[N, d]`` array-like in [−1, 1]) and return the raw step ``[N, d]``.
+
+        A tensor that requires grad is detached (the envs are not differentiable; backpropagate through
+        :mod:`l2o_gym.core` instead). Finite values outside [−1, 1] — however large, even beyond the env's
+        dtype — are clipped; NaN or inf is a ``ValueError``.
+        """
+        self._check_started()
+        if isinstance(action, Tensor):
+            action = action.detach()
         try:
             a = torch.as_tensor(action, device=self.device)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -127,23 +199,31 @@ class BatchedOptimizee:
             raise TypeError(f"action has dtype {a.dtype}, expected a floating-point array in [-1, 1]")
         if a.shape != (self.num, self.dim):
             raise ValueError(f"action has shape {tuple(a.shape)}, expected {(self.num, self.dim)}")
-        a = a.to(self.dtype)
-        if not bool(torch.isfinite(a).all()):
-            raise ValueError("action contains NaN or inf; actions must be finite values in [-1, 1]")
-        return a.clamp(-1.0, 1.0) * self.action_scale
+        finite = torch.isfinite(a).all(-1)  # in the action's own dtype, before any cast
+        if not bool(finite.all()):
+            idx = (~finite).nonzero().flatten().tolist()[:10]
+            raise ValueError(f"action contains NaN or inf (instances {idx}); actions must be finite values in [-1, 1]")
+        return a.clamp(-1.0, 1.0).to(self.dtype) * self.action_scale
 
+    def _check_started(self) -> None:
+        if self.state is None:
+            raise RuntimeError("call reset() before step(): the environment has no episode yet")
+
+    @_under_thread_policy
     def step(self, action: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One transition: ``(obs[N, F], reward[N], terminated[N], truncated[N])`` (no autoreset)."""
-        assert self.state is not None
+        self._check_started()
         delta = self.to_action(action)
         prev = self.state.loss
         self.state, cost, terminated, truncated = core.step(self.state, delta)
         reward = reward_from_cost(cost, prev, self.reward_mode)
         return core.features(self.state), reward, terminated, truncated
 
+    @_under_thread_policy
     def reset_done(self, done: Tensor) -> Tensor:
         """Replace the instances where ``done[N]`` by fresh ones from the stream; returns the new ``[N, F]``."""
-        assert self.state is not None and self.sampler is not None
+        self._check_started()
+        assert self.sampler is not None  # set by every reset()
         idx = done.nonzero().flatten()
         fresh = core.reset(self.sampler.sample(int(idx.numel())), self.config)
         self.state = self.state.scatter(idx, fresh)

@@ -23,17 +23,19 @@ class L2OEnv(gym.Env):
     objective and its gradients and chooses the step added to θ.
 
     ## Action Space
-    ``Box(-1, 1, (d,), float32)``; the step is ``Δθ = action_scale · clip(action, -1, 1)``.
+    ``Box(-1, 1, (d,), float32)``; the step is ``Δθ = action_scale · clip(action, -1, 1)``. A numpy array or a
+    torch tensor (one that requires grad is detached); NaN or inf is a ``ValueError``.
 
     ## Observation Space
-    ``Box(-inf, inf, (F,), float32)`` with ``F = H + H·d`` (``+ H·d`` with ``include_steps``): the relative
+    ``Box(-inf, inf, (F,), float32)`` (``float64`` when ``dtype="float64"``, so a large but finite float64
+    gradient is never turned into ``inf``) with ``F = H + H·d`` (``+ H·d`` with ``include_steps``): the relative
     objective changes over the last ``H`` iterates and the last ``H`` gradients, zero-padded at the start
     (exact layout and normalization: :mod:`l2o_gym.core`). θ itself is not observed.
 
     ## Rewards
     ``reward_mode="objective"``: ``−f(θ_{t+1})``; ``"log_objective"``: ``−log10 f(θ_{t+1})``;
     ``"improvement"``: ``f(θ_t) − f(θ_{t+1})``. On divergence ``f`` is replaced by the finite penalty
-    ``blowup · (|f(θ₀)| + 1)``.
+    ``min(blowup · (|f(θ₀)| + 1), √finfo(dtype).max)``. Rewards and observations are always finite.
 
     ## Starting State
     θ₀ from the family's initial-point distribution; the instance comes from the ``split`` stream
@@ -46,7 +48,9 @@ class L2OEnv(gym.Env):
     ## Arguments
     ``gymnasium.make("l2o/Quadratic-v0", split="train", horizon=100, history=25, action_scale=0.5,
     reward_mode="objective", include_steps=False, blowup=1e4, device="cpu", dtype="float32",
-    render_mode=None, **family_kwargs)``, e.g. ``dim=20`` for the quadratic.
+    render_mode=None, threads="auto", **family_kwargs)``, e.g. ``dim=20`` for the quadratic. ``threads``: torch
+    CPU threads of each ``reset``/``step`` (``"auto"``: one for small batches, the caller's setting is restored
+    after each call; ``None``: torch's setting untouched; see :mod:`l2o_gym.threads`).
 
     ``reset(options={"problems": batch})`` runs the episode on a given one-instance
     :class:`~l2o_gym.problems.ProblemBatch` instead of sampling one.
@@ -69,6 +73,7 @@ class L2OEnv(gym.Env):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str = torch.float32,
         render_mode: str | None = None,
+        threads: int | str | None = "auto",
         **family_kwargs: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -76,14 +81,15 @@ class L2OEnv(gym.Env):
         self.render_mode = render_mode
         self.driver = BatchedOptimizee(
             family, 1, split, horizon, history, action_scale, reward_mode, include_steps, blowup, device, dtype,
-            **family_kwargs,
+            threads=threads, **family_kwargs,
         )
-        self.observation_space = self.driver.single_observation_space()
+        self._np_dtype = np.float64 if self.driver.dtype == torch.float64 else np.float32
+        self.observation_space = self.driver.single_observation_space(self._np_dtype)
         self.action_space = self.driver.single_action_space()
         self._losses: list[float] = []
 
     def _obs(self, obs: torch.Tensor) -> np.ndarray:
-        return obs[0].detach().to("cpu", torch.float32).numpy()
+        return obs[0].detach().to("cpu").numpy().astype(self._np_dtype, copy=False)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -96,6 +102,8 @@ class L2OEnv(gym.Env):
         return self._obs(obs), {"objective": loss, "diverged": False}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if isinstance(action, torch.Tensor):
+            action = action.detach().cpu()  # the env is not differentiable: drop any autograd graph
         a = np.asarray(action)
         if a.shape != (self.driver.dim,):
             raise ValueError(f"action has shape {a.shape}, expected {(self.driver.dim,)}")

@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
@@ -17,7 +18,7 @@ class SB3VecEnv(VecEnv):
     """Adapts :class:`~l2o_gym.envs.vector.L2OVectorEnv` to SB3's ``VecEnv`` API.
 
     Observations, rewards and dones come out as numpy arrays (float32 observations, float32 rewards,
-    bool dones); for every finished sub-environment ``infos[i]`` holds ``"terminal_observation"`` (numpy
+    bool dones; values of a float64 env beyond the float32 range saturate at ±3.4e38); for every finished sub-environment ``infos[i]`` holds ``"terminal_observation"`` (numpy
     ``[F]``) and ``"TimeLimit.truncated"`` (ended by the horizon, not by divergence), which SB3 uses to
     bootstrap values correctly. ``infos[i]["objective"]`` is the optimizee's current objective.
 
@@ -49,7 +50,11 @@ class SB3VecEnv(VecEnv):
 
     @staticmethod
     def _np(x: Any) -> np.ndarray:
-        return x.detach().to("cpu").numpy().astype(np.float32, copy=False)
+        x = x.detach().to("cpu")
+        if x.dtype == torch.float64:  # a float64 env's finite values saturate instead of becoming inf
+            big = float(np.finfo(np.float32).max)
+            x = x.clamp(-big, big)
+        return x.numpy().astype(np.float32, copy=False)
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = actions

@@ -11,7 +11,9 @@ target, so an interrupted write never leaves a truncated checkpoint behind.
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _META_KEY = "l2o_gym"
@@ -35,11 +39,45 @@ def _umask() -> int:
     return mask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or unknown: keep its file
+    return True
+
+
+def _remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temporary files ``.{name}.{pid}.*.tmp`` of ``path`` left by writers that no longer run (a
+    SIGKILL or power loss during :func:`atomic_write`); files of live processes are kept. Returns the removed."""
+    prefix = f".{path.name}."
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    if removed:
+        logger.info("removed %d stale temporary file(s) of %s left by interrupted writes", len(removed), path)
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result over ``path`` atomically (same filesystem)."""
+    """Call ``write(tmp_path)`` and move the result over ``path`` atomically (same filesystem).
+
+    The temporary file is ``.{name}.{pid}.{random}.tmp`` beside ``path``; one left behind by a killed
+    writer (its process no longer exists) is deleted by the next write of the same ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -109,6 +147,12 @@ def _read_policy_file(
         config = json.loads(meta[_META_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt config: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: its config is a JSON {type(config).__name__}, not an object")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r}: field 'format_version' is {version!r}, this l2o-gym reads "
+                              f"format {FORMAT_VERSION}")
     if kind is not None and config.get("kind") != kind:
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r} policy, expected {kind!r}")
     return tensors, config
@@ -120,6 +164,43 @@ def update_policy_config(path: str | Path, updates: dict[str, Any], kind: str | 
     tensors, config = load_policy_file(path, kind=kind)
     config.pop("format_version", None)
     return save_policy(path, tensors, {**config, **updates})
+
+
+_TYPES: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,),
+                                      dict: (dict,), list: (list,)}
+
+
+def config_field(config: dict[str, Any], path: str | Path, name: str, typ: type, *, optional: bool = False) -> Any:
+    """``config[name]``, checked to be a ``typ`` (``float`` accepts integers; ``bool`` is never an ``int``).
+
+    Raises:
+        CheckpointError: naming the file and the field, if it is missing (and not ``optional``) or ill-typed.
+    """
+    if name not in config or (optional and config[name] is None):
+        if optional:
+            return None
+        raise CheckpointError(f"checkpoint {str(path)!r}: config field {name!r} is missing")
+    value = config[name]
+    ok = isinstance(value, _TYPES.get(typ, (typ,))) and not (typ in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise CheckpointError(f"checkpoint {str(path)!r}: config field {name!r} should be {typ.__name__}, "
+                              f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_shapes(path: str | Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise :class:`CheckpointError` (naming the file and the tensor) unless ``tensors`` has exactly the keys
+    of ``expected`` with those shapes — called *before* a network is built from a checkpoint's config, so an
+    edited config never allocates more than the file holds."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: missing tensors "
+                              f"{missing}, unexpected tensors {extra}")
+    for k, shape in expected.items():
+        if tuple(tensors[k].shape) != tuple(shape):
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: tensor {k!r} "
+                                  f"has shape {tuple(tensors[k].shape)}, the config implies {tuple(shape)}")
 
 
 def check_compatible(config: dict[str, Any], path: str | Path, *, env_id: str | None = None, dim: int | None = None) -> None:

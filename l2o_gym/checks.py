@@ -16,6 +16,15 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+
+class UnknownArgumentError(TypeError, ValueError):
+    """An unknown keyword argument (e.g. ``gymnasium.make("l2o/Quadratic-v0", frameskip=4)``).
+
+    A ``TypeError``, as Python raises for an unexpected keyword and as gymnasium/TorchRL expect when they
+    probe optional keywords; also a ``ValueError`` so code that catches this package's usual bad-argument
+    error keeps working. Bad *values* of known arguments stay plain ``ValueError``s."""
+
+
 def check_split(split: str) -> str:
     """Return ``split`` if it is one of :data:`SPLITS`, else raise ``ValueError`` naming it."""
     if split not in SPLITS:
@@ -38,10 +47,15 @@ def resolve_device(device: torch.device | str) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"unknown device {device!r}: expected e.g. 'cpu', 'cuda', 'cuda:0'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {device!r}: expected 'cpu' or 'cuda'")
+        raise ValueError(f"unsupported device {device!r}: expected 'cpu', 'cuda', 'cuda:K' or 'mps'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} requested but MPS is not available in this torch build/machine")
     return dev
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -60,3 +74,21 @@ def check_positive(name: str, value: Any) -> float:
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return v
 
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    """Raise ``ValueError`` naming ``value`` unless it is a finite number ``>= 0``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return v
+
+
+def check_seed(value: Any) -> int:
+    """Raise ``ValueError`` unless ``value`` is a non-negative integer (a seed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)

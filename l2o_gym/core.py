@@ -20,7 +20,11 @@ RL agents simply call it under ``torch.no_grad()``.
 or its gradient is non-finite, or ``f(θ_{t+1}) > threshold = blowup · (|f(θ₀)| + 1)``, the step is
 *rejected* (θ, f and ∇f keep their last finite values, so no NaN ever reaches an observation), the
 instance is marked terminated, and its cost is the finite penalty ``threshold``. A terminated instance
-stays frozen and keeps paying ``threshold`` per step until it is reset.
+stays frozen and keeps paying ``threshold`` per step until it is reset. The threshold is capped at
+:func:`penalty_cap` ``= √(largest finite value of the dtype)`` (≈ 1.8e19 in float32, 1.3e154 in float64), so
+the penalty, sums of it over any episode and differences of objectives never overflow, whatever ``blowup``
+is. A step whose scaled gradient (or, with ``include_steps``, scaled step) overflows the dtype is treated
+as divergence too, so every observation is finite.
 
 **Observation** (:func:`features`; Li & Malik's state without θ). With history length ``H``:
 
@@ -38,6 +42,7 @@ objective features.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -48,12 +53,36 @@ from l2o_gym.problems.base import ProblemBatch
 from l2o_gym.checks import check_positive, check_positive_int
 
 
+#: Largest accepted ``horizon``: the step counter ``t`` is int64 and must reach it without wrapping.
+MAX_HORIZON: int = 2**62
+
+
+def penalty_cap(dtype: torch.dtype) -> float:
+    """Upper bound of the divergence threshold (and penalty) in ``dtype``: ``√finfo(dtype).max``.
+
+    ≈ 1.8e19 for float32, 1.3e154 for float64: any sum of ``2**62`` penalties, and the difference of two
+    accepted objectives, stay finite."""
+    return math.sqrt(torch.finfo(dtype).max)
+
+
+def check_config_dtype(config: CoreConfig, dtype: torch.dtype) -> None:
+    """Raise ``ValueError`` naming the field if a constant of ``config`` is not finite in ``dtype``
+    (e.g. ``feature_clip=1e39`` in float32 would clip nothing and let ``inf`` through)."""
+    big = torch.finfo(dtype).max
+    for name in ("grad_scale", "feature_clip"):
+        value = getattr(config, name)
+        if value > big:
+            raise ValueError(f"{name}={value!r} is not finite in {dtype} (largest finite value {big:.3g})")
+    if config.eps < torch.finfo(dtype).tiny:
+        raise ValueError(f"eps={config.eps!r} underflows in {dtype} (smallest normal value {torch.finfo(dtype).tiny:.3g})")
+
+
 @dataclass(frozen=True)
 class CoreConfig:
     """Constants of the optimization MDP.
 
     Args:
-        horizon: episode length ``T`` (steps); ``truncated`` once ``t ≥ T``.
+        horizon: episode length ``T`` (steps); ``truncated`` once ``t ≥ T``; at most :data:`MAX_HORIZON`.
         history: number ``H`` of past iterates in the observation (Li & Malik: 25).
         include_steps: also put the last ``H`` steps Δθ into the observation.
         second_order: keep the autograd graph of the optimizee gradient (second-order meta-gradients).
@@ -76,6 +105,8 @@ class CoreConfig:
 
     def __post_init__(self) -> None:
         check_positive_int("horizon", self.horizon)
+        if self.horizon > MAX_HORIZON:
+            raise ValueError(f"horizon must be at most 2**62 (the int64 step counter), got {self.horizon!r}")
         check_positive_int("history", self.history)
         check_positive("blowup", self.blowup)
         check_positive("grad_scale", self.grad_scale)
@@ -88,7 +119,8 @@ class State:
     """Full state of ``N`` optimizees (θ included; policies read :func:`features` instead).
 
     Attributes:
-        problems: the ``N`` objective functions.
+        problems: the ``N`` objective functions; ``None`` in a state rebuilt from its tensors alone
+            (:data:`STATE_TENSORS`: feature views, ``LearnedOptimizer``), which only :func:`transition` advances.
         config: the MDP constants.
         theta: ``[N, d]`` current iterates θ_t.
         loss: ``[N]`` current objective f(θ_t) (last finite value once terminated).
@@ -101,7 +133,7 @@ class State:
         terminated: ``[N]`` bool, diverged.
     """
 
-    problems: ProblemBatch
+    problems: ProblemBatch | None
     config: CoreConfig
     theta: Tensor
     loss: Tensor
@@ -175,9 +207,10 @@ def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
     """
     config = config or CoreConfig()
     theta = problems.x0
+    check_config_dtype(config, theta.dtype)
     zero_t = torch.zeros(problems.n, dtype=torch.int64, device=problems.device)
     f0, g0 = problems.loss_and_grad(theta, zero_t, create_graph=config.second_order)
-    bad = ~(torch.isfinite(f0) & torch.isfinite(g0).all(-1))
+    bad = ~(torch.isfinite(f0) & torch.isfinite(g0 * config.grad_scale).all(-1))
     if bool(bad.any()):
         idx = bad.nonzero().flatten().tolist()[:10]
         raise ValueError(f"{problems.family.name}: non-finite objective or gradient at x0 for instances {idx}")
@@ -192,6 +225,7 @@ def initial_state(theta: Tensor, loss: Tensor, grad: Tensor, config: CoreConfig 
     :func:`transition`, not :func:`step`, can advance such a state). Same layout as :func:`reset`.
     """
     config = config or CoreConfig()
+    check_config_dtype(config, theta.dtype)
     n, d, h = theta.shape[0], theta.shape[1], config.history
     loss_hist = torch.cat([loss.new_zeros(n, h), loss.detach()[:, None]], dim=1)
     # At t = 0 every objective feature refers to an iterate before θ₀, hence zero.
@@ -207,7 +241,7 @@ def initial_state(theta: Tensor, loss: Tensor, grad: Tensor, config: CoreConfig 
         loss_hist=loss_hist,
         obs=torch.cat(parts, dim=1),
         t=torch.zeros(n, dtype=torch.int64, device=theta.device),
-        threshold=config.blowup * (loss.detach().abs() + 1.0),
+        threshold=(config.blowup * (loss.detach().abs() + 1.0)).clamp_max(penalty_cap(loss.dtype)),
         terminated=torch.zeros(n, dtype=torch.bool, device=theta.device),
     )
 
@@ -238,6 +272,9 @@ def step(state: State, action: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
     cfg = state.config
     if cfg.validate:
         check_action(state, action)
+    if state.problems is None:
+        raise ValueError("step() needs a state with its problems (this one was rebuilt from tensors alone); "
+                         "advance it with transition(state, action, loss, grad)")
     f, g = state.problems.loss_and_grad(state.theta + action, state.t + 1, create_graph=cfg.second_order)
     return transition(state, action, f, g)
 
@@ -250,8 +287,13 @@ def transition(state: State, action: Tensor, f: Tensor, g: Tensor) -> tuple[Stat
     cfg = state.config
     t = state.t + 1
     cand = state.theta + action
-    # NaN compares False, so this also rejects NaN objectives; -inf and inf gradients are checked explicitly.
-    ok = (f <= state.threshold) & (f > float("-inf")) & torch.isfinite(g).all(-1) & ~state.terminated
+    scale = cfg.grad_scale
+    g_feat = g.detach() * scale if scale != 1.0 else g.detach()
+    # NaN compares False, so this also rejects NaN objectives; -inf and inf (or overflowing scaled)
+    # gradients are checked explicitly.
+    ok = (f <= state.threshold) & (f > float("-inf")) & torch.isfinite(g_feat).all(-1) & ~state.terminated
+    if cfg.include_steps:
+        ok = ok & torch.isfinite(action.detach() * scale).all(-1)
     ok_col = ok[:, None]
     theta = torch.where(ok_col, cand, state.theta)
     loss = torch.where(ok, f, state.loss)
@@ -261,11 +303,10 @@ def transition(state: State, action: Tensor, f: Tensor, g: Tensor) -> tuple[Stat
     loss_hist = torch.cat([state.loss_hist[:, 1:], loss.detach()[:, None]], dim=1)
     # The new observation, built in one copy: drop the oldest gradient (and step), append the newest.
     h, d = cfg.history, state.dim
-    scale = cfg.grad_scale
     parts = [
         _loss_features(loss_hist, t, cfg),
         state.obs[:, h + d : h + h * d],
-        grad.detach() * scale if scale != 1.0 else grad.detach(),
+        torch.where(ok_col, g_feat, state.obs[:, h + h * d - d : h + h * d]),
     ]
     if cfg.include_steps:
         taken = torch.where(ok_col, action, torch.zeros_like(action)).detach()

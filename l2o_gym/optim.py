@@ -12,6 +12,17 @@ call) or :func:`l2o_gym.core.transition` (later calls, with the actual displacem
 step as the action), asks the policy for a step ``Δθ [1, P]``, and adds ``lr · Δθ`` to each parameter, where
 ``lr`` is the group's multiplier (1 by default), so ``torch.optim.lr_scheduler`` schedules work unchanged.
 
+Which policies: every policy that reads the state it is given — the LSTM, GPS, SB3 policies and the
+first-order baselines. Line-search methods that evaluate the objective themselves (CG, L-BFGS; policies
+with ``needs_problems``) are refused at construction: use ``torch.optim.LBFGS(..., line_search_fn=
+"strong_wolfe")``. A policy restricted to one problem dimension (``policy.dim``: GPS and SB3 policies fit only
+the ``d`` they were trained on) must get exactly that many optimized entries, checked at construction.
+
+Precision: the MDP state and the policy run in the parameters' dtype, but in float32 for float16/bfloat16
+parameters (their ``eps`` and feature ranges underflow/overflow in half precision); the step is cast back
+to the parameter's dtype. An update that would overflow a parameter's dtype (e.g. a large ``lr`` on
+float16 weights) is skipped for that parameter with a ``RuntimeWarning``, like a non-finite gradient.
+
 Conventions, as in ``torch.optim``: parameters with ``requires_grad=False`` are not optimized; one whose
 ``grad`` is ``None`` at a step is left unchanged (its gradient is fed to the policy as zero); sparse
 gradients raise ``RuntimeError``. A parameter with a non-finite gradient is skipped at that step with a
@@ -19,13 +30,16 @@ warning (its gradient is fed as zero), so weights never become NaN. Without a cl
 unknown to the policy and is recorded as the last known value (0 at first); policies that read only the
 gradient (the LSTM) do not need it.
 
-``state_dict()`` holds, besides ``torch.optim``'s entries, the policy memory (tensors or tuples/lists of
-tensors) and the MDP history, so training resumes exactly after ``load_state_dict``; it loads with
-``torch.load(weights_only=True)``.
+``state_dict()`` holds, besides ``torch.optim``'s entries, the policy memory (tensors, numbers, tuples/lists
+and dataclasses of them, e.g. the Adam baseline's moments) and the MDP history, so training resumes exactly
+after ``load_state_dict``; it loads with ``torch.load(weights_only=True)``. ``copy.deepcopy`` and pickling
+keep the policy, its memory and the history (torch optimizers deep-copy; the copy's parameters are copies).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -40,15 +54,37 @@ from l2o_gym.policy import Policy
 
 
 
+#: dataclass memories are saved by name and rebuilt only from modules of this package (nothing is unpickled).
+_DATACLASS_PREFIX = "l2o_gym."
+
+
 def _pack_memory(memory: Any) -> Any:
-    if memory is None or isinstance(memory, (Tensor, int, float)):
+    if memory is None or isinstance(memory, (Tensor, bool, int, float)):
         return memory
     if isinstance(memory, (tuple, list)):
         return {"__seq__": [_pack_memory(h) for h in memory], "tuple": isinstance(memory, tuple)}
+    cls = type(memory)
+    if dataclasses.is_dataclass(memory) and cls.__module__.startswith(_DATACLASS_PREFIX):
+        return {
+            "__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
+            "fields": {f.name: _pack_memory(getattr(memory, f.name)) for f in dataclasses.fields(memory)},
+        }
     raise TypeError(
-        f"LearnedOptimizer.state_dict() supports policy memories made of tensors, numbers and tuples/lists of "
-        f"them; this policy's memory is a {type(memory).__name__}"
+        f"LearnedOptimizer.state_dict() supports policy memories made of tensors, numbers, tuples/lists and "
+        f"l2o_gym dataclasses of them; this policy's memory is a {cls.__module__}.{cls.__qualname__}"
     )
+
+
+def _resolve_dataclass(name: str) -> type:
+    module, _, qualname = name.partition(":")
+    if not module.startswith(_DATACLASS_PREFIX):
+        raise ValueError(f"optimizer state names memory class {name!r}, outside {_DATACLASS_PREFIX}*")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
+        raise ValueError(f"optimizer state names memory class {name!r}, which is not a dataclass of l2o_gym")
+    return obj
 
 
 def _unpack_memory(obj: Any, device: torch.device) -> Any:
@@ -57,7 +93,14 @@ def _unpack_memory(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, dict) and "__seq__" in obj:
         seq = [_unpack_memory(h, device) for h in obj["__seq__"]]
         return tuple(seq) if obj.get("tuple", True) else seq
+    if isinstance(obj, dict) and "__dataclass__" in obj:
+        cls = _resolve_dataclass(obj["__dataclass__"])
+        return cls(**{k: _unpack_memory(v, device) for k, v in obj["fields"].items()})
     return obj
+
+
+#: parameter dtypes whose MDP state and policy run in float32 (``eps``, feature ranges underflow/overflow).
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -68,7 +111,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         policy: the optimizer's brain; moved to the parameters' device when it has a ``to`` method.
         lr: multiplier of the policy's step (per group; what learning-rate schedulers change).
         config: the MDP constants of the internal state. The default keeps a history of 1 iterate
-            (memory ``O(P)``), no divergence termination, no action validation; give a longer ``history``
+            (memory ``O(P)``), no action validation; there is never a divergence termination (``blowup`` is
+            ignored: no episode is ever reset here); give a longer ``history``
             for policies that read :func:`l2o_gym.core.features`.
     """
 
@@ -81,9 +125,23 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an l2o_gym Policy, got {type(policy).__name__}")
+        if policy.needs_problems:
+            raise TypeError(
+                f"the {policy.name!r} policy runs line searches that evaluate the objective itself, which "
+                "LearnedOptimizer cannot do on a user's model; use torch.optim.LBFGS(params, "
+                "line_search_fn='strong_wolfe') (L-BFGS) or a first-order or learned policy"
+            )
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
         super().__init__(params, {"lr": float(lr)})
+        if policy.dim is not None:
+            size = sum(p.numel() for _, p in self._params())
+            if size != policy.dim:
+                raise ValueError(
+                    f"the {policy.name!r} policy was trained on problems of dimension {policy.dim}, but these "
+                    f"parameters have {size} entries that require grad; a policy that reads whole gradient "
+                    "vectors only fits models with exactly that many optimized entries"
+                )
         self.policy = policy
         self.core_config = config or CoreConfig(horizon=10**9, history=1, blowup=1e30, validate=False)
         self._mdp: State | None = None
@@ -96,7 +154,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _flat(self, params: list[tuple[dict[str, Any], Tensor]]) -> tuple[Tensor, Tensor, list[bool]]:
         first = params[0][1]
-        dtype = first.dtype if first.is_floating_point() else torch.float32
+        dtype = first.dtype if first.is_floating_point() and first.dtype not in _LOW_PRECISION else torch.float32
         device = first.device
         thetas, grads, usable = [], [], []
         for _, p in params:
@@ -135,7 +193,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not params:
             return loss
         theta, grad, usable = self._flat(params)
-        if not self._moved and hasattr(self.policy, "to"):
+        if not self._moved:
             self.policy.to(theta.device)
             self._moved = True
         prev = self._mdp
@@ -148,6 +206,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         f = torch.full((1,), f_val, device=theta.device, dtype=theta.dtype)
         if prev is None:
             state = core.initial_state(theta, f, grad, self.core_config)
+            # No divergence termination inside a user's training loop (nothing would ever reset it): a loss
+            # above the core's capped threshold must not freeze the policy's features.
+            state = dataclasses.replace(state, threshold=torch.full_like(state.threshold, math.inf))
             memory = self.policy.reset(state)
         else:
             state, _, _, _ = core.transition(prev, theta - prev.theta, f, grad)
@@ -158,14 +219,46 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not bool(torch.isfinite(step).all()):
             warnings.warn("LearnedOptimizer: the policy proposed a non-finite step; it is skipped", RuntimeWarning, stacklevel=2)
             step = torch.zeros_like(step)
+        self._apply(params, usable, step)
+        self._mdp, self._memory = state, memory
+        return loss
+
+    def _apply(self, params: list[tuple[dict[str, Any], Tensor]], usable: list[bool], step: Tensor) -> None:
+        """``p += lr · step`` for every usable parameter whose result stays finite in its dtype (one sync)."""
+        updates: list[tuple[Tensor, Tensor]] = []
         off = 0
         for (group, p), ok in zip(params, usable):
             n = p.numel()
             if ok and group["lr"] != 0:
-                p.add_(step[0, off : off + n].view_as(p).to(p.dtype), alpha=group["lr"])
+                delta = step[0, off : off + n].view_as(p)
+                if p.dtype in _LOW_PRECISION:  # add in float32, round once
+                    new = torch.add(p.float(), delta.float(), alpha=group["lr"]).to(p.dtype)
+                else:
+                    new = torch.add(p, delta.to(p.dtype), alpha=group["lr"])
+                updates.append((p, new))
             off += n
-        self._mdp, self._memory = state, memory
-        return loss
+        if not updates:
+            return
+        finite = torch.stack([torch.isfinite(new).all() for _, new in updates]).tolist()
+        for (p, new), ok in zip(updates, finite):
+            if ok:
+                p.copy_(new)
+            else:
+                warnings.warn(
+                    f"LearnedOptimizer: the update of a {p.dtype} parameter of shape {tuple(p.shape)} overflows "
+                    "its dtype (lr too large for it?); that parameter is skipped at this step",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+
+    # ---- copy and pickle -------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer.__getstate__ keeps only defaults, state and param_groups, which would drop the
+        # policy (the copy then crashes at its first step).
+        state = super().__getstate__()
+        for k in ("policy", "core_config", "_mdp", "_memory", "_moved"):
+            state[k] = self.__dict__[k]
+        return state
 
     # ---- state dict ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

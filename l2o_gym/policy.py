@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,17 @@ class Policy(ABC):
 
     #: short name used in reports.
     name: str = "policy"
+    #: the core config whose features the policy was trained on (the evaluation resets problems with it);
+    #: ``None``: the policy reads any state (baselines, the coordinatewise LSTM).
+    core_config: CoreConfig | None = None
+    #: the problem dimension ``d`` the policy is restricted to (a learned policy that reads whole gradient
+    #: vectors, e.g. GPS or SB3, fits only the ``d`` it was trained on); ``None``: any dimension.
+    dim: int | None = None
+    #: the JSON config of the checkpoint the policy was loaded from; ``None`` if it was not loaded from one.
+    checkpoint_config: dict[str, Any] | None = None
+    #: whether :meth:`reset`/:meth:`act` evaluate ``state.problems`` themselves (line searches: CG, L-BFGS);
+    #: such a policy cannot run where there is no :class:`ProblemBatch` (``LearnedOptimizer``).
+    needs_problems: bool = False
 
     def reset(self, state: State) -> Any:
         """Per-episode memory for the ``state.n`` instances (``None`` if the policy has none)."""
@@ -41,6 +53,16 @@ class Policy(ABC):
     @abstractmethod
     def act(self, state: State, memory: Any) -> tuple[Tensor, Any]:
         """The step Δθ ``[N, d]`` (same dtype and device as θ) and the updated memory."""
+
+    def to(self, device: torch.device | str) -> Policy:
+        """Move the policy's tensors to ``device`` (in place) and return it; a no-op for policies without any
+        (``LearnedOptimizer`` calls it with the parameters' device)."""
+        return self
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the policy to a ``.safetensors`` checkpoint (weights + JSON config, ``extra`` merged into the
+        config) that its kind's ``load_policy`` reads back. Hand-designed baselines have no weights to save."""
+        raise NotImplementedError(f"{type(self).__name__} has no checkpoint format (only learned policies are saved)")
 
     def evals(self, memory: Any, steps: int) -> Tensor | None:
         """Objective+gradient evaluations ``[N]`` used in the first ``steps`` iterations.
@@ -76,6 +98,8 @@ class FeatureView:
         if self.matches(state.config):
             return None
         s = core.initial_state(state.theta.detach(), state.loss.detach(), state.grad.detach(), self.config)
+        # The shadow follows the real state, which alone decides divergence: it never terminates itself.
+        s = dataclasses.replace(s, threshold=torch.full_like(s.threshold, float("inf")))
         return tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone()
 
     def observe(self, state: State, shadow: Any) -> tuple[Tensor, Any]:
@@ -83,7 +107,7 @@ class FeatureView:
         if shadow is None:
             return core.features(state), None
         tensors, last_t = shadow
-        s = State(problems=None, config=self.config, **dict(zip(core.STATE_TENSORS, tensors)))  # type: ignore[arg-type]
+        s = State(problems=None, config=self.config, **dict(zip(core.STATE_TENSORS, tensors)))
         if not torch.equal(state.t, last_t):  # the state moved on since the last call: advance the shadow
             s, *_ = core.transition(s, state.theta.detach() - s.theta, state.loss.detach(), state.grad.detach())
         return core.features(s), (tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone())

@@ -3,10 +3,14 @@
 
     python scripts/bench.py env [--env l2o/Quadratic-v0] [--sizes 1 64 1024 16384] [--device cpu]
     python scripts/bench.py eval [--n-problems 1000] [--horizon 100]
+    python scripts/bench.py busy [--num-envs 1024] [--rounds 3] [--competitors 1] [--modes auto torch-default]
 
 ``env``: env-steps/s of the native torch vector env against ``gymnasium.vector.SyncVectorEnv`` over the
 single env, with their ratio.
 ``eval``: wall time of evaluating every first-order baseline on 1,000 quadratics x 100 steps (batched).
+``busy``: native env-steps/s idle and beside CPU-bound competitor processes that the benchmark starts and stops
+itself, rounds alternating idle/busy; per thread mode (``auto``: the envs' thread policy, ``torch-default``: torch's
+global setting, ``1``) the medians and the busy/idle ratio (l2o_gym.threads, docs/threads.md).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 
 import torch
 
-from l2o_gym.experiments.benchmark import baseline_eval_time, env_throughput
+from l2o_gym.experiments import cli
+from l2o_gym.experiments.benchmark import THREAD_MODES, baseline_eval_time, busy_throughput, env_throughput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,45 +33,58 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("env", help="env-steps/s: native torch VectorEnv vs SyncVectorEnv")
     p.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024, 16384], help="numbers of envs N")
-    p.add_argument("--device", default="cpu", help="torch device of the native env (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=2.0, help="measurement time per configuration")
+    p.add_argument("--sizes", type=cli.positive_int, nargs="+", default=[1, 64, 1024, 16384], help="numbers of envs N")
+    p.add_argument("--device", type=cli.device, default="cpu", help="torch device of the native env (default: %(default)s)")
+    p.add_argument("--seconds", type=cli.positive_float, default=2.0,
+                   help="measurement time per configuration (finite, positive; default: %(default)s)")
     p.add_argument(
-        "--sync-max", type=int, default=16384, help="skip SyncVectorEnv above this N (default: %(default)s)"
+        "--sync-max", type=cli.nonnegative_int, default=16384, help="skip SyncVectorEnv above this N (default: %(default)s)"
     )
-    p.add_argument("--history", type=int, default=25, help="history length H (default: %(default)s)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--history", type=cli.positive_int, default=25, help="history length H (default: %(default)s)")
+    p.add_argument("--json", type=cli.out_path, default=None, help="also write the results to this JSON file")
     e = sub.add_parser("eval", help="wall time of evaluating the first-order baselines (batched)")
     e.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
-    e.add_argument("--n-problems", type=int, default=1000, help="problems (default: %(default)s)")
-    e.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
-    e.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    e.add_argument("--n-problems", type=cli.positive_int, default=1000, help="problems (default: %(default)s)")
+    e.add_argument("--horizon", type=cli.positive_int, default=100, help="iterations (default: %(default)s)")
+    e.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    e.add_argument("--threads", type=cli.nonnegative_int, default=1,
+                   help="torch threads of each evaluation (default: %(default)s, as compare.py; 0: torch's setting)")
+    b = sub.add_parser("busy", help="env-steps/s idle vs beside CPU-bound competitor processes")
+    b.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
+    b.add_argument("--num-envs", type=cli.positive_int, default=1024, help="number of envs N (default: %(default)s)")
+    b.add_argument("--rounds", type=cli.positive_int, default=3, help="idle/busy rounds (default: %(default)s)")
+    b.add_argument("--seconds", type=cli.positive_float, default=1.0,
+                   help="measurement time per figure (finite, positive; default: %(default)s)")
+    b.add_argument("--competitors", type=cli.positive_int, default=1, help="CPU-bound processes started (default: %(default)s)")
+    b.add_argument("--modes", nargs="+", default=["auto", "torch-default"], choices=list(THREAD_MODES),
+                   help="thread modes to compare (default: %(default)s)")
+    b.add_argument("--json", type=cli.out_path, default=None, help="also write the results to this JSON file")
     q = sub.add_parser("lstm", help="seconds per LSTM meta-iteration (128 quadratics x 10-d, unroll 20)")
-    q.add_argument("--n-problems", type=int, default=128, help="problems per meta-batch (default: %(default)s)")
-    q.add_argument("--dim", type=int, default=10, help="quadratic dimension (default: %(default)s)")
-    q.add_argument("--unroll", type=int, default=20, help="truncation length (default: %(default)s)")
-    q.add_argument("--iters", type=int, default=20, help="timed meta-iterations (default: %(default)s)")
-    q.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
-    q.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    args = parser.parse_args(argv)
+    q.add_argument("--n-problems", type=cli.positive_int, default=128, help="problems per meta-batch (default: %(default)s)")
+    q.add_argument("--dim", type=cli.positive_int, default=10, help="quadratic dimension (default: %(default)s)")
+    q.add_argument("--unroll", type=cli.positive_int, default=20, help="truncation length (default: %(default)s)")
+    q.add_argument("--iters", type=cli.positive_int, default=20, help="timed meta-iterations (default: %(default)s)")
+    q.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
+    q.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    return cli.run(parser, _body, argv)
+
+
+def _body(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.what in ("env", "eval"):
+    if args.what in ("env", "eval", "busy"):
         from l2o_gym.registry import ENV_IDS
 
         if args.env not in ENV_IDS:
-            parser.error(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")
-    if args.what == "env":
-        if min(args.sizes) < 1 or args.history < 1 or args.seconds <= 0:
-            parser.error(f"--sizes and --history must be positive integers and --seconds positive, got "
-                         f"{args.sizes}, {args.history}, {args.seconds}")
-    if args.what == "eval" and (args.n_problems < 1 or args.horizon < 1):
-        parser.error(f"--n-problems and --horizon must be positive, got {args.n_problems} and {args.horizon}")
+            raise cli.UsageError(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")
     if args.what == "lstm":
-        return _bench_lstm(args, parser)
+        return _bench_lstm(args)
+    if args.what == "busy":
+        return _bench_busy(args)
     if args.what == "eval":
-        times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device)
+        threads = args.threads or None
+        times = baseline_eval_time(args.env, args.n_problems, args.horizon, args.device, threads)
         print(f"# {args.env}: {args.n_problems} problems x {args.horizon} steps, device={args.device}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+              f"torch {torch.__version__}, {threads or torch.get_num_threads()} thread(s)")
         for name, sec in times.items():
             print(f"{name:9s} {sec:6.2f} s")
         print(f"{'total':9s} {sum(times.values()):6.2f} s")
@@ -90,14 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _bench_lstm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _bench_busy(args: argparse.Namespace) -> int:
+    rows = busy_throughput(args.env, args.num_envs, tuple(args.modes), args.rounds, args.seconds, args.competitors)
+    r0 = rows[0]
+    print(f"# {args.env}, N={args.num_envs}, {args.competitors} competing process(es), {args.rounds} rounds x "
+          f"{args.seconds} s, torch {torch.__version__} ({torch.get_num_threads()} threads by default), "
+          f"{os.cpu_count()} CPUs, load average before {r0['load_before'][0]:.2f}, after {r0['load_after'][0]:.2f}")
+    print(f"{'mode':>14} {'idle steps/s':>14} {'busy steps/s':>14} {'busy/idle':>10}   per round (idle -> busy)")
+    for r in rows:
+        rounds = ", ".join(f"{i:,.0f}->{b:,.0f}" for i, b in zip(r["idle"], r["busy"]))
+        print(f"{r['mode']:>14} {r['idle_median']:14,.0f} {r['busy_median']:14,.0f} {r['ratio']:10.2f}   {rounds}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return 0
+
+
+def _bench_lstm(args: argparse.Namespace) -> int:
     from l2o_gym.agents.lstm import time_meta_iteration
 
-    for name in ("n_problems", "dim", "unroll", "iters", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if 100 % args.unroll:
-        parser.error("--unroll must divide the horizon 100")
+        raise cli.UsageError(f"--unroll must divide the horizon 100, got {args.unroll}")
     torch.set_num_threads(args.threads)
     r = time_meta_iteration(args.n_problems, args.dim, args.unroll, args.iters, device=args.device)
     print(f"# LSTM meta-iteration: {args.n_problems} quadratics x {args.dim}-d, unroll {args.unroll}, "

@@ -11,7 +11,10 @@ Baselines use the hyperparameters tuned on train problems at the horizon (agents
 Presets (l2o_gym/experiments/study.py): ``study`` (every shipped learned optimizer against the tuned baselines at its
 training horizon T and at 10T, MLP transfer runs, sample-efficiency table) and ``study-tiny`` (its
 structure at toy size, seconds).
-Writes OUT/results.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
+Writes OUT/results.json, OUT/timings.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
+Each evaluation runs on one thread; --workers N runs N of them in parallel processes (default: one per available
+CPU). results.json is byte-identical for any N, and across machines with the same instruction set (--portable:
+any x86-64 CPU with AVX2); wall times go to timings.json (docs/threads.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import shlex
 import sys
 
 from l2o_gym.agents.baselines import BASELINES
-from l2o_gym.checkpoint import CheckpointError
+from l2o_gym.experiments import cli
 from l2o_gym.experiments.compare import LEARNED, CompareConfig, run_comparison
 from l2o_gym.registry import ENV_IDS
 from l2o_gym.experiments.study import PRESETS, preset_config, run_study
@@ -40,37 +43,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-problems", type=int, default=100, help="test problems per env (default: %(default)s)")
     p.add_argument("--horizon", type=int, default=100, help="iterations T (default: %(default)s)")
     p.add_argument("--long-horizon", type=int, default=None, help="also evaluate at this horizon, e.g. 10×T")
-    p.add_argument("--seed", type=int, default=0, help="test-instance seed (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output folder, e.g. runs/NAME")
+    p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="test-instance seed (default: %(default)s)")
+    p.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--out", type=cli.out_dir, required=True, help="output folder, e.g. runs/NAME")
     p.add_argument("--tuned", default=None, help="tuned-hyperparameter JSON (default: the shipped one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    cli.deprecated_alias(p, "--no-progress", "--quiet", "quiet", store_const=True)
+    p.add_argument("--workers", type=cli.positive_int, default=None,
+                   help="parallel worker processes, one thread each; results do not depend on it "
+                        "(default: one per available CPU)")
+    p.add_argument("--portable", action="store_true",
+                   help="pin torch's and MKL's kernels to AVX2 in the workers: the same results.json on any x86-64 "
+                        "CPU with AVX2, AVX-512 or not (slower where AVX-512 exists; docs/threads.md)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return cli.run(parser, lambda args: _body(args, argv), argv, interrupted="interrupted: no report was written")
+
+
+def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     command = "python scripts/compare.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.preset and args.env:
-        parser.error("--preset and --env are exclusive: a preset defines its own envs")
+        raise cli.UsageError("--preset and --env are exclusive: a preset defines its own envs")
     if not args.preset and not args.env:
-        parser.error("give --env ID [ID ...] or --preset NAME")
-    try:
-        if args.preset:
-            cfg = preset_config(args.preset, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-                                command=command)
-            results = run_study(cfg, progress=not args.quiet)
-        else:
-            cfg = CompareConfig(
-                envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
-                long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-                command=command,
-            )
-            results = run_comparison(cfg, progress=not args.quiet)
-    except (ValueError, CheckpointError, OSError, FileNotFoundError) as exc:
-        parser.error(str(exc))  # usage message, exit code 2
+        raise cli.UsageError("give --env ID [ID ...] or --preset NAME")
+    if args.preset:
+        cfg = preset_config(args.preset, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
+                            command=command, workers=args.workers, portable=args.portable)
+        results = run_study(cfg, progress=not args.quiet)
+    else:
+        cfg = CompareConfig(
+            envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
+            long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
+            command=command, workers=args.workers, portable=args.portable,
+        )
+        results = run_comparison(cfg, progress=not args.quiet)
     width = max(len(r.policy) for r in results)
     for r in results:
         print(f"{r.extra.get('section', r.env):40s} T={r.horizon:<5d} {r.policy:{width}s} mean f(θ_T)={r.final_mean:10.4g} "

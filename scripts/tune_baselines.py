@@ -3,7 +3,8 @@
 
     python scripts/tune_baselines.py --env l2o/Quadratic-v0 --policies sgd adam --out agents/tuned_baselines.json
 
-Grid and selection rule: see l2o_gym/experiments/tuning.py. The test split is never read.
+Grids, divergence penalty and selection rule: the one protocol of l2o_gym/agents/tuning.py (also used by
+GPS and SB3 training). The test split is never read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shlex
 import sys
 
 from l2o_gym.agents.baselines import BASELINES
+from l2o_gym.experiments import cli
 from l2o_gym.registry import ENV_IDS
 from l2o_gym.experiments.tuning import default_tuned_path, setting_key, tune, variant_kwargs
 
@@ -24,24 +26,25 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"env ids (default: all): {', '.join(ENV_IDS)}")
     parser.add_argument("--policies", nargs="+", default=list(BASELINES), choices=list(BASELINES), metavar="NAME",
                         help=f"baselines (default: all): {', '.join(BASELINES)}")
-    parser.add_argument("--n-problems", type=int, default=100, help="train problems per configuration (default: %(default)s)")
-    parser.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
+    parser.add_argument("--n-problems", type=cli.positive_int, default=100,
+                        help="train problems per configuration (default: %(default)s)")
+    parser.add_argument("--horizon", type=cli.positive_int, default=100, help="iterations (default: %(default)s)")
     parser.add_argument("--variant", default=None,
                         help="named problem variant of the env(s), e.g. relu, hidden40, 2layers for l2o/MLP-v0 "
                              "(l2o_gym.envs.VARIANTS)")
     parser.add_argument("--split", default="train", choices=["train", "val"], help="never test (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=str(default_tuned_path()), help="JSON file to merge into (default: the shipped one)")
-    args = parser.parse_args(argv)
-    if args.n_problems < 1 or args.horizon < 1:
-        parser.error(f"--n-problems and --horizon must be positive, got {args.n_problems} and {args.horizon}")
-    try:
-        for env_id in args.env:
-            variant_kwargs(env_id, args.variant)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed (default: %(default)s)")
+    parser.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--out", type=cli.out_path, default=str(default_tuned_path()),
+                        help="JSON file to merge into (default: the shipped one)")
+    parser.add_argument("--quiet", action="store_true", help="warnings-only logging")
+    return cli.run(parser, lambda args: _body(args, argv), argv, interrupted="interrupted: nothing was saved")
+
+
+def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
+    for env_id in args.env:
+        variant_kwargs(env_id, args.variant)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     command = "python scripts/tune_baselines.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     data = tune(args.env, args.policies, n_problems=args.n_problems, horizon=args.horizon, seed=args.seed,
                 split=args.split, device=args.device, command=command, out=args.out, variant=args.variant)
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.policies:
             key = setting_key(env_id, args.horizon, args.variant)
             e = data["envs"][key][name]
-            print(f"{key:40s} {name:9s} {str(e['hparams']):38s} train mean f(θ_T) = {e['final_mean']:.4g}")
+            print(f"{key:40s} {name:9s} {str(e['hparams']):38s} train score = {e['score']:.4g} "
+                  f"(diverged {100 * e['diverged_fraction']:.0f}%)")
     print(f"saved: {args.out}")
     return 0
 

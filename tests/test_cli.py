@@ -3,27 +3,19 @@ an interrupted training run leaves its last checkpoint intact and resumes from i
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_script
 import torch
 
 from l2o_gym.agents.lstm import TrainConfig
 from l2o_gym.agents.lstm.trainer import Trainer
 from l2o_gym.checkpoint import load_state
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_script = load_script
 
 
 @pytest.mark.parametrize(
@@ -36,26 +28,26 @@ def _script(name: str) -> ModuleType:
         ("compare", ["--env", "l2o/Quadratic-v0", "--policies", "newton", "--out", "{tmp}"], "unknown policy 'newton'"),
         ("compare", ["--env", "l2o/Quadratic-v0", "--horizon", "0", "--out", "{tmp}"], "must be positive"),
         ("tune_baselines", ["--env", "l2o/MLP-v0", "--variant", "tanh", "--out", "{tmp}/t.json"], "unknown variant 'tanh'"),
-        ("tune_baselines", ["--env", "l2o/Quadratic-v0", "--horizon", "-1"], "must be positive"),
+        ("tune_baselines", ["--env", "l2o/Quadratic-v0", "--horizon", "-1"], "argument --horizon: expected a positive integer, got '-1'"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--episodes", "0"], "episodes"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--family-kwargs", "[1]"], "JSON object"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--resume"], "--resume needs --out"),
-        ("bench", ["lstm", "--iters", "0"], "--iters must be a positive integer"),
-        ("bench", ["env", "--sizes", "0"], "--sizes and --history must be positive"),
+        ("bench", ["lstm", "--iters", "0"], "argument --iters: expected a positive integer, got '0'"),
+        ("bench", ["env", "--sizes", "0"], "argument --sizes: expected a positive integer, got '0'"),
         ("bench", ["eval", "--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),
-        ("demo", ["--num-envs", "0", "--out", "{tmp}"], "--num-envs and --horizon must be positive, got 0"),
+        ("demo", ["--num-envs", "0", "--out", "{tmp}"], "argument --num-envs: expected a positive integer, got '0'"),
         ("demo", ["--env", "l2o/Nope-v0"], "invalid choice: 'l2o/Nope-v0'"),
         ("train_sb3", ["--algo", "ppo", "--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),
         ("train_gps", ["--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),
-        ("train_gps", ["--conditions", "0"], "--conditions must be positive, got 0"),
-        ("train_gps", ["--kl-step", "-1"], "--kl-step must be positive"),
+        ("train_gps", ["--conditions", "0"], "--conditions must be a positive integer, got 0"),
+        ("train_gps", ["--kl-step", "-1"], "--kl-step must be a finite positive number, got -1.0"),
         ("train_gps", ["--resume", "--out", "{tmp}/none"], "no training state"),
         ("train_gps", ["--hessian", "bogus"], "invalid choice: 'bogus'"),
         ("train_gps", ["--stable-factor", "0.5"], "--stable-factor must be 0 (off) or >= 1"),
-        ("train_gps", ["--long-factor", "0"], "--long-factor must be positive, got 0"),
+        ("train_gps", ["--long-factor", "0"], "--long-factor must be >= 1, got 0"),
         ("gps_policy_bound", ["--env", "l2o/Nope-v0", "--out", "{tmp}"], "unknown env id 'l2o/Nope-v0'"),
-        ("gps_policy_bound", ["--episodes", "0", "--out", "{tmp}"], "--episodes must be positive, got 0"),
-        ("gps_policy_bound", ["--lr", "-1", "--out", "{tmp}"], "--lr must be positive"),
+        ("gps_policy_bound", ["--episodes", "0", "--out", "{tmp}"], "--episodes must be >= 1, got 0"),
+        ("gps_policy_bound", ["--lr", "-1", "--out", "{tmp}"], "--lr must be a positive finite number, got -1.0"),
     ],
 )
 def test_usage_errors_exit_2(script, argv, match, tmp_path, capsys):
@@ -89,7 +81,7 @@ def test_interrupted_lstm_training_keeps_checkpoint_and_resumes(tmp_path, monkey
     monkeypatch.setattr(Trainer, "run_episode", original)
     state = load_state(tmp_path / "state.pt")  # intact and loadable with weights_only=True
     assert state["episode"] == 3
-    assert (tmp_path / "best.safetensors").is_file()
+    assert (tmp_path / "lstm_best.safetensors").is_file()
 
     resumed = Trainer(cfg)
     assert resumed.resume()

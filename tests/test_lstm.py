@@ -19,6 +19,7 @@ from l2o_gym.agents.lstm import PRETRAINED, LSTMConfig, LSTMPolicy, TrainConfig,
 from l2o_gym.agents.lstm import trainer as trainer_mod
 from l2o_gym.checkpoint import CheckpointError, save_policy
 from l2o_gym.core import CoreConfig
+from l2o_gym.policy import rollout
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,7 +128,7 @@ def test_second_order_option_gives_a_different_meta_gradient():
         torch.manual_seed(0)
         tr = Trainer(_tiny_cfg(second_order=so))
         s = core.reset(tr.family.sample(4, "train", 0), tr.core_config)
-        traj = trainer_mod.rollout(tr.policy, s, 5)
+        traj = rollout(tr.policy, s, 5)
         traj.costs.sum().backward()
         grads[so] = torch.cat([p.grad.flatten() for p in tr.policy.net.parameters()])
     assert torch.isfinite(grads[True]).all()
@@ -167,10 +168,10 @@ def test_resume_reproduces_the_same_next_update(tmp_path):
 
 def test_training_writes_checkpoints_that_load_safely(tmp_path):
     Trainer(_tiny_cfg(tmp_path)).train()
-    assert {"best.safetensors", "last.safetensors", "state.pt"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"lstm_best.safetensors", "lstm_last.safetensors", "state.pt", "summary.json"} <= {p.name for p in tmp_path.iterdir()}
     sd = torch.load(tmp_path / "state.pt", weights_only=True)
     assert sd["episode"] == 2 and math.isfinite(sd["best_val"])
-    policy = LSTMPolicy.load(tmp_path / "best.safetensors")
+    policy = LSTMPolicy.load(tmp_path / "lstm_best.safetensors")
     assert policy.checkpoint_config["kind"] == "lstm"
     assert any((tmp_path / "tb").iterdir())  # TensorBoard event file
 
@@ -270,7 +271,7 @@ def test_script_bad_arguments_exit_2(bad, capsys):
 def test_script_trains_and_exports(tmp_path, capsys):
     out, export = tmp_path / "run", tmp_path / "exported.safetensors"
     assert _script().main([*TINY_ARGS, "--out", str(out), "--export", str(export)]) == 0
-    assert LSTMPolicy.load(export).checkpoint_config["train"]["n_problems"] == 8
+    assert LSTMPolicy.load(export).checkpoint_config["train_config"]["n_problems"] == 8
 
 
 def test_one_process_group_equals_single_process(tmp_path):
@@ -306,13 +307,13 @@ def test_torchrun_one_process_equals_single_process_and_two_processes_train(tmp_
     assert single.returncode == 0, single.stderr
     one = _torchrun(1, tmp_path / "k1")
     assert one.returncode == 0, one.stderr
-    a, b = load_file(tmp_path / "single" / "last.safetensors"), load_file(tmp_path / "k1" / "last.safetensors")
+    a, b = load_file(tmp_path / "single" / "lstm_last.safetensors"), load_file(tmp_path / "k1" / "lstm_last.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     two = _torchrun(2, tmp_path / "k2")
     assert two.returncode == 0, two.stderr
     assert "on 2 process(es)" in two.stdout
-    c = load_file(tmp_path / "k2" / "last.safetensors")
+    c = load_file(tmp_path / "k2" / "lstm_last.safetensors")
     assert all(torch.isfinite(v).all() for v in c.values())
     assert any(not torch.equal(a[k], c[k]) for k in a)  # rank 1's problems contributed to the update
 

@@ -150,7 +150,7 @@ def test_resume_continues_num_timesteps(ppo_run, tmp_path):
 
 def test_keyboard_interrupt_leaves_a_loadable_final_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = sb3._Run.validate
+    real = sb3.SB3Agent.validate
 
     def flaky(self):
         calls["n"] += 1
@@ -158,7 +158,7 @@ def test_keyboard_interrupt_leaves_a_loadable_final_checkpoint(tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(self)
 
-    monkeypatch.setattr(sb3._Run, "validate", flaky)
+    monkeypatch.setattr(sb3.SB3Agent, "validate", flaky)
     cfg = dataclasses.replace(TINY, total_timesteps=2048, eval_every=256, checkpoint_every=256)
     with pytest.raises(KeyboardInterrupt):
         train_sb3(cfg, tmp_path, progress_bar=False, tensorboard=False)

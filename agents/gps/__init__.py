@@ -7,7 +7,7 @@ policy coupled by Bregman ADMM, batched over conditions. One module per componen
 * :mod:`.lqr` — LQR backward pass with BADMM/KL terms and the η search;
 * :mod:`.global_policy` — the Gaussian MLP and its precision-weighted regression;
 * :mod:`.task` — what is trained on (optimization problems through the core; a linear-quadratic system);
-* :mod:`.badmm` — the BADMM loop; :mod:`.train` — the training driver (logging, checkpoints, resume);
+* :mod:`.badmm` — the BADMM loop; :mod:`.train` — its agent in the common run lifecycle (:func:`l2o_gym.agents.common.fit`);
 * :mod:`.policy` — the trained global policy as a :class:`~l2o_gym.policy.Policy`.
 """
 
@@ -15,10 +15,7 @@ from l2o_gym.agents.gps.badmm import BADMMConfig, BADMMTrainer
 from l2o_gym.agents.gps.dynamics import GPSFitError
 from l2o_gym.agents.gps.global_policy import GaussianMLP, RegressionConfig
 from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics, LinearGaussianPolicy
-from l2o_gym.agents.gps.policy import GPSPolicy, load_gps_policy
-
-#: the loader ``l2o_gym.experiments.compare`` uses for ``--policies gps[=CKPT]``.
-load_policy = load_gps_policy
+from l2o_gym.agents.gps.policy import GPSPolicy, load_gps_policy, load_policy
 
 __all__ = [
     "BADMMConfig",

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from l2o_gym.checks import check_nonnegative, check_positive, check_positive_int
 from l2o_gym.agents.gps.cost import QuadraticCost
 from l2o_gym.agents.gps.dynamics import fit_dynamics, fit_prior
 from l2o_gym.agents.gps.global_policy import (
@@ -94,6 +95,21 @@ class BADMMConfig:
     dual_step: float = 1.0
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     global_samples: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.regression, dict):
+            self.regression = RegressionConfig(**self.regression)
+        for name in ("n_samples", "inner_iterations"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("kl_step", "min_mult", "max_mult", "init_nu", "nu_min", "nu_max", "kl_target", "dual_step"):
+            check_positive(name, getattr(self, name))
+        for name in ("prior_strength", "dyn_reg"):
+            check_nonnegative(name, getattr(self, name))
+        if self.max_mult < self.min_mult or self.nu_max < self.nu_min:
+            raise ValueError(f"max_mult must be >= min_mult and nu_max >= nu_min, got {self.max_mult}, {self.min_mult}, "
+                             f"{self.nu_max}, {self.nu_min}")
+        if isinstance(self.global_samples, bool) or not isinstance(self.global_samples, int) or self.global_samples < 0:
+            raise ValueError(f"global_samples must be a non-negative integer, got {self.global_samples!r}")
 
 
 class GlobalSampler:

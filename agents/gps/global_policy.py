@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from l2o_gym.checks import check_nonnegative, check_positive, check_positive_int
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy, sym
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,12 @@ class RegressionConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_positive_int("iterations", self.iterations)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive("lr", self.lr)
+        check_nonnegative("weight_decay", self.weight_decay)
 
 
 def regression_targets(

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from l2o_gym import core
 from l2o_gym.agents.gps.global_policy import GaussianMLP
-from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, save_policy
+from l2o_gym.checkpoint import (
+    CheckpointError, check_compatible, check_shapes, config_field, load_policy_file, save_policy,
+)
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import FeatureView, Policy
 
@@ -101,11 +103,38 @@ def load_gps_policy(
     """
     tensors, cfg = load_policy_file(path, kind=KIND, device=device)
     check_compatible(cfg, path, env_id=env_id, dim=dim)
-    model = GaussianMLP(int(cfg["obs_dim"]), int(cfg["dim"]), tuple(cfg["hidden"]), cfg["activation"])
-    model = model.to(device=device, dtype=next(iter(tensors.values())).dtype)
+    obs_dim, d = config_field(cfg, path, "obs_dim", int), config_field(cfg, path, "dim", int)
+    hidden = config_field(cfg, path, "hidden", list)
+    activation = config_field(cfg, path, "activation", str)
+    core_d = config_field(cfg, path, "core_config", dict)
+    max_step = config_field(cfg, path, "max_step", float, optional=True)
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden) or obs_dim < 1 or d < 1:
+        raise CheckpointError(f"checkpoint {str(path)!r}: config fields 'obs_dim', 'dim', 'hidden' must be positive "
+                              f"integers, got {obs_dim!r}, {d!r}, {hidden!r}")
+    check_shapes(path, tensors, expected_shapes(obs_dim, d, tuple(hidden)))  # before building anything
     try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: {exc}") from None
-    core_config = CoreConfig(**cfg["core_config"])
-    return GPSPolicy(model, core_config, int(cfg["dim"]), cfg.get("env_id"), cfg.get("max_step"))
+        core_config = CoreConfig(**core_d)
+        model = GaussianMLP(obs_dim, d, tuple(hidden), activation)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} has an invalid 'core_config' or 'activation': {exc}") from None
+    model = model.to(device=device, dtype=next(iter(tensors.values())).dtype)
+    model.load_state_dict(tensors)
+    policy = GPSPolicy(model, core_config, d, cfg.get("env_id"), max_step)
+    policy.checkpoint_config = cfg
+    return policy
+
+
+def expected_shapes(obs_dim: int, dim: int, hidden: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a :class:`GaussianMLP` (checked before one is built from a checkpoint)."""
+    shapes: dict[str, tuple[int, ...]] = {"in_mean": (obs_dim,), "in_std": (obs_dim,), "out_mean": (dim,),
+                                          "out_std": (dim,), "cov": (dim, dim)}
+    width = obs_dim
+    for i, h in enumerate((*hidden, dim)):
+        shapes[f"net.{2 * i}.weight"], shapes[f"net.{2 * i}.bias"] = (h, width), (h,)
+        width = h
+    return shapes
+
+
+def load_policy(path: str | Path, *, env_id: str | None = None, device: str | torch.device = "cpu") -> GPSPolicy:
+    """The GPS kind's loader (``compare --policies gps[=CKPT]``): :func:`load_gps_policy`."""
+    return load_gps_policy(path, env_id=env_id, device=device)

@@ -1,10 +1,11 @@
-"""Training driver for GPS on an l2o-gym env: conditions, baselines, BADMM iterations, logging, checkpoints.
+"""GPS as an agent of the common run lifecycle (:func:`l2o_gym.agents.common.fit`): conditions, BADMM iterations,
+validation with the optional stability-past-the-horizon selection.
 
-:func:`train_gps` runs ``iterations`` BADMM iterations on ``n_conditions`` problems of the env's ``train``
-split, evaluates the deterministic global policy on ``n_val`` ``val`` problems after each iteration, keeps the
-best-on-val checkpoint (``gps_best.safetensors``), writes the resumable training state (``state.pt``) and
-TensorBoard scalars, and reports how many env steps it took to reach the best tuned baseline's ``val``
-objective at the horizon (the sample-efficiency figure).
+:func:`train_gps` runs ``iterations`` BADMM iterations (:class:`GPSAgent`) on ``n_conditions`` problems of the
+env's ``train`` split and evaluates the deterministic global policy on ``n_val`` ``val`` problems after each
+iteration; the lifecycle keeps the best-on-val checkpoint (``gps_best.safetensors``), writes the resumable
+training state (``state.pt``), TensorBoard scalars and the summary, and records how many env steps it took to
+reach the best tuned baseline's ``val`` objective at the horizon (the sample-efficiency figure).
 """
 
 from __future__ import annotations
@@ -12,26 +13,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from l2o_gym.agents.common import training_record
+from l2o_gym.agents.common import Agent, Validation, fit, training_record
 from l2o_gym.agents.gps.badmm import BADMMConfig, BADMMTrainer
 from l2o_gym.agents.gps.global_policy import GaussianMLP, RegressionConfig
 from l2o_gym.agents.gps.policy import KIND, GPSPolicy
 from l2o_gym.agents.gps.task import OptimizationTask
-from l2o_gym.agents.tuning import FIRST_ORDER, _best_of, best_baseline, final_objective, tune_baselines, tuned_gd_step
-from l2o_gym.checkpoint import load_state, save_state, update_policy_config
+from l2o_gym.agents.tuning import FIRST_ORDER, best_baseline, final_objective, tune_baselines, tuned_gd_step
+from l2o_gym.checkpoint import CheckpointError, update_policy_config
+from l2o_gym.checks import check_nonnegative, check_positive, check_positive_int, check_seed
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import Policy, run_policy
+from l2o_gym.stability import stability
 
 log = logging.getLogger(__name__)
+
+#: the ``hessian`` options of the cost expansion (:mod:`~l2o_gym.agents.gps.cost`).
+HESSIANS: tuple[str, ...] = ("exact", "psd", "none")
 
 @dataclass
 class GPSTrainConfig:
@@ -85,9 +89,32 @@ class GPSTrainConfig:
     badmm: BADMMConfig = field(default_factory=BADMMConfig)
 
     def __post_init__(self) -> None:
+        from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.registry import ENV_IDS
+
+        if isinstance(self.badmm, dict):
+            self.badmm = BADMMConfig(**self.badmm)
+        self.hidden, self.baselines = tuple(self.hidden), tuple(self.baselines)
+        if self.env_id not in ENV_IDS:
+            raise ValueError(f"unknown env id {self.env_id!r}: expected one of {', '.join(ENV_IDS)}")
+        for name in ("n_conditions", "horizon", "history", "iterations", "n_val"):
+            check_positive_int(name, getattr(self, name))
+        check_positive("init_std", self.init_std)
+        if self.init_lr is not None:
+            check_positive("init_lr", self.init_lr)
+        for name in ("action_penalty", "max_step_factor", "stable_factor"):
+            check_nonnegative(name, getattr(self, name))
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be positive integer widths, got {self.hidden!r}")
+        if self.hessian not in HESSIANS:
+            raise ValueError(f"unknown hessian {self.hessian!r}: expected one of {', '.join(HESSIANS)}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"unknown baselines {bad}: expected names of {', '.join(BASELINES)}")
+        check_seed(self.seed)
         if self.stable_factor != 0 and not self.stable_factor >= 1:
             raise ValueError(f"stable_factor must be 0 (off) or >= 1 (a peak ratio is never below 1), got {self.stable_factor!r}")
-        if int(self.long_factor) < 1:
+        if isinstance(self.long_factor, bool) or not isinstance(self.long_factor, int) or self.long_factor < 1:
             raise ValueError(f"long_factor must be >= 1, got {self.long_factor!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,15 +155,117 @@ def add_training_metadata(path: str | Path, training: dict[str, Any]) -> Path:
     return update_policy_config(path, {"training": training}, kind=KIND)
 
 
-def _writer(log_dir: Path | None) -> Any:
-    if log_dir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # a broken install: tensorboard is a dependency
-        log.warning("tensorboard is not installed: no TensorBoard scalars")
-        return None
-    return SummaryWriter(str(log_dir))
+class GPSAgent(Agent):
+    """GPS's part of the run lifecycle (:func:`l2o_gym.agents.common.fit`): one BADMM iteration per
+    iteration, validation of the deterministic global policy on the ``val`` problems after each one (with
+    ``stable_factor``: only iterates stable past the horizon, :func:`l2o_gym.stability.stability`, are eligible).
+
+    Args:
+        cfg: the configuration.
+        device: where the problems, dynamics fits and the global policy live.
+    """
+
+    kind = KIND
+    val_every = 1
+
+    def __init__(self, cfg: GPSTrainConfig, device: str = "cpu") -> None:
+        from l2o_gym.registry import env_family
+
+        super().__init__()
+        self.config = cfg
+        self.baselines = tuple(cfg.baselines)
+        torch.manual_seed(cfg.seed)
+        family = env_family(cfg.env_id)
+        dtype = torch.float64
+        self.problems = family.sample(cfg.n_conditions, "train", cfg.seed, device=device, dtype=dtype)
+        self.val = family.sample(cfg.n_val, "val", cfg.seed, device=device, dtype=dtype)
+        self.core_config = CoreConfig(horizon=cfg.horizon, history=cfg.history, include_steps=cfg.include_steps)
+        self.task = OptimizationTask(self.problems, self.core_config, cfg.action_penalty, cfg.hessian)
+        init_lr = cfg.init_lr
+        if init_lr is None:
+            init_lr, _ = tuned_gd_step(self.problems, cfg.horizon)
+            log.info("initial controller: gradient step lr=%g (best on the training conditions)", init_lr)
+        self.init_lr = float(init_lr)
+        self.model = GaussianMLP(self.task.obs_dim, self.task.du, cfg.hidden).to(device=device, dtype=dtype)
+        self.trainer = BADMMTrainer(self.task, self.task.initial_policy(self.init_lr, cfg.init_std), self.model,
+                                    cfg.badmm, seed=cfg.seed)
+        self.max_action = 0.0
+
+    def policy(self) -> GPSPolicy:
+        """The current deterministic global policy (steps clipped to ``max_step_factor`` × the largest sampled action)."""
+        return _make_policy(self.model, self.core_config, self.task.d, self.config, self.max_action)
+
+    # -- the Agent contract --------------------------------------------------------------------------
+    def iteration(self) -> dict[str, float]:
+        metrics = self.trainer.iteration()
+        self.max_action = max(self.max_action, metrics["max_action"])
+        return metrics
+
+    def validate(self) -> Validation:
+        cfg, policy, t0 = self.config, self.policy(), time.perf_counter()
+        metrics: dict[str, float] = {}
+        eligible = True
+        if cfg.stable_factor > 0:
+            traj = run_policy(policy, self.val, cfg.long_factor * cfg.horizon)
+            mean_curve = traj.losses[cfg.horizon :].mean(1)  # [long - T + 1]
+            v = stability(float(mean_curve[0]), mean_curve.tolist(), float(traj.state.terminated.double().mean()),
+                          cfg.stable_factor)
+            value = v.f_T
+            metrics.update(val_long_ratio=v.ratio, val_peak_ratio=v.peak_ratio, val_diverged_long=v.diverged_fraction)
+            eligible = v.stable
+        else:
+            value = final_objective(policy, self.val, cfg.horizon)
+        metrics["train_final_global"] = final_objective(policy, self.problems, cfg.horizon)
+        metrics["eval_s"] = time.perf_counter() - t0
+        return Validation(value, eligible, metrics)
+
+    def save_policy(self, path: Path, extra: dict[str, Any]) -> Path:
+        return self.policy().save(path, extra)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trainer": self.trainer.state_dict(), "max_action": self.max_action,
+                "selection": [float(self.config.stable_factor), int(self.config.long_factor)]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+        self.max_action = float(state["max_action"])
+
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        cfg, selection = self.config, state.get("selection")
+        if not (isinstance(selection, (list, tuple)) and len(selection) == 2):
+            raise CheckpointError(f"training state {str(path)!r}: entry 'selection' is missing or malformed")
+        if [float(selection[0]), int(selection[1])] != [float(cfg.stable_factor), int(cfg.long_factor)]:
+            raise CheckpointError(
+                f"{path} was trained with stable_factor={selection[0]}, long_factor={selection[1]}; resuming with "
+                f"stable_factor={cfg.stable_factor}, long_factor={cfg.long_factor} would mix two selection rules")
+
+    @property
+    def iterations_done(self) -> int:
+        return self.trainer.iteration_count
+
+    @property
+    def iterations_total(self) -> int:
+        return self.config.iterations
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.trainer.env_steps)
+
+    def baseline_problems(self) -> tuple[Any, int]:
+        return self.val, self.config.horizon
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"init_lr": self.init_lr}
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"dropped_samples": self.trainer.n_dropped, "init_lr": self.init_lr,
+                "mean_iteration_wall_s": sum(h["wall_s"] for h in self.history) / max(1, len(self.history))}
+
+    def selection_rule(self) -> str:
+        cfg = self.config
+        if cfg.stable_factor > 0:
+            return f"stayed within {cfg.stable_factor:g}× its val f(T) up to {cfg.long_factor}·T without divergence"
+        return "had a finite val objective"
 
 
 def train_gps(
@@ -148,132 +277,18 @@ def train_gps(
     tensorboard: bool = True,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train GPS (module docstring). Returns a summary (also written to ``out_dir/summary.json``).
+    """Train GPS (module docstring) through the common lifecycle; returns the summary (also ``out_dir/summary.json``).
 
     Files in ``out_dir``: ``gps_best.safetensors`` (best on val), ``gps_last.safetensors``, ``state.pt``
     (resume with ``resume=True``), ``summary.json``, ``tb/`` (TensorBoard). A new (not resumed) run in a folder
     that holds a previous run's checkpoints first renames them to ``*.previous.safetensors``.
+
+    Raises:
+        CheckpointError: ``resume`` without a GPS ``state.pt`` in ``out_dir``, or one made with another
+            selection rule (``stable_factor``, ``long_factor``).
     """
-    from l2o_gym.registry import env_family
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    family = env_family(cfg.env_id)
-    dtype = torch.float64
-    problems = family.sample(cfg.n_conditions, "train", cfg.seed, device=device, dtype=dtype)
-    val = family.sample(cfg.n_val, "val", cfg.seed, device=device, dtype=dtype)
-    core_config = CoreConfig(horizon=cfg.horizon, history=cfg.history, include_steps=cfg.include_steps)
-    task = OptimizationTask(problems, core_config, cfg.action_penalty, cfg.hessian)
-
-    tuned = tune_baselines(tuple(dict.fromkeys(cfg.baselines + FIRST_ORDER)), val, cfg.horizon)
-    base_name, base_hp, base_val = _best_of(tuned, cfg.baselines)
-    fo_name, fo_hp, fo_val = _best_of(tuned, FIRST_ORDER)
-    log.info("tuned baselines on val at T=%d: %s", cfg.horizon, {k: (hp, round(v, 6)) for k, (hp, v) in tuned.items()})
-    log.info("best tuned baseline on val at T=%d: %s %s -> %.5g", cfg.horizon, base_name, base_hp, base_val)
-    init_lr = cfg.init_lr
-    if init_lr is None:
-        init_lr, _ = tuned_gd_step(problems, cfg.horizon)
-        log.info("initial controller: gradient step lr=%g (best on the training conditions)", init_lr)
-
-    model = GaussianMLP(task.obs_dim, task.du, cfg.hidden).to(device=device, dtype=dtype)
-    trainer = BADMMTrainer(task, task.initial_policy(init_lr, cfg.init_std), model, cfg.badmm, seed=cfg.seed)
-    history: list[dict[str, float]] = []
-    best_val, best_iter, max_action = math.inf, -1, 0.0
-    state_path = out / "state.pt"
-    if resume and state_path.is_file():
-        st = load_state(state_path, device)
-        selection = st.get("selection", [0.0, 10])
-        if [float(selection[0]), int(selection[1])] != [float(cfg.stable_factor), int(cfg.long_factor)]:
-            raise ValueError(
-                f"{state_path} was trained with stable_factor={selection[0]}, long_factor={selection[1]}; resuming with "
-                f"stable_factor={cfg.stable_factor}, long_factor={cfg.long_factor} would mix two selection rules")
-        trainer.load_state_dict(st["trainer"])
-        history, best_val, best_iter = st["history"], float(st["best_val"]), int(st["best_iter"])
-        max_action = float(st["max_action"])
-        log.info("resumed from %s at iteration %d", state_path, trainer.iteration_count)
-    else:
-        for name in ("gps_best.safetensors", "gps_last.safetensors"):
-            if (out / name).is_file():  # a previous run's: keep it aside, never relabel it with this run's record
-                kept = out / name.replace(".safetensors", ".previous.safetensors")
-                log.warning("new run in %s: the previous run's %s is moved to %s", out, name, kept.name)
-                (out / name).replace(kept)
-    writer = _writer(out / "tb") if tensorboard else None
-    summary_extra = {"train_config": cfg.to_dict(), "init_lr": init_lr}
-    bar = tqdm(range(trainer.iteration_count, cfg.iterations), desc=f"GPS {cfg.env_id}", disable=not progress)
-    for it in bar:
-        metrics = trainer.iteration()
-        max_action = max(max_action, metrics["max_action"])
-        policy = _make_policy(model, core_config, task.d, cfg, max_action)
-        t0 = time.perf_counter()
-        eligible = True
-        if cfg.stable_factor > 0:
-            traj = run_policy(policy, val, cfg.long_factor * cfg.horizon)
-            mean_curve = traj.losses[cfg.horizon :].mean(1)  # [long - T + 1]
-            f_t, peak = float(mean_curve[0]), float(mean_curve.max())
-            metrics["val_final"] = f_t
-            metrics["val_long_ratio"] = _ratio(float(mean_curve[-1]), f_t)
-            metrics["val_peak_ratio"] = _ratio(peak, f_t)
-            # A diverged problem keeps its last finite objective in the curve, so divergence is checked apart.
-            metrics["val_diverged_long"] = float(traj.state.terminated.double().mean())
-            eligible = peak <= cfg.stable_factor * f_t and metrics["val_diverged_long"] == 0.0
-        else:
-            metrics["val_final"] = final_objective(policy, val, cfg.horizon)
-        metrics["train_final_global"] = final_objective(policy, problems, cfg.horizon)
-        metrics["eval_s"] = time.perf_counter() - t0
-        if metrics["val_final"] <= base_val and all(h["val_final"] > base_val for h in history):
-            log.info("GPS reached the best baseline's val objective after %d env steps", int(metrics["env_steps"]))
-        history.append(metrics)
-        if eligible and metrics["val_final"] < best_val:
-            best_val, best_iter = metrics["val_final"], it + 1
-            policy.save(out / "gps_best.safetensors", {**summary_extra, "iteration": best_iter, "val_final": best_val})
-        policy.save(out / "gps_last.safetensors", {**summary_extra, "iteration": it + 1})
-        if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(f"gps/{k}", v, it + 1)
-            writer.flush()
-        bar.set_postfix(val=f"{metrics['val_final']:.4g}", best=f"{best_val:.4g}", kl=f"{metrics['kl_local_global']:.3g}")
-        save_state(state_path, {
-            "trainer": trainer.state_dict(), "history": history, "best_val": best_val, "best_iter": best_iter,
-            "max_action": max_action,
-            "selection": [float(cfg.stable_factor), int(cfg.long_factor)],
-        })
-    if writer is not None:
-        writer.close()
-    if best_iter < 0 and history:
-        why = (f"stayed within {cfg.stable_factor:g}× its val f(T) up to {cfg.long_factor}·T without divergence"
-               if cfg.stable_factor > 0 else "had a finite val objective")
-        log.warning("no iteration %s: no gps_best checkpoint (gps_last is the last iterate)", why)
-    curve = [[int(h["env_steps"]), float(h["val_final"])] for h in history]
-    training = training_record(curve, trainer.env_steps, (base_name, base_val), (fo_name, fo_val))
-    for name in ("gps_best.safetensors", "gps_last.safetensors"):
-        if (out / name).is_file():
-            add_training_metadata(out / name, training)
-    summary = {
-        "env_id": cfg.env_id,
-        "best_val": best_val if best_iter >= 0 else None,
-        "best_iteration": best_iter,
-        "baseline": {"name": base_name, "hparams": base_hp, "val_final": base_val},
-        "env_steps_to_reach_baseline": training["env_steps_to_reach_baseline"],
-        "first_order_baseline": {"name": fo_name, "hparams": fo_hp, "val_final": fo_val},
-        "env_steps_to_reach_first_order": training["env_steps_to_reach_first_order"],
-        "tuned_baselines": {k: {"hparams": hp, "val_final": v} for k, (hp, v) in tuned.items()},
-        "training": training,
-        "env_steps_total": trainer.env_steps,
-        "dropped_samples": trainer.n_dropped,
-        "mean_iteration_wall_s": sum(h["wall_s"] for h in history) / max(1, len(history)),
-        "history": history,
-        **summary_extra,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
-
-
-def _ratio(value: float, reference: float) -> float:
-    """``value / reference`` for the stability ratios (1 for 0/0, inf for x/0 with x > 0)."""
-    if reference > 0:
-        return value / reference
-    return 1.0 if value <= reference else math.inf
+    return fit(GPSAgent(cfg, device), out_dir, resume=resume, progress=progress, tensorboard=tensorboard,
+               desc=f"GPS {cfg.env_id}")
 
 
 def _make_policy(model: GaussianMLP, core_config: CoreConfig, d: int, cfg: GPSTrainConfig, max_action: float) -> GPSPolicy:

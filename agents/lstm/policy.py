@@ -29,7 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, save_policy
+from l2o_gym.agents.common import pretrained_dir
+from l2o_gym.checkpoint import (
+    CheckpointError, check_compatible, check_shapes, config_field, load_policy_file, save_policy,
+)
 from l2o_gym.core import State
 from l2o_gym.policy import Policy
 
@@ -210,22 +213,35 @@ class LSTMPolicy(Policy):
         """
         tensors, config = load_policy_file(path, kind=KIND, device=device)
         check_compatible(config, path, env_id=env_id)
+        arch_d = config_field(config, path, "arch", dict)
         try:
-            arch = LSTMConfig(**config["arch"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {str(path)!r} has an invalid LSTM architecture: {exc}") from None
+            arch = LSTMConfig(**arch_d)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} has an invalid LSTM architecture (field 'arch'): {exc}") from None
+        try:  # shapes first: an edited arch must never allocate a network larger than the file
+            check_shapes(path, tensors, expected_shapes(arch))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (does not match its LSTM architecture {arch})") from None
         policy = cls(arch, env_id=config.get("env_id"))
-        try:
-            policy.net.load_state_dict(tensors)
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {str(path)!r} does not match its LSTM architecture {arch}: {exc}") from None
+        policy.net.load_state_dict(tensors)
         policy.net.to(device)
         policy.checkpoint_config = config
         return policy
 
 
-#: Folder of the shipped checkpoints.
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+def expected_shapes(arch: LSTMConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a :class:`CoordinateLSTM` with ``arch`` (checked before one is built)."""
+    H = arch.hidden
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(arch.layers):
+        shapes[f"weights.{layer}"] = ((arch.input_dim if layer == 0 else H) + H, 4 * H)
+        shapes[f"biases.{layer}"] = (4 * H,)
+    shapes["out.weight"], shapes["out.bias"] = (1, H), (1,)
+    return shapes
+
+
+#: Folder of the shipped checkpoints (located through :func:`l2o_gym.agents.common.pretrained_dir`).
+PRETRAINED_DIR = pretrained_dir()
 #: env id -> shipped checkpoint file name.
 PRETRAINED: dict[str, str] = {
     "l2o/Quadratic-v0": "lstm_Quadratic.safetensors",
@@ -243,6 +259,10 @@ def load_pretrained(env_id: str = "l2o/Quadratic-v0", device: torch.device | str
     return LSTMPolicy.load(PRETRAINED_DIR / PRETRAINED[env_id], device=device)
 
 
-def load_policy(path: str | Path, env_id: str | None = None, device: torch.device | str = "cpu") -> LSTMPolicy:
-    """Loader used by :mod:`l2o_gym.experiments.compare` (``--policies lstm[=CKPT]``): :meth:`LSTMPolicy.load`."""
+def load_policy(path: str | Path, *, env_id: str | None = None, device: torch.device | str = "cpu") -> LSTMPolicy:
+    """The LSTM kind's loader (``compare --policies lstm[=CKPT]``): :meth:`LSTMPolicy.load`.
+
+    Raises:
+        CheckpointError: not an LSTM checkpoint (another kind is named), another env, a bad header or shapes.
+    """
     return LSTMPolicy.load(path, device=device, env_id=env_id)

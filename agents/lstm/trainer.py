@@ -11,9 +11,12 @@ Read top to bottom, one episode is::
         state, memory = traj.state.detach(), detach(traj.memory)   # carried across truncations
 
 Every ``val_every`` episodes the policy is evaluated on a fixed set of ``val`` problems (mean final
-objective after ``horizon`` steps); the best one is written to ``<out>/best.safetensors`` and the full
-training state (weights, Adam, counters, best value) to ``<out>/state.pt`` (atomic writes), from which
-``train(..., resume=True)`` continues exactly.
+objective after ``horizon`` steps). The run folder is the common lifecycle's
+(:func:`l2o_gym.agents.common.fit`): the best policy is written to ``<out>/lstm_best.safetensors``, the last to
+``lstm_last.safetensors`` and the full training state (weights, Adam, counters, best value, RNG) to
+``<out>/state.pt`` (atomic writes), from which ``train(..., resume=True)`` continues exactly. Run folders of
+l2o-gym versions before the lifecycle (``best.safetensors``, a ``state.pt`` without ``kind``) cannot be resumed:
+``--resume`` stops with a clear error naming the file; their ``best.safetensors`` still loads as a policy.
 
 First-order by default: the optimizee gradient fed to the LSTM is detached (``CoreConfig(second_order=
 False)``), as in the paper; ``second_order=True`` keeps its graph.
@@ -38,15 +41,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from l2o_gym import core
-from l2o_gym.checkpoint import load_state, save_state
+from l2o_gym.agents.bptt import BPTT, world
+from l2o_gym.agents.common import Agent, RunFolder, fit, load_run_state, state_path
+from l2o_gym.agents.lstm.policy import KIND, LSTMConfig, LSTMPolicy
+from l2o_gym.checkpoint import CheckpointError
+from l2o_gym.checks import resolve_device
 from l2o_gym.core import CoreConfig
-from l2o_gym.policy import rollout, run_policy
+from l2o_gym.policy import run_policy
 from l2o_gym.registry import env_family
-
-from l2o_gym.agents.lstm.policy import LSTMConfig, LSTMPolicy
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,8 @@ class TrainConfig:
         objective: ``"sum"`` of f (paper) or ``"log"``: sum of ``log(f + 1e-8)`` (scale-free).
         second_order: keep the optimizee gradient's graph.
         val_every: validate every this many episodes (0: never).
-        val_problems: number of fixed ``val`` problems.
+        val_problems: number of fixed ``val`` problems (CLI ``--n-val``).
+        baselines: baselines tuned on the ``val`` problems as the sample-efficiency targets of the training record.
         seed: seeds the network initialisation and the problem streams.
         device: torch device.
         dtype: dtype of the problems (the network is float32).
@@ -97,6 +102,7 @@ class TrainConfig:
     second_order: bool = False
     val_every: int = 10
     val_problems: int = 256
+    baselines: tuple[str, ...] = ("sgd", "momentum", "cg", "lbfgs")
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -123,29 +129,26 @@ class TrainConfig:
             raise ValueError(f"val_every must be >= 0, got {self.val_every!r}")
         if isinstance(self.arch, dict):
             self.arch = LSTMConfig(**self.arch)
+        self.baselines = tuple(self.baselines)
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.family_kwargs, dict):
+            raise ValueError(f"family_kwargs must be a JSON object (dict), got {self.family_kwargs!r}")
+        resolve_device(self.device)
+        try:
+            env_family(self.env_id, **self.family_kwargs)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"env_id {self.env_id!r} with family_kwargs {self.family_kwargs!r}: {exc}") from None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def episode_seed(cfg: TrainConfig, episode: int, rank: int = 0, world: int = 1) -> int:
     """Seed of the train meta-batch of ``episode`` on ``rank`` (rank 0 of 1 process = single process)."""
     return ((cfg.seed * 1_000_003 + episode) * world + rank) % (2**62)
-
-
-def detach_memory(memory: Any) -> Any:
-    """Cut the policy memory (tensors or nested tuples/lists of them) from the graph."""
-    if isinstance(memory, Tensor):
-        return memory.detach()
-    if isinstance(memory, (tuple, list)):
-        return type(memory)(detach_memory(h) for h in memory)
-    return memory
 
 
 def meta_loss(costs: Tensor, cfg: TrainConfig, t0: int) -> Tensor:
@@ -161,20 +164,27 @@ def meta_loss(costs: Tensor, cfg: TrainConfig, t0: int) -> Tensor:
     return per_step.sum()
 
 
-class Trainer:
-    """Truncated-BPTT meta-training of an :class:`LSTMPolicy` (see the module docstring).
+class Trainer(Agent):
+    """Truncated-BPTT meta-training of an :class:`LSTMPolicy` (see the module docstring): the LSTM's
+    :class:`~l2o_gym.agents.common.Agent` — one episode per iteration, validation on the fixed ``val`` set.
 
     Attributes:
         policy: the policy being trained (its network is the meta-parameters).
         optimizer: Adam over the network parameters.
         episode: episodes completed.
         best_val: best validation objective so far (``inf`` before the first validation).
-        history: one dict per episode (``episode``, ``meta_loss``, ``skipped``, optionally ``val``).
+        history: one dict per episode (``episode``, ``meta_loss``, ``skipped``, ``final``, ``val_final`` when validated).
     """
 
+    kind = KIND
+
     def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
-        self.rank, self.world = _dist()
+        super().__init__()
+        self.cfg = self.config = cfg
+        self.rank, self.world = world()
+        self.writes = self.rank == 0
+        self.val_every = cfg.val_every
+        self.baselines = tuple(cfg.baselines)
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.policy = LSTMPolicy(cfg.arch, env_id=cfg.env_id).to(self.device)
@@ -182,51 +192,19 @@ class Trainer:
             for p in self.policy.net.parameters():
                 dist.broadcast(p.data, 0)
         self.optimizer = torch.optim.Adam(self.policy.net.parameters(), lr=cfg.lr)
+        self.bptt = BPTT(self.policy, self.policy.net.parameters(), self.optimizer,
+                         lambda costs, t0: meta_loss(costs, self.cfg, t0), cfg.clip)
         self.family = env_family(cfg.env_id, **cfg.family_kwargs)
         self.core_config = CoreConfig(horizon=cfg.horizon, history=1, second_order=cfg.second_order, validate=False)
         self.val_set = self.family.sample(cfg.val_problems, "val", cfg.seed, self.device, cfg.dtype)
         self.episode = 0
-        self.best_val = math.inf
-        self.history: list[dict[str, Any]] = []
-        self.out = Path(cfg.out) if cfg.out else None
-        self.writer = None
-        if self.out is not None and cfg.tensorboard and self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tb"))
 
     # ---- one meta-iteration -----------------------------------------------------------------------
     def meta_step(self, state: core.State, memory: Any, t0: int) -> tuple[core.State, Any, float, bool]:
-        """One truncation: unroll ``cfg.unroll`` steps, backpropagate, all-reduce, clip, Adam step.
-
-        Returns ``(state, memory, meta_loss, updated)`` with state and memory detached.
-        """
-        cfg = self.cfg
-        traj = rollout(self.policy, state, cfg.unroll, memory)
-        loss = meta_loss(traj.costs, cfg, t0)
-        self.optimizer.zero_grad(set_to_none=False)
-        params = list(self.policy.net.parameters())
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            loss.backward()
-        flat = torch.cat([p.grad.reshape(-1) for p in params]) if finite else None
-        if self.world > 1:  # every rank must join the collective, even one whose loss is NaN
-            buf = flat if flat is not None else torch.full((sum(p.numel() for p in params),), float("nan"), device=self.device)
-            dist.all_reduce(buf)
-            buf /= self.world
-            flat = buf
-        ok = flat is not None and bool(torch.isfinite(flat).all())
-        if ok:
-            off = 0
-            for p in params:
-                p.grad.copy_(flat[off : off + p.numel()].view_as(p))
-                off += p.numel()
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            self.optimizer.step()
-        else:
-            log.warning("episode %d, t=%d: non-finite meta-loss or meta-gradient; update skipped", self.episode, t0)
-        return traj.state.detach(), detach_memory(traj.memory), float(loss.detach()), ok
+        """One truncation: unroll ``cfg.unroll`` steps, backpropagate, all-reduce, clip, Adam step
+        (:class:`~l2o_gym.agents.bptt.BPTT`). Returns ``(state, memory, meta_loss, updated)``, detached."""
+        r = self.bptt.step(state, memory, self.cfg.unroll, t0, label=f"episode {self.episode}")
+        return r.state, r.memory, r.loss, r.updated
 
     def run_episode(self) -> dict[str, Any]:
         """One episode on a fresh meta-batch of train problems (``horizon / unroll`` meta-iterations)."""
@@ -241,23 +219,47 @@ class Trainer:
             losses.append(loss)
             skipped += not ok
         self.episode += 1
-        rec = {"episode": self.episode, "meta_loss": sum(losses), "skipped": skipped,
-               "final": float(state.loss.mean())}
-        return rec
+        return {"episode": self.episode, "meta_loss": sum(losses), "skipped": skipped,
+                "final": float(state.loss.mean())}
 
-    # ---- validation and checkpoints --------------------------------------------------------------
+    # ---- the Agent contract --------------------------------------------------------------------------
+    def iteration(self) -> dict[str, float]:
+        return self.run_episode()
+
     def validate(self) -> float:
         """Mean final objective of the policy on the fixed val problems after ``horizon`` steps."""
         traj = run_policy(self.policy, self.val_set, self.cfg.horizon, replace(self.core_config, second_order=False))
         return float(traj.losses[-1].mean())
+
+    @property
+    def iterations_done(self) -> int:
+        return self.episode
+
+    @property
+    def iterations_total(self) -> int:
+        return self.cfg.episodes
+
+    @property
+    def env_steps(self) -> int:
+        return self.episode * self.cfg.n_problems * self.cfg.horizon * self.world
+
+    def baseline_problems(self) -> tuple[Any, int]:
+        return self.val_set, self.cfg.horizon
+
+    def config_dict(self) -> dict[str, Any]:
+        d = self.cfg.as_dict()
+        d.pop("progress", None)
+        return d
+
+    def save_policy(self, path: Path, extra: dict[str, Any]) -> Path:
+        return self.policy.save(path, extra)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "net": self.policy.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "episode": self.episode,
-            "best_val": self.best_val,
-            "history": [{k: float(v) for k, v in h.items()} for h in self.history],
+            "best_val": self.record.best_val,
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -265,100 +267,43 @@ class Trainer:
         self.policy.net.load_state_dict(sd["net"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.episode = int(sd["episode"])
-        self.best_val = float(sd["best_val"])
-        self.history = [dict(h) for h in sd.get("history", [])]
         torch.set_rng_state(sd["torch_rng"])
 
-    def save(self) -> None:
-        """Write ``state.pt`` (resumable training state) atomically (rank 0 only)."""
-        if self.out is None or self.rank != 0:
-            return
-        save_state(self.out / "state.pt", self.state_dict())
-
     def resume(self, path: str | Path | None = None, reset_best: bool = False) -> bool:
-        """Load ``path`` (default ``<out>/state.pt``) if it exists; ``True`` if something was loaded.
+        """Load ``path`` (default ``<out>/state.pt``): the network, Adam (its state *and* its learning rate),
+        the episode counter and the RNG continue exactly. ``reset_best`` forgets the best validation value and
+        the history — for fine-tuning on another family (e.g. digits → MNIST), whose validation objective is
+        not comparable. Returns ``True``.
 
-        The network, Adam (its state *and* its learning rate), the episode counter and the RNG continue
-        exactly. ``reset_best`` forgets the best validation value and the history — for fine-tuning on
-        another family (e.g. digits → MNIST), whose validation objective is not comparable.
+        Raises:
+            CheckpointError: no ``state.pt`` there, or one that is not an LSTM run's.
         """
-        path = Path(path) if path else (self.out / "state.pt" if self.out else None)
-        if path is None or not path.is_file():
-            log.warning("nothing to resume from (%s does not exist): starting a new run", path)
-            return False
-        self.load_state_dict(load_state(path, self.device))
-        if reset_best:
-            self.best_val, self.history = math.inf, []
-        log.info("resumed from %s at episode %d (best val %.4g)", path, self.episode, self.best_val)
+        if path is None:
+            if self.cfg.out is None:
+                raise CheckpointError("nothing to resume from: the config has no out folder")
+            path = state_path(self.cfg.out)
+        load_run_state(self, path, reset_best=reset_best)
         return True
 
-    def train(self) -> LSTMPolicy:
-        """Run until ``cfg.episodes`` episodes are done; return the policy (best-val weights if validated)."""
+    def train(self, resume: bool = False, reset_best: bool = False) -> LSTMPolicy:
+        """Run until ``cfg.episodes`` episodes are done (:func:`~l2o_gym.agents.common.fit`); return the policy
+        (best-val weights if validated and written)."""
         cfg = self.cfg
-        bar = tqdm(total=cfg.episodes, initial=self.episode, desc="meta-train", disable=not cfg.progress or self.rank != 0)
-        while self.episode < cfg.episodes:
-            try:
-                rec = self.run_episode()
-            except KeyboardInterrupt:
-                bar.close()
-                saved = self.out / "state.pt" if self.out is not None else None
-                log.warning(
-                    "interrupted during episode %d; %s", self.episode + 1,
-                    f"the last saved training state {saved} is intact: continue with --resume"
-                    if saved is not None and saved.is_file() else "no training state was saved yet",
-                )
-                raise
-            if cfg.val_every and (self.episode % cfg.val_every == 0 or self.episode == cfg.episodes):
-                val = self.validate()
-                rec["val"] = val
-                if val < self.best_val:
-                    self.best_val = val
-                    if self.out is not None and self.rank == 0:
-                        self.policy.save(self.out / "best.safetensors", {"train": _jsonable(cfg), "episode": self.episode, "val": val})
-                if self.writer:
-                    self.writer.add_scalar("val/final_objective", val, self.episode)
-                    self.writer.add_scalar("val/log10_final_objective", math.log10(max(val, 1e-30)), self.episode)
-            self.history.append(rec)
-            if self.writer:
-                self.writer.add_scalar("train/meta_loss", rec["meta_loss"], self.episode)
-                self.writer.add_scalar("train/final_objective", rec["final"], self.episode)
-            bar.update(1)
-            bar.set_postfix(meta_loss=f"{rec['meta_loss']:.3g}", best_val=f"{self.best_val:.3g}")
-            if cfg.val_every and "val" in rec:
-                self.save()
-        bar.close()
-        if self.writer:
-            self.writer.flush()
-        if self.out is not None and self.rank == 0:
-            self.policy.save(self.out / "last.safetensors", {"train": _jsonable(cfg), "episode": self.episode})
-            self.save()
-            if (self.out / "best.safetensors").is_file():
-                return LSTMPolicy.load(self.out / "best.safetensors", self.device)
+        self.summary = fit(self, cfg.out, resume=resume, reset_best=reset_best, progress=cfg.progress and self.rank == 0,
+                           tensorboard=cfg.tensorboard, desc="meta-train")
+        best = RunFolder(Path(cfg.out), KIND).best if cfg.out is not None else None
+        if best is not None and self.rank == 0 and best.is_file():
+            return LSTMPolicy.load(best, self.device)
         return self.policy
 
     def close(self) -> None:
-        """Close the TensorBoard writer."""
-        if self.writer:
-            self.writer.close()
-            self.writer = None
-
-
-def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
-    d = cfg.as_dict()
-    d.pop("progress", None)
-    return d
+        """Nothing to release (the lifecycle owns the TensorBoard writer)."""
 
 
 def train(cfg: TrainConfig, resume: bool = False, reset_best: bool = False) -> LSTMPolicy:
     """Meta-train an LSTM policy with ``cfg`` (continuing from ``<out>/state.pt`` when ``resume``;
     ``reset_best``: see :meth:`Trainer.resume`)."""
-    trainer = Trainer(cfg)
-    try:
-        if resume:
-            trainer.resume(reset_best=reset_best)
-        return trainer.train()
-    finally:
-        trainer.close()
+    return Trainer(cfg).train(resume=resume, reset_best=reset_best)
 
 
 def init_distributed(device: str = "cpu") -> tuple[int, int]:

@@ -4,20 +4,31 @@ Everything a run needs (env ids, policies, tuned hyperparameters, checkpoints, t
 resolved and checked *before* any evaluation starts, so bad input fails in seconds with a clear message.
 
 Outputs in ``out/``: ``results.json`` (one entry per env × policy × horizon, see
-:class:`l2o_gym.experiments.evaluation.EvalResult`), ``report.md`` (a table per env and horizon, best in bold, links
+:class:`l2o_gym.experiments.evaluation.EvalResult`, without ``wall_s``), ``timings.json`` (the wall seconds of
+each entry, the worker count and the machine), ``report.md`` (a table per env and horizon, best in bold, links
 to the plots) and one PNG of mean objective vs iteration with 95% CI bands per env and horizon.
+
+Reproducibility: every evaluation runs on one torch thread (and one BLAS thread), in the main process
+(``workers=1``) or in one of ``workers`` spawned worker processes; the evaluations are independent, so
+``results.json`` is byte-identical for any worker count and on any CPU machine with the same package versions and
+instruction set (``portable=True``: on any x86-64 CPU with AVX2, kernels pinned; see :data:`PORTABLE_ENV`).
+Everything that may differ between two runs (wall times, date, machine) goes to ``timings.json`` and
+``report.md`` only (``docs/threads.md``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as _futures
+import contextlib
 import datetime as _dt
 import importlib
 import json
 import logging
+import multiprocessing
 import os
 import platform
-import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,29 +37,28 @@ import torch
 from tqdm.auto import tqdm
 
 from l2o_gym.agents.baselines import BASELINES, make_baseline
-from l2o_gym.checkpoint import CheckpointError, atomic_write
+from l2o_gym.agents.common import pretrained_dir
+from l2o_gym.checkpoint import CheckpointError, atomic_write, read_policy_config
 from l2o_gym.experiments.evaluation import EvalResult, evaluate
 from l2o_gym.plotting import plot_curves
 from l2o_gym.policy import Policy
 from l2o_gym.experiments.tuning import load_tuned, tuned_entry
 from l2o_gym.registry import env_family, env_short_name, variant_kwargs
+from l2o_gym.threads import available_cpus
 
 log = logging.getLogger(__name__)
 
-#: learned policy kind -> "module:function" of its loader ``load_policy(path, env_id, device) -> Policy``.
+#: learned policy kind (the ``kind`` in its checkpoints) -> "module:function" of its loader
+#: ``load_policy(path, *, env_id=None, device="cpu") -> Policy``.
 LEARNED: dict[str, str] = {
     "lstm": "l2o_gym.agents.lstm:load_policy",
     "gps": "l2o_gym.agents.gps:load_policy",
     "ppo": "l2o_gym.agents.sb3:load_policy",
+    "sac": "l2o_gym.agents.sb3:load_policy",
+    "recurrent_ppo": "l2o_gym.agents.sb3:load_policy",
 }
 
 
-
-
-def pretrained_dir() -> Path:
-    import l2o_gym.agents
-
-    return Path(l2o_gym.agents.__file__).resolve().parent / "pretrained"
 
 
 def pretrained_path(kind: str, env_id: str) -> Path | None:
@@ -84,6 +94,10 @@ def _load_learned(spec: PolicySpec, env_id: str, device: str) -> tuple[Policy, s
         )
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} for policy {spec.name!r} does not exist")
+    found = read_policy_config(path).get("kind")
+    if found != spec.name:
+        hint = f"; pass it as {found}={path}" if found in LEARNED else ""
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {found!r} policy, not {spec.name!r}{hint}")
     module, _, fn = LEARNED[spec.name].partition(":")
     try:
         loader: Callable[..., Policy] = getattr(importlib.import_module(module), fn)
@@ -129,6 +143,11 @@ class CompareConfig:
 
     Either ``envs`` × ``policies`` at ``horizon`` (and ``long_horizon``), or explicit ``sections`` (the
     presets of :mod:`l2o_gym.experiments.study`); ``n_problems`` is the default number of held-out problems.
+    ``workers``: parallel worker processes for the independent evaluations (``None``: one per available CPU,
+    :func:`l2o_gym.threads.available_cpus`); each evaluation runs on one thread, so results do not depend on it.
+    ``portable``: run every job in spawned workers whose torch and MKL kernels are pinned to the AVX2 code paths
+    (:data:`PORTABLE_ENV`), so that ``results.json`` is also identical across x86-64 CPUs with and without
+    AVX-512 (slower on AVX-512 machines; the default uses the machine's best kernels).
     """
 
     envs: list[str] = field(default_factory=list)
@@ -144,6 +163,15 @@ class CompareConfig:
     command: str = ""
     sections: list[Section] | None = None
     title: str = "l2o-gym comparison"
+    workers: int | None = None
+    portable: bool = False
+
+    def resolve_workers(self, n_jobs: int) -> int:
+        """The worker processes a run of ``n_jobs`` evaluations uses (at most one per job)."""
+        w = self.workers
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"workers must be a positive integer, got {w!r}")
+        return max(1, min(w or available_cpus(), n_jobs))
 
     def resolve_sections(self) -> list[Section]:
         if self.sections is not None:
@@ -160,6 +188,32 @@ class _Job:
     extra: dict[str, Any]
     family_kwargs: dict[str, Any]
     n_problems: int
+    hparams: dict[str, Any] | None = None  # baselines: rebuilt from these in a worker process
+    checkpoint: str | None = None  # learned policies: reloaded from this file in a worker process
+
+    def task(self, cfg: CompareConfig) -> _Task:
+        return _Task(self.section.env, self.label, self.hparams, self.checkpoint, self.horizon, self.n_problems,
+                     self.family_kwargs, cfg.seed, cfg.device)
+
+    def cost(self) -> float:
+        """Rough relative cost (problems × steps × coordinates, learned policies ×10), to start long jobs first."""
+        dim = env_family(self.section.env, **self.family_kwargs).dim
+        return self.n_problems * self.horizon * dim * (10 if self.checkpoint else 1)
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What a worker process needs to rebuild and run one job (picklable: no tensors, no policy objects)."""
+
+    env: str
+    label: str
+    hparams: dict[str, Any] | None
+    checkpoint: str | None
+    horizon: int
+    n_problems: int
+    family_kwargs: dict[str, Any]
+    seed: int
+    device: str
 
 
 def plan(cfg: CompareConfig) -> list[_Job]:
@@ -203,20 +257,23 @@ def plan(cfg: CompareConfig) -> list[_Job]:
                     )
                 policy: Policy = make_baseline(spec.name, **entry["hparams"])
                 extra: dict[str, Any] = {"hparams": entry["hparams"], "tuned_horizon": entry.get("horizon")}
+                hparams, ckpt = dict(entry["hparams"]), None
             else:
                 key = (spec.name, spec.checkpoint, sec.env)
                 if key not in loaded:
                     loaded[key] = _load_learned(spec, sec.env, cfg.device)
                 policy, path = loaded[key]
-                pdim = getattr(policy, "dim", None)
+                pdim = policy.dim
                 if pdim is not None and pdim != dim:
                     raise CheckpointError(f"checkpoint {path!r} is for dimension {pdim}, {sec.name} has dimension {dim}")
                 extra = {"checkpoint": path}
+                hparams, ckpt = None, path
             extra["section"] = sec.name
             if sec.variant:
                 extra["variant"] = sec.variant
             for h in horizons:
-                jobs.append(_Job(sec, spec.name, policy, h, dict(extra), fkw, sec.n_problems or cfg.n_problems))
+                jobs.append(_Job(sec, spec.name, policy, h, dict(extra), fkw, sec.n_problems or cfg.n_problems,
+                                 hparams, ckpt))
     return jobs
 
 
@@ -280,27 +337,135 @@ def write_report(
     return path
 
 
-def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
-    """Plan and evaluate every job of ``cfg`` (no files written but the output-folder probe)."""
-    jobs = plan(cfg)
-    results: list[EvalResult] = []
-    for job in tqdm(jobs, desc="compare", disable=not progress):
+def _build_policy(task: _Task) -> Policy:
+    if task.checkpoint is None:
+        return make_baseline(task.label, **(task.hparams or {}))
+    key = (task.label, task.checkpoint, task.env, task.device)
+    if key not in _WORKER_POLICIES:
+        module, _, fn = LEARNED[task.label].partition(":")
+        loader = getattr(importlib.import_module(module), fn)
+        _WORKER_POLICIES[key] = loader(task.checkpoint, env_id=task.env, device=task.device)
+    return _WORKER_POLICIES[key]
+
+
+#: learned policies a worker process has loaded (one load per checkpoint and env, not one per job).
+_WORKER_POLICIES: dict[tuple[str, str, str, str], Policy] = {}
+
+
+def _init_worker(log_level: int) -> None:
+    """Worker start-up: one torch thread and one BLAS thread for the whole process (see the module docstring)."""
+    from threadpoolctl import threadpool_limits
+
+    logging.basicConfig(level=log_level, format="%(message)s")
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def _evaluate_task(task: _Task, policy: Policy | None = None) -> EvalResult:
+    """Run one job on one thread (in a worker, or in the main process with ``policy`` already built)."""
+    from threadpoolctl import threadpool_limits
+
+    cpu = time.process_time()
+    with threadpool_limits(limits=1, user_api="blas"):
         res = evaluate(
-            job.policy, job.section.env, n_problems=job.n_problems, horizon=job.horizon, seed=cfg.seed, split="test",
-            device=cfg.device, family_kwargs=job.family_kwargs, label=job.label,
+            policy if policy is not None else _build_policy(task), task.env, n_problems=task.n_problems,
+            horizon=task.horizon, seed=task.seed, split="test", device=task.device, family_kwargs=task.family_kwargs,
+            label=task.label, threads=1,
         )
+    res.extra["cpu_s"] = time.process_time() - cpu  # policy loading included; moved to timings.json
+    res.extra["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the kernels used; timings.json
+    return res
+
+
+#: Environment of ``portable`` workers: torch's CPU kernels and MKL's code branch pinned to AVX2. Read once when
+#: torch (and MKL) load, so only freshly spawned processes can take them. Measured on the AVX-512 machine at one
+#: thread: the shipped quadratic LSTM's mean over 20 problems at T = 100 is 0.033025 with the machine's kernels,
+#: 0.032954 with ATen's AVX2 kernels, 0.032739 with MKL's AVX2 branch (docs/threads.md).
+PORTABLE_ENV: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+
+
+@contextlib.contextmanager
+def _child_environment(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` in ``os.environ`` while worker processes are spawned (they inherit it), then restore it."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
+    """Plan and evaluate every job of ``cfg`` (no files written but the output-folder probe).
+
+    Jobs run one thread each: in this process when ``cfg.resolve_workers`` is 1 (and not ``cfg.portable``), else
+    in a pool of spawned worker processes (spawn, not fork: a forked child of a process that has used torch's
+    thread pool can deadlock), longest jobs first. Results come back in plan order whatever the worker count.
+    """
+    jobs = plan(cfg)
+    workers = cfg.resolve_workers(len(jobs))
+    results: list[EvalResult | None] = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=f"compare ({workers} worker{'s' if workers > 1 else ''})", disable=not progress)
+
+    def done(i: int, res: EvalResult) -> None:
+        job = jobs[i]
         res.extra.update(job.extra)
         if job.family_kwargs:
             res.extra["family_kwargs"] = job.family_kwargs
         log.info("%s %s T=%d: mean f(θ_T) %.4g, diverged %.0f%%", job.section.name, job.label, job.horizon,
                  res.final_mean, 100 * res.diverged_fraction)
-        results.append(res)
-    return results
+        results[i] = res
+        bar.update()
+
+    if workers == 1 and not cfg.portable:
+        for i, job in enumerate(jobs):
+            done(i, _evaluate_task(job.task(cfg), job.policy))
+    else:
+        order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost())
+        ctx = multiprocessing.get_context("spawn")
+        with _child_environment(PORTABLE_ENV if cfg.portable else {}), _futures.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(logging.getLogger().getEffectiveLevel(),)
+        ) as pool:
+            futures = {pool.submit(_evaluate_task, jobs[i].task(cfg)): i for i in order}
+            try:
+                for fut in _futures.as_completed(futures):
+                    done(futures[fut], fut.result())
+            except BaseException:  # a failed job or Ctrl-C: do not start the queued jobs
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    bar.close()
+    return [r for r in results if r is not None]
 
 
-def write_results(results: list[EvalResult], out: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``results.json``: ``{"runs": [...], **extra}`` (strict JSON: no NaN)."""
-    payload = json.dumps({"runs": [r.as_dict() for r in results], **(extra or {})}, indent=1, allow_nan=False)
+#: ``results.json`` holds only what a rerun reproduces bit for bit; these run-dependent fields of each
+#: entry go to ``timings.json`` instead: ``wall_s`` (the rollout's wall seconds), ``cpu_s`` (CPU seconds of
+#: the whole job in its process, policy loading included — on one thread, the job's wall time on an idle core)
+#: and ``cpu_capability`` (the torch kernel set the job ran with, e.g. ``AVX512``; ``AVX2`` with ``portable``).
+TIMING_FIELDS: tuple[str, ...] = ("wall_s", "cpu_s", "cpu_capability")
+
+
+def write_results(
+    results: list[EvalResult], out: Path, extra: dict[str, Any] | None = None, workers: int | None = None
+) -> Path:
+    """Write ``results.json`` — ``{"runs": [...], **extra}`` (strict JSON: no NaN), each run without
+    :data:`TIMING_FIELDS` — and ``timings.json`` — ``{"runs": [{section, policy, horizon, wall_s, cpu_s}], "workers",
+    "machine", "date"}``. Two runs of the same config write byte-identical ``results.json`` files."""
+    runs, timings = [], []
+    for r in results:
+        d = r.as_dict()
+        timing = {"section": r.extra.get("section", r.env), "policy": r.policy, "horizon": r.horizon}
+        timing.update({k: d.pop(k) for k in TIMING_FIELDS if k in d})
+        runs.append(d)
+        timings.append(timing)
+    meta = {"workers": workers, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {available_cpus()} CPUs available, torch {torch.__version__}"}
+    payload_t = json.dumps({"runs": timings, **meta}, indent=1)
+    atomic_write(out / "timings.json", lambda tmp: Path(tmp).write_text(payload_t))
+    payload = json.dumps({"runs": runs, **(extra or {})}, indent=1, allow_nan=False)
     return atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(payload))
 
 
@@ -308,6 +473,6 @@ def run_comparison(cfg: CompareConfig, progress: bool = True) -> list[EvalResult
     """Plan, evaluate every job, write ``results.json``, ``report.md`` and plots into ``cfg.out``."""
     results = run_jobs(cfg, progress)
     out = Path(cfg.out)
-    write_results(results, out)
+    write_results(results, out, workers=cfg.resolve_workers(len(results)))
     write_report(results, out, cfg)
     return results

@@ -14,7 +14,15 @@ Metrics (all over the ``n`` problems):
   reported separately;
 * ``grad_evals`` — mean objective+gradient evaluations per problem: ``T`` for methods that take one per
   iteration, the counted line-search evaluations for CG and L-BFGS;
-* ``wall_s`` — wall-clock seconds of the rollout (reset included).
+* ``wall_s`` — wall-clock seconds of the rollout (reset included). It is the one field that differs between
+  two runs of the same evaluation; :mod:`l2o_gym.experiments.compare` writes it to ``timings.json``, not to
+  ``results.json``.
+
+Threads: ``evaluate`` runs on **one torch thread** by default (``threads=1``; the caller's setting is restored
+afterwards). Some kernels (the LSTM's matrix products over 159k coordinates on the MLP) sum in an order that
+depends on the thread count, so a fixed count is what makes the numbers identical on every CPU machine;
+independent evaluations run in parallel processes instead (``scripts/compare.py --workers``).
+``threads=None`` uses the caller's setting. See :mod:`l2o_gym.threads` and ``docs/threads.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from l2o_gym.policy import Policy, rollout
 from l2o_gym import core
 from l2o_gym.registry import env_family
 from l2o_gym.checks import check_split, resolve_device, resolve_dtype
+from l2o_gym.threads import check_threads, torch_threads
 
 
 
@@ -84,7 +93,7 @@ def evaluation_config(policy: Policy, horizon: int) -> CoreConfig:
     at ``O(N·d)`` instead of copying an ``[N, H·d]`` feature buffer every step (the costs and the returned
     objectives do not depend on the history length).
     """
-    base = getattr(policy, "core_config", None)
+    base = policy.core_config
     if isinstance(base, CoreConfig):
         return dataclasses.replace(base, horizon=horizon)
     return CoreConfig(horizon=horizon, history=1)
@@ -104,6 +113,7 @@ def evaluate(
     label: str | None = None,
     progress: bool = False,
     n_boot: int = 1000,
+    threads: int | None = 1,
 ) -> EvalResult:
     """Run ``policy`` on the first ``n_problems`` instances of the ``(split, seed)`` stream of ``env_id``.
 
@@ -119,8 +129,21 @@ def evaluate(
         label: the policy name in the result (default ``policy.name``).
         progress: tqdm bar over iterations.
         n_boot: bootstrap resamples for the confidence band.
+        threads: torch CPU threads for sampling and the rollout (default 1: machine-independent results;
+            ``None``: the caller's ``torch.get_num_threads()``). Restored afterwards.
     """
     check_split(split)
+    if check_threads(threads) == "auto":
+        raise ValueError("threads must be a positive integer or None for evaluate, got 'auto'")
+    with torch_threads(threads):  # type: ignore[arg-type]
+        return _evaluate(policy, env_id, n_problems, horizon, seed, split, device, dtype, family_kwargs, label,
+                         progress, n_boot)
+
+
+def _evaluate(
+    policy: Policy, env_id: str, n_problems: int, horizon: int, seed: int, split: str, device: torch.device | str,
+    dtype: torch.dtype | str, family_kwargs: dict[str, Any] | None, label: str | None, progress: bool, n_boot: int,
+) -> EvalResult:
     family = env_family(env_id, **(family_kwargs or {}))
     problems = family.sample(n_problems, split, seed, resolve_device(device), resolve_dtype(dtype))
     config = evaluation_config(policy, horizon)

@@ -27,15 +27,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+from l2o_gym.agents.baselines import FIRST_ORDER as _FIRST_ORDER
+from l2o_gym.agents.common import steps_to_reach
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
 from l2o_gym.experiments.compare import CompareConfig, Section, fmt_number, run_jobs, write_report, write_results
 from l2o_gym.experiments.evaluation import EvalResult
+from l2o_gym.stability import stability
 
 log = logging.getLogger(__name__)
 
 #: learned policies and how they were trained (report labels).
-LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "lstm": "supervised (LSTM, BPTT)"}
-FIRST_ORDER = ["sgd", "momentum", "nag", "adam", "rmsprop"]
+LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "sac": "RL (SAC)", "recurrent_ppo": "RL (RecurrentPPO)",
+                "lstm": "supervised (LSTM, BPTT)"}
+#: the step-size (one gradient per iteration) baselines: :data:`l2o_gym.agents.baselines.FIRST_ORDER`.
+FIRST_ORDER = list(_FIRST_ORDER)
 LINE_SEARCH = ["cg", "lbfgs"]
 #: ``f(θ_10T) ≤ STABLE_RATIO · f(θ_T)`` counts as not degrading past the training horizon (the issue's 1.1×).
 STABLE_RATIO = 1.1
@@ -50,9 +55,12 @@ def study_sections() -> list[Section]:
         Section("l2o/RobustLinearRegression-v0", [*regression, "gps", "lstm"], 20, 200),
         Section("l2o/NeuralNet-v0", [*regression, "gps", "lstm"], 20, 200),
         # Minibatch objective: line searches on noisy minibatches are not meaningful, so first-order only.
-        # d = 15,910: the LSTM runs on 159k coordinates per step for 10 problems; 10 keep the job under 10 min.
+        # d = 15,910: the LSTM runs on 159k coordinates per step. On one thread it costs 2.7 CPU s per problem and
+        # 100 steps (measured, docs/threads.md), so the 1,000-step job (the longest; 10 problems) takes ~4.5 min on
+        # its worker while the other worker runs the rest. The T = 100 transfer variants get 20 problems: the 95%
+        # CI of the relu LSTM mean was ±31% with 10 problems (~±22% expected with 20).
         Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, 1000, n_problems=10),
-        *(Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, None, variant=v, n_problems=10)
+        *(Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, None, variant=v, n_problems=20)
           for v in ("hidden40", "2layers", "relu")),
     ]
 
@@ -100,16 +108,10 @@ def long_horizon_rows(results: list[EvalResult], sections: list[Section]) -> lis
             short, long = idx.get((sec.name, kind, sec.horizon)), idx.get((sec.name, kind, sec.long_horizon))
             if short is None or long is None:
                 continue
-            if short.final_mean > 0:
-                ratio: float | None = long.final_mean / short.final_mean
-            else:
-                ratio = 1.0 if long.final_mean <= short.final_mean else None  # None: grew from exactly 0
-            worst = max(long.curve_mean[sec.horizon:])  # the mean objective's peak after the training horizon
-            finite = long.diverged_fraction == 0 and math.isfinite(long.final_mean)
-            peak = worst / short.final_mean if short.final_mean > 0 else None
-            within = ratio is not None and ratio <= STABLE_RATIO
-            steady = within and peak is not None and peak <= STABLE_RATIO
-            verdict = "diverges" if not finite else ("stable" if steady else "recovers" if within else "grows")
+            v = stability(short.final_mean, long.curve_mean[sec.horizon:], long.diverged_fraction, STABLE_RATIO)
+            ratio = None if math.isinf(v.ratio) else v.ratio  # None: grew from exactly 0
+            peak = v.peak_ratio if short.final_mean > 0 else None
+            finite, verdict = v.finite, v.verdict
             rows.append({"section": sec.name, "policy": kind, "kind": LEARNED_KIND[kind], "T": sec.horizon,
                          "long_T": sec.long_horizon, "f_T": short.final_mean, "f_long": long.final_mean,
                          "ratio": ratio, "worst_ratio": peak,
@@ -138,8 +140,39 @@ def versus_rows(results: list[EvalResult], sections: list[Section]) -> list[dict
     return rows
 
 
-def sample_efficiency_rows(results: list[EvalResult]) -> list[dict[str, Any]]:
-    """The ``"training"`` summaries of the learned checkpoints that were evaluated (one row per checkpoint)."""
+def _retarget(row: dict[str, Any], config: dict[str, Any], training: dict[str, Any],
+              references: dict[str, Any]) -> None:
+    """Replace the targets a checkpoint's training record was made with by the current protocol's (re-derived on
+    the same ``val`` problems, :func:`l2o_gym.experiments.tuning.val_reference`), and recount the steps to reach
+    them from the stored validation curve; ``row["reference"]`` says which targets the row shows."""
+    from l2o_gym.experiments.tuning import val_reference_key
+
+    tc = config.get("train_config", {})
+    curve = training.get("curve")
+    try:
+        key = val_reference_key(tc["env_id"], int(tc["horizon"]), int(tc["n_val"]), int(tc["seed"]),
+                                tuple(tc["baselines"]))
+    except (KeyError, TypeError, ValueError):
+        key = None
+    ref = references.get(key) if key else None
+    if ref is None or not curve:
+        row["reference"] = "checkpoint"
+        return
+    for what, steps_key in (("baseline", "env_steps_to_reach_baseline"),
+                            ("first_order_baseline", "env_steps_to_reach_first_order")):
+        target = ref[what]
+        row[what] = {"name": target["name"], "val_final": float(target["val_final"])}
+        row[steps_key] = steps_to_reach(curve, float(target["val_final"]))
+    row["reference"] = ref.get("protocol", "tuned file")
+
+
+def sample_efficiency_rows(results: list[EvalResult], references: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The ``"training"`` summaries of the learned checkpoints that were evaluated (one row per checkpoint).
+
+    ``references`` (the tuned file's ``"val_references"``, :func:`l2o_gym.experiments.tuning.load_val_references`):
+    where it holds the targets of a checkpoint's run, they replace the ones stored at training time, so the
+    table's "best baseline" comes from the same tuning protocol as the report's tuned baselines.
+    """
     seen: dict[str, dict[str, Any]] = {}
     for r in results:
         path = r.extra.get("checkpoint")
@@ -155,6 +188,7 @@ def sample_efficiency_rows(results: list[EvalResult]) -> list[dict[str, Any]]:
         if isinstance(training, dict):
             row.update(training)
             row.pop("curve", None)
+            _retarget(row, config, training, references or {})
         elif r.policy == "lstm":
             train = config.get("train", {})
             episode = config.get("episode")
@@ -164,8 +198,10 @@ def sample_efficiency_rows(results: list[EvalResult]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[list[str], dict[str, Any]]:
-    """Markdown for the three summary tables, and the same data for ``results.json``."""
+def summary_lines(results: list[EvalResult], sections: list[Section],
+                  references: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Markdown for the three summary tables, and the same data for ``results.json`` (``references``: see
+    :func:`sample_efficiency_rows`)."""
     learned = [k for k in LEARNED_KIND if any(r.policy == k for r in results)]
     vs = versus_rows(results, sections)
     lines = [
@@ -207,7 +243,7 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
         lines.append(f"| {row['section']} | {row['policy']} ({row['kind']}) | {row['T']} → {row['long_T']} | "
                      f"{fmt_number(row['f_T'])} | {fmt_number(row['f_long'])} | {_ratio(row['ratio'])} | {_ratio(row['worst_ratio'])} | "
                      f"{100 * row['diverged_fraction']:.0f}% | **{row['verdict']}** |")
-    se = sample_efficiency_rows(results)
+    se = sample_efficiency_rows(results, references)
     lines += [
         "",
         "## Sample efficiency (from the training summaries in the shipped checkpoints)",
@@ -215,7 +251,9 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
         "Env steps (optimizee iterations, summed over training problems and samples) until the policy's mean "
         "final objective on 100 `val` problems first reached the best tuned baseline's (line searches included) and "
         "the best first-order baseline's. The LSTM is trained by backpropagation, not RL: its optimizee steps are "
-        "listed for scale only.",
+        "listed for scale only. Both targets come from the tuning protocol of `l2o_gym.agents.tuning` (the tuned "
+        "file's `val_references`, re-derived on each run's own `val` problems); a row marked (checkpoint) shows the "
+        "targets stored at training time.",
         "",
         "| env | policy | env steps (total) | best baseline (val) | steps to reach it | best first-order (val) | steps to reach it |",
         "|---|---|---|---|---|---|---|",
@@ -227,8 +265,9 @@ def summary_lines(results: list[EvalResult], sections: list[Section]) -> tuple[l
     for row in se:
         if "env_steps_total" in row:
             b, fo = row.get("baseline", {}), row.get("first_order_baseline", {})
+            mark = " (checkpoint)" if row.get("reference") == "checkpoint" else ""
             lines.append(
-                f"| {row['env']} | {row['policy']} | {int(row['env_steps_total']):,} | {b.get('name', '?')} "
+                f"| {row['env']} | {row['policy']}{mark} | {int(row['env_steps_total']):,} | {b.get('name', '?')} "
                 f"{fmt_number(float(b.get('val_final', math.nan)))} | {steps(row.get('env_steps_to_reach_baseline'))} | "
                 f"{fo.get('name', '?')} {fmt_number(float(fo.get('val_final', math.nan)))} | "
                 f"{steps(row.get('env_steps_to_reach_first_order'))} |")
@@ -263,8 +302,10 @@ def run_study(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Evaluate every section of ``cfg``; write ``results.json`` (runs + summary tables), ``report.md``, plots."""
     results = run_jobs(cfg, progress)
     sections = cfg.resolve_sections()
-    lines, tables = summary_lines(results, sections)
+    from l2o_gym.experiments.tuning import load_val_references
+
+    lines, tables = summary_lines(results, sections, load_val_references(cfg.tuned))
     out = Path(cfg.out)
-    write_results(results, out, {"study": tables})
+    write_results(results, out, {"study": tables}, workers=cfg.resolve_workers(len(results)))
     write_report(results, out, cfg, lines)
     return results

@@ -1,45 +1,64 @@
-"""Hyperparameter tuning of the hand-designed baselines on ``train`` (or ``val``) problems — never ``test``.
-
-Grid: learning rates ``10^(k/4)`` for ``k = −20…4`` (``1e-5 … 10``, 25 values); for momentum and NAG also
-``μ ∈ {0.5, 0.9, 0.99}``. Adam and RMSprop keep torch's defaults for their other constants. CG and L-BFGS
-have no step size to tune (line search).
-
-Selection: the configuration with the lowest mean final objective ``f(θ_T)`` among those with no diverged
-problem; if every configuration diverges somewhere, the lowest mean final objective overall. Along the
-learning-rate axis the scan stops after two consecutive values where every problem diverged.
+"""The report's tuned baselines: sample the ``train`` problems of a setting, tune them with the one protocol
+(:mod:`l2o_gym.agents.tuning`: grids, divergence penalty, selection), read and write the tuned JSON file.
 
 The chosen values are saved per *setting* in a small JSON file (``agents/tuned_baselines.json`` ships with
 the package) together with the command that produced them, so comparisons are reproducible. A setting is an
-env id, the horizon ``T`` tuned for and optionally a named problem variant (:data:`l2o_gym.envs.VARIANTS`,
+env id, the horizon ``T`` tuned for and optionally a named problem variant (:data:`l2o_gym.registry.VARIANTS`,
 e.g. the MLP transfer runs); its key in ``"envs"`` is :func:`setting_key`: ``"l2o/Quadratic-v0"`` for the
-default ``T = 100``, ``"l2o/LogisticRegression-v0@T20"``, ``"l2o/MLP-v0+relu"``.
+default ``T = 100``, ``"l2o/LogisticRegression-v0@T20"``, ``"l2o/MLP-v0+relu"``. Besides ``"envs"`` the file
+holds ``"protocol"`` (grids, score, selection), ``"stability"`` (:func:`seed_spread`: the selected
+hyperparameters and their ``test`` objective over several tuning seeds) and ``"val_references"``
+(:func:`val_reference`: the sample-efficiency targets of the shipped learned checkpoints, re-derived with
+this protocol on the checkpoints' own ``val`` problems).
+
+Tuning reads ``train`` (or ``val``) problems only, never ``test``; only :func:`seed_spread` evaluates the
+selections on ``test``, after tuning, to measure how much the choice matters.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import json
 import logging
+import math
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from l2o_gym.agents.baselines import BASELINES, make_baseline
+from l2o_gym.agents.baselines import make_baseline
+from l2o_gym.agents.tuning import FIRST_ORDER, GRIDS, LR_GRID, MOMENTUM_GRID, STOP_AFTER_ALL_DIVERGED, tune_baseline
 from l2o_gym.checkpoint import atomic_write
-from l2o_gym.experiments.evaluation import evaluate
-from l2o_gym.registry import variant_kwargs
+from l2o_gym.checks import check_positive_int, check_split, resolve_device, resolve_dtype
+from l2o_gym.problems import ProblemBatch
+from l2o_gym.registry import env_family, variant_kwargs
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_TUNING_HORIZON", "LR_GRID", "MOMENTUM_GRID", "PROTOCOL", "default_tuned_path", "load_tuned",
+    "load_val_references", "seed_spread", "setting_key", "tune", "tune_setting", "tuned_entry", "tuning_problems",
+    "val_reference", "variant_kwargs",
+]
 
 #: horizon of the plain env-id settings in the tuned file.
 DEFAULT_TUNING_HORIZON = 100
 
-LR_GRID: tuple[float, ...] = tuple(float(f"{10 ** (k / 4):.6g}") for k in range(-20, 5))
-MOMENTUM_GRID: tuple[float, ...] = (0.5, 0.9, 0.99)
+#: the protocol's description stored in the tuned file (``"protocol"``) and tagged on every entry (``"id"``).
+PROTOCOL: dict[str, Any] = {
+    "id": "joint-grid-penalized-v1",
+    "grids": {name: {k: list(v) for k, v in grid.items()} for name, grid in GRIDS.items()},
+    "score": "mean over the tuning problems of f(θ_T); a diverged problem counts the core's divergence penalty "
+             "blowup·(|f(θ₀)|+1) (CoreConfig.blowup = 1e4) instead of its last finite objective",
+    "selection": "lowest score over the whole grid (learning rate × momentum jointly for momentum/NAG); ties: "
+                 "earliest in grid order; diverging configurations are scored, never dropped",
+    "lr_scan_stop": f"along the lr axis (ascending) the scan stops after {STOP_AFTER_ALL_DIVERGED} consecutive values "
+                    "where every problem diverged (such a configuration already has the worst possible score)",
+    "module": "l2o_gym.agents.tuning",
+}
 
 
 def setting_key(env_id: str, horizon: int = DEFAULT_TUNING_HORIZON, variant: str | None = None) -> str:
@@ -52,52 +71,94 @@ def setting_key(env_id: str, horizon: int = DEFAULT_TUNING_HORIZON, variant: str
 
 def default_tuned_path() -> Path:
     """The shipped tuned-hyperparameter file (inside the installed ``l2o_gym.agents`` package)."""
-    import l2o_gym.agents
+    from l2o_gym.agents.common import package_file
 
-    return Path(l2o_gym.agents.__file__).resolve().parent / "tuned_baselines.json"
-
-
-def _grids(name: str) -> list[dict[str, float]]:
-    if name in ("cg", "lbfgs"):
-        return [{}]
-    if name in ("momentum", "nag"):
-        return [{"momentum": m} for m in MOMENTUM_GRID]
-    return [{}]
+    return package_file("tuned_baselines.json")
 
 
-def tune_baseline(
+def tuning_problems(
+    env_id: str,
+    n_problems: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    family_kwargs: dict[str, Any] | None = None,
+) -> ProblemBatch:
+    """The ``n_problems`` tuning problems of a setting: the first instances of the ``(split, seed)`` stream.
+
+    Raises:
+        ValueError: ``split="test"`` (tuning never reads the test split), or a bad size, split, device or dtype.
+    """
+    if split == "test":
+        raise ValueError("tuning must not read the test split: use split='train' or 'val'")
+    check_split(split)
+    check_positive_int("n_problems", n_problems)
+    family = env_family(env_id, **(family_kwargs or {}))
+    return family.sample(n_problems, split, seed, resolve_device(device), resolve_dtype(dtype))
+
+
+def tune_setting(
     name: str,
     env_id: str,
     *,
     n_problems: int = 100,
-    horizon: int = 100,
+    horizon: int = DEFAULT_TUNING_HORIZON,
     seed: int = 0,
     split: str = "train",
-    device: str = "cpu",
+    device: torch.device | str = "cpu",
     family_kwargs: dict[str, Any] | None = None,
+    problems: ProblemBatch | None = None,
 ) -> dict[str, Any]:
-    """Tune one baseline on one env; returns ``{"hparams", "final_mean", "diverged_fraction", "n_evaluated"}``."""
-    if split == "test":
+    """Tune one baseline on one setting (:func:`l2o_gym.agents.tuning.tune_baseline` on :func:`tuning_problems`).
+
+    Returns the tuned-file entry's measured part: ``{"hparams", "score", "final_mean", "diverged_fraction",
+    "n_evaluated", "n_diverging"}`` — ``final_mean`` counts diverged problems at their last finite objective
+    (the evaluation harness's convention), ``n_diverging`` is the number of evaluated configurations that
+    diverged on at least one problem (scored with the penalty, not dropped). ``problems`` (already sampled
+    with these arguments) skips the sampling.
+    """
+    if problems is None:
+        problems = tuning_problems(env_id, n_problems, seed=seed, split=split, device=device, family_kwargs=family_kwargs)
+    elif split == "test":
         raise ValueError("tuning must not read the test split: use split='train' or 'val'")
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
-    candidates: list[tuple[dict[str, float], float, float]] = []
-    for extra in _grids(name):
-        lrs: tuple[float | None, ...] = (None,) if name in ("cg", "lbfgs") else LR_GRID
-        all_diverged_run = 0
-        for lr in lrs:
-            hp = dict(extra) if lr is None else {"lr": lr, **extra}
-            res = evaluate(
-                make_baseline(name, **hp), env_id, n_problems=n_problems, horizon=horizon, seed=seed,
-                split=split, device=device, family_kwargs=family_kwargs, n_boot=10,
-            )
-            candidates.append((hp, res.final_mean, res.diverged_fraction))
-            all_diverged_run = all_diverged_run + 1 if res.diverged_fraction == 1.0 else 0
-            if all_diverged_run >= 2:
-                break
-    stable = [c for c in candidates if c[2] == 0.0]
-    best = min(stable or candidates, key=lambda c: c[1])
-    return {"hparams": best[0], "final_mean": best[1], "diverged_fraction": best[2], "n_evaluated": len(candidates)}
+    res = tune_baseline(name, problems, horizon)
+    return {
+        "hparams": res.hparams,
+        "score": res.best.penalized_mean,
+        "selection_score": res.best.score,
+        "final_mean": res.best.final_mean,
+        "diverged_fraction": res.best.diverged_fraction,
+        "n_evaluated": res.n_evaluated,
+        "n_diverging": sum(1 for c in res.candidates if c.diverged_fraction > 0),
+    }
+
+
+def _read(out_path: Path | None) -> dict[str, Any]:
+    if out_path and out_path.is_file():
+        try:
+            data = json.loads(out_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"tuned hyperparameter file {str(out_path)!r} is not valid JSON: {exc}") from None
+        data.setdefault("envs", {})
+        return data
+    return {"envs": {}}
+
+
+def _write(data: dict[str, Any], out_path: Path | None) -> None:
+    data.update(
+        {
+            "protocol": PROTOCOL,
+            "date": _dt.date.today().isoformat(),
+            "machine": f"{platform.machine()}, torch {torch.__version__}",
+        }
+    )
+    for old in ("grid", "selection"):  # the keys of the file's first format (one global grid)
+        data.pop(old, None)
+    if out_path:
+        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        atomic_write(out_path, lambda tmp: Path(tmp).write_text(text))
 
 
 def tune(
@@ -105,7 +166,7 @@ def tune(
     names: list[str],
     *,
     n_problems: int = 100,
-    horizon: int = 100,
+    horizon: int = DEFAULT_TUNING_HORIZON,
     seed: int = 0,
     split: str = "train",
     device: str = "cpu",
@@ -114,32 +175,138 @@ def tune(
     variant: str | None = None,
 ) -> dict[str, Any]:
     """Tune ``names`` on every env (optionally a named ``variant`` of it) at ``horizon``; merge the entries,
-    keyed by :func:`setting_key`, into the JSON at ``out`` (created if missing) and return it."""
+    keyed by :func:`setting_key`, into the JSON at ``out`` (created if missing; written after every setting)
+    and return it. Every baseline of a setting is tuned on the same ``n_problems`` problems."""
     out_path = Path(out) if out else None
-    data: dict[str, Any] = {"envs": {}}
-    if out_path and out_path.is_file():
-        data = json.loads(out_path.read_text())
-    for env_id, name in tqdm(list(itertools.product(env_ids, names)), desc="tuning", leave=False):
+    data = _read(out_path)
+    for env_id in env_ids:
         fkw = variant_kwargs(env_id, variant)
-        res = tune_baseline(name, env_id, n_problems=n_problems, horizon=horizon, seed=seed, split=split, device=device,
-                            family_kwargs=fkw)
+        problems = tuning_problems(env_id, n_problems, seed=seed, split=split, device=device, family_kwargs=fkw)
         key = setting_key(env_id, horizon, variant)
-        log.info("%s %s: %s -> mean final f %.4g (%d configs)", key, name, res["hparams"], res["final_mean"], res["n_evaluated"])
-        entry = data["envs"].setdefault(key, {})
-        entry[name] = {**res, "split": split, "n_problems": n_problems, "horizon": horizon, "seed": seed,
-                       "command": command, **({"variant": variant, "family_kwargs": fkw} if variant else {})}
-    data.update(
-        {
-            "grid": {"lr": list(LR_GRID), "momentum": list(MOMENTUM_GRID)},
-            "selection": "lowest mean final objective among configurations without divergence",
-            "date": _dt.date.today().isoformat(),
-            "machine": f"{platform.machine()}, torch {torch.__version__}",
-        }
-    )
-    if out_path:
-        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-        atomic_write(out_path, lambda tmp: Path(tmp).write_text(text))
+        for name in tqdm(names, desc=f"tuning {key}", leave=False):
+            res = tune_setting(name, env_id, horizon=horizon, split=split, problems=problems)
+            log.info("%s %s: %s -> score %.4g, mean final f %.4g (%d configs, %d diverging somewhere)", key, name,
+                     res["hparams"], res["score"], res["final_mean"], res["n_evaluated"], res["n_diverging"])
+            entry = data["envs"].setdefault(key, {})
+            entry[name] = {**res, "split": split, "n_problems": n_problems, "horizon": horizon, "seed": seed,
+                           "command": command, "protocol": PROTOCOL["id"],
+                           **({"variant": variant, "family_kwargs": fkw} if variant else {})}
+        _write(data, out_path)
+    _write(data, out_path)
     return data
+
+
+def seed_spread(
+    env_id: str,
+    names: list[str],
+    *,
+    seeds: list[int],
+    n_problems: int = 100,
+    horizon: int = DEFAULT_TUNING_HORIZON,
+    n_test: int = 1000,
+    test_seed: int = 0,
+    variant: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """How stable the tuned choice is: tune ``names`` on ``train`` with each of ``seeds``, then evaluate every
+    selection on the same ``n_test`` ``test`` problems (seed ``test_seed``).
+
+    Returns ``{name: {"seeds", "hparams", "train_score", "test_final_mean", "test_log10_final_mean",
+    "test_diverged_fraction", "log10_spread"}}`` (lists in seed order; ``log10_spread`` = max − min of the
+    test ``log10`` mean final objective) plus ``"settings"``. Tuning itself never reads ``test``.
+    """
+    from l2o_gym.experiments.evaluation import evaluate
+
+    fkw = variant_kwargs(env_id, variant)
+    out: dict[str, Any] = {"settings": {"env": env_id, "variant": variant, "horizon": horizon, "n_problems": n_problems,
+                                        "seeds": list(seeds), "n_test": n_test, "test_seed": test_seed}}
+    per: dict[str, dict[str, list[Any]]] = {n: {k: [] for k in ("hparams", "train_score", "test_final_mean",
+                                                                "test_log10_final_mean", "test_diverged_fraction")}
+                                            for n in names}
+    for seed in seeds:
+        problems = tuning_problems(env_id, n_problems, seed=seed, device=device, family_kwargs=fkw)
+        for name in names:
+            res = tune_setting(name, env_id, horizon=horizon, problems=problems)
+            ev = evaluate(make_baseline(name, **res["hparams"]), env_id, n_problems=n_test, horizon=horizon,
+                          seed=test_seed, split="test", device=device, family_kwargs=fkw, n_boot=10)
+            row = per[name]
+            row["hparams"].append(res["hparams"])
+            row["train_score"].append(res["score"])
+            row["test_final_mean"].append(ev.final_mean)
+            row["test_log10_final_mean"].append(ev.log10_final_mean)
+            row["test_diverged_fraction"].append(ev.diverged_fraction)
+            log.info("%s seed %d %s: %s -> test log10 mean final %.3f", env_id, seed, name, res["hparams"],
+                     ev.log10_final_mean)
+    for name, row in per.items():
+        logs = [x for x in row["test_log10_final_mean"] if math.isfinite(x)]
+        out[name] = {"seeds": list(seeds), **row,
+                     "log10_spread": (max(logs) - min(logs)) if logs else None,
+                     "log10_median": statistics.median(logs) if logs else None}
+    return out
+
+
+def record_spread(out: str | Path, key: str, spread: dict[str, Any], command: str = "") -> dict[str, Any]:
+    """Store a :func:`seed_spread` result under ``"stability"[key]`` of the tuned file ``out``."""
+    out_path = Path(out)
+    data = _read(out_path)
+    data.setdefault("stability", {})[key] = {**spread, "command": command, "date": _dt.date.today().isoformat()}
+    _write(data, out_path)
+    return data
+
+
+def val_reference(
+    env_id: str, horizon: int, n_val: int, seed: int, baselines: tuple[str, ...], device: str = "cpu"
+) -> dict[str, Any]:
+    """The sample-efficiency targets of a training run: the best of ``baselines`` and the best of
+    :data:`~l2o_gym.agents.tuning.FIRST_ORDER`, tuned with the protocol on the run's ``val`` problems
+    (``n_val`` problems of seed ``seed``, float64, as the GPS and SB3 trainers sample them) at ``horizon``.
+
+    Returns ``{"baseline": {"name", "hparams", "val_final"}, "first_order_baseline": {...}}`` (``val_final``
+    is the protocol's score).
+    """
+    from l2o_gym.agents.tuning import _best_of, tune_baselines
+
+    val = env_family(env_id).sample(n_val, "val", seed, resolve_device(device), torch.float64)
+    tuned = tune_baselines(tuple(dict.fromkeys(tuple(baselines) + FIRST_ORDER)), val, horizon)
+    out = {}
+    for key, names in (("baseline", tuple(baselines)), ("first_order_baseline", FIRST_ORDER)):
+        name, hp, value = _best_of(tuned, names)
+        out[key] = {"name": name, "hparams": hp, "val_final": value}
+    return out
+
+
+def val_reference_key(env_id: str, horizon: int, n_val: int, seed: int, baselines: tuple[str, ...]) -> str:
+    """Key of a :func:`val_reference` in the tuned file's ``"val_references"``."""
+    return f"{env_id}@T{horizon}/val{n_val}/seed{seed}/{'+'.join(baselines)}"
+
+
+def record_val_references(out: str | Path, checkpoints: list[str | Path], command: str = "") -> dict[str, Any]:
+    """Re-derive and store (``"val_references"``) the targets of every learned checkpoint with a training record."""
+    from l2o_gym.checkpoint import read_policy_config
+
+    out_path = Path(out)
+    data = _read(out_path)
+    refs = data.setdefault("val_references", {})
+    for path in checkpoints:
+        cfg = read_policy_config(path)
+        tc = cfg.get("train_config", {})
+        if not isinstance(cfg.get("training"), dict) or not tc:
+            continue
+        args = (tc["env_id"], int(tc["horizon"]), int(tc["n_val"]), int(tc["seed"]), tuple(tc["baselines"]))
+        key = val_reference_key(*args)
+        if key not in refs:
+            refs[key] = {**val_reference(*args), "protocol": PROTOCOL["id"], "command": command}
+            log.info("%s: %s", key, refs[key])
+    _write(data, out_path)
+    return data
+
+
+def load_val_references(path: str | Path | None = None) -> dict[str, Any]:
+    """The ``"val_references"`` of the tuned file (``{}`` if it has none)."""
+    path = Path(path) if path else default_tuned_path()
+    if not path.is_file():
+        return {}
+    return _read(path).get("val_references", {})
 
 
 def tuned_entry(

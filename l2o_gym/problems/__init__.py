@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from l2o_gym.checks import SPLITS, check_split
+from l2o_gym.checks import SPLITS, UnknownArgumentError, check_split
 from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, ProblemSampler, param_specs_from, stream_seed
 from l2o_gym.problems.logistic_regression import LogisticRegression
 from l2o_gym.problems.mlp import MLP
@@ -26,6 +27,7 @@ def make_family(family: str | ProblemFamily, **kwargs: Any) -> ProblemFamily:
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones) or a bad size argument.
+        UnknownArgumentError: (a ``TypeError`` and a ``ValueError``) for an unknown keyword argument.
     """
     if isinstance(family, ProblemFamily):
         if kwargs:
@@ -34,12 +36,16 @@ def make_family(family: str | ProblemFamily, **kwargs: Any) -> ProblemFamily:
     if family not in FAMILIES:
         raise ValueError(f"unknown problem family {family!r}: expected one of {', '.join(sorted(FAMILIES))}")
     cls = FAMILIES[family]
+    valid = [f.name for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(cls) else []
+    unknown = sorted(k for k in kwargs if valid and k not in valid)
+    if unknown:
+        # Python's own wording ("unexpected keyword argument 'x'"), which TorchRL's GymEnv matches.
+        raise UnknownArgumentError(
+            f"family {family!r} got an unexpected keyword argument {unknown[0]!r} (unknown: {unknown}; valid: {valid})"
+        )
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        import dataclasses
-
-        valid = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
         raise ValueError(f"bad arguments {sorted(kwargs)} for family {family!r} (valid: {valid}): {exc}") from None
 
 

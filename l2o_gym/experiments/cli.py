@@ -1,0 +1,446 @@
+"""The scripts' command lines, generated from the config dataclasses, and their one exit-code wrapper.
+
+A script declares no flag of its own for a config field: :func:`add_config_args` makes ``--field-name`` for
+every field of a config dataclass (type, default and help text from the field and the ``Args:``/``Attributes:``
+section of the class docstring), :func:`config_from_args` builds the config back — its ``__post_init__`` is
+the only validation, and a ``ValueError`` it raises becomes a usage error naming the flag. :func:`add_run_args`
+adds the flags every training script shares (``--out``, ``--resume``, ``--threads``, ``--quiet``,
+``--export``), and :func:`run` is the ``main`` wrapper:
+
+* exit 2: usage errors — a bad flag or value, a config the config class rejects, ``--resume`` without a
+  fitting ``state.pt``, an unusable ``--out``, a ``CheckpointError``, any ``ValueError`` or ``OSError`` (a bad
+  value or path that reached the library) — one line naming the flag or value, no traceback;
+* exit 130: Ctrl-C (``KeyboardInterrupt``), after the training lifecycle has saved what it can;
+* exit 1: any other runtime failure, one line (``--debug``-free: the traceback goes to the log at DEBUG level).
+
+Flag names shared by every script: ``--env``, ``--out``, ``--resume``, ``--seed``, ``--device``, ``--threads``,
+``--quiet``, ``--n-val``, ``--export``, ``--n-problems``, ``--horizon``. Old names still work with a
+:class:`DeprecationWarning` (``--no-progress`` → ``--quiet``, ``--save`` → ``--export``, ``--val``/
+``--val-problems`` → ``--n-val``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import re
+import sys
+import types
+import typing
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: old flag -> new flag (they keep working, with a DeprecationWarning).
+DEPRECATED: dict[str, str] = {"--no-progress": "--quiet", "--save": "--export", "--val": "--n-val",
+                              "--val-problems": "--n-val"}
+
+
+class UsageError(ValueError):
+    """A bad command-line value found after parsing (exit 2, the message names the flag or value)."""
+
+
+# ====================================================================================== value parsers
+def _number(kind: type, text: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer ``>= 1``."""
+    v = _number(int, text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer ``>= 0`` (seeds, counts that may be zero)."""
+    v = _number(int, text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """A finite number (``nan``/``inf`` are refused)."""
+    v = _number(float, text)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """A finite number ``> 0``."""
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
+    return v
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object, e.g. ``'{"dim": 10}'``."""
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"dim\": 10}}', got {text!r} ({exc.msg})") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"dim\": 10}}', got {text!r} (not a JSON object)")
+    return v
+
+
+def device(text: str) -> str:
+    """A torch device usable on this machine (``cuda`` needs CUDA)."""
+    from l2o_gym.checks import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def out_path(text: str) -> str:
+    """A path that can be created: no existing component of it (but the last) is a regular file."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    p = Path(text)
+    for parent in list(p.parents)[::-1]:
+        if parent.exists() and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is not usable: {str(parent)!r} is a file, not a folder")
+    return text
+
+
+def out_dir(text: str) -> str:
+    """A folder that exists or can be created (:func:`out_path`, and not itself a regular file)."""
+    out_path(text)
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    return text
+
+
+# ====================================================================================== dataclass -> flags
+def field_docs(cls: type) -> dict[str, str]:
+    """Per-field help texts from the ``Args:``/``Attributes:`` section of ``cls``'s docstring (``a, b: text``
+    documents both)."""
+    doc = cls.__doc__ or ""
+    m = re.search(r"^\s*(Args|Attributes):\s*$", doc, re.M)
+    if not m:
+        return {}
+    out: dict[str, str] = {}
+    names: list[str] = []
+    indent = None
+    for line in doc[m.end():].splitlines():
+        if not line.strip():
+            continue
+        ind = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = ind
+        if ind < indent:
+            break
+        hit = re.match(r"^([\w, ]+):\s*(.*)$", line.strip()) if ind == indent else None
+        if hit:
+            names = [n.strip() for n in hit.group(1).split(",")]
+            for n in names:
+                out[n] = hit.group(2)
+        else:
+            for n in names:
+                out[n] += " " + line.strip()
+    return {k: re.sub(r"``|:\w+:`~?([^`]*)`", lambda mm: mm.group(1) or "", v).replace("%", "%%") for k, v in out.items()}
+
+
+def flag_name(field_name: str) -> str:
+    """``n_problems`` -> ``--n-problems``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _parser_for(tp: Any, name: str) -> tuple[Callable[[str], Any], str | None]:
+    """``(type=, nargs=)`` for a field type."""
+    origin = typing.get_origin(tp)
+    if origin is tuple or origin is list:
+        inner = typing.get_args(tp)[0]
+        return _parser_for(inner, name)[0], "+"
+    if tp is int:
+        return (nonnegative_int if name == "seed" else int_value), None
+    if tp is float:
+        return finite_float, None
+    if origin is dict or tp is dict:
+        return json_object, None
+    if name == "device":
+        return device, None
+    return str, None
+
+
+def int_value(text: str) -> int:
+    """Any integer."""
+    return _number(int, text)
+
+
+@dataclasses.dataclass
+class _Arg:
+    field: str
+    dest: str
+    flag: str
+    path: tuple[str, ...]  # nested config path (e.g. ("badmm", "regression"))
+
+
+class ConfigArgs:
+    """The flags :func:`add_config_args` made for a config class, to build it back with :meth:`build`."""
+
+    def __init__(self, cls: type, args: list[_Arg]) -> None:
+        self.cls, self.args = cls, args
+
+    def flag_of(self, field: str) -> str | None:
+        for a in self.args:
+            if a.field == field:
+                return a.flag
+        return None
+
+    def build(self, ns: argparse.Namespace, **overrides: Any) -> Any:
+        """The config from the parsed flags (``overrides`` win). A ``ValueError``/``TypeError`` of the config
+        becomes :class:`UsageError` naming the flag of the field its message mentions."""
+        values: dict[tuple[str, ...], dict[str, Any]] = {}
+        for a in self.args:
+            v = getattr(ns, a.dest)
+            if v is _UNSET:
+                continue
+            values.setdefault(a.path, {})[a.field] = tuple(v) if isinstance(v, list) else v
+        try:
+            return _instantiate(self.cls, (), values, overrides)
+        except (ValueError, TypeError) as exc:
+            msg = str(exc)
+            for a in self.args:  # name the flags, not the fields
+                msg = re.sub(rf"(?<![\w-]){re.escape(a.field)}(?![\w-])", a.flag, msg, count=1)
+            raise UsageError(msg) from None
+
+
+_UNSET = object()
+
+
+def _instantiate(cls: type, path: tuple[str, ...], values: dict[tuple[str, ...], dict[str, Any]],
+                 overrides: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = dict(values.get(path, {}))
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp) and f.name not in kwargs:
+            sub = path + (f.name,)
+            if any(k[: len(sub)] == sub for k in values):
+                kwargs[f.name] = _instantiate(tp, sub, values, {})
+    if not path:
+        kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    rename: dict[str, str] | None = None,
+    skip: Sequence[str] = (),
+    choices: dict[str, Sequence[Any]] | None = None,
+    types_: dict[str, Callable[[str], Any]] | None = None,
+    nested: bool = True,
+    title: str | None = None,
+    _path: tuple[str, ...] = (),
+    _defaults: Any = None,
+) -> ConfigArgs:
+    """Add one flag per field of the dataclass ``cls`` (nested dataclass fields flattened, by their own names).
+
+    Args:
+        parser: the parser.
+        cls: the config dataclass (its defaults are the flags' defaults; its docstring gives the help).
+        rename: field (or dotted path of a nested field, e.g. ``"badmm.regression.lr"``) -> flag, e.g.
+            ``{"env_id": "--env"}``.
+        skip: fields without a flag (set by the script, e.g. ``out``).
+        choices: field -> allowed values.
+        types_: field -> value parser overriding the one derived from the type.
+        nested: flatten nested dataclass fields (``badmm.kl_step`` -> ``--kl-step``).
+        title: an argument group title.
+    """
+    rename, choices, types_ = rename or {}, choices or {}, types_ or {}
+    group = parser.add_argument_group(title or f"{cls.__name__} (config)")
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    defaults = _defaults if _defaults is not None else cls()
+    out: list[_Arg] = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name.startswith("_"):
+            continue
+        tp, optional = _unwrap_optional(hints[f.name])
+        default = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(tp):
+            if nested:
+                sub = add_config_args(parser, tp, rename=rename, skip=skip, choices=choices, types_=types_,
+                                      title=f"{tp.__name__} (config.{'.'.join(_path + (f.name,))})",
+                                      _path=_path + (f.name,), _defaults=default)
+                out += sub.args
+            continue
+        dotted = ".".join(_path + (f.name,))
+        flag = rename.get(dotted, rename.get(f.name, flag_name(f.name)))
+        dest = "cfg__" + "__".join(_path + (f.name,))
+        help_ = docs.get(f.name, "")
+        if tp is bool:
+            if default:
+                neg = "--no-" + flag[2:]
+                group.add_argument(neg, dest=dest, action="store_false", default=_UNSET,
+                                   help=f"{help_} (turns it off)")
+            else:
+                group.add_argument(flag, dest=dest, action="store_true", default=_UNSET, help=help_)
+            out.append(_Arg(f.name, dest, flag, _path))
+            continue
+        conv, nargs = _parser_for(tp, f.name)
+        conv = types_.get(f.name, conv)
+        shown = list(default) if isinstance(default, tuple) else default
+        kw: dict[str, Any] = {"dest": dest, "type": conv, "default": _UNSET, "metavar": flag[2:].replace("-", "_").upper(),
+                              "help": f"{help_} (default: {json.dumps(shown) if isinstance(shown, dict) else shown})"}
+        if nargs:
+            kw["nargs"] = "*" if typing.get_origin(tp) is tuple and default == () or f.name == "hidden" else nargs
+        if f.name in choices:
+            kw["choices"] = list(choices[f.name])
+            kw["help"] += "; one of: " + ", ".join(map(str, choices[f.name]))
+        if optional and tp is not str:
+            kw["help"] += "; 'none' for None"
+            base = conv
+            kw["type"] = lambda s, base=base: None if s.lower() == "none" else base(s)
+        group.add_argument(flag, **kw)
+        out.append(_Arg(f.name, dest, flag, _path))
+    return ConfigArgs(cls, out)
+
+
+# ====================================================================================== shared flags
+class _Deprecated(argparse.Action):
+    """An old flag: stores like the new one and warns."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, store_const: Any = None, **kw: Any) -> None:
+        self.new, self.store_const = new, store_const
+        super().__init__(option_strings, dest, nargs=0 if store_const is not None else None, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        msg = f"{option_string} is deprecated: use {self.new}"
+        warnings.warn(msg, DeprecationWarning, stacklevel=2)
+        print(f"warning: {msg}", file=sys.stderr)
+        setattr(namespace, self.dest, self.store_const if self.store_const is not None else values)
+
+
+def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, *, store_const: Any = None,
+                     type: Callable[[str], Any] | None = None) -> None:
+    """``old`` works like ``new`` (same ``dest``) with a :class:`DeprecationWarning`; hidden from ``--help``."""
+    kw: dict[str, Any] = {"dest": dest, "new": new, "help": argparse.SUPPRESS, "store_const": store_const,
+                          "default": argparse.SUPPRESS}
+    if store_const is None:
+        kw["type"] = type
+    parser.add_argument(old, action=_Deprecated, **kw)
+
+
+def add_run_args(
+    parser: argparse.ArgumentParser,
+    *,
+    out_default: str | None = None,
+    out_required: bool = False,
+    resume: bool = True,
+    export: bool = True,
+    threads: bool = True,
+    quiet: bool = True,
+    tensorboard: bool = False,
+) -> None:
+    """The flags every training script shares: ``--out``, ``--resume``, ``--export``, ``--threads``, ``--quiet``
+    (and the deprecated ``--save``/``--no-progress``); ``--no-tensorboard`` when the config has no such field."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", type=out_dir, default=out_default, required=out_required,
+                   help="run folder (checkpoints, state.pt, summary.json, tb/)"
+                        + (f" (default: {out_default})" if out_default else ""))
+    if resume:
+        g.add_argument("--resume", action="store_true",
+                       help="continue from OUT/state.pt (refused if there is none, or it is another kind of run's)")
+    if export:
+        g.add_argument("--export", type=out_path, default=None, metavar="PATH",
+                       help="copy the best checkpoint here when done (e.g. agents/pretrained/...)")
+        deprecated_alias(parser, "--save", "--export", "export", type=out_path)
+    if threads:
+        g.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads (default: 1)")
+    if quiet:
+        g.add_argument("--quiet", action="store_true", help="no progress bar, warnings-only logging")
+        deprecated_alias(parser, "--no-progress", "--quiet", "quiet", store_const=True)
+    if tensorboard:
+        g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
+
+
+def prepare(args: argparse.Namespace, cfg_args: ConfigArgs, **overrides: Any) -> Any:
+    """The config from the flags (:meth:`ConfigArgs.build`), the ``--resume`` check (:func:`check_resume`), then
+    logging and threads (:func:`setup`): the start of every training script."""
+    cfg = cfg_args.build(args, **overrides)
+    check_resume(args)
+    setup(args)
+    return cfg
+
+
+def check_resume(args: argparse.Namespace) -> None:
+    """``--resume`` needs ``--out`` holding a ``state.pt`` (the one behaviour of every script)."""
+    if getattr(args, "resume", False):
+        if not args.out:
+            raise UsageError("--resume needs --out")
+        state = Path(args.out) / "state.pt"
+        if not state.is_file():
+            raise UsageError(f"--resume: no training state {str(state)!r} to continue from")
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Logging (``--quiet``: warnings only) and torch threads (``--threads``)."""
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s")
+    threads = getattr(args, "threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# ====================================================================================== main wrapper
+def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: Sequence[str] | None,
+        *, interrupted: str = "interrupted") -> int:
+    """Parse ``argv`` and run ``body(args)`` with the exit codes of the module docstring.
+
+    Usage errors call ``parser.error`` (``SystemExit(2)``, usage line and message on stderr); Ctrl-C prints
+    ``interrupted`` (e.g. where the checkpoint is) and returns 130; other failures print one line, return 1.
+    """
+    from l2o_gym.checkpoint import CheckpointError
+
+    args = parser.parse_args(argv)
+    try:
+        return int(body(args) or 0)
+    except (UsageError, CheckpointError) as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # a bad value or path reaching the library: still the user's input
+        parser.error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the runtime-failure exit code
+        log.debug("runtime failure", exc_info=True)
+        print(f"{parser.prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0  # pragma: no cover - parser.error exits
+
+
+def finite_check(name: str, value: float) -> None:
+    """Raise :class:`UsageError` naming ``name`` unless ``value`` is finite."""
+    if not math.isfinite(value):
+        raise UsageError(f"{name} must be finite, got {value!r}")
