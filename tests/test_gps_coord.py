@@ -342,8 +342,13 @@ def test_conv_gps_policy_round_trips_through_a_checkpoint(tmp_path):
     # a model whose tensors have a kind the policy never saw is refused, naming it
     from l2o_gym.problems.base import param_specs_from
 
-    with pytest.raises(CheckpointError, match="conv.*matches none"):
-        loaded.net.group_map(param_specs_from([("conv1", (3, 3), "conv")]))
+    with pytest.raises(CheckpointError, match="'emb'.*'embedding'.*matches none"):
+        loaded.net.group_map(param_specs_from([("emb", (3, 3), "embedding")]))
+    # module-type kinds of LearnedOptimizer map onto the trained weight/bias groups
+    gm = loaded.net.group_map(param_specs_from([("c", (2, 3), "conv"), ("fc", (3, 2), "fc"), ("b", (2,), "bias"),
+                                                 ("n", (2,), "bn")]))
+    kinds = [loaded.net.groups[j][1] for j in gm]
+    assert kinds == ["weight", "weight", "bias", "bias"]
 
 
 def test_two_torchrun_processes_train_the_same_policy_as_one(tmp_path):
@@ -369,3 +374,31 @@ def test_two_torchrun_processes_train_the_same_policy_as_one(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_train_conv_gps_script_trains_resumes_and_compare_loads_the_checkpoint(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from l2o_gym.agents.gps import load_policy
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_conv_gps", root / "scripts" / "train_conv_gps.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = ["--env", "l2o/MLP-v0", "--family-kwargs", '{"dataset": "digits", "hidden": [4], "batch_size": 16}',
+            "--horizon", "6", "--conditions", "2", "--samples", "2", "--lstm-hidden", "4", "--regression-coords", "2",
+            "--n-val", "3", "--regression-epochs", "1", "--out", str(tmp_path / "run"), "--quiet", "--no-tensorboard"]
+    assert mod.main([*args, "--iterations", "1"]) == 0
+    assert mod.main([*args, "--iterations", "2", "--resume"]) == 0
+    import json
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["env_steps_total"] == 2 * 2 * 2 * 6  # 2 iterations x 2 conditions x 2 samples x T
+    policy = load_policy(tmp_path / "run" / "gps_best.safetensors", env_id="l2o/MLP-v0")
+    assert isinstance(policy, ConvGPSPolicy)
+    # bad values are usage errors naming the flag
+    with pytest.raises(SystemExit) as exc:
+        mod.main([*args, "--kl-step", "-1"])
+    assert exc.value.code == 2

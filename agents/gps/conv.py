@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -504,5 +504,45 @@ class ConvGPSTrainer:
         """The global policy (deterministic means) as a :class:`~l2o_gym.policy.Policy`."""
         return ConvGPSPolicy(self.net)
 
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.cfg)
+    def policy_for(self, env_id: str | None) -> ConvGPSPolicy:
+        """:meth:`policy` recording the env it was trained on (checkpoints)."""
+        return ConvGPSPolicy(self.net, env_id=env_id)
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to continue exactly (tensors and primitives: loads with ``weights_only=True``)."""
+        out: dict[str, Any] = {
+            "local": {"K": self.local.K, "k": self.local.k, "cov": self.local.cov},
+            "lam": self.lam, "nu": self.nu, "mult": self.mult, "eta": self.eta,
+            "net": self.net.state_dict(), "opt": self.opt.state_dict(),
+            "iteration": self.iteration_count, "env_steps": self.env_steps, "n_dropped": self.n_dropped,
+            "fitted": self._fitted, "init_lr": float(self.init_lr),
+        }
+        if self._pred is not None:
+            dyn, cost, old, new = self._pred
+            out["pred"] = {"F": dyn.F, "f": dyn.f, "W": dyn.W, "x0_mean": dyn.x0_mean, "x0_cov": dyn.x0_cov,
+                           "C": cost.C, "c": cost.c, "c0": cost.c0, "oK": old.K, "ok": old.k, "ocov": old.cov,
+                           "nK": new.K, "nk": new.k, "ncov": new.cov}
+        return out
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        from l2o_gym.agents.gps.cost import QuadraticCost
+        from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics
+
+        loc = sd["local"]
+        if tuple(loc["K"].shape) != tuple(self.local.K.shape):
+            raise ValueError(f"controllers of shape {tuple(loc['K'].shape)} do not fit this run's "
+                             f"{tuple(self.local.K.shape)} (groups, horizon or share_conditions differ)")
+        self.local = self.local_new = LinearGaussianPolicy(loc["K"], loc["k"], loc["cov"])
+        self.lam, self.nu, self.mult, self.eta = sd["lam"], sd["nu"], sd["mult"], sd["eta"]
+        self.net.load_state_dict(sd["net"])
+        self.opt.load_state_dict(sd["opt"])
+        self.iteration_count, self.env_steps = int(sd["iteration"]), int(sd["env_steps"])
+        self.n_dropped, self._fitted, self.init_lr = int(sd["n_dropped"]), bool(sd["fitted"]), float(sd["init_lr"])
+        p = sd.get("pred")
+        self._pred = None if p is None else (
+            LinearGaussianDynamics(p["F"], p["f"], p["W"], p["x0_mean"], p["x0_cov"]),
+            QuadraticCost(p["C"], p["c"], p["c0"]),
+            LinearGaussianPolicy(p["oK"], p["ok"], p["ocov"]), LinearGaussianPolicy(p["nK"], p["nk"], p["ncov"]),
+        )
+

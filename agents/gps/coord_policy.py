@@ -14,7 +14,8 @@ training starts), ``σ_g²`` the group's action variance (set in closed form by 
 
 **Other models.** A policy trained on a family with parameter tensors ``specs`` is applied to another
 model's tensors by name (same name → same LSTM), else by kind in order of appearance (the ``j``-th weight
-tensor of the new model uses the ``j``-th weight LSTM, the last one past the end), else it raises
+tensor of the new model uses the ``j``-th weight LSTM, the last one past the end; kinds without a trained group
+of their own go through :data:`KIND_ALIASES`), else it raises
 :class:`~l2o_gym.checkpoint.CheckpointError` naming the tensor and the trained groups.
 """
 
@@ -35,6 +36,10 @@ from l2o_gym.policy import Policy
 from l2o_gym.problems.base import ParamSpec
 
 KIND = "conv_gps"
+
+#: parameter kinds of other layouts served by a trained kind when the policy has no group of their own kind
+#: (``LearnedOptimizer``'s module-type kinds: conv/fc/other weights → "weight", normalisation parameters → "bias").
+KIND_ALIASES: dict[str, str] = {"conv": "weight", "fc": "weight", "other": "weight", "bn": "bias", "all": "weight"}
 
 
 class CoordinateLSTMNet(nn.Module):
@@ -71,17 +76,18 @@ class CoordinateLSTMNet(nn.Module):
         seen: dict[str, int] = {}
         out = []
         for spec in specs:
+            kind = spec.kind if spec.kind in by_kind else KIND_ALIASES.get(spec.kind, spec.kind)
             if spec.name in names:
                 out.append(names.index(spec.name))
-            elif spec.kind in by_kind:
-                j = seen.get(spec.kind, 0)
-                out.append(by_kind[spec.kind][min(j, len(by_kind[spec.kind]) - 1)])
+            elif kind in by_kind:
+                j = seen.get(kind, 0)
+                out.append(by_kind[kind][min(j, len(by_kind[kind]) - 1)])
             else:
                 raise CheckpointError(
                     f"parameter tensor {spec.name!r} (kind {spec.kind!r}) matches none of the trained groups "
                     f"{[f'{n} ({k})' for n, k in self.groups]}"
                 )
-            seen[spec.kind] = seen.get(spec.kind, 0) + 1
+            seen[kind] = seen.get(kind, 0) + 1
         return out
 
     def step(
@@ -201,7 +207,10 @@ class ConvGPSPolicy(Policy):
         return save_policy(path, self.net.state_dict(), config)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> ConvGPSPolicy:
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", env_id: str | None = None) -> ConvGPSPolicy:
+        """Rebuild the policy of :meth:`save`. It is coordinatewise, so it runs on any env whose parameter
+        tensors map to its groups (``env_id`` is not required to match the training env; a tensor that maps
+        to no group is refused at the first step, naming it)."""
         tensors, config = load_policy_file(path, kind=KIND, device=device)
         try:
             groups = [(str(n), str(k)) for n, k in config["groups"]]
@@ -214,4 +223,6 @@ class ConvGPSPolicy(Policy):
         if expected != got:
             raise CheckpointError(f"{path}: tensors do not match a conv-GPS net with groups {groups} and hidden {hidden}")
         net.load_state_dict(tensors)
-        return cls(net.to(device), env_id=config.get("env_id"))
+        policy = cls(net.to(device), env_id=config.get("env_id"))
+        policy.checkpoint_config = config
+        return policy
