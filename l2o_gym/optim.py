@@ -30,6 +30,17 @@ warning (its gradient is fed as zero), so weights never become NaN. Without a cl
 unknown to the policy and is recorded as the last known value (0 at first); policies that read only the
 gradient (the LSTM) do not need it.
 
+Policies with one network per parameter kind (the multi-LSTM of ``l2o_gym.agents.lstm.multi``) need each
+parameter's kind: give param groups with a ``"kind"`` key — :func:`param_groups_by_kind` builds them from a
+model's module types (``nn.Conv*`` weight → ``"conv"``, ``nn.Linear`` weight → ``"fc"``, normalisation-layer
+weight/bias → ``"bn"``, any other bias → ``"bias"``, anything else → ``"other"``)::
+
+    opt = LearnedOptimizer(param_groups_by_kind(model), load_pretrained_multi())
+
+Such a policy exposes ``bind(specs)``; the optimizer calls it with one :class:`~l2o_gym.problems.ParamSpec` per
+parameter (shape, kind, offset in θ) before the first step. A param group without ``"kind"`` then raises
+``ValueError``; a kind the policy has no network for raises its error listing both sets of kinds.
+
 ``state_dict()`` holds, besides ``torch.optim``'s entries, the policy memory (tensors, numbers, tuples/lists
 and dataclasses of them, e.g. the Adam baseline's moments) and the MDP history, so training resumes exactly
 after ``load_state_dict``; it loads with ``torch.load(weights_only=True)``. ``copy.deepcopy`` and pickling
@@ -51,6 +62,39 @@ from torch import Tensor
 from l2o_gym import core
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import Policy
+from l2o_gym.problems.base import ParamSpec
+
+#: parameter kinds assigned by :func:`param_kind`.
+PARAM_KINDS: tuple[str, ...] = ("conv", "fc", "bn", "bias", "other")
+
+
+def param_kind(module: torch.nn.Module, name: str) -> str:
+    """The kind of parameter ``name`` of ``module`` (its own, not a child's): see the module docstring."""
+    nn = torch.nn
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    if isinstance(module, norms):
+        return "bn"
+    if name == "bias":
+        return "bias"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(module, (nn.Linear, nn.Bilinear)):
+        return "fc"
+    return "other"
+
+
+def param_groups_by_kind(model: torch.nn.Module, **options: Any) -> list[dict[str, Any]]:
+    """``model``'s trainable parameters as one param group per kind (:func:`param_kind`), each with a ``"kind"``
+    key and the given group ``options`` (e.g. ``lr``); shared parameters appear once."""
+    groups: dict[str, list[Tensor]] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            groups.setdefault(param_kind(module, name), []).append(p)
+    return [{"params": ps, "kind": kind, **options} for kind, ps in groups.items()]
 
 
 
@@ -181,6 +225,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
             grads.append(g)
         return torch.cat(thetas)[None], torch.cat(grads)[None], usable
 
+    def _param_specs(self, params: list[tuple[dict[str, Any], Tensor]]) -> tuple[ParamSpec, ...]:
+        """One :class:`ParamSpec` per optimized parameter (θ order), its kind from its group's ``"kind"``."""
+        specs, offset = [], 0
+        for i, (group, p) in enumerate(params):
+            kind = group.get("kind")
+            if not isinstance(kind, str) or not kind:
+                raise ValueError(
+                    f"policy {type(self.policy).__name__} needs each parameter's kind: give param groups with a "
+                    "'kind' key, e.g. LearnedOptimizer(param_groups_by_kind(model), policy)"
+                )
+            specs.append(ParamSpec(f"param{i}", tuple(p.shape), kind, offset))
+            offset += p.numel()
+        return tuple(specs)
+
     # ---- the step --------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
@@ -200,6 +258,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if prev is not None and prev.theta.shape != theta.shape:
             warnings.warn("LearnedOptimizer: the set of parameters changed; the policy memory is reset", stacklevel=2)
             prev = None
+        if prev is None and hasattr(self.policy, "bind"):
+            self.policy.bind(self._param_specs(params))
         f_val = float(loss.detach()) if isinstance(loss, Tensor) and loss.numel() == 1 else None
         if f_val is None or not math.isfinite(f_val):
             f_val = float(prev.loss[0]) if prev is not None else 0.0
@@ -288,6 +348,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if mdp["obs"].shape[1] != core.obs_dim(self.core_config, expected):
             raise ValueError("optimizer state was saved with another CoreConfig (history/include_steps)")
         self._mdp = State(problems=None, config=self.core_config, **mdp)  # type: ignore[arg-type]
+        if hasattr(self.policy, "bind"):
+            self.policy.bind(self._param_specs(params))
         self._memory = _unpack_memory(extra["memory"] if "memory" in extra else extra.get("hidden"), device)  # "hidden": before 0.2
 
 

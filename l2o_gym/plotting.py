@@ -52,3 +52,43 @@ def plot_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def plot_image_grid(
+    images: Sequence[Sequence[np.ndarray]],
+    path: str | Path,
+    col_titles: Sequence[str],
+    cell_titles: Sequence[Sequence[str]] | None = None,
+    title: str = "",
+    cell_inches: float = 1.6,
+) -> Path:
+    """Write a PNG grid of RGB images: ``images[r][c]`` is ``[H, W, 3]`` in [0, 1] (rows may differ in size).
+
+    ``col_titles`` head the columns; ``cell_titles[r][c]`` (e.g. a final objective) is written under a cell.
+    Returns the written path (Agg canvas, no display needed).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows, cols = len(images), len(col_titles)
+    if rows == 0 or any(len(r) != cols for r in images):
+        raise ValueError(f"images must be a non-empty list of rows of {cols} images each")
+    fig = Figure(figsize=(cell_inches * cols, (cell_inches + 0.2) * rows + 0.5), dpi=100)
+    FigureCanvasAgg(fig)
+    for r, row in enumerate(images):
+        for c, img in enumerate(row):
+            ax = fig.add_subplot(rows, cols, r * cols + c + 1)
+            ax.imshow(np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_titles[c], fontsize=8)
+            if cell_titles is not None and cell_titles[r][c]:
+                ax.set_xlabel(cell_titles[r][c], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

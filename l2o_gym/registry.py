@@ -25,6 +25,8 @@ ENV_TABLE: dict[str, dict[str, Any]] = {
     "l2o/MLP-v0": {"family": "mlp", "action_scale": 0.1},
     "l2o/Rosenbrock-v0": {"family": "rosenbrock", "action_scale": 0.1},
     "l2o/Rastrigin-v0": {"family": "rastrigin", "action_scale": 0.5},
+    "l2o/NeuralArt-v0": {"family": "neural_art", "action_scale": 0.1},
+    "l2o/ConvNet-v0": {"family": "convnet", "action_scale": 0.1},
     "l2o/NNClassifier-v0": {"family": "nn_classifier", "action_scale": 0.1},
 }
 
@@ -41,6 +43,23 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "hidden40": {"hidden": (40,)},
         "2layers": {"hidden": (20, 20)},
         "relu": {"activation": "relu"},
+    },
+    # Andrychowicz et al. §3.4: the LSTM trained on 64×64 images with one style, tested on 128×128 images
+    # (4× the pixels) and on a second style.
+    "l2o/NeuralArt-v0": {
+        "128": {"size": 128},
+        "style2": {"style": "hubble_deep_field"},
+        "128+style2": {"size": 128, "style": "hubble_deep_field"},
+    },
+    # Andrychowicz et al. §3.3: the conv net on the colour stand-in for CIFAR-10 (default: all 10 labels),
+    # "5 of 10" / "2 of 10" label subsets (LSTM-sub is trained on "labels5"; the *_test sets are disjoint
+    # from it, for testing on unseen labels), and MNIST as a dataset transfer.
+    "l2o/ConvNet-v0": {
+        "mnist": {"dataset": "mnist"},
+        "labels5": {"labels": (0, 1, 2, 3, 4)},
+        "labels2": {"labels": (0, 1)},
+        "labels5_test": {"labels": (5, 6, 7, 8, 9)},
+        "labels2_test": {"labels": (8, 9)},
     },
     "l2o/NNClassifier-v0": {},  # filled below: NN_SETTINGS x NN_DATASETS
 }

@@ -13,6 +13,8 @@ same nets, and seconds per LSTM meta-iteration (``python scripts/bench.py nn``).
 ``busy``: native env-steps/s idle and beside CPU-bound competitor processes that the benchmark starts and stops
 itself, rounds alternating idle/busy; per thread mode (``auto``: the envs' thread policy, ``torch-default``: torch's
 global setting, ``1``) the medians and the busy/idle ratio (l2o_gym.threads, docs/threads.md).
+``step``: one native vector-env step against a bare batched forward + backward of the same objective
+(interleaved medians and their ratio), e.g. ``python scripts/bench.py step --env l2o/NeuralArt-v0 --n 8``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import torch
 
 from l2o_gym.experiments import cli
-from l2o_gym.experiments.benchmark import THREAD_MODES, baseline_eval_time, busy_throughput, env_throughput
+from l2o_gym.experiments.benchmark import THREAD_MODES, baseline_eval_time, busy_throughput, env_throughput, step_overhead
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--iters", type=cli.positive_int, default=20, help="timed meta-iterations (default: %(default)s)")
     q.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
     q.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    st = sub.add_parser("step", help="env step vs a bare batched forward+backward of the same objective")
+    st.add_argument("--env", default="l2o/NeuralArt-v0", help="registered env id (default: %(default)s)")
+    st.add_argument("--n", type=cli.positive_int, default=8, help="number of envs / problems N (default: %(default)s)")
+    st.add_argument("--history", type=cli.positive_int, default=25, help="history length H (default: %(default)s)")
+    st.add_argument("--reps", type=cli.positive_int, default=20, help="timed repetitions (default: %(default)s)")
+    st.add_argument("--family-kwargs", type=cli.json_object, default={},
+                    help="JSON family overrides, e.g. '{\"size\": 128}'")
+    st.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
+    st.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    c = sub.add_parser("convnet", help="conv-net family: batched fwd+bwd (grouped vs vmap vs separate nets), env "
+                                        "step, multi-LSTM meta-iteration (docs/convnet.md)")
+    c.add_argument("--n-problems", type=cli.positive_int, default=8, help="conv nets N (default: %(default)s)")
+    c.add_argument("--reps", type=cli.positive_int, default=5, help="timed repetitions, interleaved (default: %(default)s)")
+    c.add_argument("--unroll", type=cli.positive_int, default=10, help="meta-iteration truncation length (default: %(default)s)")
+    c.add_argument("--no-meta", action="store_true", help="skip the multi-LSTM meta-iteration")
+    c.add_argument("--family-kwargs", default="{}", help="JSON ConvNet arguments, e.g. '{\"dataset\": \"mnist\"}'")
+    c.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
+    c.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     nn = sub.add_parser("nn", help="NN-classifier step vs bare forward+backward; LSTM meta-iteration")
     nn.add_argument("--n-problems", type=cli.positive_int, default=100, help="problems N (default: %(default)s)")
     nn.add_argument("--steps", type=cli.positive_int, default=50, help="timed steps (default: %(default)s)")
@@ -79,15 +99,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _body(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.what in ("env", "eval", "busy"):
+    if args.what in ("env", "eval", "busy", "step"):
         from l2o_gym.registry import ENV_IDS
 
         if args.env not in ENV_IDS:
             raise cli.UsageError(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")
     if args.what == "lstm":
         return _bench_lstm(args)
+    if args.what == "convnet":
+        return _bench_convnet(args)
     if args.what == "busy":
         return _bench_busy(args)
+    if args.what == "step":
+        return _bench_step(args)
     if args.what == "nn":
         return _bench_nn(args)
     if args.what == "eval":
@@ -135,6 +159,17 @@ def _bench_busy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_step(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    fkw = args.family_kwargs
+    r = step_overhead(args.env, args.n, args.history, args.reps, device=args.device, **fkw)
+    print(f"# {args.env} {fkw or ''}: N={args.n}, H={args.history}, device={args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"env step {r['env_step_s'] * 1e3:.1f} ms, bare forward+backward {r['bare_forward_backward_s'] * 1e3:.1f} ms, "
+          f"ratio {r['ratio']:.2f} (medians of {r['reps']}, interleaved)")
+    return 0
+
+
 def _bench_lstm(args: argparse.Namespace) -> int:
     from l2o_gym.agents.lstm import time_meta_iteration
 
@@ -160,6 +195,30 @@ def _bench_nn(args: argparse.Namespace) -> int:
     m = nn_lstm_meta_iteration(args.lstm_problems, device=args.device)
     print(f"LSTM meta-iteration ({args.lstm_problems} problems, unroll 20): median {m['median_s']:.2f} s "
           f"(min {m['min_s']:.2f}, max {m['max_s']:.2f})")
+    return 0
+
+
+def _bench_convnet(args: argparse.Namespace) -> int:
+    from l2o_gym.experiments.benchmark import convnet_speed
+
+    try:
+        kw = json.loads(args.family_kwargs)
+        if not isinstance(kw, dict):
+            raise ValueError("not a JSON object")
+        from l2o_gym.problems import ConvNet
+
+        ConvNet(**kw)
+    except (ValueError, TypeError) as exc:
+        raise cli.UsageError(f"--family-kwargs: {exc}") from None
+    torch.set_num_threads(args.threads)
+    r = convnet_speed(args.n_problems, args.reps, args.unroll, kw, meta=not args.no_meta, device=args.device)
+    print(f"# ConvNet {kw or '(default)'}: N = {args.n_problems} nets, d = {r['dim']}, device={args.device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.reps} interleaved reps")
+    for k, v in r.items():
+        if k.endswith("_ratio"):
+            print(f"{k:24s} {v:8.2f}x")
+        elif isinstance(v, float):
+            print(f"{k:24s} {v:8.4f} s")
     return 0
 
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"done: {cfg.episodes} episodes on {world} process(es); out={a.out}")
             if a.export:
-                best = Path(a.out or "") / "lstm_best.safetensors"
+                best = Path(a.out or "") / f"{'mlstm' if cfg.kinds else 'lstm'}_best.safetensors"  # multi-LSTM: mlstm_
                 if a.out and best.is_file():
                     atomic_write(a.export, lambda tmp: shutil.copyfile(best, tmp))
                 else:

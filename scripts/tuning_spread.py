@@ -18,6 +18,7 @@ import shlex
 import sys
 
 from l2o_gym.agents.baselines import BASELINES
+from l2o_gym.experiments import cli
 from l2o_gym.experiments.tuning import (
     default_tuned_path, record_spread, record_val_references, seed_spread, setting_key, variant_kwargs,
 )
@@ -29,26 +30,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", nargs="+", default=[], choices=ENV_IDS, metavar="ID", help="env ids")
     parser.add_argument("--policies", nargs="+", default=["sgd", "momentum", "nag", "adam", "rmsprop"],
                         choices=list(BASELINES), metavar="NAME", help="baselines (default: %(default)s)")
-    parser.add_argument("--n-problems", type=int, default=100, help="train problems per tuning (default: %(default)s)")
-    parser.add_argument("--horizon", type=int, default=100, help="iterations (default: %(default)s)")
+    parser.add_argument("--n-problems", type=cli.positive_int, default=100,
+                        help="train problems per tuning (default: %(default)s)")
+    parser.add_argument("--horizon", type=cli.positive_int, default=100, help="iterations (default: %(default)s)")
     parser.add_argument("--variant", default=None, help="named problem variant (l2o_gym.registry.VARIANTS)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="tuning seeds (default: %(default)s)")
-    parser.add_argument("--n-test", type=int, default=1000, help="test problems scoring each selection (default: %(default)s)")
+    parser.add_argument("--seeds", nargs="+", type=cli.nonnegative_int, default=[0, 1, 2, 3, 4],
+                        help="tuning seeds (default: %(default)s)")
+    parser.add_argument("--n-test", type=cli.positive_int, default=1000,
+                        help="test problems scoring each selection (default: %(default)s)")
     parser.add_argument("--val-references", action="store_true",
                         help="re-derive the sample-efficiency targets of the shipped learned checkpoints")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=str(default_tuned_path()), help="tuned JSON file to add to (default: the shipped one)")
-    args = parser.parse_args(argv)
-    if args.n_problems < 1 or args.horizon < 1 or args.n_test < 1:
-        parser.error(f"--n-problems, --horizon and --n-test must be positive, got {args.n_problems}, {args.horizon}, {args.n_test}")
+    parser.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--out", type=cli.out_path, default=str(default_tuned_path()),
+                        help="tuned JSON file to add to (default: the shipped one)")
+    parser.add_argument("--quiet", action="store_true", help="warnings-only logging")
+    return cli.run(parser, lambda args: _body(args, argv), argv, interrupted="interrupted: nothing more was saved")
+
+
+def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     if not args.env and not args.val_references:
-        parser.error("give --env ID ... and/or --val-references")
-    try:
-        for env_id in args.env:
-            variant_kwargs(env_id, args.variant)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+        raise cli.UsageError("give --env ID ... and/or --val-references")
+    for env_id in args.env:
+        variant_kwargs(env_id, args.variant)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     command = "python scripts/tuning_spread.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for env_id in args.env:
         spread = seed_spread(env_id, args.policies, seeds=args.seeds, n_problems=args.n_problems, horizon=args.horizon,

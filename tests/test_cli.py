@@ -35,6 +35,8 @@ _script = load_script
         ("bench", ["lstm", "--iters", "0"], "argument --iters: expected a positive integer, got '0'"),
         ("bench", ["env", "--sizes", "0"], "argument --sizes: expected a positive integer, got '0'"),
         ("bench", ["eval", "--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),
+        ("bench", ["step", "--family-kwargs", '{"size": 2}'], "size 2 is too small"),
+        ("bench", ["step", "--n", "0"], "argument --n: expected a positive integer, got '0'"),
         ("demo", ["--num-envs", "0", "--out", "{tmp}"], "argument --num-envs: expected a positive integer, got '0'"),
         ("demo", ["--env", "l2o/Nope-v0"], "invalid choice: 'l2o/Nope-v0'"),
         ("train_sb3", ["--algo", "ppo", "--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),

@@ -17,7 +17,8 @@ from conftest import requires_cuda
 
 # Small sizes for the MLP keep the checks fast; every other env runs at its registered defaults.
 SMALL = {"l2o/MLP-v0": {"dataset": "digits", "batch_size": 16},
-         "l2o/NNClassifier-v0": {"dataset": "breast_cancer", "inputs": 6, "hidden": 5, "batch_size": 8}}
+         "l2o/NNClassifier-v0": {"dataset": "breast_cancer", "inputs": 6, "hidden": 5, "batch_size": 8},
+         "l2o/ConvNet-v0": {"channels": (2, 2, 2), "fc": 4, "batch_size": 8, "image_size": 8}}
 
 
 def _make(env_id, **kw):

@@ -22,6 +22,8 @@ EXPECTED = {
     "mlp",
     "rosenbrock",
     "rastrigin",
+    "neural_art",
+    "convnet",
     "nn_classifier",
 }
 
@@ -34,6 +36,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "mlp": {"dataset": "digits", "hidden": (4,), "batch_size": 8},
     "rosenbrock": {"dim": 3},
     "rastrigin": {"dim": 4},
+    "neural_art": {"size": 16, "widths": (4, 8)},
+    "convnet": {"channels": (2, 2, 2), "fc": 4, "batch_size": 8, "image_size": 8},
     "nn_classifier": {"dataset": "breast_cancer", "inputs": 5, "hidden": 4, "batch_size": 8, "n_examples": 40},
 }
 
@@ -110,6 +114,11 @@ def test_make_family_bad_keyword() -> None:
         ("rosenbrock", {"scale_min": 3.0}, 3.0),
         ("rastrigin", {"dim": -2}, -2),
         ("rastrigin", {"A": float("inf")}, float("inf")),
+        ("convnet", {"image_size": 4}, 4),
+        ("convnet", {"kernel": 2}, 2),
+        ("convnet", {"channels": (8, 0, 8)}, 0),
+        ("convnet", {"batch_size": 1}, 1),
+        ("convnet", {"method": "loop"}, "loop"),
     ],
 )
 def test_bad_constructor_values(name: str, kwargs: dict[str, Any], bad: Any) -> None:
@@ -169,6 +178,8 @@ def test_default_dims() -> None:
         "mlp": 15910,
         "rosenbrock": 2,
         "rastrigin": 10,
+        "neural_art": 3 * 64 * 64,
+        "convnet": 12338,
         "nn_classifier": 48 * 48 + 48 + 48 * 10 + 10,
     }
     assert MLP(dataset="digits").dim == 64 * 20 + 20 + 20 * 10 + 10

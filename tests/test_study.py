@@ -62,6 +62,17 @@ def test_tiny_study_writes_a_complete_report(tiny_study):
             assert r["hparams"] == tuned["l2o/NNClassifier-v0@T400"][r["policy"]]["hparams"]
     sections_nn = {r["section"] for r in data["study"]["nn_benchmark"]}
     assert sections_nn == {s.name for s in sections if s.env == "l2o/NNClassifier-v0"}
+    # neural art: the grid of the images each optimizer reaches, linked from the report
+    assert (out / "art_NeuralArt_T12.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Pictures: l2o/NeuralArt-v0, T = 12" in report and "(art_NeuralArt_T12.png)" in report
+
+
+def test_art_full_preset_covers_the_papers_transfer_tests():
+    secs = PRESETS["art-full"]()
+    assert {(s.variant, s.horizon, s.long_horizon) for s in secs} == {
+        (None, 128, 1280), ("128", 128, None), ("style2", 128, None), ("128+style2", 128, None)}
+    for s in secs:
+        assert {"sgd", "momentum", "nag", "adam", "rmsprop", "lstm"} <= set(s.policies)
 
 
 def test_long_horizon_verdicts():

@@ -167,9 +167,10 @@ def test_busy_throughput_reports_idle_busy_and_ratio():
 
 
 @pytest.mark.parametrize("script, argv, message", [
-    ("compare", ["--env", "l2o/Quadratic-v0", "--workers", "0", "--out", "{tmp}"], "--workers must be a positive integer"),
-    ("bench", ["busy", "--rounds", "0"], "--rounds must be a positive integer"),
-    ("bench", ["busy", "--seconds", "inf"], "--seconds must be a positive finite number"),
+    ("compare", ["--env", "l2o/Quadratic-v0", "--workers", "0", "--out", "{tmp}"],
+     "argument --workers: expected a positive integer, got '0'"),
+    ("bench", ["busy", "--rounds", "0"], "argument --rounds: expected a positive integer, got '0'"),
+    ("bench", ["busy", "--seconds", "inf"], "argument --seconds: expected a finite number, got 'inf'"),
 ])
 def test_cli_rejects_bad_thread_flags(script, argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:

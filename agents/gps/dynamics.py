@@ -90,8 +90,6 @@ def fit_dynamics(
         GPSFitError: if a condition has no valid sample, or a covariance is not positive definite.
     """
     m, n, t1, dx = X.shape
-    du = U.shape[-1]
-    dy = dx + du
     w = valid.to(X.dtype)  # [M, N]
     counts = w.sum(1)  # [M]
     if bool((counts == 0).any()):
@@ -104,6 +102,37 @@ def fit_dynamics(
     mean = (wn * z).sum(1) / cnt  # [M, T, dZ]
     dz = (z - mean[:, None]) * wn.sqrt()
     emp = torch.einsum("mnti,mntj->mtij", dz, dz) / cnt[..., None]  # [M, T, dZ, dZ]
+    x0 = X[:, :, 0]  # [M, N, dX]
+    x0_mean = (w[..., None] * x0).sum(1) / counts[:, None]
+    d0 = (x0 - x0_mean[:, None]) * w[..., None].sqrt()
+    x0_cov = torch.einsum("mni,mnj->mij", d0, d0) / counts[:, None, None]
+    return dynamics_from_moments(counts, mean, emp, x0_mean, x0_cov, dx, prior, reg)
+
+
+def dynamics_from_moments(
+    counts: Tensor,
+    mean: Tensor,
+    emp: Tensor,
+    x0_mean: Tensor,
+    x0_cov: Tensor,
+    dx: int,
+    prior: GaussianPrior | None = None,
+    reg: float = 1e-6,
+) -> LinearGaussianDynamics:
+    """The fit of :func:`fit_dynamics` from the sample moments of ``z = [x_t; u_t; x_{t+1}]``.
+
+    Args:
+        counts: ``[M]`` valid samples per condition (> 0); mean: ``[M, T, dZ]`` sample means;
+        emp: ``[M, T, dZ, dZ]`` sample covariances (divided by the count); x0_mean ``[M, dX]`` and
+        x0_cov ``[M, dX, dX]``: moments of the initial states; dx: state dimension.
+
+    Moments can be accumulated in pieces (over samples, coordinates, processes) and combined before the
+    fit, which is how convolutional GPS fits one group's dynamics from every coordinate of every trajectory
+    (:mod:`l2o_gym.agents.gps.coord`).
+    """
+    dz = mean.shape[-1]
+    dy = dz - dx
+    cnt = counts[:, None, None]
     if prior is not None:
         n0 = prior.strength
         nn = cnt[..., None]  # [M, 1, 1, 1]
@@ -114,7 +143,7 @@ def fit_dynamics(
     else:
         cov = emp
     cov = sym(cov)
-    eye_y = torch.eye(dy, dtype=X.dtype, device=X.device)
+    eye_y = torch.eye(dy, dtype=mean.dtype, device=mean.device)
     s_yy = cov[..., :dy, :dy] + reg * eye_y
     s_ny = cov[..., dy:, :dy]
     L, info = torch.linalg.cholesky_ex(s_yy)
@@ -123,10 +152,6 @@ def fit_dynamics(
         raise GPSFitError(f"dynamics fit: Σ_yy not positive definite at condition {mi}, time step {ti}; raise reg")
     F = torch.cholesky_solve(s_ny.transpose(-1, -2), L).transpose(-1, -2)  # [M, T, dX, dY]
     f = mean[..., dy:] - torch.einsum("mtxy,mty->mtx", F, mean[..., :dy])
-    W = sym(cov[..., dy:, dy:] - F @ s_yy @ F.transpose(-1, -2)) + reg * torch.eye(dx, dtype=X.dtype, device=X.device)
-    x0 = X[:, :, 0]  # [M, N, dX]
-    x0_mean = (w[..., None] * x0).sum(1) / counts[:, None]
-    d0 = (x0 - x0_mean[:, None]) * w[..., None].sqrt()
-    x0_cov = sym(torch.einsum("mni,mnj->mij", d0, d0) / counts[:, None, None])
-    x0_cov = x0_cov + reg * torch.eye(dx, dtype=X.dtype, device=X.device)
+    W = sym(cov[..., dy:, dy:] - F @ s_yy @ F.transpose(-1, -2)) + reg * torch.eye(dx, dtype=mean.dtype, device=mean.device)
+    x0_cov = sym(x0_cov) + reg * torch.eye(dx, dtype=mean.dtype, device=mean.device)
     return LinearGaussianDynamics(F, f, W, x0_mean, x0_cov)

@@ -135,6 +135,13 @@ def expected_shapes(obs_dim: int, dim: int, hidden: tuple[int, ...]) -> dict[str
     return shapes
 
 
-def load_policy(path: str | Path, *, env_id: str | None = None, device: str | torch.device = "cpu") -> GPSPolicy:
-    """The GPS kind's loader (``compare --policies gps[=CKPT]``): :func:`load_gps_policy`."""
+def load_policy(path: str | Path, *, env_id: str | None = None, device: str | torch.device = "cpu") -> Policy:
+    """The GPS kind's loader (``compare --policies gps[=CKPT]``): a small-problem GPS checkpoint
+    (:func:`load_gps_policy`) or a convolutional-GPS one (header kind ``"conv_gps"``,
+    :class:`~l2o_gym.agents.gps.coord_policy.ConvGPSPolicy`), by the kind in its header."""
+    from l2o_gym.agents.gps.coord_policy import KIND as CONV_KIND, ConvGPSPolicy
+    from l2o_gym.checkpoint import read_policy_config
+
+    if read_policy_config(path).get("kind") == CONV_KIND:
+        return ConvGPSPolicy.load(path, device=device, env_id=env_id)
     return load_gps_policy(path, env_id=env_id, device=device)

@@ -1,5 +1,13 @@
 """The coordinatewise LSTM learned optimizer (Andrychowicz et al., 2016): policy and BPTT trainer."""
 
+from l2o_gym.agents.lstm.multi import (
+    CONV_KINDS,
+    KindMismatchError,
+    MultiLSTMPolicy,
+    init_from_checkpoint,
+    load_multi_policy,
+    load_pretrained_multi,
+)
 from l2o_gym.agents.lstm.policy import (
     PRETRAINED,
     CoordinateLSTM,
@@ -12,6 +20,12 @@ from l2o_gym.agents.lstm.policy import (
 from l2o_gym.agents.lstm.trainer import TrainConfig, Trainer, time_meta_iteration, train
 
 __all__ = [
+    "CONV_KINDS",
+    "KindMismatchError",
+    "MultiLSTMPolicy",
+    "init_from_checkpoint",
+    "load_multi_policy",
+    "load_pretrained_multi",
     "PRETRAINED",
     "CoordinateLSTM",
     "LSTMConfig",

@@ -249,6 +249,7 @@ PRETRAINED: dict[str, str] = {
     "l2o/LogisticRegression-v0": "lstm_LogisticRegression.safetensors",
     "l2o/RobustLinearRegression-v0": "lstm_RobustLinearRegression.safetensors",
     "l2o/NeuralNet-v0": "lstm_NeuralNet.safetensors",
+    "l2o/NeuralArt-v0": "lstm_NeuralArt.safetensors",
 }
 
 

@@ -52,6 +52,8 @@ from l2o_gym.core import CoreConfig
 from l2o_gym.policy import run_policy
 from l2o_gym.registry import env_family
 
+from l2o_gym.agents.lstm.multi import KIND as MULTI_KIND, MultiLSTMPolicy, init_from_checkpoint
+
 log = logging.getLogger(__name__)
 
 WEIGHTINGS: tuple[str, ...] = ("uniform", "linear")
@@ -86,6 +88,12 @@ class TrainConfig:
         out: output folder (checkpoints, TensorBoard logs); ``None`` writes nothing.
         tensorboard: write TensorBoard scalars under ``out/tb``.
         progress: show a tqdm bar.
+        kinds: LSTM names of a multi-LSTM policy (one coordinatewise LSTM per parameter kind,
+            :class:`~l2o_gym.agents.lstm.multi.MultiLSTMPolicy`), e.g. ``("conv", "fc", "bn", "bias")``;
+            empty (default): one shared :class:`LSTMPolicy`.
+        assign: parameter kind -> LSTM name for a multi-LSTM (``"*"``: the rest); default identity.
+        init: warm start: a checkpoint whose weights initialise the policy (an ``"lstm"`` checkpoint is
+            copied into every LSTM of a multi-LSTM; :func:`~l2o_gym.agents.lstm.multi.init_from_checkpoint`).
     """
 
     env_id: str = "l2o/Quadratic-v0"
@@ -109,6 +117,9 @@ class TrainConfig:
     out: str | None = None
     tensorboard: bool = True
     progress: bool = True
+    kinds: tuple[str, ...] = ()
+    assign: dict[str, str] = field(default_factory=dict)
+    init: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_problems", "horizon", "unroll", "episodes", "val_problems"):
@@ -141,9 +152,24 @@ class TrainConfig:
             env_family(self.env_id, **self.family_kwargs)
         except (TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"env_id {self.env_id!r} with family_kwargs {self.family_kwargs!r}: {exc}") from None
+        self.kinds = tuple(self.kinds)
+        if self.assign and not self.kinds:
+            raise ValueError("assign needs kinds (the LSTM names of a multi-LSTM policy)")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def make_policy(cfg: TrainConfig) -> LSTMPolicy | MultiLSTMPolicy:
+    """The policy a config trains: one shared :class:`LSTMPolicy`, or with ``cfg.kinds`` a
+    :class:`~l2o_gym.agents.lstm.multi.MultiLSTMPolicy` (one LSTM per name in ``kinds``, ``cfg.assign`` mapping
+    the family's parameter kinds to them), checked against the family's parameter kinds."""
+    if not cfg.kinds:
+        return LSTMPolicy(cfg.arch, env_id=cfg.env_id)
+    policy = MultiLSTMPolicy(cfg.kinds, cfg.arch, assign=cfg.assign, env_id=cfg.env_id)
+    family = env_family(cfg.env_id, **cfg.family_kwargs)
+    policy.check_kinds([s.kind for s in family.param_specs()], where=f"env {cfg.env_id}")
+    return policy
 
 
 def episode_seed(cfg: TrainConfig, episode: int, rank: int = 0, world: int = 1) -> int:
@@ -187,7 +213,10 @@ class Trainer(Agent):
         self.baselines = tuple(cfg.baselines)
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.policy = LSTMPolicy(cfg.arch, env_id=cfg.env_id).to(self.device)
+        self.policy = make_policy(cfg).to(self.device)
+        self.kind = MULTI_KIND if cfg.kinds else KIND  # run-folder file names: {kind}_best.safetensors
+        if cfg.init:
+            init_from_checkpoint(self.policy, cfg.init)
         if self.world > 1:  # identical start on every rank
             for p in self.policy.net.parameters():
                 dist.broadcast(p.data, 0)
@@ -291,9 +320,9 @@ class Trainer(Agent):
         cfg = self.cfg
         self.summary = fit(self, cfg.out, resume=resume, reset_best=reset_best, progress=cfg.progress and self.rank == 0,
                            tensorboard=cfg.tensorboard, desc="meta-train")
-        best = RunFolder(Path(cfg.out), KIND).best if cfg.out is not None else None
+        best = RunFolder(Path(cfg.out), self.kind).best if cfg.out is not None else None
         if best is not None and self.rank == 0 and best.is_file():
-            return LSTMPolicy.load(best, self.device)
+            return type(self.policy).load(best, self.device)
         return self.policy
 
     def close(self) -> None:

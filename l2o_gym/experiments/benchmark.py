@@ -259,3 +259,148 @@ def busy_throughput(
             "load_before": load_before, "load_after": load_after,
         })
     return rows
+
+
+def step_overhead(
+    env_id: str,
+    num_envs: int = 8,
+    history: int = 25,
+    reps: int = 20,
+    warmup: int = 3,
+    device: str = "cpu",
+    seed: int = 0,
+    **family_kwargs,
+) -> dict[str, float]:
+    """Seconds of one native vector-env step against a bare batched forward + backward of the same objective.
+
+    Both run on the same ``num_envs`` problems; the bare one is ``f = family.loss(batch, θ, t)`` and
+    ``torch.autograd.grad(f.sum(), θ)`` and nothing else — the least any optimizer step must compute. The
+    two are timed *interleaved* (env step, bare, env step, …), so load on a shared machine affects both
+    alike; the medians over ``reps`` and their ratio are returned (goal for the heavy families: ≤ 1.3×).
+    """
+    from l2o_gym.registry import env_family
+
+    venv = gym.make_vec(env_id, num_envs, device=device, history=history, **family_kwargs)
+    venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    shape = (num_envs,) + venv.single_action_space.shape
+    actions = [torch.as_tensor(rng.uniform(-0.1, 0.1, shape).astype(np.float32), device=device) for _ in range(4)]
+    family = env_family(env_id, **family_kwargs)
+    batch = family.sample(num_envs, "train", seed, device)
+    theta0 = batch.x0.clone()
+    step = torch.zeros(num_envs, dtype=torch.int64, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def bare() -> None:
+        theta = theta0.detach().requires_grad_(True)
+        f = family.loss(batch, theta, step)
+        torch.autograd.grad(f.sum(), theta)
+
+    env_t, bare_t = [], []
+    for i in range(warmup + reps):
+        sync()
+        t = time.perf_counter()
+        venv.step(actions[i % 4])
+        sync()
+        t_env = time.perf_counter() - t
+        t = time.perf_counter()
+        bare()
+        sync()
+        t_bare = time.perf_counter() - t
+        if i >= warmup:
+            env_t.append(t_env)
+            bare_t.append(t_bare)
+    venv.close()
+    env_med, bare_med = float(np.median(env_t)), float(np.median(bare_t))
+    return {"env_step_s": env_med, "bare_forward_backward_s": bare_med, "ratio": env_med / bare_med,
+            "num_envs": num_envs, "history": history, "reps": reps, "threads": torch.get_num_threads()}
+
+
+def convnet_speed(
+    n_problems: int = 8, reps: int = 5, unroll: int = 10, family_kwargs: dict | None = None,
+    meta: bool = True, device: str = "cpu",
+) -> dict[str, float]:
+    """Seconds per call (median of ``reps``, measured *interleaved* so that a contended machine slows every
+    variant alike) of, for ``n_problems`` conv nets of :class:`l2o_gym.problems.ConvNet`:
+
+    * ``bare_grouped``: one batched forward + backward (grouped convolutions) — ``autograd.grad`` of the
+      summed minibatch losses w.r.t. θ ``[N, d]``, nothing else;
+    * ``bare_vmap``: the same with ``method="vmap"``;
+    * ``separate``: ``N`` separate ``nn.Sequential`` nets, one forward + backward each;
+    * ``env_step``: one step of the native vector env ``gymnasium.make_vec("l2o/ConvNet-v0", N)`` (the
+      batched core with Li & Malik's H = 25 history features and the gymnasium adapter);
+    * ``core_step``: one :func:`l2o_gym.core.step` with history 1 (what the LSTM trainer runs);
+    * ``meta_iteration`` (``meta``): one multi-LSTM (conv/fc/bn/bias) truncated-BPTT meta-iteration of
+      ``unroll`` steps (forward, backward, Adam).
+
+    Ratios ``env_step / bare_grouped`` etc. are added as ``*_ratio``.
+    """
+    import statistics
+
+    import torch.nn.functional as F
+
+    from l2o_gym import core
+    from l2o_gym.problems import ConvNet
+
+    kw = dict(family_kwargs or {})
+    fam = ConvNet(**kw)
+    fam_v = ConvNet(**{**kw, "method": "vmap"})
+    batch = fam.sample(n_problems, "train", 0, device)
+    batch_v = fam_v.sample(n_problems, "train", 0, device)
+    theta = batch.x0.clone()
+    step_t = torch.zeros(n_problems, dtype=torch.int64, device=device)
+
+    def bare(b) -> None:
+        leaf = theta.detach().requires_grad_(True)
+        torch.autograd.grad(b.family.loss(b, leaf, step_t).sum(), leaf)
+
+    X, y = fam.partition("train", torch.device(device), torch.float32)
+    pos = fam.minibatch_positions(batch, step_t)
+    nets = [fam.to_module(theta[i]) for i in range(n_problems)]
+
+    def separate() -> None:
+        for i, net in enumerate(nets):
+            net.zero_grad()
+            F.cross_entropy(net(X[pos[i]]), y[pos[i]]).backward()
+
+    venv = gym.make_vec("l2o/ConvNet-v0", n_problems, device=device, **kw)
+    venv.reset(seed=0)
+    zero = torch.zeros((n_problems,) + venv.single_action_space.shape, device=device)
+    cc = core.CoreConfig(horizon=10**6, history=1, validate=False)
+    state = [core.reset(batch, cc)]
+
+    def core_step() -> None:
+        state[0] = core.step(state[0], torch.zeros_like(theta))[0]
+
+    jobs = {"bare_grouped": lambda: bare(batch), "bare_vmap": lambda: bare(batch_v), "separate": separate,
+            "env_step": lambda: venv.step(zero), "core_step": core_step}
+    if meta:
+        from l2o_gym.agents.lstm.trainer import TrainConfig, Trainer
+
+        trainer = Trainer(TrainConfig(env_id="l2o/ConvNet-v0", family_kwargs=kw, n_problems=n_problems, unroll=unroll,
+                                      val_every=0, val_problems=1, progress=False, device=device,
+                                      kinds=("conv", "fc", "bn", "bias")))
+        mstate = [core.reset(batch, trainer.core_config)]
+        mem = [trainer.policy.reset(mstate[0])]
+
+        def meta_it() -> None:
+            mstate[0], mem[0], _, _ = trainer.meta_step(mstate[0], mem[0], 0)
+
+        jobs["meta_iteration"] = meta_it
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for r in range(reps + 1):
+        for k, fn in jobs.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            if r > 0:  # the first round is a warm-up
+                times[k].append(time.perf_counter() - t)
+    venv.close()
+    out = {k: statistics.median(v) for k, v in times.items()}
+    for k in ("bare_vmap", "separate", "env_step", "core_step"):
+        out[f"{k}_ratio"] = out[k] / out["bare_grouped"]
+    out.update({"n_problems": n_problems, "reps": reps, "unroll": unroll, "dim": fam.dim,
+                "threads": torch.get_num_threads()})
+    return out

@@ -52,6 +52,11 @@ log = logging.getLogger(__name__)
 #: ``load_policy(path, *, env_id=None, device="cpu") -> Policy``.
 LEARNED: dict[str, str] = {
     "lstm": "l2o_gym.agents.lstm:load_policy",
+    # one LSTM per parameter kind (conv nets): the multi-LSTM, LSTM-sub (trained on 5 of 10 labels) and the
+    # single shared LSTM trained the same way (for the side-by-side comparison); docs/convnet.md
+    "mlstm": "l2o_gym.agents.lstm:load_multi_policy",
+    "mlstm-sub": "l2o_gym.agents.lstm:load_multi_policy",
+    "mlstm-shared": "l2o_gym.agents.lstm:load_multi_policy",
     "gps": "l2o_gym.agents.gps:load_policy",
     "ppo": "l2o_gym.agents.sb3:load_policy",
     "sac": "l2o_gym.agents.sb3:load_policy",

@@ -5,7 +5,9 @@
 coordinatewise LSTM (supervised, BPTT) — against the tuned hand-designed baselines, each env at the horizon
 ``T`` its learned policies were trained for **and at 10·T** (Li & Malik's claim: the supervised optimizer
 degrades past its training horizon, the RL one does not), plus the MLP transfer runs of Andrychowicz et al.
-(the checkpoint trained on the 20-unit sigmoid MLP applied to 40 units, two layers and ReLU).
+(the checkpoint trained on the 20-unit sigmoid MLP applied to 40 units, two layers and ReLU), and the neural-art
+runs of Andrychowicz et al. §3.4 (4 held-out 64×64 images at T = 128, with PNG grids of the images each optimizer
+reaches; preset ``art-full``: 20 images, 10·T, 128×128 and the second style — see docs/neural-art.md).
 
 On top of the per-section tables of :func:`l2o_gym.experiments.compare.write_report`, the report starts with
 
@@ -27,6 +29,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.agents.baselines import FIRST_ORDER as _FIRST_ORDER
 from l2o_gym.agents.common import steps_to_reach
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
@@ -38,10 +41,20 @@ log = logging.getLogger(__name__)
 
 #: learned policies and how they were trained (report labels).
 LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "sac": "RL (SAC)", "recurrent_ppo": "RL (RecurrentPPO)",
-                "lstm": "supervised (LSTM, BPTT)"}
+                "lstm": "supervised (LSTM, BPTT)",
+                "mlstm": "supervised (one LSTM per kind)", "mlstm-sub": "supervised (LSTM-sub, 5 labels)",
+                "mlstm-shared": "supervised (one shared LSTM)"}
 #: the step-size (one gradient per iteration) baselines: :data:`l2o_gym.agents.baselines.FIRST_ORDER`.
 FIRST_ORDER = list(_FIRST_ORDER)
+#: the first-order baselines of the conv-net sections (AdaGrad joins when the baselines have it).
+CONV_FIRST_ORDER = [*FIRST_ORDER, *(["adagrad"] if "adagrad" in BASELINES else [])]
+#: problems per conv-net section in the main job (d = 12,338; a conv net costs ~30 ms per step on one core).
+CONV_MAIN_PROBLEMS = 1
 LINE_SEARCH = ["cg", "lbfgs"]
+#: Neural art (Andrychowicz et al. §3.4): the tuned first-order baselines and the LSTM, T = 128 as in the paper.
+ART_ENV = "l2o/NeuralArt-v0"
+ART_POLICIES = ["sgd", "momentum", "nag", "adam", "rmsprop", "lstm"]
+ART_T = 128
 #: ``f(θ_10T) ≤ STABLE_RATIO · f(θ_T)`` counts as not degrading past the training horizon (the issue's 1.1×).
 STABLE_RATIO = 1.1
 
@@ -62,6 +75,11 @@ def study_sections() -> list[Section]:
         Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, 1000, n_problems=10),
         *(Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, None, variant=v, n_problems=20)
           for v in ("hidden40", "2layers", "relu")),
+        # d = 12,288 pixels per image and a conv-net objective: 4 held-out images at T keep it within the
+        # budget; 10·T, the 128×128 / second-style transfer and more images are in the "art-full" preset.
+        Section(ART_ENV, list(ART_POLICIES), ART_T, None, n_problems=4),
+        # Andrychowicz §3.3 (conv net on the colour stand-in for CIFAR-10), all labels; the rest in --preset convnet.
+        Section("l2o/ConvNet-v0", [*CONV_FIRST_ORDER, "mlstm"], 100, 1000, n_problems=CONV_MAIN_PROBLEMS),
         # Li & Malik 2017: held-out MNIST-48 at T and 2T, and the setting where the paper's LSTM "diverged
         # fairly quickly" (wider net, batch 10) on the CIFAR-10 stand-in; few problems to keep `make compare` short.
         nn_section("mnist", 5),
@@ -122,6 +140,46 @@ def nn_target_sections(n_problems: int = 100) -> list[Section]:
     return [nn_section("mnist", n_problems, title=f"NNClassifier mnist ({n_problems} problems)")]
 
 
+def art_sections(n_problems: int = 4) -> list[Section]:
+    """The complete neural-art study (preset ``art-full``): 64×64 with the training style at T and 10·T, then
+    the paper's transfer tests at T — 128×128 images (4× the pixels), the second style, and both.
+
+    Few images (the paper used 100 test images): the LSTM runs on 12,288 (49,152 at 128×128) coordinates per
+    image and step, which on a shared 2-core CPU costs minutes per section; ``n_problems`` is an argument."""
+    return [
+        Section(ART_ENV, list(ART_POLICIES), ART_T, 10 * ART_T, n_problems=n_problems),
+        *(Section(ART_ENV, list(ART_POLICIES), ART_T, None, variant=v, n_problems=n_problems)
+          for v in ("128", "style2", "128+style2")),
+    ]
+
+
+def convnet_sections(n_problems: int = 8, long_horizon: int | None = 1000) -> list[Section]:
+    """The complete conv-net study (``--preset convnet``; Andrychowicz et al. §3.3, Figure 6): tuned first-order
+    baselines and the learned optimizers on held-out problems at T = 100 and 1000 — all labels (multi-LSTM vs
+    one shared LSTM), the unseen label subsets "5 of 10" and "2 of 10" (disjoint from LSTM-sub's training labels
+    0–4: LSTM-sub vs the multi-LSTM trained on all labels) and MNIST (dataset transfer)."""
+    env, base, lt = "l2o/ConvNet-v0", CONV_FIRST_ORDER, long_horizon
+    return [
+        Section(env, [*base, "mlstm", "mlstm-shared"], 100, lt, n_problems=n_problems, title="ConvNet — all labels"),
+        Section(env, [*base, "mlstm", "mlstm-sub"], 100, lt, variant="labels5_test", n_problems=n_problems,
+                title="ConvNet — 5 of 10 labels (5–9, unseen by LSTM-sub)"),
+        Section(env, [*base, "mlstm", "mlstm-sub"], 100, lt, variant="labels2_test", n_problems=n_problems,
+                title="ConvNet — 2 of 10 labels (8, 9, unseen by LSTM-sub)"),
+        Section(env, [*base, "mlstm"], 100, lt, variant="mnist", n_problems=n_problems,
+                title="ConvNet — MNIST (dataset transfer)"),
+    ]
+
+
+def convnet_quick_sections() -> list[Section]:
+    """:func:`convnet_sections` with 4 problems at T = 100 only (what a shared 2-core CPU affords in minutes)."""
+    return convnet_sections(n_problems=4, long_horizon=None)
+
+
+def convnet_tiny_sections() -> list[Section]:
+    """:func:`convnet_sections` at toy size (1 problem, T = 3 → 6): smoke runs and tests."""
+    return [dataclasses.replace(s, horizon=3, long_horizon=6, n_problems=1) for s in convnet_sections()]
+
+
 def tiny_sections() -> list[Section]:
     """The study's structure at toy size (3 problems, T/10, 2·T/10): for tests and smoke runs (seconds)."""
     out = []
@@ -132,7 +190,9 @@ def tiny_sections() -> list[Section]:
     return out
 
 
-PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "nn-full": nn_full_sections,
+PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "art-full": art_sections,
+           "convnet": convnet_sections, "convnet-quick": convnet_quick_sections, "convnet-tiny": convnet_tiny_sections,
+           "nn-full": nn_full_sections,
            "nn-small": nn_small_sections, "nn-target": nn_target_sections,
            "nn-target-20": lambda: nn_target_sections(20),
            # one dataset each, to run the reduced benchmark as parallel processes
@@ -405,12 +465,19 @@ def _gps_ppo_ratio(rows: list[dict[str, Any]]) -> list[str]:
 
 def run_study(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Evaluate every section of ``cfg``; write ``results.json`` (runs + summary tables), ``report.md``, plots."""
+    from l2o_gym.experiments.art import art_pictures, is_art_section
+
     results = run_jobs(cfg, progress)
     sections = cfg.resolve_sections()
     from l2o_gym.experiments.tuning import load_val_references
 
     lines, tables = summary_lines(results, sections, load_val_references(cfg.tuned))
     out = Path(cfg.out)
+    pictured: set[tuple[str, str | None, int]] = set()
+    for sec in sections:  # neural art: the images each optimizer reaches after T steps, once per problem setting
+        if is_art_section(sec, cfg) and (sec.env, sec.variant, sec.horizon) not in pictured:
+            pictured.add((sec.env, sec.variant, sec.horizon))
+            lines += art_pictures(sec, cfg, out, n_images=min(2, sec.n_problems or cfg.n_problems))[1]
     write_results(results, out, {"study": tables}, workers=cfg.resolve_workers(len(results)))
     write_report(results, out, cfg, lines)
     return results

@@ -7,8 +7,10 @@ from typing import Any
 
 from l2o_gym.checks import SPLITS, UnknownArgumentError, check_split
 from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, ProblemSampler, param_specs_from, stream_seed
+from l2o_gym.problems.convnet import ConvNet
 from l2o_gym.problems.logistic_regression import LogisticRegression
 from l2o_gym.problems.mlp import MLP
+from l2o_gym.problems.neural_art import NeuralArt
 from l2o_gym.problems.neural_net import NeuralNet
 from l2o_gym.problems.nn_classifier import NNClassifier
 from l2o_gym.problems.quadratic import Quadratic
@@ -19,7 +21,8 @@ from l2o_gym.problems.rosenbrock import Rosenbrock
 #: registry name -> family class; :func:`make_family` is the one entry point.
 FAMILIES: dict[str, type[ProblemFamily]] = {
     cls.name: cls
-    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin, NNClassifier)
+    for cls in (Quadratic, LogisticRegression, RobustLinearRegression, NeuralNet, MLP, Rosenbrock, Rastrigin, NeuralArt,
+                ConvNet, NNClassifier)
 }
 
 
@@ -52,6 +55,7 @@ def make_family(family: str | ProblemFamily, **kwargs: Any) -> ProblemFamily:
 
 __all__ = [
     "FAMILIES",
+    "ConvNet",
     "SPLITS",
     "ProblemBatch",
     "ProblemFamily",
@@ -59,6 +63,7 @@ __all__ = [
     "LogisticRegression",
     "MLP",
     "ParamSpec",
+    "NeuralArt",
     "NeuralNet",
     "NNClassifier",
     "Quadratic",

@@ -1,0 +1,548 @@
+"""Convolutional guided policy search (Li & Malik 2017, "Learning to Optimize Neural Nets"), readable top to
+bottom in :meth:`ConvGPSTrainer.iteration`.
+
+Conditions are ``M`` training problems (instances of one family: initialisation, minibatch stream). The
+local controllers are per coordinate group, shared by every coordinate of the group
+(:mod:`~l2o_gym.agents.gps.coord`) and, by default, by every condition (``share_conditions``): ``G`` (or
+``M·G``) small linear-Gaussian controllers of state dimension ``dS = STATE_DIM`` and one action. The global policy is the coordinatewise LSTM of
+:mod:`~l2o_gym.agents.gps.coord_policy`. One iteration:
+
+1. **Sample** ``n_samples`` trajectories per condition from the local controllers. Trajectory ``k`` draws its
+   exploration noise from its own generator (seeded by ``(seed, iteration, k)``), so the samples do not
+   depend on how trajectories are split over processes. While they run, every coordinate's transition
+   ``(s_t, a_t, s_{t+1})`` is added to the per-(condition, group, t) moments; for the global step a fixed
+   random subset of ``regression_coords`` coordinates per group and trajectory keeps its observation and
+   local-state sequences. Diverged trajectories and non-finite entries are dropped and counted.
+2. **Reduce** (``torch.distributed``): the moments are summed (``all_reduce``) and the regression subsets and
+   sample costs gathered, ordered by trajectory index: every process then holds the same data and computes
+   the same controllers and the same policy (the same seed gives the same policy with 1 or 2 processes, to
+   float tolerance: only the order of the moment sums differs).
+3. **Fit** per-group dynamics with the pooled prior and the per-coordinate quadratic cost model
+   (:class:`~l2o_gym.agents.gps.coord.CostMoments`), and **adapt the KL step** per (condition, group) from
+   predicted vs. actual improvement of the last update.
+4. Inner loop: **local update** — LQR with the BADMM terms under the per-coordinate KL trust region
+   (:func:`~l2o_gym.agents.gps.lqr.solve_kl_step`, ``M·G`` conditions), the global policy linearised in the
+   local state by regression of its mean steps on the stored local states; **global update** — the LSTM
+   trained by backpropagation through time on the stored observation sequences to the new controllers'
+   precision-weighted means shifted by ``−Σλ/ν``, and its per-group variance in closed form; **dual update**
+   of ``λ`` and ``ν`` per (condition, group, t).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from l2o_gym import core
+from l2o_gym.agents.gps.badmm import expected_cost
+from l2o_gym.agents.gps.coord import (
+    STATE_DIM,
+    CoordinateFeatures,
+    DynamicsMoments,
+    CostMoments,
+    initial_controller,
+)
+from l2o_gym.agents.gps.coord_policy import ControllerPolicy, CoordinateLSTMNet, ConvGPSPolicy
+from l2o_gym.agents.gps.dynamics import GaussianPrior, GPSFitError, dynamics_from_moments
+from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
+from l2o_gym.agents.gps.lqr import solve_kl_step
+from l2o_gym.core import CoreConfig
+from l2o_gym.policy import run_policy
+from l2o_gym.problems.base import ProblemBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvGPSConfig:
+    """Hyperparameters of convolutional GPS.
+
+    Args:
+        horizon: ``T`` (Li & Malik 2017: 400).
+        n_samples: trajectories per condition per iteration.
+        kl_step: KL trust region per coordinate and time step (``ε = kl_step · T · mult``).
+        min_mult, max_mult: bounds of the adaptive step multiplier.
+        init_lr, init_std: the initial controllers ``a = −init_lr · ĝ + N(0, init_std²)`` (``ĝ`` the
+            normalised averaged gradient of Φ, an RMSprop-like step). ``init_lr = None``: tuned on the training
+            conditions over :data:`INIT_LR_GRID` (the lowest mean objective over the run), the way GPS starts
+            from a tuned hand-designed optimizer.
+        action_penalty: ``w_u`` added to the fitted curvature of the per-coordinate cost.
+        cost_scale: the per-coordinate cost is multiplied by this (``None``: the number of coordinates ``d``, so
+            that a coordinate's cost is the whole net's modelled change of ``Σ_t f_t / (T |f_0|)`` if every
+            coordinate behaved like it — O(1), comparable to the KL terms whatever the size of the net).
+        prior_strength: ``n₀`` of the pooled dynamics prior; dyn_reg: ridge of the fits.
+        init_nu, nu_min, nu_max, kl_target, dual_step: BADMM multipliers (as in :class:`BADMMConfig`).
+        inner_iterations: local/global/dual rounds per iteration.
+        hidden: LSTM cells per group (paper: 128).
+        regression_coords: coordinates per group and trajectory kept for the global step.
+        regression_epochs: passes over the stored sequences per global step; bptt: truncation window;
+            regression_lr: Adam learning rate.
+        share_conditions: one set of group controllers for all conditions (every trajectory of every
+            training problem is a sample of the same per-group LQG, as with Li & Malik's single training
+            objective), or one set per condition.
+        seed: seed of noise, subsets and the LSTM's initialisation.
+    """
+
+    horizon: int = 400
+    n_samples: int = 4
+    kl_step: float = 0.02
+    min_mult: float = 0.05
+    max_mult: float = 10.0
+    init_lr: float | None = None
+    init_std: float = 0.002
+    action_penalty: float = 1e-4
+    cost_scale: float | None = None
+    prior_strength: float = 1.0
+    dyn_reg: float = 1e-6
+    init_nu: float = 1e-2
+    nu_min: float = 1e-6
+    nu_max: float = 1e3
+    kl_target: float = 0.5
+    dual_step: float = 1.0
+    inner_iterations: int = 1
+    hidden: int = 128
+    regression_coords: int = 16
+    regression_epochs: int = 4
+    bptt: int = 25
+    regression_lr: float = 1e-2
+    share_conditions: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "n_samples", "inner_iterations", "hidden", "regression_coords", "regression_epochs", "bptt"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.init_lr is not None and not (isinstance(self.init_lr, (int, float)) and math.isfinite(self.init_lr) and self.init_lr > 0):
+            raise ValueError(f"init_lr must be a finite positive number or None, got {self.init_lr!r}")
+        for name in ("kl_step", "min_mult", "max_mult", "regression_lr", "kl_target", "dual_step"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite positive number, got {v!r}")
+        for name in ("init_std", "action_penalty", "prior_strength", "dyn_reg"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
+
+
+#: learning rates tried for the initial controller when ``init_lr`` is None.
+INIT_LR_GRID: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _objective(state: core.State) -> Tensor:
+    """The true (full-data) objective of the state's iterates where the family defines one, else the loss."""
+    fam = state.problems.family
+    true_loss = getattr(fam, "true_loss", None)
+    if callable(true_loss):
+        with torch.no_grad():
+            val = true_loss(state.problems, state.theta)
+        if val is not None:
+            return val
+    return state.loss
+
+
+@dataclass
+class _Regression:
+    """Stored sequences of the regression subset, for the whole batch (gathered over processes).
+
+    obs ``[S, T, OBS_DIM]``, local ``[S, T, dS]`` (float32), cond_group ``[S]`` (moment index ``m·G + g``),
+    group ``[S]`` (index into the specs), valid ``[S, T]`` bool.
+    """
+
+    obs: Tensor
+    local: Tensor
+    cond_group: Tensor
+    group: Tensor
+    valid: Tensor
+
+
+class ConvGPSTrainer:
+    """State of convolutional GPS: local controllers ``[M·G, T, 1, dS]``, the global LSTM, ``λ``, ``ν``.
+
+    Args:
+        problems: the ``M`` training conditions (one family; its :meth:`param_specs` are the groups).
+        cfg: hyperparameters.
+    """
+
+    def __init__(self, problems: ProblemBatch, cfg: ConvGPSConfig) -> None:
+        self.problems, self.cfg = problems, cfg
+        self.core_config = CoreConfig(horizon=cfg.horizon, history=1, validate=False)
+        self.specs = problems.family.param_specs()
+        self.G, self.M, self.T = len(self.specs), problems.n, cfg.horizon
+        #: controller sets: one per condition, or one shared by all conditions (``share_conditions``).
+        self.C = 1 if cfg.share_conditions else self.M
+        self.MG = self.C * self.G
+        opts = {"dtype": torch.float64, "device": problems.device}
+        self.init_lr = cfg.init_lr if cfg.init_lr is not None else self.tune_init_lr()
+        self.local = initial_controller(self.MG, self.T, self.init_lr, cfg.init_std, **opts)
+        self.local_new = self.local
+        self.lam = torch.zeros(self.MG, self.T, 1, **opts)
+        self.nu = torch.full((self.MG, self.T), cfg.init_nu, **opts)
+        self.mult = torch.ones(self.MG, **opts)
+        self.eta = torch.ones(self.MG, **opts)
+        torch.manual_seed(cfg.seed)
+        self.net = CoordinateLSTMNet([(s.name, s.kind) for s in self.specs], cfg.hidden).to(problems.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.regression_lr)
+        self.iteration_count = 0
+        self.env_steps = 0
+        self.n_dropped = 0
+        self._pred: tuple[Any, ...] | None = None
+        self._fitted = False
+
+    def controller_objective(self, controller: LinearGaussianPolicy, problems: ProblemBatch) -> tuple[float, float]:
+        """``(mean f at T, mean f over the run)`` of the controllers' mean steps (set ``c = 0``) on ``problems``."""
+        pol = ControllerPolicy(LinearGaussianPolicy(controller.K[: self.G], controller.k[: self.G], controller.cov[: self.G]), self.specs)
+        traj = run_policy(pol, problems, self.T, self.core_config)
+        return float(traj.losses[-1].mean()), float(traj.losses.mean())
+
+    def tune_init_lr(self) -> float:
+        """The initial controller's step size: the best of :data:`INIT_LR_GRID` by mean objective over the run
+        on the training conditions (non-finite results lose)."""
+        best = (math.inf, INIT_LR_GRID[0])
+        for lr in INIT_LR_GRID:
+            ctrl = initial_controller(self.G, self.T, lr, 0.0, dtype=torch.float64, device=self.problems.device)
+            _, area = self.controller_objective(ctrl, self.problems)
+            if math.isfinite(area) and area < best[0]:
+                best = (area, lr)
+        log.info("conv GPS: initial controller step size %g (mean objective over the run %.4g)", best[1], best[0])
+        return best[1]
+
+    # ------------------------------------------------------------------ sampling
+    def _trajectory_generator(self, k: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.iteration_count) * 1_000_033 + k)
+
+    def sample(self, controller: LinearGaussianPolicy) -> tuple[DynamicsMoments, CostMoments, _Regression, Tensor, Tensor]:
+        """Run this process's share of the ``M·n_samples`` trajectories (module docstring, step 1).
+
+        Returns the dynamics and cost moments (this process's sums), the regression subset, the per-step true
+        objective ``[K_r, T+1]`` and the trajectory indices ``[K_r]`` of this process.
+        """
+        cfg, T, G = self.cfg, self.T, self.G
+        rank, world = _world()
+        ids = torch.arange(self.M * cfg.n_samples)[rank::world]
+        cond = ids // cfg.n_samples
+        ccond = torch.zeros_like(cond) if cfg.share_conditions else cond  # controller set of each trajectory
+        B = len(ids)
+        problems = self.problems.index(cond.to(self.problems.device))
+        dev, dt = problems.device, problems.dtype
+        state = core.reset(problems, self.core_config)
+        feats = CoordinateFeatures()
+        feats.reset(state.theta, state.loss, state.grad, _objective(state))
+        gens = [self._trajectory_generator(int(k)) for k in ids]
+        # regression subset: R coordinates per group per trajectory
+        R = cfg.regression_coords
+        cols = []
+        for spec in self.specs:
+            picks = [spec.offset + torch.randperm(spec.numel, generator=g)[: min(R, spec.numel)] for g in gens]
+            cols.append(torch.stack(picks))  # [B, r]
+        sub = torch.cat(cols, 1).to(dev)  # [B, S_b]
+        sub_group = torch.cat([torch.full((c.shape[1],), j) for j, c in enumerate(cols)])  # [S_b]
+        moments = DynamicsMoments(self.MG, T, STATE_DIM, device=dev)
+        cmoments = CostMoments(self.MG, T, STATE_DIM, device=dev)
+        segments = []
+        for m in ccond.unique().tolist():
+            rows = (ccond == m).nonzero().flatten().to(dev)
+            segments += [(rows, spec.slice, m * G + j) for j, spec in enumerate(self.specs)]
+        obs_seq, loc_seq, objs = [], [], [_objective(state).double()]
+        f0 = state.loss.abs().clamp_min(1e-12)[:, None]  # [B, 1]
+        alive = torch.ones(B, dtype=torch.bool, device=dev)
+        cg_rows = ccond[:, None].to(dev) * G + sub_group[None].to(dev)  # [B, S_b]
+        groups = torch.cat([torch.full((s.numel,), j, dtype=torch.int64) for j, s in enumerate(self.specs)]).to(dev)
+        cidx = ccond.to(dev)[:, None] * G + groups[None]  # [B, d] controller of every coordinate
+        with torch.no_grad():
+            for t in range(T):
+                s = feats.state
+                K = controller.K[:, t, 0].to(dt)[cidx]  # [B, d, dS]
+                k = controller.k[:, t, 0].to(dt)[cidx]
+                std = controller.cov[:, t, 0, 0].clamp_min(0).sqrt().to(dt)[cidx]
+                noise = torch.stack([torch.randn(problems.dim, generator=g, dtype=torch.float64) for g in gens]).to(dev, dt)
+                a = torch.einsum("nds,nds->nd", s, K) + k + std * noise  # frame step a'
+                a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
+                frame = feats.frame
+                obs_seq.append(torch.gather(feats.obs, 1, sub[..., None].expand(-1, -1, feats.obs.shape[-1])).float())
+                loc_seq.append(torch.gather(s, 1, sub[..., None].expand(-1, -1, STATE_DIM)).float())
+                g_t, step = state.grad, frame * a
+                state, _, term, _ = core.step(state, step)
+                feats.update(state.theta, state.loss, state.grad, _objective(state))
+                alive = alive & ~term
+                moments.add_segments(t, s, a, feats.state, segments, alive)
+                cmoments.add_segments(t, s, g_t.abs() / f0, (state.grad - g_t) * step / f0, step * step, segments, alive)
+                objs.append(_objective(state).double())
+        obs = torch.stack(obs_seq, 2)  # [B, S_b, T, F]
+        loc = torch.stack(loc_seq, 2)
+        S_b = sub.shape[1]
+        reg = _Regression(
+            obs.reshape(B * S_b, T, -1), loc.reshape(B * S_b, T, -1), cg_rows.reshape(-1),
+            sub_group.to(dev).repeat(B), alive[:, None].expand(B, S_b).reshape(-1, 1).expand(-1, T).clone(),
+        )
+        self.env_steps += B * T
+        return moments, cmoments, reg, torch.stack(objs, 1), ids
+
+    def _gather(self, reg: _Regression, objs: Tensor, ids: Tensor) -> tuple[_Regression, Tensor]:
+        """All processes' regression subsets and objectives, ordered by trajectory index (step 2)."""
+        rank, world = _world()
+        if world == 1:
+            return reg, objs
+        per = [None] * world
+        dist.all_gather_object(per, {"reg": {k: getattr(reg, k).cpu() for k in reg.__dataclass_fields__},
+                                     "objs": objs.cpu(), "ids": ids.cpu()})
+        ids_all = torch.cat([p["ids"] for p in per])
+        order = torch.argsort(ids_all)
+        n_traj = len(ids_all)
+        dev = objs.device
+
+        def merge(key: str) -> Tensor:
+            parts = [p["reg"][key] for p in per]
+            x = torch.cat([q.view(len(p["ids"]), -1, *q.shape[1:]) for q, p in zip(parts, per)])  # [K, S_b, ...]
+            return x[order].reshape(-1, *x.shape[2:]).to(dev)
+
+        reg_all = _Regression(*(merge(k) for k in ("obs", "local", "cond_group", "group", "valid")))
+        objs_all = torch.cat([p["objs"] for p in per])[order].to(dev)
+        assert n_traj == objs_all.shape[0]
+        return reg_all, objs_all
+
+    # ------------------------------------------------------------------ global policy
+    def _targets(self, reg: _Regression, pol: LinearGaussianPolicy) -> tuple[Tensor, Tensor, Tensor]:
+        """Regression targets ``[S, T]`` (``K s + k − Σλ/ν``), precisions and weights ``ν`` of the subset."""
+        c = reg.cond_group
+        K = pol.K[c, :, 0].float()  # [S, T, dS]
+        mean = torch.einsum("sti,sti->st", reg.local, K) + pol.k[c, :, 0].float()
+        var = pol.cov[c, :, 0, 0].float()
+        shift = var * self.lam[c, :, 0].float() / self.nu[c].float()
+        return mean - shift, 1.0 / var, self.nu[c].float()
+
+    def _global_step(self, reg: _Regression) -> float:
+        """BPTT regression of the LSTM onto the local controllers (module docstring, step 4)."""
+        cfg, T = self.cfg, self.T
+        target, prec, weight = self._targets(reg, self.local_new)
+        valid = reg.valid.float()
+        if not self._fitted:
+            # Output scale per group: the spread of the targets, so the heads regress O(1) numbers.
+            with torch.no_grad():
+                for j in range(self.G):
+                    sel = reg.group == j
+                    tj = target[sel][reg.valid[sel]]
+                    self.net.out_scale[j] = float(tj.std().clamp_min(1e-8)) if tj.numel() > 1 else 1.0
+        wp = weight * prec
+        wp = wp / (wp * valid).sum().clamp_min(1e-12) * valid.sum()  # O(1) loss scale
+        loss_val = float("nan")
+        gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.iteration_count)
+        for _ in range(cfg.regression_epochs):
+            total, count = 0.0, 0
+            for j in range(self.G):
+                sel = (reg.group == j).nonzero().flatten()
+                if sel.numel() == 0:
+                    continue
+                sel = sel[torch.randperm(sel.numel(), generator=gen).to(sel.device)]
+                obs, tgt, w, v = reg.obs[sel], target[sel], wp[sel], valid[sel]
+                h = torch.zeros(sel.numel(), self.net.hidden, device=obs.device)
+                c = torch.zeros_like(h)
+                for t0 in range(0, T, cfg.bptt):
+                    h, c = h.detach(), c.detach()
+                    loss = obs.new_zeros(())
+                    for t in range(t0, min(T, t0 + cfg.bptt)):
+                        h, c = self.net.cells[j](obs[:, t], (h, c))
+                        mu = self.net.out_scale[j] * self.net.heads[j](h).squeeze(-1)
+                        loss = loss + 0.5 * (w[:, t] * v[:, t] * (mu - tgt[:, t]) ** 2).sum()
+                    n_terms = float(v[:, t0 : t0 + cfg.bptt].sum().clamp_min(1.0))
+                    self.opt.zero_grad()
+                    (loss / n_terms).backward()
+                    self.opt.step()
+                    total, count = total + float(loss.detach()), count + n_terms
+            loss_val = total / max(count, 1.0)
+        # Closed-form per-group variance: the inverse of the ν-weighted mean precision.
+        with torch.no_grad():
+            for j in range(self.G):
+                sel = reg.group == j
+                wj, pj, vj = weight[sel], prec[sel], valid[sel]
+                mean_prec = (wj * pj * vj).sum() / (wj * vj).sum().clamp_min(1e-12)
+                self.net.var[j] = 1.0 / mean_prec
+        self._fitted = True
+        return loss_val
+
+    def _global_means(self, reg: _Regression) -> Tensor:
+        """The LSTM's mean steps ``[S, T]`` on the stored observation sequences."""
+        out = torch.zeros(reg.obs.shape[:2], device=reg.obs.device)
+        with torch.no_grad():
+            for j in range(self.G):
+                sel = (reg.group == j).nonzero().flatten()
+                if sel.numel() == 0:
+                    continue
+                h = torch.zeros(sel.numel(), self.net.hidden, device=reg.obs.device)
+                c = torch.zeros_like(h)
+                for t in range(self.T):
+                    h, c = self.net.cells[j](reg.obs[sel, t], (h, c))
+                    out[sel, t] = self.net.out_scale[j] * self.net.heads[j](h).squeeze(-1)
+        return out
+
+    def _linearize(self, reg: _Regression, mu_pi: Tensor) -> LinearGaussianPolicy:
+        """The global policy as group-shared linear-Gaussian controllers in the local state: per (condition,
+        group, t) the regression of its mean steps on the local states (pooled prior, ridge), variance σ_g²."""
+        S, T, dS = reg.local.shape
+        z = torch.cat([reg.local.double(), mu_pi.double()[..., None]], -1)  # [S, T, dS+1]
+        ok = reg.valid & torch.isfinite(z).all(-1)
+        z = torch.where(ok[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+        w = ok.double()
+        dz = dS + 1
+        cnt = z.new_zeros(self.MG, T)
+        mean = z.new_zeros(self.MG, T, dz)
+        outer = z.new_zeros(self.MG, T, dz, dz)
+        for c in reg.cond_group.unique().tolist():
+            sel = reg.cond_group == c
+            zc, wc = z[sel], w[sel]  # [S_c, T, dz], [S_c, T]
+            cnt[c] = wc.sum(0)
+            mean[c] = torch.einsum("st,sti->ti", wc, zc)
+            outer[c] = torch.einsum("sti,stj->tij", zc * wc[..., None], zc)
+        pooled_n = cnt.sum().clamp_min(1e-12)
+        pm = mean.sum((0, 1)) / pooled_n
+        pc = outer.sum((0, 1)) / pooled_n - torch.outer(pm, pm)
+        cnt = cnt.clamp_min(1e-12)
+        mean = mean / cnt[..., None]
+        emp = outer / cnt[..., None, None] - torch.einsum("cti,ctj->ctij", mean, mean)
+        prior = GaussianPrior(pm, pc + 1e-6 * torch.eye(dS + 1, dtype=pc.dtype, device=pc.device), 1.0)
+        x0 = torch.zeros(self.MG, 1, dtype=z.dtype, device=z.device)
+        fit = dynamics_from_moments(cnt.min(1).values, mean, emp, x0, torch.zeros(self.MG, 1, 1, dtype=z.dtype),
+                                    1, prior, self.cfg.dyn_reg)
+        K = fit.F[..., :, :dS]  # [MG, T, 1, dS]
+        k = fit.f  # [MG, T, 1]
+        g_of = torch.arange(self.MG) % self.G
+        var = self.net.var.double()[g_of.to(self.net.var.device)].to(K.device)
+        cov = var[:, None, None, None].expand(self.MG, T, 1, 1).clone()
+        return LinearGaussianPolicy(K, k, cov)
+
+    def _dual_step(self, reg: _Regression, mu_pi: Tensor) -> Tensor:
+        """``λ ← λ + α ν (E[μ_π] − E[μ_p])`` and the ν adjustment, per (condition, group, t); returns KL(p‖π)."""
+        pol = self.local_new
+        c = reg.cond_group
+        mu_p = (torch.einsum("sti,sti->st", reg.local.double(), pol.K[c, :, 0]) + pol.k[c, :, 0])
+        w = reg.valid.double()
+        one = torch.nn.functional.one_hot(c, self.MG).double()
+        cnt = torch.einsum("sc,st->ct", one, w).clamp_min(1.0)
+        diff = torch.einsum("sc,st->ct", one, w * (mu_pi.double() - mu_p)) / cnt
+        self.lam = self.lam + self.cfg.dual_step * (self.nu * diff)[..., None]
+        g_of = (torch.arange(self.MG) % self.G).to(self.net.var.device)
+        var_pi = self.net.var.double()[g_of][:, None]  # [MG, 1]
+        var_p = pol.cov[..., 0, 0]  # [MG, T]
+        sq = torch.einsum("sc,st->ct", one, w * (mu_pi.double() - mu_p) ** 2) / cnt
+        kl = 0.5 * (var_p / var_pi - 1 + torch.log(var_pi / var_p) + sq / var_pi)
+        up, down = kl > 2 * self.cfg.kl_target, kl < 0.5 * self.cfg.kl_target
+        self.nu = torch.where(up, 2 * self.nu, torch.where(down, 0.5 * self.nu, self.nu)).clamp(self.cfg.nu_min, self.cfg.nu_max)
+        return kl
+
+    # ------------------------------------------------------------------ one iteration
+    def iteration(self) -> dict[str, float]:
+        """One convolutional-GPS iteration (module docstring); returns scalar metrics."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        moments, cmoments, reg, objs, ids = self.sample(self.local)
+        moments.all_reduce()
+        cmoments.all_reduce()
+        reg, objs = self._gather(reg, objs, ids)
+        self.n_dropped += moments.dropped
+        prior = moments.prior(cfg.prior_strength) if cfg.prior_strength > 0 else None
+        try:
+            dyn = moments.fit(prior, cfg.dyn_reg)
+        except GPSFitError as exc:
+            raise GPSFitError(f"conv GPS iteration {self.iteration_count}: {exc} (condition·G + group indexing)") from None
+        cost = cmoments.fit(action_penalty=cfg.action_penalty)
+        scale = float(self.problems.dim) if cfg.cost_scale is None else cfg.cost_scale
+        cost = type(cost)(cost.C * scale, cost.c * scale, cost.c0 * scale)
+        if self._pred is not None:
+            pdyn, pcost, old, new = self._pred
+            predicted = expected_cost(pdyn, pcost, old) - expected_cost(pdyn, pcost, new)
+            actual = expected_cost(pdyn, pcost, old) - expected_cost(dyn, cost, new)
+            factor = predicted / (2 * torch.clamp(predicted - actual, min=1e-4))
+            factor = torch.where(torch.isfinite(factor), factor, torch.ones_like(factor)).clamp(0.5, 2.0)
+            self.mult = (self.mult * factor).clamp(cfg.min_mult, cfg.max_mult)
+        eps = cfg.kl_step * self.T * self.mult
+        if not self._fitted:
+            self.local_new = self.local
+            self._global_step(reg)
+        mu_pi = self._global_means(reg)
+        glob = self._linearize(reg, mu_pi)
+        reg_loss, kl = float("nan"), torch.zeros(())
+        for _ in range(cfg.inner_iterations):
+            res = solve_kl_step(dyn, cost, self.local, eps, self.nu, glob, self.lam)
+            self.local_new, self.eta = res.policy, res.eta
+            reg_loss = self._global_step(reg)
+            mu_pi = self._global_means(reg)
+            glob = self._linearize(reg, mu_pi)
+            kl = self._dual_step(reg, mu_pi)
+        self._pred = (dyn, cost, self.local, self.local_new)
+        self.local = self.local_new
+        self.iteration_count += 1
+        metrics = {
+            "sample_final": float(objs[:, -1].mean()),
+            "sample_mean": float(objs[:, 1:].mean()),
+            "kl_local_global": float(kl.mean()),
+            "kl_step_achieved": float(res.kl.mean()),
+            "eta_log10": float(torch.log10(self.eta).mean()),
+            "step_mult": float(self.mult.mean()),
+            "nu_log10": float(torch.log10(self.nu).mean()),
+            "regression_loss": reg_loss,
+            "dropped": float(moments.dropped),
+            "env_steps": float(self.env_steps),
+            "wall_s": time.perf_counter() - t0,
+        }
+        log.info("conv GPS iter %d: %s", self.iteration_count, {k: round(v, 4) for k, v in metrics.items()})
+        return metrics
+
+    def policy(self) -> ConvGPSPolicy:
+        """The global policy (deterministic means) as a :class:`~l2o_gym.policy.Policy`."""
+        return ConvGPSPolicy(self.net)
+
+    def policy_for(self, env_id: str | None) -> ConvGPSPolicy:
+        """:meth:`policy` recording the env it was trained on (checkpoints)."""
+        return ConvGPSPolicy(self.net, env_id=env_id)
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to continue exactly (tensors and primitives: loads with ``weights_only=True``)."""
+        out: dict[str, Any] = {
+            "local": {"K": self.local.K, "k": self.local.k, "cov": self.local.cov},
+            "lam": self.lam, "nu": self.nu, "mult": self.mult, "eta": self.eta,
+            "net": self.net.state_dict(), "opt": self.opt.state_dict(),
+            "iteration": self.iteration_count, "env_steps": self.env_steps, "n_dropped": self.n_dropped,
+            "fitted": self._fitted, "init_lr": float(self.init_lr),
+        }
+        if self._pred is not None:
+            dyn, cost, old, new = self._pred
+            out["pred"] = {"F": dyn.F, "f": dyn.f, "W": dyn.W, "x0_mean": dyn.x0_mean, "x0_cov": dyn.x0_cov,
+                           "C": cost.C, "c": cost.c, "c0": cost.c0, "oK": old.K, "ok": old.k, "ocov": old.cov,
+                           "nK": new.K, "nk": new.k, "ncov": new.cov}
+        return out
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        from l2o_gym.agents.gps.cost import QuadraticCost
+        from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics
+
+        loc = sd["local"]
+        if tuple(loc["K"].shape) != tuple(self.local.K.shape):
+            raise ValueError(f"controllers of shape {tuple(loc['K'].shape)} do not fit this run's "
+                             f"{tuple(self.local.K.shape)} (groups, horizon or share_conditions differ)")
+        self.local = self.local_new = LinearGaussianPolicy(loc["K"], loc["k"], loc["cov"])
+        self.lam, self.nu, self.mult, self.eta = sd["lam"], sd["nu"], sd["mult"], sd["eta"]
+        self.net.load_state_dict(sd["net"])
+        self.opt.load_state_dict(sd["opt"])
+        self.iteration_count, self.env_steps = int(sd["iteration"]), int(sd["env_steps"])
+        self.n_dropped, self._fitted, self.init_lr = int(sd["n_dropped"]), bool(sd["fitted"]), float(sd["init_lr"])
+        p = sd.get("pred")
+        self._pred = None if p is None else (
+            LinearGaussianDynamics(p["F"], p["f"], p["W"], p["x0_mean"], p["x0_cov"]),
+            QuadraticCost(p["C"], p["c"], p["c0"]),
+            LinearGaussianPolicy(p["oK"], p["ok"], p["ocov"]), LinearGaussianPolicy(p["nK"], p["nk"], p["ncov"]),
+        )
+

@@ -1,0 +1,182 @@
+"""Convolutional GPS in the common run lifecycle (:func:`l2o_gym.agents.common.fit`).
+
+    python scripts/train_conv_gps.py --env l2o/MLP-v0 --iterations 10 --out runs/cgps
+
+One :class:`~l2o_gym.agents.gps.conv.ConvGPSTrainer` iteration per lifecycle iteration; validation runs the
+deterministic global policy on the ``val`` problems (optionally to ``long_factor · T``: only iterates stable
+past the horizon are eligible, :func:`l2o_gym.stability.stability`). Checkpoints are ``gps_best`` /
+``gps_last`` with the header kind ``"conv_gps"``; ``compare --policies gps`` loads them
+(:func:`l2o_gym.agents.gps.load_policy` dispatches on the kind). Run with ``torchrun`` to sample on several
+processes (gloo on CPU, nccl on GPU): every rank holds the same policy; rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from l2o_gym.agents.common import Agent, Validation, fit
+from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
+from l2o_gym.agents.tuning import final_objective
+from l2o_gym.checkpoint import CheckpointError
+from l2o_gym.checks import check_positive_int
+from l2o_gym.policy import run_policy
+from l2o_gym.stability import stability
+
+log = logging.getLogger(__name__)
+
+#: file prefix of the run's checkpoints (the ``gps`` policy kind of ``compare``).
+FILE_KIND = "gps"
+
+
+@dataclass
+class ConvGPSTrainConfig:
+    """Everything a convolutional-GPS run needs (stored in checkpoints and the state file).
+
+    Args:
+        env_id: registered env id whose family (with ``family_kwargs``) supplies the problems; its
+            ``param_specs()`` are the coordinate groups.
+        family_kwargs: family keyword overrides (e.g. a named variant's).
+        n_conditions: ``M`` training problems (``train`` split, seed ``seed``).
+        n_val: ``val`` problems for model selection.
+        iterations: convolutional-GPS iterations.
+        stable_factor: ``> 0``: an iterate is eligible as ``gps_best`` only if its mean val objective stays
+            ≤ ``stable_factor × f(T)`` up to ``long_factor · T`` with no divergence; ``0``: select on ``f(T)``.
+        long_factor: horizon multiple of that check.
+        baselines: baselines whose tuned ``val`` objective is the sample-efficiency target.
+        seed: seed of the conditions and val problems (the loop's own seed is ``gps.seed``).
+        gps: the loop's hyperparameters (horizon ``T`` is ``gps.horizon``).
+    """
+
+    env_id: str = "l2o/MLP-v0"
+    family_kwargs: dict[str, Any] = field(default_factory=dict)
+    n_conditions: int = 4
+    n_val: int = 32
+    iterations: int = 10
+    stable_factor: float = 0.0
+    long_factor: int = 2
+    baselines: tuple[str, ...] = ("sgd", "momentum", "nag", "adam", "rmsprop")
+    seed: int = 0
+    gps: ConvGPSConfig = field(default_factory=ConvGPSConfig)
+
+    def __post_init__(self) -> None:
+        from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.registry import check_env_id
+
+        if isinstance(self.gps, dict):
+            self.gps = ConvGPSConfig(**self.gps)
+        check_env_id(self.env_id)
+        if not isinstance(self.family_kwargs, dict):
+            raise ValueError(f"family_kwargs must be a dict, got {self.family_kwargs!r}")
+        for name in ("n_conditions", "n_val", "iterations", "long_factor"):
+            check_positive_int(name, getattr(self, name))
+        if not (self.stable_factor == 0 or self.stable_factor >= 1):
+            raise ValueError(f"stable_factor must be 0 or >= 1, got {self.stable_factor!r}")
+        self.baselines = tuple(self.baselines)
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"unknown baselines {bad}: expected names from {', '.join(BASELINES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ConvGPSAgent(Agent):
+    """Convolutional GPS's part of the run lifecycle (module docstring)."""
+
+    kind = FILE_KIND
+    val_every = 1
+
+    def __init__(self, cfg: ConvGPSTrainConfig, device: str = "cpu") -> None:
+        from l2o_gym.registry import env_family
+
+        super().__init__()
+        self.config = cfg
+        self.baselines = cfg.baselines
+        family = env_family(cfg.env_id, **cfg.family_kwargs)
+        self.problems = family.sample(cfg.n_conditions, "train", cfg.seed, device=device, dtype=torch.float64)
+        self.val = family.sample(cfg.n_val, "val", cfg.seed, device=device, dtype=torch.float64)
+        self.trainer = ConvGPSTrainer(self.problems, cfg.gps)
+        self.writes = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+    # -- the Agent contract --------------------------------------------------------------------------
+    def iteration(self) -> dict[str, float]:
+        return self.trainer.iteration()
+
+    def validate(self) -> Validation:
+        cfg, policy, t0, T = self.config, self.trainer.policy(), time.perf_counter(), self.config.gps.horizon
+        metrics: dict[str, float] = {}
+        eligible = True
+        if cfg.stable_factor > 0:
+            traj = run_policy(policy, self.val, cfg.long_factor * T)
+            curve = traj.losses[T:].mean(1)
+            v = stability(float(curve[0]), curve.tolist(), float(traj.state.terminated.double().mean()), cfg.stable_factor)
+            value, eligible = v.f_T, v.stable
+            metrics.update(val_long_ratio=v.ratio, val_peak_ratio=v.peak_ratio, val_diverged_long=v.diverged_fraction)
+        else:
+            value = final_objective(policy, self.val, T)
+        metrics["eval_s"] = time.perf_counter() - t0
+        return Validation(value, eligible, metrics)
+
+    def save_policy(self, path: Path, extra: dict[str, Any]) -> Path:
+        return self.trainer.policy_for(self.config.env_id).save(path, extra)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trainer": self.trainer.state_dict(), "selection": [float(self.config.stable_factor),
+                                                                      int(self.config.long_factor)]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        sel = state.get("selection")
+        if not (isinstance(sel, (list, tuple)) and len(sel) == 2):
+            raise CheckpointError(f"training state {str(path)!r}: entry 'selection' is missing or malformed")
+        if [float(sel[0]), int(sel[1])] != [float(self.config.stable_factor), int(self.config.long_factor)]:
+            raise CheckpointError(f"{path} was trained with stable_factor={sel[0]}, long_factor={sel[1]}: resuming "
+                                  "with another selection rule would mix two rules")
+        if "trainer" not in state or "local" not in state["trainer"]:
+            raise CheckpointError(f"training state {str(path)!r} is not a convolutional-GPS state")
+
+    @property
+    def iterations_done(self) -> int:
+        return self.trainer.iteration_count
+
+    @property
+    def iterations_total(self) -> int:
+        return self.config.iterations
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.trainer.env_steps)
+
+    def baseline_problems(self) -> tuple[Any, int]:
+        return self.val, self.config.gps.horizon
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"init_lr": self.trainer.init_lr}
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"dropped_samples": self.trainer.n_dropped, "init_lr": self.trainer.init_lr,
+                "mean_iteration_wall_s": sum(h.get("wall_s", 0.0) for h in self.history) / max(1, len(self.history))}
+
+    def selection_rule(self) -> str:
+        cfg = self.config
+        if cfg.stable_factor > 0:
+            return f"stayed within {cfg.stable_factor:g}× its val f(T) up to {cfg.long_factor}·T without divergence"
+        return "had a finite val objective"
+
+
+def train_conv_gps(
+    cfg: ConvGPSTrainConfig, out_dir: str | Path | None, *, resume: bool = False, progress: bool = True,
+    tensorboard: bool = True, device: str = "cpu",
+) -> dict[str, Any]:
+    """Train convolutional GPS through the common lifecycle; returns the summary (``out_dir/summary.json``)."""
+    return fit(ConvGPSAgent(cfg, device), out_dir, resume=resume, progress=progress, tensorboard=tensorboard,
+               desc=f"conv GPS {cfg.env_id}")

@@ -1,0 +1,404 @@
+"""Convolutional GPS local side (agents/gps/coord.py): per-group LQG vs the full LQG, per-coordinate dynamics
+fits, permutation equivariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from l2o_gym.agents.gps.coord import (
+    GRAD,
+    OBS_DIM,
+    STATE_DIM,
+    CoordinateController,
+    CoordinateFeatures,
+    DynamicsMoments,
+    CostMoments,
+    group_index,
+    initial_controller,
+)
+from l2o_gym.agents.gps.cost import QuadraticCost
+from l2o_gym.agents.gps.dynamics import fit_dynamics
+from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics, LinearGaussianPolicy
+from l2o_gym.agents.gps.lqr import backward, solve_kl_step
+from l2o_gym.problems import make_family
+
+DT = torch.float64
+
+
+def _random_group_system(ds: int, T: int, gen: torch.Generator):
+    F = 0.3 * torch.randn(1, T, ds, ds + 1, generator=gen, dtype=DT)
+    f = 0.1 * torch.randn(1, T, ds, generator=gen, dtype=DT)
+    W = 0.01 * torch.eye(ds, dtype=DT).expand(1, T, ds, ds).clone()
+    A = torch.randn(1, T, ds + 1, ds + 1, generator=gen, dtype=DT)
+    C = A @ A.transpose(-1, -2) / (ds + 1) + 0.1 * torch.eye(ds + 1, dtype=DT)
+    c = torch.randn(1, T, ds + 1, generator=gen, dtype=DT)
+    x0m = torch.randn(1, ds, generator=gen, dtype=DT)
+    x0c = 0.1 * torch.eye(ds, dtype=DT)[None]
+    prev = LinearGaussianPolicy(
+        0.2 * torch.randn(1, T, 1, ds, generator=gen, dtype=DT),
+        0.1 * torch.randn(1, T, 1, generator=gen, dtype=DT),
+        torch.full((1, T, 1, 1), 0.3, dtype=DT),
+    )
+    return LinearGaussianDynamics(F, f, W, x0m, x0c), QuadraticCost(C, c, torch.zeros(1, T, dtype=DT)), prev
+
+
+def _assemble(dyn, cost, prev, n: int):
+    """The full system of ``n`` coordinates with block-diagonal, shared blocks; y = [s^1..s^n, a^1..a^n]."""
+    _, T, ds, dy = dyn.F.shape
+    dx = n * ds
+    eye = torch.eye(n, dtype=DT)
+
+    def to_full_y(M):  # [T, ds+1, ds+1] block over (s, a) -> [T, dx+n, dx+n]
+        out = torch.zeros(T, dx + n, dx + n, dtype=DT)
+        out[:, :dx, :dx] = torch.kron(eye, M[:, :ds, :ds])
+        out[:, :dx, dx:] = torch.kron(eye, M[:, :ds, ds:])
+        out[:, dx:, :dx] = torch.kron(eye, M[:, ds:, :ds])
+        out[:, dx:, dx:] = torch.kron(eye, M[:, ds:, ds:])
+        return out
+
+    Ff = torch.zeros(T, dx, dx + n, dtype=DT)
+    Ff[:, :, :dx] = torch.kron(eye, dyn.F[0, :, :, :ds])
+    Ff[:, :, dx:] = torch.kron(eye, dyn.F[0, :, :, ds:])
+    dyn_f = LinearGaussianDynamics(
+        Ff[None], dyn.f[0].repeat(1, n)[None], torch.kron(eye, dyn.W[0])[None],
+        dyn.x0_mean.repeat(1, n), torch.kron(eye, dyn.x0_cov[0])[None],
+    )
+    cost_f = QuadraticCost(to_full_y(cost.C[0])[None],
+                           torch.cat([cost.c[0, :, :ds].repeat(1, n), cost.c[0, :, ds:].repeat(1, n)], -1)[None],
+                           n * cost.c0)
+    prev_f = LinearGaussianPolicy(torch.kron(eye, prev.K[0])[None], prev.k[0].repeat(1, n)[None],
+                                  torch.kron(eye, prev.cov[0])[None])
+    return dyn_f, cost_f, prev_f
+
+
+def test_per_group_lqg_equals_full_lqg_on_assembled_system():
+    gen = torch.Generator().manual_seed(0)
+    ds, T, n = 3, 6, 4
+    dyn, cost, prev = _random_group_system(ds, T, gen)
+    dyn_f, cost_f, prev_f = _assemble(dyn, cost, prev, n)
+    eta = torch.tensor([0.7], dtype=DT)
+    g = backward(dyn, cost, eta, prev=prev, du=1)
+    full = backward(dyn_f, cost_f, eta, prev=prev_f, du=n)
+    eye = torch.eye(n, dtype=DT)
+    assert bool(g.ok.all()) and bool(full.ok.all())
+    torch.testing.assert_close(full.policy.K[0], torch.kron(eye, g.policy.K[0]))
+    torch.testing.assert_close(full.policy.k[0], g.policy.k[0].repeat(1, n))
+    torch.testing.assert_close(full.policy.cov[0], torch.kron(eye, g.policy.cov[0]))
+    torch.testing.assert_close(full.V[0], torch.kron(eye, g.V[0]))
+
+
+def test_per_coordinate_kl_budget_scales_with_group_size():
+    # KL of the full controller = n × the group's, so ε_full = n·ε_g gives the same η and controllers.
+    gen = torch.Generator().manual_seed(1)
+    ds, T, n = 2, 5, 3
+    dyn, cost, prev = _random_group_system(ds, T, gen)
+    dyn_f, cost_f, prev_f = _assemble(dyn, cost, prev, n)
+    eps = torch.tensor([0.05], dtype=DT)
+    g = solve_kl_step(dyn, cost, prev, eps)
+    full = solve_kl_step(dyn_f, cost_f, prev_f, n * eps)
+    torch.testing.assert_close(full.eta, g.eta, rtol=1e-6, atol=0)
+    torch.testing.assert_close(full.kl, n * g.kl, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(full.policy.K[0], torch.kron(torch.eye(n, dtype=DT), g.policy.K[0]))
+
+
+def _shared_system_samples(G=2, ds=2, T=4, N=6, d_per=(300, 500), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    A = 0.5 * torch.randn(G, T, ds, ds + 1, generator=gen, dtype=DT)
+    b = torch.randn(G, T, ds, generator=gen, dtype=DT)
+    noise = 0.05
+    groups = torch.repeat_interleave(torch.arange(G), torch.tensor(d_per))
+    d = len(groups)
+    s = torch.randn(N, d, ds, generator=gen, dtype=DT)
+    S, Aa = [s], []
+    for t in range(T):
+        a = torch.randn(N, d, generator=gen, dtype=DT)
+        y = torch.cat([s, a[..., None]], -1)
+        s = torch.einsum("dij,ndj->ndi", A[groups, t], y) + b[groups, t] + noise * torch.randn(N, d, ds, generator=gen, dtype=DT)
+        S.append(s)
+        Aa.append(a)
+    return A, b, groups, torch.stack(S, 2), torch.stack(Aa, 2)  # S [N, d, T+1, ds], Aa [N, d, T]
+
+
+def test_moments_fit_recovers_shared_linear_gaussian_system():
+    A, b, groups, S, Aa = _shared_system_samples()
+    G, T, ds = A.shape[0], A.shape[1], A.shape[2]
+    mom = DynamicsMoments(G, T, ds)
+    for t in range(T):
+        mom.add(t, S[:, :, t], Aa[:, :, t], S[:, :, t + 1], groups)
+    dyn = mom.fit(reg=1e-9)
+    # the fit is the least-squares regression of s_{t+1} on [s_t, a_t, 1] over every coordinate of a group …
+    for g in range(G):
+        for t in range(T):
+            idx = groups == g
+            Y = torch.cat([S[:, idx, t], Aa[:, idx, t, None], torch.ones_like(Aa[:, idx, t, None])], -1).reshape(-1, ds + 2)
+            coef = torch.linalg.lstsq(Y, S[:, idx, t + 1].reshape(-1, ds)).solution.T  # [ds, ds+2]
+            torch.testing.assert_close(dyn.F[g, t], coef[:, : ds + 1], atol=1e-6, rtol=0)
+            torch.testing.assert_close(dyn.f[g, t], coef[:, -1], atol=1e-6, rtol=0)
+    # … which recovers the shared system from 1,800–3,000 coordinate samples per group and step
+    torch.testing.assert_close(dyn.F, A, atol=0.02, rtol=0)
+    torch.testing.assert_close(dyn.f, b, atol=0.03, rtol=0)
+    W_true = 0.05**2 * torch.eye(ds, dtype=DT)
+    torch.testing.assert_close(dyn.W, W_true.expand_as(dyn.W), atol=5e-4, rtol=0)
+
+
+def test_moments_add_up_and_match_fit_dynamics():
+    A, b, groups, S, Aa = _shared_system_samples(G=1, d_per=(40,), N=3)
+    T, ds = A.shape[1], A.shape[2]
+    whole, half1, half2 = (DynamicsMoments(1, T, ds) for _ in range(3))
+    for t in range(T):
+        whole.add(t, S[:, :, t], Aa[:, :, t], S[:, :, t + 1], groups)
+        half1.add(t, S[:2, :, t], Aa[:2, :, t], S[:2, :, t + 1], groups)
+        half2.add(t, S[2:, :, t], Aa[2:, :, t], S[2:, :, t + 1], groups)
+    half1.merge(half2)
+    torch.testing.assert_close(half1.outer, whole.outer)
+    prior = whole.prior()
+    a, c = whole.fit(prior), half1.fit(prior)
+    torch.testing.assert_close(a.F, c.F)
+    # The same samples, arranged as one condition with N·d samples, through the classic fit.
+    X = S.reshape(1, -1, T + 1, ds)
+    U = Aa.reshape(1, -1, T, 1)
+    ref = fit_dynamics(X, U, torch.ones(1, X.shape[1], dtype=torch.bool), prior)
+    torch.testing.assert_close(a.F, ref.F)
+    torch.testing.assert_close(a.f, ref.f)
+    torch.testing.assert_close(a.W, ref.W)
+
+
+def test_non_finite_samples_are_dropped_and_counted():
+    A, b, groups, S, Aa = _shared_system_samples(G=1, d_per=(10,), N=2, T=2)
+    S = S.clone()
+    S[0, 3, 1, 0] = float("nan")
+    mom = DynamicsMoments(1, 2, S.shape[-1])
+    for t in range(2):
+        mom.add(t, S[:, :, t], Aa[:, :, t], S[:, :, t + 1], groups)
+    assert mom.dropped == 2  # (t=0, s_next) and (t=1, s)
+    assert torch.isfinite(mom.outer).all() and mom.count[0].tolist() == [19.0, 19.0]
+
+
+def _run_features(theta_seq, loss_seq, grad_seq):
+    feats = CoordinateFeatures()
+    feats.reset(theta_seq[0], loss_seq[0], grad_seq[0])
+    out = [(feats.state, feats.obs)]
+    for th, f, g in zip(theta_seq[1:], loss_seq[1:], grad_seq[1:]):
+        feats.update(th, f, g)
+        out.append((feats.state, feats.obs))
+    return out
+
+
+def test_features_shapes_finite_and_permutation_equivariant():
+    fam = make_family("mlp", hidden=(4,), dataset="digits")
+    problems = fam.sample(2, "train", 0, dtype=DT)
+    theta = problems.x0.clone()
+    thetas, losses, grads = [], [], []
+    for t in range(40):
+        f, g = problems.loss_and_grad(theta, t)
+        thetas.append(theta.clone()), losses.append(f), grads.append(g)
+        theta = theta - 0.5 * g
+    perm = torch.randperm(fam.dim, generator=torch.Generator().manual_seed(0))
+    a = _run_features(thetas, losses, grads)
+    b = _run_features([x[:, perm] for x in thetas], losses, [x[:, perm] for x in grads])
+    for (sa, oa), (sb, ob) in zip(a, b):
+        assert sa.shape == (2, fam.dim, STATE_DIM) and oa.shape == (2, fam.dim, OBS_DIM)
+        assert torch.isfinite(sa).all() and torch.isfinite(oa).all()
+        torch.testing.assert_close(sa[:, perm], sb)
+        torch.testing.assert_close(oa[:, perm], ob)
+    # the objective falls under gradient descent: the most recent stride-5 change is negative at t = 39
+    assert bool((a[-1][0][:, 0, 4] < 0).all())
+
+
+def test_controller_is_permutation_equivariant_within_groups():
+    fam = make_family("mlp", hidden=(3,), dataset="digits")
+    specs = fam.param_specs()
+    groups = group_index(specs)
+    G, T = len(specs), 2
+    pol = initial_controller(G, T, lr=0.1, std=0.2)
+    pol.K[..., 0, 0] = torch.arange(G, dtype=DT)[:, None]  # groups differ
+    ctrl = CoordinateController(pol, groups)
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(2, fam.dim, STATE_DIM, generator=gen, dtype=DT)
+    noise = torch.randn(2, fam.dim, generator=gen, dtype=DT)
+    # a permutation that stays within each group
+    perm = torch.cat([spec.offset + torch.randperm(spec.numel, generator=gen) for spec in specs])
+    a = ctrl.sample(s, 1, noise)
+    b = ctrl.sample(s[:, perm], 1, noise[:, perm])
+    torch.testing.assert_close(a[:, perm], b)
+    torch.testing.assert_close(ctrl.mean(s, 0), -0.1 * s[..., GRAD] + pol.K[groups, 0, 0, 0] * s[..., 0])
+
+
+def test_cost_model_recovers_gradient_regression_and_curvature():
+    # Separable quadratic f(θ) = Σ ½ h_i θ_i² with |f0| = 1: r = |g| is an exact linear function of a state
+    # feature here (s[0] = |g|), and the secant curvature along any step is the mean of h over the group.
+    gen = torch.Generator().manual_seed(0)
+    G, T, ds, N, d = 2, 3, 2, 5, 200
+    groups = torch.repeat_interleave(torch.arange(G), torch.tensor([120, 80]))
+    h = torch.where(groups == 0, 2.0, 0.5).to(DT)
+    mom = CostMoments(G, T, ds)
+    theta = torch.randn(N, d, generator=gen, dtype=DT)
+    from l2o_gym.agents.gps.coord import contiguous_segments
+    for t in range(T):
+        g = h * theta
+        s = torch.stack([g.abs(), torch.randn(N, d, generator=gen, dtype=DT)], -1)
+        step = -0.1 * g + 0.01 * torch.randn(N, d, generator=gen, dtype=DT)
+        g_next = h * (theta + step)
+        mom.add_segments(t, s, g.abs(), (g_next - g) * step, step * step, contiguous_segments(groups))
+        theta = theta + step
+    cost = mom.fit(action_penalty=0.0, ridge=1e-12)
+    w = (T - torch.arange(T, dtype=DT)) / T
+    torch.testing.assert_close(cost.C[:, :, 0, ds], w.expand(G, T))  # β on |g| is 1
+    torch.testing.assert_close(cost.C[:, :, 1, ds], torch.zeros(G, T, dtype=DT), atol=1e-9, rtol=0)
+    torch.testing.assert_close(cost.c[:, :, ds], torch.zeros(G, T, dtype=DT), atol=1e-9, rtol=0)
+    torch.testing.assert_close(cost.C[:, :, ds, ds], torch.tensor([[2.0], [0.5]], dtype=DT) * w)
+
+
+def test_cost_model_equals_first_order_decrease_for_the_frame_step():
+    # c(s, a') with β on the |g| feature: a frame step a' = −η|g| costs −η|g|² + ½ h η²|g|², the exact change of
+    # f = ½ h θ² (normalised by |f0| = 1) at t = 0 (weight 1).
+    mom = CostMoments(1, 1, 1)
+    g = torch.linspace(0.1, 2.0, 50, dtype=DT)[None]
+    s = g.abs()[..., None]
+    step = -0.3 * g
+    mom.add_segments(0, s, g.abs(), (1.5 * step) * step, step * step, [(slice(None), slice(None), 0)])
+    cost = mom.fit(action_penalty=0.0, ridge=1e-12)
+    y = torch.cat([s[0], (-0.3 * g.abs())[0][:, None]], -1)  # [50, 2]
+    model = 0.5 * torch.einsum("ni,ij,nj->n", y, cost.C[0, 0], y) + y @ cost.c[0, 0]
+    exact = (-0.3 * g * g + 0.5 * 1.5 * (0.3 * g) ** 2)[0]
+    torch.testing.assert_close(model, exact)
+
+
+# ---------------------------------------------------------------- global policy and the loop
+
+def _tiny_setup(T=15):
+    from l2o_gym.agents.gps.conv import ConvGPSConfig
+
+    fam = make_family("mlp", hidden=(4,), dataset="digits", batch_size=16)
+    train = fam.sample(2, "train", 0, dtype=DT)
+    cfg = ConvGPSConfig(horizon=T, n_samples=2, hidden=8, regression_coords=4, init_std=0.01, kl_step=0.05,
+                        regression_epochs=3, bptt=5, seed=3)
+    return fam, train, cfg
+
+
+def test_global_policy_is_permutation_equivariant_within_groups():
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy, CoordinateLSTMNet
+    from l2o_gym.policy import run_policy
+
+    fam = make_family("mlp", hidden=(3,), dataset="digits")
+    specs = fam.param_specs()
+    torch.manual_seed(0)
+    net = CoordinateLSTMNet([(s.name, s.kind) for s in specs], hidden=6).double()
+    for head in net.heads:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    problems = fam.sample(2, "val", 0, dtype=DT)
+    gen = torch.Generator().manual_seed(1)
+    perm = torch.cat([s.offset + torch.randperm(s.numel, generator=gen) for s in specs])
+    permuted = type(problems)(problems.family, problems.split, problems.data, problems.x0[:, perm], problems.seeds)
+
+    pol = ConvGPSPolicy(net)
+    a = run_policy(pol, problems, 6)
+    # evaluate on the permuted parametrisation: θ' = θ[perm], f'(θ') = f(θ'[inv])
+    inv = torch.argsort(perm)
+
+    class PermFamily(type(fam)):
+        def loss(self, batch, theta, step):
+            return super().loss(batch, theta[:, inv], step)
+
+    pfam = PermFamily(**fam.config())
+    pprob = type(problems)(pfam, problems.split, problems.data, problems.x0[:, perm], problems.seeds)
+    b = run_policy(ConvGPSPolicy(net, specs=specs), pprob, 6)
+    torch.testing.assert_close(a.losses, b.losses)
+    torch.testing.assert_close(a.state.theta[:, perm], b.state.theta)
+
+
+def test_conv_gps_improves_on_its_initial_controller_on_val():
+    from l2o_gym.agents.gps.conv import ConvGPSTrainer
+    from l2o_gym.policy import run_policy
+
+    fam, train, cfg = _tiny_setup()
+    val = fam.sample(8, "val", 0, dtype=DT)
+    tr = ConvGPSTrainer(train, cfg)
+    init_final, _ = tr.controller_objective(tr.local, val)
+    for _ in range(3):
+        m = tr.iteration()
+        assert m["dropped"] == 0
+    traj = run_policy(tr.policy(), val, cfg.horizon)
+    assert float(traj.losses[-1].mean()) < init_final
+    assert torch.isfinite(traj.losses).all()
+
+
+def test_conv_gps_policy_round_trips_through_a_checkpoint(tmp_path):
+    from l2o_gym.agents.gps.conv import ConvGPSTrainer
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy
+    from l2o_gym.checkpoint import CheckpointError
+    from l2o_gym.policy import run_policy
+
+    fam, train, cfg = _tiny_setup(T=6)
+    tr = ConvGPSTrainer(train, cfg)
+    tr.iteration()
+    path = tr.policy().save(tmp_path / "cgps.safetensors")
+    loaded = ConvGPSPolicy.load(path)
+    val = fam.sample(3, "val", 0, dtype=DT)
+    a = run_policy(tr.policy(), val, 6).losses
+    b = run_policy(loaded, val, 6).losses
+    torch.testing.assert_close(a, b)
+    # a model whose tensors have a kind the policy never saw is refused, naming it
+    from l2o_gym.problems.base import param_specs_from
+
+    with pytest.raises(CheckpointError, match="'emb'.*'embedding'.*matches none"):
+        loaded.net.group_map(param_specs_from([("emb", (3, 3), "embedding")]))
+    # module-type kinds of LearnedOptimizer map onto the trained weight/bias groups
+    gm = loaded.net.group_map(param_specs_from([("c", (2, 3), "conv"), ("fc", (3, 2), "fc"), ("b", (2,), "bias"),
+                                                 ("n", (2,), "bn")]))
+    kinds = [loaded.net.groups[j][1] for j in gm]
+    assert kinds == ["weight", "weight", "bias", "bias"]
+
+
+def test_two_torchrun_processes_train_the_same_policy_as_one(tmp_path):
+    """Each rank samples its share of the trajectories (per-trajectory noise seeds), moments are all-reduced and
+    regression data gathered: the policy equals the single-process one up to the order of the float sums."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    worker = str(root / "tests" / "cgps_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, worker, str(tmp_path / "one.safetensors")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          worker, str(tmp_path / "two.safetensors")], capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_train_conv_gps_script_trains_resumes_and_compare_loads_the_checkpoint(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from l2o_gym.agents.gps import load_policy
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_conv_gps", root / "scripts" / "train_conv_gps.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = ["--env", "l2o/MLP-v0", "--family-kwargs", '{"dataset": "digits", "hidden": [4], "batch_size": 16}',
+            "--horizon", "6", "--conditions", "2", "--samples", "2", "--lstm-hidden", "4", "--regression-coords", "2",
+            "--n-val", "3", "--regression-epochs", "1", "--out", str(tmp_path / "run"), "--quiet", "--no-tensorboard"]
+    assert mod.main([*args, "--iterations", "1"]) == 0
+    assert mod.main([*args, "--iterations", "2", "--resume"]) == 0
+    import json
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["env_steps_total"] == 2 * 2 * 2 * 6  # 2 iterations x 2 conditions x 2 samples x T
+    policy = load_policy(tmp_path / "run" / "gps_best.safetensors", env_id="l2o/MLP-v0")
+    assert isinstance(policy, ConvGPSPolicy)
+    # bad values are usage errors naming the flag
+    with pytest.raises(SystemExit) as exc:
+        mod.main([*args, "--kl-step", "-1"])
+    assert exc.value.code == 2
