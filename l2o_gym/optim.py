@@ -230,6 +230,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         specs, offset = [], 0
         for i, (group, p) in enumerate(params):
             kind = group.get("kind")
+            if kind is None and not self.policy.needs_kinds:
+                kind = "weight" if p.dim() >= 2 else "bias"
             if not isinstance(kind, str) or not kind:
                 raise ValueError(
                     f"policy {type(self.policy).__name__} needs each parameter's kind: give param groups with a "
@@ -258,7 +260,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if prev is not None and prev.theta.shape != theta.shape:
             warnings.warn("LearnedOptimizer: the set of parameters changed; the policy memory is reset", stacklevel=2)
             prev = None
-        if prev is None and hasattr(self.policy, "bind"):
+        if prev is None and self.policy.binds_layout:
             self.policy.bind(self._param_specs(params))
         f_val = float(loss.detach()) if isinstance(loss, Tensor) and loss.numel() == 1 else None
         if f_val is None or not math.isfinite(f_val):
@@ -348,7 +350,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if mdp["obs"].shape[1] != core.obs_dim(self.core_config, expected):
             raise ValueError("optimizer state was saved with another CoreConfig (history/include_steps)")
         self._mdp = State(problems=None, config=self.core_config, **mdp)  # type: ignore[arg-type]
-        if hasattr(self.policy, "bind"):
+        if self.policy.binds_layout:
             self.policy.bind(self._param_specs(params))
         self._memory = _unpack_memory(extra["memory"] if "memory" in extra else extra.get("hidden"), device)  # "hidden": before 0.2
 

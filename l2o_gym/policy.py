@@ -45,6 +45,13 @@ class Policy(ABC):
     #: whether :meth:`reset`/:meth:`act` evaluate ``state.problems`` themselves (line searches: CG, L-BFGS);
     #: such a policy cannot run where there is no :class:`ProblemBatch` (``LearnedOptimizer``).
     needs_problems: bool = False
+    #: whether the policy needs the parameter layout of a model (one ``ParamSpec`` per parameter tensor, with
+    #: a kind) when the state carries no problem family: ``LearnedOptimizer`` then calls :meth:`bind` before the
+    #: first step (per-kind LSTMs, convolutional GPS).
+    binds_layout: bool = False
+    #: with ``binds_layout``: every param group must name its ``"kind"`` (``param_groups_by_kind``); otherwise a
+    #: group without one gets ``"weight"`` (tensors of ≥ 2 dimensions) or ``"bias"``.
+    needs_kinds: bool = False
 
     def reset(self, state: State) -> Any:
         """Per-episode memory for the ``state.n`` instances (``None`` if the policy has none)."""
@@ -53,6 +60,10 @@ class Policy(ABC):
     @abstractmethod
     def act(self, state: State, memory: Any) -> tuple[Tensor, Any]:
         """The step Δθ ``[N, d]`` (same dtype and device as θ) and the updated memory."""
+
+    def bind(self, specs: Any) -> None:
+        """Fix the parameter layout (a sequence of ``ParamSpec``) used when a state carries no problem family;
+        only policies with ``binds_layout`` use it."""
 
     def to(self, device: torch.device | str) -> Policy:
         """Move the policy's tensors to ``device`` (in place) and return it; a no-op for policies without any

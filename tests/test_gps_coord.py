@@ -402,3 +402,27 @@ def test_train_conv_gps_script_trains_resumes_and_compare_loads_the_checkpoint(t
     with pytest.raises(SystemExit) as exc:
         mod.main([*args, "--kl-step", "-1"])
     assert exc.value.code == 2
+
+
+def test_conv_gps_policy_runs_in_learned_optimizer_on_a_users_model():
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy, CoordinateLSTMNet
+    from l2o_gym.optim import LearnedOptimizer
+
+    torch.manual_seed(0)
+    net = CoordinateLSTMNet([("layer0.weight", "weight"), ("layer0.bias", "bias")], hidden=4)
+    with torch.no_grad():  # a policy that steps against the gradient: a' = -0.05 (the head's bias)
+        for head in net.heads:
+            head.weight.zero_()
+            head.bias.fill_(-0.05)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    opt = LearnedOptimizer(model.parameters(), ConvGPSPolicy(net))  # one coordinate group per parameter tensor
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step(lambda: loss)
+        losses.append(float(loss))
+    assert losses[-1] < 0.9 * losses[0]
+    assert [kind for _, kind in (net.groups[j] for j in net.group_map(opt.policy.specs))] == ["weight", "bias"] * 2

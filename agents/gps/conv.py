@@ -144,13 +144,9 @@ def _world() -> tuple[int, int]:
 
 def _objective(state: core.State) -> Tensor:
     """The true (full-data) objective of the state's iterates where the family defines one, else the loss."""
-    fam = state.problems.family
-    true_loss = getattr(fam, "true_loss", None)
-    if callable(true_loss):
+    if state.problems.family.has_true_loss:
         with torch.no_grad():
-            val = true_loss(state.problems, state.theta)
-        if val is not None:
-            return val
+            return state.problems.true_loss(state.theta)
     return state.loss
 
 
@@ -227,8 +223,9 @@ class ConvGPSTrainer:
     def sample(self, controller: LinearGaussianPolicy) -> tuple[DynamicsMoments, CostMoments, _Regression, Tensor, Tensor]:
         """Run this process's share of the ``M·n_samples`` trajectories (module docstring, step 1).
 
-        Returns the dynamics and cost moments (this process's sums), the regression subset, the per-step true
-        objective ``[K_r, T+1]`` and the trajectory indices ``[K_r]`` of this process.
+        Returns the dynamics and cost moments (this process's sums), the regression subset, the per-step
+        objectives ``[K_r, T+1]`` (the true objective at 0 and T where the family has one, the minibatch one in
+        between) and the trajectory indices ``[K_r]`` of this process.
         """
         cfg, T, G = self.cfg, self.T, self.G
         rank, world = _world()
@@ -240,7 +237,7 @@ class ConvGPSTrainer:
         dev, dt = problems.device, problems.dtype
         state = core.reset(problems, self.core_config)
         feats = CoordinateFeatures()
-        feats.reset(state.theta, state.loss, state.grad, _objective(state))
+        feats.reset(state.theta, state.loss, state.grad)
         gens = [self._trajectory_generator(int(k)) for k in ids]
         # regression subset: R coordinates per group per trajectory
         R = cfg.regression_coords
@@ -276,11 +273,11 @@ class ConvGPSTrainer:
                 loc_seq.append(torch.gather(s, 1, sub[..., None].expand(-1, -1, STATE_DIM)).float())
                 g_t, step = state.grad, frame * a
                 state, _, term, _ = core.step(state, step)
-                feats.update(state.theta, state.loss, state.grad, _objective(state))
+                feats.update(state.theta, state.loss, state.grad)
                 alive = alive & ~term
                 moments.add_segments(t, s, a, feats.state, segments, alive)
                 cmoments.add_segments(t, s, g_t.abs() / f0, (state.grad - g_t) * step / f0, step * step, segments, alive)
-                objs.append(_objective(state).double())
+                objs.append(_objective(state).double() if t == T - 1 else state.loss.double())
         obs = torch.stack(obs_seq, 2)  # [B, S_b, T, F]
         loc = torch.stack(loc_seq, 2)
         S_b = sub.shape[1]

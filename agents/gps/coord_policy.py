@@ -165,17 +165,26 @@ class ConvGPSPolicy(Policy):
     """
 
     name = "conv_gps"
+    binds_layout = True
 
     def __init__(self, net: CoordinateLSTMNet, specs: tuple[ParamSpec, ...] | None = None, env_id: str | None = None) -> None:
         self.net = net
         self.specs = specs
         self.env_id = env_id
 
+    def bind(self, specs: Any) -> None:
+        """Use ``specs`` (one :class:`ParamSpec` per parameter tensor) when the state carries no problem family
+        (``LearnedOptimizer``: one group per parameter tensor; tensors map to trained groups as in
+        :meth:`CoordinateLSTMNet.group_map`, checked here)."""
+        specs = tuple(specs)
+        self.net.group_map(specs)
+        self.specs = specs
+
     def _specs(self, state: State) -> tuple[ParamSpec, ...]:
-        if self.specs is not None:
-            specs = self.specs
-        elif state.problems is not None:
+        if state.problems is not None:
             specs = state.problems.family.param_specs()
+        elif self.specs is not None:
+            specs = self.specs
         else:
             raise ValueError("ConvGPSPolicy needs the parameter layout: pass specs= (one ParamSpec per tensor)")
         if sum(s.numel for s in specs) != state.dim:

@@ -68,6 +68,8 @@ class MultiLSTMPolicy(Policy):
     """
 
     name = "mlstm"
+    binds_layout = True
+    needs_kinds = True
 
     def __init__(
         self,
