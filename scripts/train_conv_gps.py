@@ -13,16 +13,13 @@ tb/). docs/conv-gps.md explains the method.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import torch.distributed as dist
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.agents.gps.conv_train import ConvGPSTrainConfig, train_conv_gps
-from l2o_gym.checkpoint import atomic_write
 from l2o_gym.experiments import cli
 
 RENAME = {"env_id": "--env", "n_conditions": "--conditions", "gps.n_samples": "--samples", "gps.seed": "--gps-seed",
@@ -59,16 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best val objective at T={cfg.gps.horizon}: conv GPS {val} (iteration {summary['best_iteration']}), "
               f"best baseline {b['name']} {b['hparams']} {b['val_final']:.5g}; env steps to reach it: "
               f"{summary['env_steps_to_reach_baseline']}")
-        if a.export:
-            if summary["best_iteration"] < 0:
-                print(f"train_conv_gps.py: error: no iteration was selected as best: nothing exported to {a.export}",
-                      file=sys.stderr)
-                return 1
-            atomic_write(a.export, lambda tmp: shutil.copyfile(summary["best_checkpoint"], tmp))
-            print(f"exported {a.export}")
-        print(json.dumps({k: v for k, v in summary.items()
-                          if k not in ("history", "train_config", "training", "tuned_baselines")}, default=str))
-        return 0
+        return cli.export_best(summary, a.export, "train_conv_gps.py", "gps", a.out)
 
     return cli.run(parser, body, argv, interrupted=(
         "interrupted: the last completed iteration is saved in --out (state.pt, gps_last/gps_best.safetensors); "

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.agents.gps.train import HESSIANS, GPSTrainConfig, train_gps
-from l2o_gym.checkpoint import atomic_write
 from l2o_gym.experiments import cli
 
 RENAME = {
@@ -73,16 +71,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{fo_steps if fo_steps is not None else 'not reached'}")
         print("tuned baselines on val: " + ", ".join(
             f"{k} {v['hparams']} {v['val_final']:.5g}" for k, v in summary["tuned_baselines"].items()))
-        if a.export:
-            if summary["best_iteration"] < 0:
-                print(f"train_gps.py: error: no iteration was selected as best (see the warning above): nothing "
-                      f"exported to {a.export} ({a.out}/gps_last.safetensors is the last iterate)", file=sys.stderr)
-                return 1
-            atomic_write(a.export, lambda tmp: shutil.copyfile(summary["best_checkpoint"], tmp))
-            print(f"exported {a.export}")
-        print(json.dumps({k: v for k, v in summary.items()
-                          if k not in ("history", "train_config", "training", "tuned_baselines")}, default=str))
-        return 0
+        return cli.export_best(summary, a.export, "train_gps.py", "gps", a.out)
 
     return cli.run(parser, body, argv, interrupted=(
         "interrupted: the last completed iteration is saved in --out (state.pt, gps_last/gps_best.safetensors); "

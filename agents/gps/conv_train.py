@@ -13,7 +13,6 @@ processes (gloo on CPU, nccl on GPU): every rank holds the same policy; rank 0 w
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from l2o_gym.agents.common import Agent, Validation, fit
+from l2o_gym.agents.common import fit
 from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
-from l2o_gym.agents.tuning import final_objective
+from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy
+from l2o_gym.agents.gps.train import SelectedGPSAgent
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.checks import check_positive_int
-from l2o_gym.policy import run_policy
-from l2o_gym.stability import stability
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +85,17 @@ class ConvGPSTrainConfig:
         return asdict(self)
 
 
-class ConvGPSAgent(Agent):
+class ConvGPSAgent(SelectedGPSAgent):
     """Convolutional GPS's part of the run lifecycle (module docstring)."""
 
     kind = FILE_KIND
-    val_every = 1
+
+    @property
+    def horizon(self) -> int:
+        return self.config.gps.horizon
+
+    def policy(self) -> ConvGPSPolicy:
+        return self.trainer.policy()
 
     def __init__(self, cfg: ConvGPSTrainConfig, device: str = "cpu") -> None:
         from l2o_gym.registry import env_family
@@ -109,55 +113,19 @@ class ConvGPSAgent(Agent):
     def iteration(self) -> dict[str, float]:
         return self.trainer.iteration()
 
-    def validate(self) -> Validation:
-        cfg, policy, t0, T = self.config, self.trainer.policy(), time.perf_counter(), self.config.gps.horizon
-        metrics: dict[str, float] = {}
-        eligible = True
-        if cfg.stable_factor > 0:
-            traj = run_policy(policy, self.val, cfg.long_factor * T)
-            curve = traj.losses[T:].mean(1)
-            v = stability(float(curve[0]), curve.tolist(), float(traj.state.terminated.double().mean()), cfg.stable_factor)
-            value, eligible = v.f_T, v.stable
-            metrics.update(val_long_ratio=v.ratio, val_peak_ratio=v.peak_ratio, val_diverged_long=v.diverged_fraction)
-        else:
-            value = final_objective(policy, self.val, T)
-        metrics["eval_s"] = time.perf_counter() - t0
-        return Validation(value, eligible, metrics)
-
     def save_policy(self, path: Path, extra: dict[str, Any]) -> Path:
         return self.trainer.policy_for(self.config.env_id).save(path, extra)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"trainer": self.trainer.state_dict(), "selection": [float(self.config.stable_factor),
-                                                                      int(self.config.long_factor)]}
+        return {"trainer": self.trainer.state_dict(), "selection": self.selection_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state["trainer"])
 
     def check_resume(self, state: dict[str, Any], path: Path) -> None:
-        sel = state.get("selection")
-        if not (isinstance(sel, (list, tuple)) and len(sel) == 2):
-            raise CheckpointError(f"training state {str(path)!r}: entry 'selection' is missing or malformed")
-        if [float(sel[0]), int(sel[1])] != [float(self.config.stable_factor), int(self.config.long_factor)]:
-            raise CheckpointError(f"{path} was trained with stable_factor={sel[0]}, long_factor={sel[1]}: resuming "
-                                  "with another selection rule would mix two rules")
+        super().check_resume(state, path)
         if "trainer" not in state or "local" not in state["trainer"]:
             raise CheckpointError(f"training state {str(path)!r} is not a convolutional-GPS state")
-
-    @property
-    def iterations_done(self) -> int:
-        return self.trainer.iteration_count
-
-    @property
-    def iterations_total(self) -> int:
-        return self.config.iterations
-
-    @property
-    def env_steps(self) -> int:
-        return int(self.trainer.env_steps)
-
-    def baseline_problems(self) -> tuple[Any, int]:
-        return self.val, self.config.gps.horizon
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"init_lr": self.trainer.init_lr}
@@ -165,12 +133,6 @@ class ConvGPSAgent(Agent):
     def summary_extra(self) -> dict[str, Any]:
         return {"dropped_samples": self.trainer.n_dropped, "init_lr": self.trainer.init_lr,
                 "mean_iteration_wall_s": sum(h.get("wall_s", 0.0) for h in self.history) / max(1, len(self.history))}
-
-    def selection_rule(self) -> str:
-        cfg = self.config
-        if cfg.stable_factor > 0:
-            return f"stayed within {cfg.stable_factor:g}× its val f(T) up to {cfg.long_factor}·T without divergence"
-        return "had a finite val objective"
 
 
 def train_conv_gps(

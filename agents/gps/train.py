@@ -155,7 +155,82 @@ def add_training_metadata(path: str | Path, training: dict[str, Any]) -> Path:
     return update_policy_config(path, {"training": training}, kind=KIND)
 
 
-class GPSAgent(Agent):
+class SelectedGPSAgent(Agent):
+    """What every GPS variant's agent shares (small-problem GPS, convolutional GPS): validation of the
+    deterministic global policy on ``val`` with the optional stability selection (``stable_factor``: only iterates
+    stable up to ``long_factor · T``, :func:`l2o_gym.stability.stability`, are eligible), the resume check of
+    that rule, and the budget read from ``self.trainer`` (``iteration_count``, ``env_steps``).
+
+    Subclasses set ``config`` (with ``stable_factor``, ``long_factor``, ``iterations``), ``trainer``, ``val`` and
+    implement :meth:`policy` and :attr:`horizon`.
+    """
+
+    val_every = 1
+
+    @property
+    def horizon(self) -> int:
+        raise NotImplementedError
+
+    def policy(self) -> Policy:
+        raise NotImplementedError
+
+    def _extra_val_metrics(self, policy: Policy) -> dict[str, float]:
+        return {}
+
+    def validate(self) -> Validation:
+        cfg, policy, t0, T = self.config, self.policy(), time.perf_counter(), self.horizon
+        metrics: dict[str, float] = {}
+        eligible = True
+        if cfg.stable_factor > 0:
+            traj = run_policy(policy, self.val, cfg.long_factor * T)
+            mean_curve = traj.losses[T:].mean(1)  # [long - T + 1]
+            v = stability(float(mean_curve[0]), mean_curve.tolist(), float(traj.state.terminated.double().mean()),
+                          cfg.stable_factor)
+            value = v.f_T
+            metrics.update(val_long_ratio=v.ratio, val_peak_ratio=v.peak_ratio, val_diverged_long=v.diverged_fraction)
+            eligible = v.stable
+        else:
+            value = final_objective(policy, self.val, T)
+        metrics.update(self._extra_val_metrics(policy))
+        metrics["eval_s"] = time.perf_counter() - t0
+        return Validation(value, eligible, metrics)
+
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        cfg, selection = self.config, state.get("selection")
+        if not (isinstance(selection, (list, tuple)) and len(selection) == 2):
+            raise CheckpointError(f"training state {str(path)!r}: entry 'selection' is missing or malformed")
+        if [float(selection[0]), int(selection[1])] != [float(cfg.stable_factor), int(cfg.long_factor)]:
+            raise CheckpointError(
+                f"{path} was trained with stable_factor={selection[0]}, long_factor={selection[1]}; resuming with "
+                f"stable_factor={cfg.stable_factor}, long_factor={cfg.long_factor} would mix two selection rules")
+
+    def selection_state(self) -> list[float]:
+        """The selection rule as stored in ``state.pt`` (checked by :meth:`check_resume`)."""
+        return [float(self.config.stable_factor), int(self.config.long_factor)]
+
+    @property
+    def iterations_done(self) -> int:
+        return self.trainer.iteration_count
+
+    @property
+    def iterations_total(self) -> int:
+        return self.config.iterations
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.trainer.env_steps)
+
+    def baseline_problems(self) -> tuple[Any, int]:
+        return self.val, self.horizon
+
+    def selection_rule(self) -> str:
+        cfg = self.config
+        if cfg.stable_factor > 0:
+            return f"stayed within {cfg.stable_factor:g}× its val f(T) up to {cfg.long_factor}·T without divergence"
+        return "had a finite val objective"
+
+
+class GPSAgent(SelectedGPSAgent):
     """GPS's part of the run lifecycle (:func:`l2o_gym.agents.common.fit`): one BADMM iteration per
     iteration, validation of the deterministic global policy on the ``val`` problems after each one (with
     ``stable_factor``: only iterates stable past the horizon, :func:`l2o_gym.stability.stability`, are eligible).
@@ -166,7 +241,13 @@ class GPSAgent(Agent):
     """
 
     kind = KIND
-    val_every = 1
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    def _extra_val_metrics(self, policy: Policy) -> dict[str, float]:
+        return {"train_final_global": final_objective(policy, self.problems, self.config.horizon)}
 
     def __init__(self, cfg: GPSTrainConfig, device: str = "cpu") -> None:
         from l2o_gym.registry import env_family
@@ -201,58 +282,16 @@ class GPSAgent(Agent):
         self.max_action = max(self.max_action, metrics["max_action"])
         return metrics
 
-    def validate(self) -> Validation:
-        cfg, policy, t0 = self.config, self.policy(), time.perf_counter()
-        metrics: dict[str, float] = {}
-        eligible = True
-        if cfg.stable_factor > 0:
-            traj = run_policy(policy, self.val, cfg.long_factor * cfg.horizon)
-            mean_curve = traj.losses[cfg.horizon :].mean(1)  # [long - T + 1]
-            v = stability(float(mean_curve[0]), mean_curve.tolist(), float(traj.state.terminated.double().mean()),
-                          cfg.stable_factor)
-            value = v.f_T
-            metrics.update(val_long_ratio=v.ratio, val_peak_ratio=v.peak_ratio, val_diverged_long=v.diverged_fraction)
-            eligible = v.stable
-        else:
-            value = final_objective(policy, self.val, cfg.horizon)
-        metrics["train_final_global"] = final_objective(policy, self.problems, cfg.horizon)
-        metrics["eval_s"] = time.perf_counter() - t0
-        return Validation(value, eligible, metrics)
-
     def save_policy(self, path: Path, extra: dict[str, Any]) -> Path:
         return self.policy().save(path, extra)
 
     def state_dict(self) -> dict[str, Any]:
         return {"trainer": self.trainer.state_dict(), "max_action": self.max_action,
-                "selection": [float(self.config.stable_factor), int(self.config.long_factor)]}
+                "selection": self.selection_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state["trainer"])
         self.max_action = float(state["max_action"])
-
-    def check_resume(self, state: dict[str, Any], path: Path) -> None:
-        cfg, selection = self.config, state.get("selection")
-        if not (isinstance(selection, (list, tuple)) and len(selection) == 2):
-            raise CheckpointError(f"training state {str(path)!r}: entry 'selection' is missing or malformed")
-        if [float(selection[0]), int(selection[1])] != [float(cfg.stable_factor), int(cfg.long_factor)]:
-            raise CheckpointError(
-                f"{path} was trained with stable_factor={selection[0]}, long_factor={selection[1]}; resuming with "
-                f"stable_factor={cfg.stable_factor}, long_factor={cfg.long_factor} would mix two selection rules")
-
-    @property
-    def iterations_done(self) -> int:
-        return self.trainer.iteration_count
-
-    @property
-    def iterations_total(self) -> int:
-        return self.config.iterations
-
-    @property
-    def env_steps(self) -> int:
-        return int(self.trainer.env_steps)
-
-    def baseline_problems(self) -> tuple[Any, int]:
-        return self.val, self.config.horizon
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"init_lr": self.init_lr}
@@ -260,12 +299,6 @@ class GPSAgent(Agent):
     def summary_extra(self) -> dict[str, Any]:
         return {"dropped_samples": self.trainer.n_dropped, "init_lr": self.init_lr,
                 "mean_iteration_wall_s": sum(h["wall_s"] for h in self.history) / max(1, len(self.history))}
-
-    def selection_rule(self) -> str:
-        cfg = self.config
-        if cfg.stable_factor > 0:
-            return f"stayed within {cfg.stable_factor:g}× its val f(T) up to {cfg.long_factor}·T without divergence"
-        return "had a finite val objective"
 
 
 def train_gps(

@@ -444,3 +444,22 @@ def finite_check(name: str, value: float) -> None:
     """Raise :class:`UsageError` naming ``name`` unless ``value`` is finite."""
     if not math.isfinite(value):
         raise UsageError(f"{name} must be finite, got {value!r}")
+
+
+def export_best(summary: dict[str, Any], export: str | None, script: str, kind: str, out: str | None) -> int:
+    """The end of a training script: copy the run's best checkpoint to ``export`` (atomically) and print the
+    summary's scalars as JSON. Returns 1 (an error on stderr) if no iteration was selected as best."""
+    import shutil
+
+    from l2o_gym.checkpoint import atomic_write
+
+    if export:
+        if summary["best_iteration"] < 0:
+            print(f"{script}: error: no iteration was selected as best (see the warning above): nothing exported to "
+                  f"{export} ({out}/{kind}_last.safetensors is the last iterate)", file=sys.stderr)
+            return 1
+        atomic_write(export, lambda tmp: shutil.copyfile(summary["best_checkpoint"], tmp))
+        print(f"exported {export}")
+    print(json.dumps({k: v for k, v in summary.items()
+                      if k not in ("history", "train_config", "training", "tuned_baselines")}, default=str))
+    return 0
