@@ -14,6 +14,7 @@ import torch
 
 from l2o_gym import core, make_family, run_policy
 from l2o_gym.agents import sb3
+from l2o_gym.agents.baselines import FIRST_ORDER
 from l2o_gym.agents.sb3 import SB3Policy, SB3TrainConfig, build_sb3_policy, load_policy, save_sb3_policy, train_sb3
 from l2o_gym.checkpoint import CheckpointError, load_state, read_policy_config
 from l2o_gym.core import CoreConfig
@@ -56,9 +57,6 @@ def test_ppo_run_writes_pickle_free_checkpoints_with_the_training_record(ppo_run
     tr = cfg["training"]
     assert set(tr) == {"env_steps_total", "baseline", "env_steps_to_reach_baseline", "first_order_baseline",
                        "env_steps_to_reach_first_order", "curve"}
-    from l2o_gym.agents.tuning import FIRST_ORDER
-
-    # the first-order reference is the best of the one tuning protocol's first-order baselines
     assert tr["baseline"]["name"] == "sgd" and tr["first_order_baseline"]["name"] in FIRST_ORDER
     assert tr["curve"][0][0] == 0 and tr["curve"][-1][0] == summary["env_steps_total"]
     assert all(isinstance(s, int) and isinstance(v, float) for s, v in tr["curve"])
