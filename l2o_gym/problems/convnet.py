@@ -29,15 +29,14 @@ from torch import Tensor
 from l2o_gym import data
 from l2o_gym.checks import SPLITS, check_positive_int, check_split
 from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, counter_randint, param_specs_from
+from l2o_gym.problems.mlp import example_partitions
 
 #: dataset -> (channels, default image side, classes).
 CONV_DATASETS: dict[str, tuple[int, int, int]] = {"patches": (3, data.PATCH_SIZE, 10), "mnist": (1, 28, 10)}
 #: ways of batching the N nets (see the module docstring).
 METHODS: tuple[str, ...] = ("grouped", "vmap")
-#: Fractions of the images in the train / val / test partitions (test takes the remainder).
-PARTITION_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
-#: Seed of the fixed permutation that splits the images into partitions.
-PARTITION_SEED: int = 12345
+# The train / val / test example partition is the MLP family's (70 / 10 / 20 %, fixed seed):
+# :func:`l2o_gym.problems.mlp.example_partitions`.
 #: batch-normalisation epsilon.
 BN_EPS: float = 1e-5
 
@@ -65,15 +64,6 @@ def load_images(dataset: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-@functools.lru_cache(maxsize=None)
-def _partitions(n_images: int) -> dict[str, np.ndarray]:
-    perm = np.random.default_rng(PARTITION_SEED).permutation(n_images)
-    n_train = int(PARTITION_FRACTIONS[0] * n_images)
-    n_val = int(PARTITION_FRACTIONS[1] * n_images)
-    parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
-    for p in parts.values():
-        p.setflags(write=False)
-    return parts
 
 
 @dataclass(eq=False)
@@ -253,7 +243,7 @@ class ConvNet(ProblemFamily):
         """Dataset indices (into :func:`load_images`) of partition ``split`` restricted to :attr:`labels`."""
         check_split(split)
         X, y = load_images(self.dataset, self._size)
-        idx = _partitions(len(y))[split]
+        idx = example_partitions(len(y))[split]
         if self.labels is None:
             return idx
         return idx[np.isin(y[idx], np.asarray(self.labels))]
