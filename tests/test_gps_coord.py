@@ -423,6 +423,6 @@ def test_conv_gps_policy_runs_in_learned_optimizer_on_a_users_model():
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
         opt.step(lambda: loss)
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0]
     assert [kind for _, kind in (net.groups[j] for j in net.group_map(opt.policy.specs))] == ["weight", "bias"] * 2
