@@ -127,11 +127,51 @@ class GlobalSampler:
 
 
 @dataclass
-class _Prediction:
+class Prediction:
+    """The last local update, kept to adapt the KL step from predicted vs actual improvement."""
+
     dyn: LinearGaussianDynamics
     cost: QuadraticCost
     old: LinearGaussianPolicy
     new: LinearGaussianPolicy
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors only (``state.pt`` loads with ``weights_only=True``)."""
+        d, c = self.dyn, self.cost
+        return {"F": d.F, "f": d.f, "W": d.W, "x0_mean": d.x0_mean, "x0_cov": d.x0_cov,
+                "C": c.C, "c": c.c, "c0": c.c0, "oK": self.old.K, "ok": self.old.k, "ocov": self.old.cov,
+                "nK": self.new.K, "nk": self.new.k, "ncov": self.new.cov}
+
+    @staticmethod
+    def from_state_dict(p: dict[str, Tensor]) -> Prediction:
+        return Prediction(
+            LinearGaussianDynamics(p["F"], p["f"], p["W"], p["x0_mean"], p["x0_cov"]),
+            QuadraticCost(p["C"], p["c"], p["c0"]),
+            LinearGaussianPolicy(p["oK"], p["ok"], p["ocov"]),
+            LinearGaussianPolicy(p["nK"], p["nk"], p["ncov"]),
+        )
+
+
+def adapt_multiplier(
+    pred: Prediction | None, dyn: LinearGaussianDynamics, cost: QuadraticCost, mult: Tensor, lo: float, hi: float
+) -> Tensor:
+    """The KL-step multiplier after an update (Levine & Abbeel 2014): ``mult · clip(pred / (2 max(1e-4, pred −
+    actual)), 0.5, 2)`` clipped to ``[lo, hi]``, with ``pred``/``actual`` the improvements of the last update under
+    the old and the newly fitted model (``mult`` unchanged before the first update)."""
+    if pred is None:
+        return mult
+    old_prev = expected_cost(pred.dyn, pred.cost, pred.old)
+    predicted = old_prev - expected_cost(pred.dyn, pred.cost, pred.new)
+    actual = old_prev - expected_cost(dyn, cost, pred.new)
+    factor = predicted / (2 * torch.clamp(predicted - actual, min=1e-4))
+    factor = torch.where(torch.isfinite(factor), factor, torch.ones_like(factor)).clamp(0.5, 2.0)
+    return (mult * factor).clamp(lo, hi)
+
+
+def adjust_nu(nu: Tensor, kl: Tensor, target: float, lo: float, hi: float) -> Tensor:
+    """``ν`` doubled where the measured ``KL(p‖π)`` is above ``2·target``, halved below ``target/2``, clipped."""
+    up, down = kl > 2 * target, kl < 0.5 * target
+    return torch.where(up, 2 * nu, torch.where(down, 0.5 * nu, nu)).clamp(lo, hi)
 
 
 def expected_cost(dyn: LinearGaussianDynamics, cost: QuadraticCost, pol: LinearGaussianPolicy) -> Tensor:
@@ -165,22 +205,12 @@ class BADMMTrainer:
         self.iteration_count = 0
         self.env_steps = 0
         self.n_dropped = 0
-        self._pred: _Prediction | None = None
+        self._pred: Prediction | None = None
         self._model_fitted = False
 
     # ------------------------------------------------------------------ pieces
     def _adapt_step(self, dyn: LinearGaussianDynamics, cost: QuadraticCost) -> None:
-        if self._pred is None:
-            return
-        p = self._pred
-        old_prev = expected_cost(p.dyn, p.cost, p.old)
-        new_prev = expected_cost(p.dyn, p.cost, p.new)
-        new_cur = expected_cost(dyn, cost, p.new)
-        predicted = old_prev - new_prev
-        actual = old_prev - new_cur
-        factor = predicted / (2 * torch.clamp(predicted - actual, min=1e-4))
-        factor = torch.where(torch.isfinite(factor), factor, torch.ones_like(factor)).clamp(0.5, 2.0)
-        self.mult = (self.mult * factor).clamp(self.cfg.min_mult, self.cfg.max_mult)
+        self.mult = adapt_multiplier(self._pred, dyn, cost, self.mult, self.cfg.min_mult, self.cfg.max_mult)
 
     def _regression_data(self, samples: Samples) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(obs, target, precision, weight)`` of the valid sampled states, flattened over ``(m, n, t)``."""
@@ -216,10 +246,7 @@ class BADMMTrainer:
         diff = torch.einsum("mn,mntu->mtu", w, mu_pi - mu_p) / cnt
         self.lam = self.lam + self.cfg.dual_step * self.nu[..., None] * diff
         kl = torch.einsum("mn,mnt->mt", w, sample_kl(self.local_new, self.model, X, self.task.obs_slice)) / cnt[..., 0]
-        up = kl > 2 * self.cfg.kl_target
-        down = kl < 0.5 * self.cfg.kl_target
-        nu = torch.where(up, 2 * self.nu, torch.where(down, 0.5 * self.nu, self.nu))
-        self.nu = nu.clamp(self.cfg.nu_min, self.cfg.nu_max)
+        self.nu = adjust_nu(self.nu, kl, self.cfg.kl_target, self.cfg.nu_min, self.cfg.nu_max)
         return kl
 
     # ------------------------------------------------------------------ one iteration
@@ -253,7 +280,7 @@ class BADMMTrainer:
             reg_loss = self._global_step(samples, gsamples)
             glob = linearize(self.model, X, samples.valid, task.obs_slice)
             kl_pol = self._dual_step(samples)
-        self._pred = _Prediction(dyn, cost, self.local, self.local_new)
+        self._pred = Prediction(dyn, cost, self.local, self.local_new)
         self.local = self.local_new
         self.iteration_count += 1
         valid = samples.valid
@@ -290,12 +317,7 @@ class BADMMTrainer:
             "model_fitted": self._model_fitted,
         }
         if self._pred is not None:
-            p = self._pred
-            out["pred"] = {
-                "F": p.dyn.F, "f": p.dyn.f, "W": p.dyn.W, "x0_mean": p.dyn.x0_mean, "x0_cov": p.dyn.x0_cov,
-                "C": p.cost.C, "c": p.cost.c, "c0": p.cost.c0,
-                "oK": p.old.K, "ok": p.old.k, "ocov": p.old.cov, "nK": p.new.K, "nk": p.new.k, "ncov": p.new.cov,
-            }
+            out["pred"] = self._pred.state_dict()
         return out
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -308,10 +330,5 @@ class BADMMTrainer:
         self._model_fitted = bool(sd["model_fitted"])
         p = sd.get("pred")
         if p is not None:
-            self._pred = _Prediction(
-                LinearGaussianDynamics(p["F"], p["f"], p["W"], p["x0_mean"], p["x0_cov"]),
-                QuadraticCost(p["C"], p["c"], p["c0"]),
-                LinearGaussianPolicy(p["oK"], p["ok"], p["ocov"]),
-                LinearGaussianPolicy(p["nK"], p["nk"], p["ncov"]),
-            )
+            self._pred = Prediction.from_state_dict(p)
 

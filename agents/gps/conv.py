@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from l2o_gym import core
-from l2o_gym.agents.gps.badmm import expected_cost
+from l2o_gym.agents.gps.badmm import Prediction, adapt_multiplier, adjust_nu
 from l2o_gym.agents.gps.coord import (
     STATE_DIM,
     CoordinateFeatures,
@@ -195,7 +195,7 @@ class ConvGPSTrainer:
         self.iteration_count = 0
         self.env_steps = 0
         self.n_dropped = 0
-        self._pred: tuple[Any, ...] | None = None
+        self._pred: Prediction | None = None
         self._fitted = False
 
     def controller_objective(self, controller: LinearGaussianPolicy, problems: ProblemBatch) -> tuple[float, float]:
@@ -435,8 +435,7 @@ class ConvGPSTrainer:
         var_p = pol.cov[..., 0, 0]  # [MG, T]
         sq = torch.einsum("sc,st->ct", one, w * (mu_pi.double() - mu_p) ** 2) / cnt
         kl = 0.5 * (var_p / var_pi - 1 + torch.log(var_pi / var_p) + sq / var_pi)
-        up, down = kl > 2 * self.cfg.kl_target, kl < 0.5 * self.cfg.kl_target
-        self.nu = torch.where(up, 2 * self.nu, torch.where(down, 0.5 * self.nu, self.nu)).clamp(self.cfg.nu_min, self.cfg.nu_max)
+        self.nu = adjust_nu(self.nu, kl, self.cfg.kl_target, self.cfg.nu_min, self.cfg.nu_max)
         return kl
 
     # ------------------------------------------------------------------ one iteration
@@ -457,13 +456,7 @@ class ConvGPSTrainer:
         cost = cmoments.fit(action_penalty=cfg.action_penalty)
         scale = float(self.problems.dim) if cfg.cost_scale is None else cfg.cost_scale
         cost = type(cost)(cost.C * scale, cost.c * scale, cost.c0 * scale)
-        if self._pred is not None:
-            pdyn, pcost, old, new = self._pred
-            predicted = expected_cost(pdyn, pcost, old) - expected_cost(pdyn, pcost, new)
-            actual = expected_cost(pdyn, pcost, old) - expected_cost(dyn, cost, new)
-            factor = predicted / (2 * torch.clamp(predicted - actual, min=1e-4))
-            factor = torch.where(torch.isfinite(factor), factor, torch.ones_like(factor)).clamp(0.5, 2.0)
-            self.mult = (self.mult * factor).clamp(cfg.min_mult, cfg.max_mult)
+        self.mult = adapt_multiplier(self._pred, dyn, cost, self.mult, cfg.min_mult, cfg.max_mult)
         eps = cfg.kl_step * self.T * self.mult
         if not self._fitted:
             self.local_new = self.local
@@ -478,7 +471,7 @@ class ConvGPSTrainer:
             mu_pi = self._global_means(reg)
             glob = self._linearize(reg, mu_pi)
             kl = self._dual_step(reg, mu_pi)
-        self._pred = (dyn, cost, self.local, self.local_new)
+        self._pred = Prediction(dyn, cost, self.local, self.local_new)
         self.local = self.local_new
         self.iteration_count += 1
         metrics = {
@@ -516,16 +509,10 @@ class ConvGPSTrainer:
             "fitted": self._fitted, "init_lr": float(self.init_lr),
         }
         if self._pred is not None:
-            dyn, cost, old, new = self._pred
-            out["pred"] = {"F": dyn.F, "f": dyn.f, "W": dyn.W, "x0_mean": dyn.x0_mean, "x0_cov": dyn.x0_cov,
-                           "C": cost.C, "c": cost.c, "c0": cost.c0, "oK": old.K, "ok": old.k, "ocov": old.cov,
-                           "nK": new.K, "nk": new.k, "ncov": new.cov}
+            out["pred"] = self._pred.state_dict()
         return out
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        from l2o_gym.agents.gps.cost import QuadraticCost
-        from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics
-
         loc = sd["local"]
         if tuple(loc["K"].shape) != tuple(self.local.K.shape):
             raise ValueError(f"controllers of shape {tuple(loc['K'].shape)} do not fit this run's "
@@ -537,9 +524,5 @@ class ConvGPSTrainer:
         self.iteration_count, self.env_steps = int(sd["iteration"]), int(sd["env_steps"])
         self.n_dropped, self._fitted, self.init_lr = int(sd["n_dropped"]), bool(sd["fitted"]), float(sd["init_lr"])
         p = sd.get("pred")
-        self._pred = None if p is None else (
-            LinearGaussianDynamics(p["F"], p["f"], p["W"], p["x0_mean"], p["x0_cov"]),
-            QuadraticCost(p["C"], p["c"], p["c0"]),
-            LinearGaussianPolicy(p["oK"], p["ok"], p["ocov"]), LinearGaussianPolicy(p["nK"], p["nk"], p["ncov"]),
-        )
+        self._pred = None if p is None else Prediction.from_state_dict(p)
 
