@@ -43,6 +43,16 @@ consecutive values where *every* problem diverged: such a configuration has the 
 mean (every problem pays the penalty), and larger steps are assumed to diverge too (``n_evaluated`` records
 how many configurations ran).
 
+**Search** (``search=``): ``"grid"`` (the default) evaluates every configuration of :data:`GRIDS` as above.
+``"coarse"`` is for families where one run costs seconds to minutes (the conv nets, neural art): the same
+grid, the same score, margin and selection, but along the learning-rate axis — for *every* point of the
+other axes, so momentum and NAG are still tuned over μ jointly — only the decades ``k ∈`` :data:`COARSE_K`
+(``1e-3 … 1``) are run first, then the half decades ``k* ± 2`` around the best so far, then the quarter
+decades ``k* ± 1`` around the new best (:data:`COARSE_REFINE`): about 8 instead of 25 learning rates. The
+``k* + 1`` neighbour of the selection is always evaluated, so the one-step margin still applies. The
+selection is the grid search's whenever the score is unimodal in ``log lr`` with its minimum inside
+``1e-3.5 … 10^0.5``; entries tuned this way record ``"search": "coarse"``.
+
 The value reported for the selected configuration (:func:`tune_baselines`, the sample-efficiency targets) is
 its penalized mean, i.e. its mean final objective when nothing diverged.
 
@@ -66,7 +76,7 @@ from l2o_gym.policy import Policy, Trajectory, run_policy
 from l2o_gym.problems import ProblemBatch
 
 __all__ = [
-    "FIRST_ORDER", "GRIDS", "LR_GRID", "MOMENTUM_GRID", "Candidate", "TuneResult", "best_baseline", "final_objective",
+    "COARSE_K", "COARSE_REFINE", "FIRST_ORDER", "GRIDS", "LR_GRID", "SEARCHES", "MOMENTUM_GRID", "Candidate", "TuneResult", "best_baseline", "final_objective",
     "grid_configs", "penalized_final", "score_config", "tune_baseline", "tune_baselines", "tuned_gd_step",
 ]
 
@@ -87,6 +97,13 @@ GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "cg": {},
     "lbfgs": {},
 }
+
+#: ``"coarse"`` search: exponents ``k`` (``lr = 10^(k/4)``) of the first pass along the learning-rate axis.
+COARSE_K: tuple[int, ...] = (-12, -8, -4, 0)
+#: ``"coarse"`` search: the steps (in quarter decades) of the refinement passes around the best so far.
+COARSE_REFINE: tuple[int, ...] = (2, 1)
+#: the search modes of :func:`tune_baseline`.
+SEARCHES: tuple[str, ...] = ("grid", "coarse")
 
 #: consecutive learning rates at which every problem diverged after which the scan along ``lr`` stops.
 STOP_AFTER_ALL_DIVERGED = 2
@@ -176,40 +193,80 @@ def score_config(policy: Policy, problems: ProblemBatch, horizon: int, hparams: 
     )
 
 
-def tune_baseline(name: str, problems: ProblemBatch, horizon: int) -> TuneResult:
+def tune_baseline(name: str, problems: ProblemBatch, horizon: int, *, search: str = "grid") -> TuneResult:
     """Tune baseline ``name`` on ``problems`` at ``horizon`` with the protocol of the module docstring.
 
     Args:
         name: a baseline with a line in :data:`GRIDS`.
         problems: the ``N`` tuning problems (``train`` or ``val``; the caller never passes ``test``).
         horizon: iterations ``T`` of each run.
+        search: ``"grid"`` (every configuration) or ``"coarse"`` (coarse-to-fine along the learning rate).
 
     Raises:
-        ValueError: unknown baseline, or a horizon that is not a positive integer.
+        ValueError: unknown baseline or search, or a horizon that is not a positive integer.
     """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
     if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
-    configs = grid_configs(name)
+    if search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
+    lrs = tuple(GRIDS[name].get("lr", ()))
+    # the points of the non-lr axes, in grid order, each with its lr scan
+    scans: dict[tuple[tuple[str, float], ...], list[dict[str, float]]] = {}
+    for hp in grid_configs(name):
+        scans.setdefault(tuple((k, v) for k, v in hp.items() if k != "lr"), []).append(hp)
     candidates: list[Candidate] = []
-    outer: tuple[tuple[str, float], ...] | None = None
-    all_diverged_run = 0
-    for hp in configs:
-        key = tuple((k, v) for k, v in hp.items() if k != "lr")
-        if key != outer:  # a new point of the non-lr axes: restart the lr scan
-            outer, all_diverged_run = key, 0
-        elif all_diverged_run >= STOP_AFTER_ALL_DIVERGED:
-            continue
-        cand = score_config(make_baseline(name, **hp), problems, horizon, hp)
-        candidates.append(cand)
-        all_diverged_run = all_diverged_run + 1 if cand.diverged_fraction == 1.0 else 0
-    candidates = _with_margin(candidates, tuple(GRIDS[name].get("lr", ())))
+    for scan in scans.values():
+        if search == "coarse" and lrs:
+            candidates += _coarse_scan(name, scan, problems, horizon, lrs)
+        else:
+            candidates += _full_scan(name, scan, problems, horizon)
+    candidates = _with_margin(candidates, lrs)
     best = candidates[0]
     for cand in candidates[1:]:
         if cand.score < best.score:
             best = cand
     return TuneResult(name=name, best=best, candidates=candidates)
+
+
+def _full_scan(name: str, scan: list[dict[str, float]], problems: ProblemBatch, horizon: int) -> list[Candidate]:
+    """Every configuration of ``scan`` (ascending lr), stopping after :data:`STOP_AFTER_ALL_DIVERGED` consecutive
+    configurations where every problem diverged."""
+    out: list[Candidate] = []
+    all_diverged_run = 0
+    for hp in scan:
+        if all_diverged_run >= STOP_AFTER_ALL_DIVERGED:
+            break
+        cand = score_config(make_baseline(name, **hp), problems, horizon, hp)
+        out.append(cand)
+        all_diverged_run = all_diverged_run + 1 if cand.diverged_fraction == 1.0 else 0
+    return out
+
+
+def _coarse_scan(
+    name: str, scan: list[dict[str, float]], problems: ProblemBatch, horizon: int, lrs: tuple[float, ...]
+) -> list[Candidate]:
+    """Coarse-to-fine along the lr axis of ``scan`` (module docstring); returns the evaluated ones in grid order."""
+    done: dict[int, Candidate] = {}
+
+    def run(i: int) -> None:
+        if 0 <= i < len(scan) and i not in done:
+            done[i] = score_config(make_baseline(name, **scan[i]), problems, horizon, scan[i])
+
+    def best() -> int:
+        scored = _with_margin([done[i] for i in sorted(done)], lrs)
+        pick = min(range(len(scored)), key=lambda j: scored[j].score)  # ties: the earliest (smaller lr)
+        return sorted(done)[pick]
+
+    for k in COARSE_K:
+        run(min(range(len(lrs)), key=lambda i: abs(math.log10(lrs[i]) - k / 4)))  # the grid's lr nearest 10^(k/4)
+    for delta in COARSE_REFINE:
+        b = best()
+        run(b - delta)
+        run(b + delta)
+    run(best() + 1)  # the margin's neighbour
+    return [done[i] for i in sorted(done)]
 
 
 def _with_margin(candidates: list[Candidate], lrs: tuple[float, ...]) -> list[Candidate]:

@@ -15,6 +15,7 @@ import shlex
 import sys
 
 from l2o_gym.agents.baselines import BASELINES
+from l2o_gym.agents.tuning import SEARCHES
 from l2o_gym.experiments import cli
 from l2o_gym.registry import ENV_IDS
 from l2o_gym.experiments.tuning import default_tuned_path, setting_key, tune, variant_kwargs
@@ -29,9 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-problems", type=cli.positive_int, default=100,
                         help="train problems per configuration (default: %(default)s)")
     parser.add_argument("--horizon", type=cli.positive_int, default=100, help="iterations (default: %(default)s)")
-    parser.add_argument("--variant", default=None,
-                        help="named problem variant of the env(s), e.g. relu, hidden40, 2layers for l2o/MLP-v0 "
-                             "(l2o_gym.envs.VARIANTS)")
+    parser.add_argument("--variant", nargs="+", default=[None], metavar="V",
+                        help="named problem variant(s) of the env(s), each its own setting, e.g. relu hidden40 for "
+                             "l2o/MLP-v0 (l2o_gym.registry.VARIANTS; default: none)")
+    parser.add_argument("--search", default="grid", choices=list(SEARCHES),
+                        help="grid: every configuration; coarse: coarse-to-fine along the learning rate, for "
+                             "expensive families (conv nets, neural art) (default: %(default)s)")
     parser.add_argument("--split", default="train", choices=["train", "val"], help="never test (default: %(default)s)")
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
@@ -43,17 +47,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     for env_id in args.env:
-        variant_kwargs(env_id, args.variant)
+        for variant in args.variant:
+            variant_kwargs(env_id, variant)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     command = "python scripts/tune_baselines.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    data = tune(args.env, args.policies, n_problems=args.n_problems, horizon=args.horizon, seed=args.seed,
-                split=args.split, device=args.device, command=command, out=args.out, variant=args.variant)
-    for env_id in args.env:
-        for name in args.policies:
-            key = setting_key(env_id, args.horizon, args.variant)
-            e = data["envs"][key][name]
-            print(f"{key:40s} {name:9s} {str(e['hparams']):38s} train score = {e['score']:.4g} "
-                  f"(diverged {100 * e['diverged_fraction']:.0f}%)")
+    for variant in args.variant:
+        data = tune(args.env, args.policies, n_problems=args.n_problems, horizon=args.horizon, seed=args.seed,
+                    split=args.split, device=args.device, command=command, out=args.out, variant=variant,
+                    search=args.search)
+        for env_id in args.env:
+            for name in args.policies:
+                key = setting_key(env_id, args.horizon, variant)
+                e = data["envs"][key][name]
+                print(f"{key:40s} {name:9s} {str(e['hparams']):38s} train score = {e['score']:.4g} "
+                      f"(diverged {100 * e['diverged_fraction']:.0f}%)", flush=True)
     print(f"saved: {args.out}")
     return 0
 

@@ -191,3 +191,26 @@ def test_first_order_baselines_on_1000_quadratics_are_fast():
     # Correctness at scale (timing is recorded by docs/benchmarks.md, not asserted here).
     r = evaluate(Adam(0.1), "l2o/Quadratic-v0", n_problems=1000, horizon=100, n_boot=50)
     assert r.n_problems == 1000 and r.final_mean < 0.5 * r.curve_mean[0]
+
+
+def test_oracle_rows_use_the_sections_own_tuned_setting(tmp_path):
+    import json
+
+    from l2o_gym.experiments.compare import CompareConfig, PolicySpec, Section, plan
+
+    assert PolicySpec.parse("Adam:oracle") == PolicySpec("adam", None, True)
+    assert PolicySpec.parse("adam:oracle").label == "adam:oracle"
+    with pytest.raises(ValueError, match="only a hand-designed baseline has an oracle row"):
+        PolicySpec.parse("lstm:oracle")
+    tuned = tmp_path / "tuned.json"
+    entry = lambda lr: {"hparams": {"lr": lr}, "horizon": 10}  # noqa: E731
+    tuned.write_text(json.dumps({"envs": {"l2o/MLP-v0@T10": {"sgd": entry(0.1)},
+                                          "l2o/MLP-v0+relu@T10": {"sgd": entry(0.3)}}}))
+    sec = Section("l2o/MLP-v0", ["sgd", "sgd:oracle"], 10, variant="relu", n_problems=1, tuned_as="")
+    jobs = plan(CompareConfig(sections=[sec], out=str(tmp_path / "o"), tuned=str(tuned)))
+    by = {j.label: j for j in jobs}
+    assert by["sgd"].hparams == {"lr": 0.1} and by["sgd"].extra["tuned_as"] == "l2o/MLP-v0"
+    assert by["sgd:oracle"].hparams == {"lr": 0.3} and by["sgd:oracle"].extra["tuned_as"] == "relu"
+    tuned.write_text(json.dumps({"envs": {"l2o/MLP-v0@T10": {"sgd": entry(0.1)}}}))
+    with pytest.raises(ValueError, match=r"'sgd:oracle'.*--variant relu --horizon 10 --policies sgd"):
+        plan(CompareConfig(sections=[sec], out=str(tmp_path / "o"), tuned=str(tuned)))

@@ -183,3 +183,29 @@ def test_seed_spread_is_recorded_in_the_tuned_file(tmp_path):
     data = record_spread(tmp_path / "t.json", "l2o/Quadratic-v0@T5", spread, "cmd")
     assert json.loads((tmp_path / "t.json").read_text())["stability"]["l2o/Quadratic-v0@T5"]["sgd"] == json.loads(
         json.dumps(row)) and data["protocol"]["id"]
+
+
+def test_coarse_search_is_the_same_protocol_on_fewer_learning_rates():
+    problems = env_family("l2o/Quadratic-v0").sample(8, "train", 0)
+    for name in ("sgd", "momentum"):
+        full = tune_baseline(name, problems, 20)
+        coarse = tune_baseline(name, problems, 20, search="coarse")
+        # momentum keeps every μ of the joint grid; each lr scan runs ~8 of the 25 learning rates
+        mus = {c.hparams.get("momentum") for c in coarse.candidates}
+        assert mus == ({None} if name == "sgd" else set(MOMENTUM_GRID))
+        per_scan = coarse.n_evaluated / len(mus)
+        assert per_scan <= len(tuning.COARSE_K) + 2 * len(tuning.COARSE_REFINE) + 1 < len(LR_GRID)
+        # the score of a configuration does not depend on the search; the margin's neighbour was evaluated
+        by_hp = {tuple(sorted(c.hparams.items())): c for c in full.candidates}
+        shared = [c for c in coarse.candidates if tuple(sorted(c.hparams.items())) in by_hp]
+        assert len(shared) >= coarse.n_evaluated // 2  # the rest: beyond where the full scan stopped (all diverged)
+        for c in shared:
+            assert c.penalized_mean == by_hp[tuple(sorted(c.hparams.items()))].penalized_mean
+        up = {**coarse.best.hparams, "lr": LR_GRID[LR_GRID.index(coarse.best.hparams["lr"]) + 1]}
+        assert any(c.hparams == up for c in coarse.candidates)
+        # on this smooth objective the coarse pick is the grid's pick, or its grid neighbour with a score as good
+        # up to 10 %
+        assert abs(LR_GRID.index(coarse.best.hparams["lr"]) - LR_GRID.index(full.best.hparams["lr"])) <= 1
+        assert coarse.best.score <= 1.1 * full.best.score
+    with pytest.raises(ValueError, match="unknown search 'random'.*grid, coarse"):
+        tune_baseline("sgd", problems, 20, search="random")

@@ -61,8 +61,9 @@ class Task(Protocol):
 
 
 @dataclass
-class BADMMConfig:
-    """Hyperparameters of the BADMM loop.
+class BADMMLoopConfig:
+    """The knobs of the BADMM loop shared by every GPS variant (:class:`BADMMConfig` for GPS on the full state,
+    :class:`~l2o_gym.agents.gps.conv.ConvGPSConfig` for convolutional GPS, which overrides some defaults).
 
     Args:
         n_samples: trajectories per condition per iteration ``N``.
@@ -74,11 +75,6 @@ class BADMMConfig:
         init_nu: initial ν_t; nu_min, nu_max: its bounds.
         kl_target: target ``E KL(p‖π)`` per time step for the ν adjustment.
         dual_step: α of the λ update.
-        regression: Adam settings of the global update.
-        global_samples: trajectories per condition sampled each iteration from the *global* policy (its mean
-            plus its covariance noise) and added to the regression data, labelled by the local controllers at
-            the states the global policy visits (a DAgger-like correction of the state distribution the global
-            policy is trained on; the local fits use the local samples only). 0: plain BADMM.
     """
 
     n_samples: int = 5
@@ -93,12 +89,8 @@ class BADMMConfig:
     nu_max: float = 1e3
     kl_target: float = 0.5
     dual_step: float = 1.0
-    regression: RegressionConfig = field(default_factory=RegressionConfig)
-    global_samples: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.regression, dict):
-            self.regression = RegressionConfig(**self.regression)
         for name in ("n_samples", "inner_iterations"):
             check_positive_int(name, getattr(self, name))
         for name in ("kl_step", "min_mult", "max_mult", "init_nu", "nu_min", "nu_max", "kl_target", "dual_step"):
@@ -108,6 +100,27 @@ class BADMMConfig:
         if self.max_mult < self.min_mult or self.nu_max < self.nu_min:
             raise ValueError(f"max_mult must be >= min_mult and nu_max >= nu_min, got {self.max_mult}, {self.min_mult}, "
                              f"{self.nu_max}, {self.nu_min}")
+
+
+@dataclass
+class BADMMConfig(BADMMLoopConfig):
+    """Hyperparameters of the BADMM loop of GPS on the full state: :class:`BADMMLoopConfig` plus
+
+    Args:
+        regression: Adam settings of the global update.
+        global_samples: trajectories per condition sampled each iteration from the *global* policy (its mean
+            plus its covariance noise) and added to the regression data, labelled by the local controllers at
+            the states the global policy visits (a DAgger-like correction of the state distribution the global
+            policy is trained on; the local fits use the local samples only). 0: plain BADMM.
+    """
+
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    global_samples: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.regression, dict):
+            self.regression = RegressionConfig(**self.regression)
+        super().__post_init__()
         if isinstance(self.global_samples, bool) or not isinstance(self.global_samples, int) or self.global_samples < 0:
             raise ValueError(f"global_samples must be a non-negative integer, got {self.global_samples!r}")
 

@@ -41,9 +41,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from l2o_gym import core
-from l2o_gym.agents.gps.badmm import Prediction, adapt_multiplier, adjust_nu
+from l2o_gym.checks import check_nonnegative, check_positive, check_positive_int
+from l2o_gym.agents.gps.badmm import BADMMLoopConfig, Prediction, adapt_multiplier, adjust_nu
 from l2o_gym.agents.gps.coord import (
     STATE_DIM,
+    CoordinateController,
     CoordinateFeatures,
     DynamicsMoments,
     CostMoments,
@@ -61,14 +63,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ConvGPSConfig:
-    """Hyperparameters of convolutional GPS.
+class ConvGPSConfig(BADMMLoopConfig):
+    """Hyperparameters of convolutional GPS: the BADMM loop's (:class:`~l2o_gym.agents.gps.badmm.BADMMLoopConfig`:
+    ``n_samples``, ``inner_iterations``, ``kl_step`` — here per coordinate and time step —, ``min_mult``,
+    ``max_mult``, ``prior_strength`` — of the pooled dynamics prior —, ``dyn_reg``, ``init_nu``, ``nu_min``,
+    ``nu_max``, ``kl_target``, ``dual_step``; defaults below where they differ) plus
 
     Args:
         horizon: ``T`` (Li & Malik 2017: 400).
-        n_samples: trajectories per condition per iteration.
-        kl_step: KL trust region per coordinate and time step (``ε = kl_step · T · mult``).
-        min_mult, max_mult: bounds of the adaptive step multiplier.
         init_lr, init_std: the initial controllers ``a = −init_lr · ĝ + N(0, init_std²)`` (``ĝ`` the
             normalised averaged gradient of Φ, an RMSprop-like step). ``init_lr = None``: tuned on the training
             conditions over :data:`INIT_LR_GRID` (the lowest mean objective over the run), the way GPS starts
@@ -77,9 +79,6 @@ class ConvGPSConfig:
         cost_scale: the per-coordinate cost is multiplied by this (``None``: the number of coordinates ``d``, so
             that a coordinate's cost is the whole net's modelled change of ``Σ_t f_t / (T |f_0|)`` if every
             coordinate behaved like it — O(1), comparable to the KL terms whatever the size of the net).
-        prior_strength: ``n₀`` of the pooled dynamics prior; dyn_reg: ridge of the fits.
-        init_nu, nu_min, nu_max, kl_target, dual_step: BADMM multipliers (as in :class:`BADMMConfig`).
-        inner_iterations: local/global/dual rounds per iteration.
         hidden: LSTM cells per group (paper: 128).
         regression_coords: coordinates per group and trajectory kept for the global step.
         regression_epochs: passes over the stored sequences per global step; bptt: truncation window;
@@ -90,23 +89,14 @@ class ConvGPSConfig:
         seed: seed of noise, subsets and the LSTM's initialisation.
     """
 
-    horizon: int = 400
     n_samples: int = 4
+    inner_iterations: int = 1
     kl_step: float = 0.02
-    min_mult: float = 0.05
-    max_mult: float = 10.0
+    horizon: int = 400
     init_lr: float | None = None
     init_std: float = 0.002
     action_penalty: float = 1e-4
     cost_scale: float | None = None
-    prior_strength: float = 1.0
-    dyn_reg: float = 1e-6
-    init_nu: float = 1e-2
-    nu_min: float = 1e-6
-    nu_max: float = 1e3
-    kl_target: float = 0.5
-    dual_step: float = 1.0
-    inner_iterations: int = 1
     hidden: int = 128
     regression_coords: int = 16
     regression_epochs: int = 4
@@ -116,20 +106,16 @@ class ConvGPSConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("horizon", "n_samples", "inner_iterations", "hidden", "regression_coords", "regression_epochs", "bptt"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.init_lr is not None and not (isinstance(self.init_lr, (int, float)) and math.isfinite(self.init_lr) and self.init_lr > 0):
-            raise ValueError(f"init_lr must be a finite positive number or None, got {self.init_lr!r}")
-        for name in ("kl_step", "min_mult", "max_mult", "regression_lr", "kl_target", "dual_step"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite positive number, got {v!r}")
-        for name in ("init_std", "action_penalty", "prior_strength", "dyn_reg"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
+        super().__post_init__()
+        for name in ("horizon", "hidden", "regression_coords", "regression_epochs", "bptt"):
+            check_positive_int(name, getattr(self, name))
+        if self.init_lr is not None:
+            check_positive("init_lr", self.init_lr)
+        if self.cost_scale is not None:
+            check_positive("cost_scale", self.cost_scale)
+        check_positive("regression_lr", self.regression_lr)
+        for name in ("init_std", "action_penalty"):
+            check_nonnegative(name, getattr(self, name))
 
 
 #: learning rates tried for the initial controller when ``init_lr`` is None.
@@ -258,15 +244,15 @@ class ConvGPSTrainer:
         alive = torch.ones(B, dtype=torch.bool, device=dev)
         cg_rows = ccond[:, None].to(dev) * G + sub_group[None].to(dev)  # [B, S_b]
         groups = torch.cat([torch.full((s.numel,), j, dtype=torch.int64) for j, s in enumerate(self.specs)]).to(dev)
-        cidx = ccond.to(dev)[:, None] * G + groups[None]  # [B, d] controller of every coordinate
+        local = CoordinateController(  # the controller of every coordinate of every row: condition · G + group
+            LinearGaussianPolicy(controller.K.to(dt), controller.k.to(dt), controller.cov.to(dt)),
+            ccond.to(dev)[:, None] * G + groups[None],
+        )
         with torch.no_grad():
             for t in range(T):
                 s = feats.state
-                K = controller.K[:, t, 0].to(dt)[cidx]  # [B, d, dS]
-                k = controller.k[:, t, 0].to(dt)[cidx]
-                std = controller.cov[:, t, 0, 0].clamp_min(0).sqrt().to(dt)[cidx]
                 noise = torch.stack([torch.randn(problems.dim, generator=g, dtype=torch.float64) for g in gens]).to(dev, dt)
-                a = torch.einsum("nds,nds->nd", s, K) + k + std * noise  # frame step a'
+                a = local.sample(s, t, noise)  # frame step a'
                 a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
                 frame = feats.frame
                 obs_seq.append(torch.gather(feats.obs, 1, sub[..., None].expand(-1, -1, feats.obs.shape[-1])).float())

@@ -184,7 +184,8 @@ class CoordinateController:
     Attributes:
         policy: :class:`LinearGaussianPolicy` with ``M = G`` groups: ``K[G, T, 1, dS]``, ``k[G, T, 1]``,
             ``cov[G, T, 1, 1]``.
-        groups: ``[d]`` group of every coordinate (:func:`group_index`).
+        groups: ``[d]`` controller of every coordinate (:func:`group_index`), or ``[N, d]`` per row (conv GPS's
+            sampler with one controller set per training condition: ``condition · G + group``).
     """
 
     policy: LinearGaussianPolicy
@@ -192,13 +193,13 @@ class CoordinateController:
 
     def mean(self, s: Tensor, t: int) -> Tensor:
         """Mean frame steps ``a'[N, d]`` for local states ``s[N, d, dS]`` (the step is ``σ · a'``)."""
-        K = self.policy.K[self.groups, t, 0]  # [d, dS]
-        k = self.policy.k[self.groups, t, 0]  # [d]
-        return torch.einsum("nds,ds->nd", s, K) + k
+        K = self.policy.K[self.groups, t, 0]  # [d, dS] or [N, d, dS]
+        k = self.policy.k[self.groups, t, 0]  # [d] or [N, d]
+        return (s * K).sum(-1) + k
 
     def sample(self, s: Tensor, t: int, noise: Tensor) -> Tensor:
         """Frame steps ``a'[N, d]`` with standard normal ``noise[N, d]``."""
-        std = self.policy.cov[self.groups, t, 0, 0].clamp_min(0.0).sqrt()  # [d]
+        std = self.policy.cov[self.groups, t, 0, 0].clamp_min(0.0).sqrt()  # [d] or [N, d]
         return self.mean(s, t) + std * noise
 
 

@@ -74,21 +74,47 @@ def pretrained_path(kind: str, env_id: str) -> Path | None:
 
 @dataclass
 class PolicySpec:
-    """A ``--policies`` entry: ``name`` or ``name=CHECKPOINT``."""
+    """A ``--policies`` entry: ``name``, ``name=CHECKPOINT``, or ``name:oracle`` for a baseline.
+
+    ``name:oracle`` is the *oracle* row of a baseline (Li & Malik 2017): the baseline with the hyperparameters
+    tuned on the section's own setting (its variant, at the section's tuning horizon) even where the section's other baselines
+    use those of another setting (:attr:`Section.tuned_as`) — the best a user could get by tuning per task.
+    Its rows are labelled ``name:oracle`` and never count as "the best tuned baseline".
+    """
 
     name: str
     checkpoint: str | None = None
+    oracle: bool = False
+
+    @property
+    def label(self) -> str:
+        """The row label: ``name``, or ``name:oracle``."""
+        return self.name + (ORACLE_SUFFIX if self.oracle else "")
 
     @classmethod
     def parse(cls, text: str) -> PolicySpec:
         name, _, ckpt = text.partition("=")
         name = name.strip().lower()
+        oracle = name.endswith(ORACLE_SUFFIX)
+        if oracle:
+            name = name[: -len(ORACLE_SUFFIX)]
         if name not in BASELINES and name not in LEARNED:
-            valid = ", ".join([*BASELINES, *(f"{k}[=CKPT]" for k in LEARNED)])
+            valid = ", ".join([*BASELINES, *(f"{k}[=CKPT]" for k in LEARNED), f"BASELINE{ORACLE_SUFFIX}"])
             raise ValueError(f"unknown policy {name!r}: expected one of {valid}")
         if ckpt and name in BASELINES:
             raise ValueError(f"policy {name!r} is a hand-designed baseline and takes no checkpoint (got {ckpt!r})")
-        return cls(name, ckpt or None)
+        if oracle and name not in BASELINES:
+            raise ValueError(f"{text.strip()!r}: only a hand-designed baseline has an oracle row ({name!r} is learned)")
+        return cls(name, ckpt or None, oracle)
+
+
+#: the suffix of an oracle row's policy name (:class:`PolicySpec`).
+ORACLE_SUFFIX = ":oracle"
+
+
+def is_oracle(policy: str) -> bool:
+    """Whether ``policy`` (a result's policy label) is an oracle row."""
+    return policy.endswith(ORACLE_SUFFIX)
 
 
 def _load_learned(spec: PolicySpec, env_id: str, device: str) -> tuple[Policy, str]:
@@ -263,17 +289,19 @@ def plan(cfg: CompareConfig) -> list[_Job]:
         horizons = [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else [])
         for spec in specs:
             if spec.name in BASELINES:
-                tuned_variant = sec.variant if sec.tuned_as is None else (sec.tuned_as or None)
-                entry = tuned_entry(tuned, sec.env, spec.name, sec.tuned_horizon or sec.horizon, tuned_variant)
+                own = spec.oracle or sec.tuned_as is None
+                tuned_variant = sec.variant if own else (sec.tuned_as or None)
+                tuned_h = sec.tuned_horizon or sec.horizon
+                entry = tuned_entry(tuned, sec.env, spec.name, tuned_h, tuned_variant)
                 if entry is None:
                     variant = f" --variant {tuned_variant}" if tuned_variant else ""
                     raise ValueError(
-                        f"no tuned hyperparameters for {spec.name!r} on {sec.name}: run `python scripts/tune_baselines.py "
-                        f"--env {sec.env}{variant} --horizon {sec.tuned_horizon or sec.horizon} --policies {spec.name}`"
+                        f"no tuned hyperparameters for {spec.label!r} on {sec.name}: run `python scripts/tune_baselines.py "
+                        f"--env {sec.env}{variant} --horizon {tuned_h} --policies {spec.name}`"
                     )
                 policy: Policy = make_baseline(spec.name, **entry["hparams"])
                 extra: dict[str, Any] = {"hparams": entry["hparams"], "tuned_horizon": entry.get("horizon")}
-                if sec.tuned_as is not None:
+                if not own or spec.oracle:
                     extra["tuned_as"] = tuned_variant or sec.env
                 hparams, ckpt = dict(entry["hparams"]), None
             else:
@@ -290,7 +318,7 @@ def plan(cfg: CompareConfig) -> list[_Job]:
             if sec.variant:
                 extra["variant"] = sec.variant
             for h in horizons:
-                jobs.append(_Job(sec, spec.name, policy, h, dict(extra), fkw, sec.n_problems or cfg.n_problems,
+                jobs.append(_Job(sec, spec.label, policy, h, dict(extra), fkw, sec.n_problems or cfg.n_problems,
                                  hparams, ckpt))
     return jobs
 
@@ -357,7 +385,7 @@ def write_report(
 
 def _build_policy(task: _Task) -> Policy:
     if task.checkpoint is None:
-        return make_baseline(task.label, **(task.hparams or {}))
+        return make_baseline(task.label.removesuffix(ORACLE_SUFFIX), **(task.hparams or {}))
     key = (task.label, task.checkpoint, task.env, task.device)
     if key not in _WORKER_POLICIES:
         module, _, fn = LEARNED[task.label].partition(":")

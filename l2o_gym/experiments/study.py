@@ -32,7 +32,9 @@ from typing import Any
 from l2o_gym.agents.baselines import FIRST_ORDER as _FIRST_ORDER
 from l2o_gym.agents.common import steps_to_reach
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
-from l2o_gym.experiments.compare import CompareConfig, Section, fmt_number, run_jobs, write_report, write_results
+from l2o_gym.experiments.compare import (
+    ORACLE_SUFFIX, CompareConfig, Section, fmt_number, is_oracle, run_jobs, write_report, write_results,
+)
 from l2o_gym.experiments.evaluation import EvalResult
 from l2o_gym.stability import stability
 
@@ -99,10 +101,18 @@ NN_T = 400
 NN_TRUE_EVERY = 10
 
 
-def nn_section(variant: str, n_problems: int, long_horizon: int | None = 2 * NN_T, title: str | None = None) -> Section:
+#: the baselines with an oracle row in the NN sections (re-tuned on each test setting; ``--search coarse``).
+NN_ORACLE = [*FIRST_ORDER, "adagrad"]
+
+
+def nn_section(variant: str, n_problems: int, long_horizon: int | None = 2 * NN_T, title: str | None = None,
+               oracle: bool = True) -> Section:
     """One NN-benchmark setting: baselines tuned on the MNIST-48 training objective (``tuned_as=""`` at T)
-    and applied unchanged (the paper's protocol), every learned optimizer shipped for the env."""
-    return Section(NN_ENV, list(NN_POLICIES), NN_T, long_horizon, variant=variant, n_problems=n_problems,
+    and applied unchanged (the paper's protocol), every learned optimizer shipped for the env, and (``oracle``)
+    the oracle rows ``NAME:oracle`` of :data:`NN_ORACLE`, re-tuned on the setting itself — except on ``mnist``,
+    the training objective, where the oracle is the MNIST-tuned baseline."""
+    policies = list(NN_POLICIES) + ([p + ORACLE_SUFFIX for p in NN_ORACLE] if oracle and variant != "mnist" else [])
+    return Section(NN_ENV, policies, NN_T, long_horizon, variant=variant, n_problems=n_problems,
                    title=title or f"NNClassifier {variant}", tuned_as="", tuned_horizon=NN_T, true_every=NN_TRUE_EVERY)
 
 
@@ -249,7 +259,8 @@ def versus_rows(results: list[EvalResult], sections: list[Section]) -> list[dict
         horizons = [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else [])
         row: dict[str, Any] = {"section": sec.name, "T": sec.horizon, "long_T": sec.long_horizon}
         for h in horizons:
-            base = [idx[(sec.name, p, h)] for p in sec.policies if p not in LEARNED_KIND and (sec.name, p, h) in idx]
+            base = [idx[(sec.name, p, h)] for p in sec.policies
+                    if p not in LEARNED_KIND and not is_oracle(p) and (sec.name, p, h) in idx]
             if base:
                 best = min(base, key=lambda r: r.final_mean)
                 row[f"best_baseline@{h}"] = (best.policy, best.final_mean)
@@ -329,11 +340,16 @@ def nn_rows(results: list[EvalResult], sections: list[Section]) -> list[dict[str
             continue
         for h in [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else []):
             lstm = idx.get((sec.name, "lstm", h))
-            base = [idx[(sec.name, p, h)] for p in sec.policies if p not in LEARNED_KIND and (sec.name, p, h) in idx]
+            base = [idx[(sec.name, p, h)] for p in sec.policies
+                    if p not in LEARNED_KIND and not is_oracle(p) and (sec.name, p, h) in idx]
             if lstm is None or not base:
                 continue
             best = min(base, key=lambda r: r.final_mean)
+            oracle = [idx[(sec.name, p, h)] for p in sec.policies if is_oracle(p) and (sec.name, p, h) in idx]
+            best_oracle = min(oracle, key=lambda r: r.final_mean) if oracle else None
             rows.append({"section": sec.name, "variant": sec.variant, "T": h, "n_problems": lstm.n_problems,
+                         "best_oracle": best_oracle.policy if best_oracle else None,
+                         "best_oracle_f": best_oracle.final_mean if best_oracle else None,
                          "lstm": lstm.final_mean, "best_baseline": best.policy, "best_baseline_f": best.final_mean,
                          "lstm_beats": sum(lstm.final_mean <= b.final_mean for b in base), "n_baselines": len(base),
                          "lstm_diverged_fraction": lstm.diverged_fraction,
@@ -349,15 +365,18 @@ def nn_summary_lines(rows: list[dict[str, Any]]) -> list[str]:
         "## NN benchmark (Li & Malik 2017): LSTM vs baselines tuned on MNIST-48, true objective",
         "",
         "Baselines were tuned on the MNIST-48 training objective at T = 400 only and applied unchanged; the LSTM was "
-        "meta-trained on MNIST-48. `≤ baselines`: how many baselines the LSTM's mean true objective is at or below.",
+        "meta-trained on MNIST-48. `≤ baselines`: how many baselines the LSTM's mean true objective is at or below. "
+        "`oracle`: the best first-order baseline re-tuned on that setting itself (`NAME:oracle` rows; — : not run).",
         "",
-        "| setting | iteration | problems | LSTM | best baseline | LSTM ≤ baselines | LSTM diverged |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | iteration | problems | LSTM | best baseline | LSTM ≤ baselines | LSTM diverged | oracle |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        oracle = (f"{r['best_oracle'].removesuffix(ORACLE_SUFFIX)} {fmt_number(r['best_oracle_f'])}"
+                  if r.get("best_oracle") else "—")
         lines.append(f"| {r['section']} | {r['T']} | {r['n_problems']} | {fmt_number(r['lstm'])} | {r['best_baseline']} "
                      f"{fmt_number(r['best_baseline_f'])} | {r['lstm_beats']}/{r['n_baselines']} | "
-                     f"{100 * r['lstm_diverged_fraction']:.0f}% |")
+                     f"{100 * r['lstm_diverged_fraction']:.0f}% | {oracle} |")
     return [*lines, ""]
 
 

@@ -30,7 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from l2o_gym.agents.baselines import make_baseline
-from l2o_gym.agents.tuning import FIRST_ORDER, GRIDS, LR_GRID, MOMENTUM_GRID, STOP_AFTER_ALL_DIVERGED, tune_baseline
+from l2o_gym.agents.tuning import (
+    COARSE_K, COARSE_REFINE, FIRST_ORDER, GRIDS, LR_GRID, MOMENTUM_GRID, STOP_AFTER_ALL_DIVERGED, tune_baseline,
+)
 from l2o_gym.checkpoint import atomic_write
 from l2o_gym.checks import check_positive_int, check_split, resolve_device, resolve_dtype
 from l2o_gym.problems import ProblemBatch
@@ -57,6 +59,10 @@ PROTOCOL: dict[str, Any] = {
                  "earliest in grid order; diverging configurations are scored, never dropped",
     "lr_scan_stop": f"along the lr axis (ascending) the scan stops after {STOP_AFTER_ALL_DIVERGED} consecutive values "
                     "where every problem diverged (such a configuration already has the worst possible score)",
+    "search": {"grid": "every configuration of the grids",
+               "coarse": f"the same grids, score and selection; along lr (for every other point of the grid) only "
+                         f"10^(k/4) for k in {list(COARSE_K)}, then ± {list(COARSE_REFINE)} quarter decades around the "
+                         "best so far, then the best's next larger lr (entries record \"search\": \"coarse\")"},
     "module": "l2o_gym.agents.tuning",
 }
 
@@ -110,6 +116,7 @@ def tune_setting(
     device: torch.device | str = "cpu",
     family_kwargs: dict[str, Any] | None = None,
     problems: ProblemBatch | None = None,
+    search: str = "grid",
 ) -> dict[str, Any]:
     """Tune one baseline on one setting (:func:`l2o_gym.agents.tuning.tune_baseline` on :func:`tuning_problems`).
 
@@ -117,13 +124,14 @@ def tune_setting(
     "n_evaluated", "n_diverging"}`` — ``final_mean`` counts diverged problems at their last finite objective
     (the evaluation harness's convention), ``n_diverging`` is the number of evaluated configurations that
     diverged on at least one problem (scored with the penalty, not dropped). ``problems`` (already sampled
-    with these arguments) skips the sampling.
+    with these arguments) skips the sampling; ``search``: ``"grid"`` or ``"coarse"``
+    (:func:`~l2o_gym.agents.tuning.tune_baseline`).
     """
     if problems is None:
         problems = tuning_problems(env_id, n_problems, seed=seed, split=split, device=device, family_kwargs=family_kwargs)
     elif split == "test":
         raise ValueError("tuning must not read the test split: use split='train' or 'val'")
-    res = tune_baseline(name, problems, horizon)
+    res = tune_baseline(name, problems, horizon, search=search)
     return {
         "hparams": res.hparams,
         "score": res.best.penalized_mean,
@@ -173,10 +181,12 @@ def tune(
     command: str = "",
     out: str | Path | None = None,
     variant: str | None = None,
+    search: str = "grid",
 ) -> dict[str, Any]:
     """Tune ``names`` on every env (optionally a named ``variant`` of it) at ``horizon``; merge the entries,
     keyed by :func:`setting_key`, into the JSON at ``out`` (created if missing; written after every setting)
-    and return it. Every baseline of a setting is tuned on the same ``n_problems`` problems."""
+    and return it. Every baseline of a setting is tuned on the same ``n_problems`` problems, with ``search``
+    (``"grid"`` or ``"coarse"``, :func:`~l2o_gym.agents.tuning.tune_baseline`)."""
     out_path = Path(out) if out else None
     data = _read(out_path)
     for env_id in env_ids:
@@ -184,12 +194,12 @@ def tune(
         problems = tuning_problems(env_id, n_problems, seed=seed, split=split, device=device, family_kwargs=fkw)
         key = setting_key(env_id, horizon, variant)
         for name in tqdm(names, desc=f"tuning {key}", leave=False):
-            res = tune_setting(name, env_id, horizon=horizon, split=split, problems=problems)
+            res = tune_setting(name, env_id, horizon=horizon, split=split, problems=problems, search=search)
             log.info("%s %s: %s -> score %.4g, mean final f %.4g (%d configs, %d diverging somewhere)", key, name,
                      res["hparams"], res["score"], res["final_mean"], res["n_evaluated"], res["n_diverging"])
             entry = data["envs"].setdefault(key, {})
             entry[name] = {**res, "split": split, "n_problems": n_problems, "horizon": horizon, "seed": seed,
-                           "command": command, "protocol": PROTOCOL["id"],
+                           "command": command, "protocol": PROTOCOL["id"], "search": search,
                            **({"variant": variant, "family_kwargs": fkw} if variant else {})}
         _write(data, out_path)
     _write(data, out_path)
