@@ -51,12 +51,14 @@ from l2o_gym import core
 from l2o_gym.agents.common import Agent, fit
 from l2o_gym.checkpoint import CheckpointError, check_compatible, config_field, load_policy_file, save_policy
 from l2o_gym.core import CoreConfig, State
-from l2o_gym.policy import FeatureView, Policy, run_policy
+from l2o_gym.policy import FeatureView, Policy, preprocess, run_policy
 
 log = logging.getLogger(__name__)
 
 #: the algorithms this module trains; also the ``kind`` of their checkpoints.
-ALGOS: tuple[str, ...] = ("ppo", "sac", "recurrent_ppo")
+ALGOS: tuple[str, ...] = ("ppo", "sac", "recurrent_ppo", "coord_ppo")
+#: the algorithms whose policy is coordinatewise (:class:`CoordinateActorCriticPolicy`): any problem dimension.
+COORDINATEWISE: tuple[str, ...] = ("coord_ppo",)
 
 #: activation names accepted in ``SB3TrainConfig.activation`` (stored by name in checkpoints).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -84,7 +86,9 @@ class SB3TrainConfig:
     """Everything :func:`train_sb3` needs (stored in checkpoints and in the training state).
 
     Args:
-        algo: ``"ppo"``, ``"sac"`` or ``"recurrent_ppo"`` (the latter needs the ``contrib`` extra).
+        algo: ``"ppo"``, ``"sac"``, ``"recurrent_ppo"`` (needs the ``contrib`` extra) or ``"coord_ppo"`` (PPO with
+            :class:`CoordinateActorCriticPolicy`: one small actor and critic shared by every coordinate, so the
+            policy runs on problems of any dimension, like the LSTM and convolutional GPS).
         env_id: registered env id (``l2o_gym.registry.ENV_TABLE``).
         total_timesteps: env steps (sampled transitions, summed over the ``n_envs`` optimizees) to train for.
             On-policy algorithms stop at the first full rollout at or past it.
@@ -117,7 +121,9 @@ class SB3TrainConfig:
         tau: SAC target-network averaging.
         train_freq: SAC vector-env steps between updates.
         gradient_steps: SAC gradient steps per update (−1: as many as env steps collected).
-        norm_obs: normalise observations with VecNormalize (statistics saved with the policy).
+        norm_obs: normalise observations with VecNormalize (statistics saved with the policy). Ignored by
+            ``coord_ppo``: VecNormalize's statistics are per entry of the flat observation, tied to one
+            dimension; the coordinatewise policy makes its inputs scale-free itself (log/sign gradients).
         norm_reward: normalise rewards with VecNormalize (training only).
         clip_obs: VecNormalize clip of normalised observations.
         n_val: ``val`` problems of the validation metric (float64, seed ``seed``).
@@ -247,6 +253,11 @@ class SB3TrainConfig:
         """The core config whose features the policy reads (the env's, with validation on)."""
         return CoreConfig(horizon=self.horizon, history=self.history, include_steps=self.include_steps)
 
+    @property
+    def obs_normalized(self) -> bool:
+        """Whether VecNormalize normalises observations (``norm_obs``, never for a coordinatewise policy)."""
+        return self.norm_obs and self.algo not in COORDINATEWISE
+
     def policy_kwargs(self) -> dict[str, Any]:
         """JSON form of the SB3 ``policy_kwargs`` (activation by name), stored in checkpoints."""
         kw: dict[str, Any] = {"net_arch": list(self.net_arch), "activation": self.activation}
@@ -254,6 +265,9 @@ class SB3TrainConfig:
             kw["log_std_init"] = float(self.log_std_init)
         if self.algo == "recurrent_ppo":
             kw["lstm_hidden_size"] = int(self.lstm_hidden_size)
+        if self.algo in COORDINATEWISE:
+            kw.update(history=int(self.history), include_steps=bool(self.include_steps),
+                      action_scale=float(self.action_scale))  # type: ignore[arg-type]
         return kw
 
 
@@ -273,6 +287,8 @@ def _sb3_policy_kwargs(json_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _policy_class(kind: str) -> type:
+    if kind == "coord_ppo":
+        return _coordinate_policy_class()
     if kind == "ppo":
         from stable_baselines3.common.policies import ActorCriticPolicy
 
@@ -287,6 +303,122 @@ def _policy_class(kind: str) -> type:
 
         return RecurrentActorCriticPolicy
     raise ValueError(f"unknown SB3 kind {kind!r}: expected one of {', '.join(ALGOS)}")
+
+
+class CoordinateNets(nn.Module):
+    """The shared per-coordinate actor and critic of :class:`CoordinateActorCriticPolicy` (SB3's
+    ``mlp_extractor`` slot).
+
+    The flat observation ``[B, F]`` (layout: :mod:`l2o_gym.core`) is read as ``d = (F − H) / (k·H)``
+    coordinates (``k = 2`` with ``include_steps``), each with the input (``in_dim = 3H``, or ``4H`` with steps):
+    its last ``H`` gradients as ``(log|g|/p, sign g)`` pairs (:func:`l2o_gym.policy.preprocess`, scale-free),
+    the ``H`` shared relative objective changes and, with ``include_steps``, its last ``H`` steps divided by
+    ``action_scale`` (in ``[−1, 1]``). The actor MLP maps each coordinate's input to a latent ``[B, d, W]``
+    (the action head reads one step per coordinate from it); the critic MLP's per-coordinate latents are
+    averaged over the coordinates, ``[B, W]`` (a value that does not depend on ``d`` or on the order of the
+    coordinates). Both are permutation-equivariant/invariant in the coordinates and work for any ``d``.
+    """
+
+    def __init__(self, history: int, include_steps: bool, action_scale: float, p: float,
+                 net_arch: list[int], activation_fn: type[nn.Module]) -> None:
+        super().__init__()
+        self.history, self.include_steps, self.action_scale, self.p = history, include_steps, action_scale, p
+        self.in_dim = history * (4 if include_steps else 3)
+
+        def mlp() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            width = self.in_dim
+            for w in net_arch:
+                layers += [nn.Linear(width, w), activation_fn()]
+                width = w
+            return nn.Sequential(*layers)
+
+        self.policy_net, self.value_net = mlp(), mlp()
+        self.latent_dim_pi = self.latent_dim_vf = net_arch[-1]
+
+    def coordinates(self, obs: Tensor) -> Tensor:
+        """Per-coordinate inputs ``[B, d, in_dim]`` of flat observations ``[B, F]``."""
+        H, k = self.history, 2 if self.include_steps else 1
+        B, F = obs.shape
+        d = (F - H) // (k * H)
+        if d < 1 or H + k * H * d != F:
+            raise ValueError(f"observation length {F} is not H + {k}·H·d for history H={H}")
+        g = obs[:, H : H + H * d].reshape(B, H, d).transpose(1, 2)  # [B, d, H]
+        parts = [preprocess(g.reshape(-1), "log", self.p).reshape(B, d, 2 * H),
+                 obs[:, None, :H].expand(B, d, H)]
+        if self.include_steps:
+            parts.append(obs[:, H + H * d :].reshape(B, H, d).transpose(1, 2) / self.action_scale)
+        return torch.cat(parts, dim=2)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.coordinates(features)
+        return self.policy_net(x), self.value_net(x).mean(1)
+
+    def forward_actor(self, features: Tensor) -> Tensor:
+        return self.policy_net(self.coordinates(features))
+
+    def forward_critic(self, features: Tensor) -> Tensor:
+        return self.value_net(self.coordinates(features)).mean(1)
+
+
+class CoordinateHead(nn.Module):
+    """One mean step per coordinate: ``[B, d, W] → [B, d]`` with a single shared ``Linear(W, 1)``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, 1)
+
+    def forward(self, latent: Tensor) -> Tensor:
+        return self.linear(latent).squeeze(-1)
+
+
+_COORDINATE_POLICY: type | None = None
+
+
+def _coordinate_policy_class() -> type:
+    """:class:`CoordinateActorCriticPolicy`, defined on first use (SB3 is imported only when an SB3 agent is used)."""
+    global _COORDINATE_POLICY
+    if _COORDINATE_POLICY is not None:
+        return _COORDINATE_POLICY
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    class CoordinateActorCriticPolicy(ActorCriticPolicy):
+        """SB3 PPO's actor-critic made coordinatewise: :class:`CoordinateNets` in place of the MLPs, one
+        ``Linear(W, 1)`` head shared by every coordinate (:class:`CoordinateHead`) and **one** log standard
+        deviation for all coordinates (a ``[1]`` parameter that broadcasts over the ``d`` action entries), so
+        every parameter is shared across coordinates and the policy is the same function on any problem
+        dimension. PPO itself is unchanged: the action is the vector of the ``d`` steps and its log-probability
+        the sum over coordinates.
+
+        Extra keyword arguments: ``history``, ``include_steps``, ``action_scale`` (of the env: the layout and
+        scale of the observation) and ``p`` (gradient preprocessing, default 10).
+        """
+
+        def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, lr_schedule: Any, *,
+                     history: int, include_steps: bool, action_scale: float, p: float = 10.0,
+                     **kwargs: Any) -> None:
+            self._coord = {"history": int(history), "include_steps": bool(include_steps),
+                           "action_scale": float(action_scale), "p": float(p)}
+            super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+        def _build_mlp_extractor(self) -> None:
+            arch = list(self.net_arch) if isinstance(self.net_arch, (list, tuple)) else [64, 64]
+            self.mlp_extractor = CoordinateNets(**self._coord, net_arch=arch, activation_fn=self.activation_fn)
+
+        def _build(self, lr_schedule: Any) -> None:
+            self._build_mlp_extractor()
+            width = self.mlp_extractor.latent_dim_pi
+            self.action_net = CoordinateHead(width)
+            self.log_std = nn.Parameter(torch.full((1,), float(self.log_std_init)))
+            self.value_net = nn.Linear(width, 1)
+            if self.ortho_init:  # SB3's gains: hidden √2, action head 0.01, value head 1
+                for module, gain in ((self.mlp_extractor, math.sqrt(2)), (self.action_net, 0.01), (self.value_net, 1.0)):
+                    module.apply(lambda m, gain=gain: self.init_weights(m, gain=gain))
+            self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    CoordinateActorCriticPolicy.__module__ = __name__
+    _COORDINATE_POLICY = CoordinateActorCriticPolicy
+    return CoordinateActorCriticPolicy
 
 
 def _spaces(obs_dim: int, dim: int) -> tuple[spaces.Box, spaces.Box]:
@@ -320,9 +452,9 @@ class SB3Policy(Policy):
 
     Args:
         module: the SB3 policy (``ActorCriticPolicy``, ``SACPolicy`` or ``RecurrentActorCriticPolicy``).
-        kind: ``"ppo"``, ``"sac"`` or ``"recurrent_ppo"``.
+        kind: ``"ppo"``, ``"sac"``, ``"recurrent_ppo"`` or ``"coord_ppo"``.
         core_config: the features' config (``history``, ``include_steps`` …).
-        dim: problem dimension ``d``.
+        dim: problem dimension ``d`` trained on (a ``coord_ppo`` policy runs on any: its :attr:`dim` is ``None``).
         action_scale: step per unit action.
         obs_mean, obs_var: VecNormalize observation statistics ``[F]`` (``None``: no normalisation).
         clip_obs, epsilon: VecNormalize constants.
@@ -351,12 +483,14 @@ class SB3Policy(Policy):
         self.name = kind
         self.core_config = core_config
         self.view = FeatureView(core_config)
-        self.dim = int(dim)
+        self.coordinatewise = kind in COORDINATEWISE
+        self.dim = None if self.coordinatewise else int(dim)
+        self.train_dim = int(dim)
         self.action_scale = float(action_scale)
         self.env_id = env_id
         self.clip_obs = float(clip_obs)
         self.epsilon = float(epsilon)
-        self.obs_dim = core.obs_dim(core_config, self.dim)
+        self.obs_dim = core.obs_dim(core_config, self.train_dim)
         self.device = next(module.parameters()).device
         self.obs_mean = None if obs_mean is None else obs_mean.detach().to(self.device, torch.float32).clone()
         self.obs_std = None
@@ -372,7 +506,8 @@ class SB3Policy(Policy):
         if self.train_config is None:
             raise ValueError("this SB3Policy has no train_config to write into its checkpoint")
         mean = None if self.obs_mean is None else self.obs_mean.double().cpu()
-        return save_sb3_policy(path, self.module, self.train_config, self.dim, mean, self.obs_var, self.epsilon, extra)
+        return save_sb3_policy(path, self.module, self.train_config, self.train_dim, mean, self.obs_var, self.epsilon,
+                               extra)
 
     @property
     def recurrent(self) -> bool:
@@ -389,7 +524,7 @@ class SB3Policy(Policy):
 
     # -- the interface ----------------------------------------------------------------------------------
     def reset(self, state: State) -> Any:
-        if state.dim != self.dim:
+        if self.dim is not None and state.dim != self.dim:
             raise ValueError(f"{self.kind} policy trained for dimension {self.dim}, the problems have {state.dim}")
         shadow = self.view.start(state)
         lstm = None
@@ -442,7 +577,9 @@ def save_sb3_policy(
     config = {
         "kind": cfg.algo,
         "env_id": cfg.env_id,
-        "dim": int(dim),
+        # coordinatewise policies fit any dimension (l2o_gym.checkpoint.check_compatible): "dim" is None
+        "dim": None if cfg.algo in COORDINATEWISE else int(dim),
+        "train_dim": int(dim),
         "obs_dim": core.obs_dim(cfg.core_config(), dim),
         "env_kwargs": cfg.env_kwargs(),
         "action_scale": float(cfg.action_scale),  # type: ignore[arg-type]
@@ -478,7 +615,7 @@ def load_policy(
         path: the checkpoint.
         env_id: if given, the env the policy must have been trained on.
         device: where the network runs.
-        kind: if given, the required kind (``"ppo"``, ``"sac"``, ``"recurrent_ppo"``); by default any of them.
+        kind: if given, the required kind (one of :data:`ALGOS`); by default any of them.
         dim: if given, the required problem dimension.
 
     Raises:
@@ -493,7 +630,8 @@ def load_policy(
     if kind is not None and found != kind:
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {found!r} policy, expected {kind!r}")
     check_compatible(cfg, path, env_id=env_id, dim=dim)
-    obs_dim, d = config_field(cfg, path, "obs_dim", int), config_field(cfg, path, "dim", int)
+    obs_dim = config_field(cfg, path, "obs_dim", int)
+    d = config_field(cfg, path, "train_dim" if found in COORDINATEWISE else "dim", int)
     policy_kwargs = config_field(cfg, path, "policy_kwargs", dict)
     core_d = config_field(cfg, path, "core_config", dict)
     action_scale = config_field(cfg, path, "action_scale", float)
@@ -503,7 +641,9 @@ def load_policy(
     # Every width the config asks for must be a dimension of some stored tensor: an edited config never
     # builds a network larger than the file.
     dims = {int(n) for t in tensors.values() for n in t.shape}
-    widths = list(policy_kwargs.get("net_arch", [])) + [policy_kwargs.get("lstm_hidden_size", d), obs_dim, d]
+    widths = list(policy_kwargs.get("net_arch", []))
+    if found not in COORDINATEWISE:  # coordinatewise weights have no dimension-sized tensor
+        widths += [policy_kwargs.get("lstm_hidden_size", d), obs_dim, d]
     bad = [w for w in widths if not (isinstance(w, int) and not isinstance(w, bool) and w > 0 and w in dims)]
     if bad:
         raise CheckpointError(f"checkpoint {str(path)!r}: config fields 'policy_kwargs'/'obs_dim'/'dim' ask for widths "
@@ -538,10 +678,10 @@ def _build_model(cfg: SB3TrainConfig, venv: Any, tensorboard_log: str | None) ->
         "n_steps": cfg.n_steps, "batch_size": cfg.batch_size, "n_epochs": cfg.n_epochs, "gae_lambda": cfg.gae_lambda,
         "clip_range": cfg.clip_range, "ent_coef": cfg.ent_coef, "max_grad_norm": cfg.max_grad_norm,
     }
-    if cfg.algo == "ppo":
+    if cfg.algo in ("ppo", "coord_ppo"):
         from stable_baselines3 import PPO
 
-        return PPO("MlpPolicy", venv, **on_policy, **common)
+        return PPO(_policy_class(cfg.algo) if cfg.algo == "coord_ppo" else "MlpPolicy", venv, **on_policy, **common)
     if cfg.algo == "recurrent_ppo":
         return _contrib().RecurrentPPO("MlpLstmPolicy", venv, **on_policy, **common)
     from stable_baselines3 import SAC
@@ -561,7 +701,7 @@ def make_vec_env(cfg: SB3TrainConfig, split: str, n_envs: int, *, training: bool
 
     venv = VecMonitor(SB3VecEnv(cfg.env_id, num_envs=n_envs, split=split, **cfg.env_kwargs()))
     return VecNormalize(
-        venv, training=training, norm_obs=cfg.norm_obs, norm_reward=cfg.norm_reward and training,
+        venv, training=training, norm_obs=cfg.obs_normalized, norm_reward=cfg.norm_reward and training,
         clip_obs=cfg.clip_obs, gamma=cfg.gamma,
     )
 
@@ -635,7 +775,7 @@ class SB3Agent(Agent):
         self._callback: Any = None
 
     def _obs_stats(self) -> tuple[Tensor | None, Tensor | None]:
-        if not self.cfg.norm_obs:
+        if not self.cfg.obs_normalized:
             return None, None
         rms = self.venv.obs_rms
         return torch.as_tensor(np.array(rms.mean, dtype=np.float64)), torch.as_tensor(np.array(rms.var, dtype=np.float64))
@@ -673,7 +813,7 @@ class SB3Agent(Agent):
         policy = self.policy()
         t0 = time.perf_counter()
         config = dataclasses.replace(policy.core_config, horizon=self.cfg.horizon)
-        value = float(run_policy(policy, self.val, self.cfg.horizon, config).losses[-1].mean())
+        value = float(run_policy(policy, self.val, self.cfg.horizon, config).objectives[-1].mean())
         self.model.policy.set_training_mode(was_training)
         log.info("%d env steps: val final objective %.5g, %.2f s", self.model.num_timesteps, value,
                  time.perf_counter() - t0)
@@ -695,7 +835,7 @@ class SB3Agent(Agent):
             "chunks": self.chunks,
             "params": {k: v for k, v in model.get_parameters().items()},
             "variables": {name: _getattr(model, name).detach().cpu() for name in variables},
-            "obs_rms": _rms_state(self.venv.obs_rms),
+            "obs_rms": _rms_state(self.venv.obs_rms) if self.cfg.obs_normalized else None,
             "ret_rms": _rms_state(self.venv.ret_rms),
             "rng": _rng_state(),
             "device": str(get_device(self.cfg.device)),
@@ -720,7 +860,8 @@ class SB3Agent(Agent):
                 _getattr(model, name).copy_(value.to(model.device))
         model.num_timesteps = int(st["num_timesteps"])
         self.chunks = int(st["chunks"])
-        _set_rms(self.venv.obs_rms, st["obs_rms"])
+        if self.cfg.obs_normalized:  # VecNormalize keeps no observation statistics otherwise
+            _set_rms(self.venv.obs_rms, st["obs_rms"])
         _set_rms(self.venv.ret_rms, st["ret_rms"])
         _set_rng_state(st["rng"])
         self.venv.seed(self.cfg.seed + model.num_timesteps)  # a fresh training instance stream from here

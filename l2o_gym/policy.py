@@ -15,6 +15,7 @@ the ``N`` instances; ``None`` for memoryless policies.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,21 @@ class FeatureView:
             s, *_ = core.transition(s, state.theta.detach() - s.theta, state.loss.detach(), state.grad.detach())
         return core.features(s), (tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone())
 
+
+
+def preprocess(g: Tensor, preprocessing: str, p: float) -> Tensor:
+    """Gradient entries ``g[M]`` → coordinatewise network input ``[M, 2]`` (``"log"``) or ``[M, 1]`` (``"none"``).
+
+    ``"log"`` is Andrychowicz et al.'s (2016, appendix A) scale-free input: ``(log|g| / p, sign g)`` where
+    ``|g| ≥ e^−p``, else ``(−1, e^p g)`` — both parts within about ``[−1, 1]`` whatever the gradient's scale.
+    Used by the LSTM and the coordinatewise SB3 policy.
+    """
+    if preprocessing == "none":
+        return g[:, None]
+    big = g.abs() >= math.exp(-p)
+    log_part = torch.where(big, g.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(g, -1.0))
+    sign_part = torch.where(big, torch.sign(g), g * math.exp(p))
+    return torch.stack([log_part, sign_part], dim=1)
 
 @dataclass
 class Trajectory:

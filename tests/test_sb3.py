@@ -249,3 +249,48 @@ def test_shipped_ppo_checkpoint_matches_the_gps_setup():
     assert (policy.core_config.horizon, policy.core_config.history, policy.dim) == (20, 5, 3)
     training = read_policy_config(path)["training"]
     assert training["env_steps_total"] > 0 and training["curve"][-1][0] == training["env_steps_total"]
+
+
+def test_coordinatewise_policy_is_permutation_equivariant_and_dimension_free():
+    cfg = SB3TrainConfig(algo="coord_ppo", env_id=ENV, history=3, include_steps=True, net_arch=(8, 8))
+    assert not cfg.obs_normalized  # VecNormalize's per-entry statistics would tie the policy to one dimension
+    m = build_sb3_policy("coord_ppo", core.obs_dim(cfg.core_config(), 5), 5, cfg.policy_kwargs())
+    torch.manual_seed(0)
+    H, d = 3, 7
+    obj, g, steps = torch.randn(4, H), torch.randn(4, H, d), 0.05 * torch.randn(4, H, d)
+    flat = lambda g, s: torch.cat([obj, g.reshape(4, -1), s.reshape(4, -1)], 1)  # noqa: E731  (core's layout)
+    with torch.no_grad():
+        a = m._predict(flat(g, steps), deterministic=True)  # a net built for d = 5 runs on d = 7
+        perm = torch.randperm(d)
+        b = m._predict(flat(g[..., perm], steps[..., perm]), deterministic=True)
+        v, vp = m.predict_values(flat(g, steps)), m.predict_values(flat(g[..., perm], steps[..., perm]))
+    assert a.shape == (4, d)
+    torch.testing.assert_close(b, a[:, perm])
+    torch.testing.assert_close(vp, v)
+    # every parameter is shared by the coordinates: nothing has a dimension-sized axis, one log std
+    assert m.log_std.shape == (1,) and all(d not in p.shape and 5 not in p.shape for p in m.parameters())
+    with pytest.raises(ValueError, match="observation length 10 is not H"):
+        m._predict(torch.randn(2, 10), deterministic=True)
+
+
+def test_coord_ppo_trains_saves_and_runs_on_another_dimension(tmp_path):
+    cfg = dataclasses.replace(TINY, algo="coord_ppo", net_arch=(8, 8))
+    summary = train_sb3(cfg, tmp_path, progress_bar=False, tensorboard=False)
+    path = tmp_path / "coord_ppo_best.safetensors"
+    header = read_policy_config(path)
+    assert header["kind"] == "coord_ppo" and header["dim"] is None and header["train_dim"] == 3
+    policy = load_policy(path, env_id=ENV)
+    assert policy.dim is None and policy.obs_mean is None
+    val = make_family("logistic_regression").sample(TINY.n_val, "val", TINY.seed, dtype=torch.float64)
+    value = float(run_policy(policy, val, TINY.horizon, policy.core_config).losses[-1].mean())
+    assert value == pytest.approx(summary["best_val"], rel=1e-6)
+    # the same weights on a 31-dimensional problem (the flat PPO policy refuses it)
+    other = make_family("quadratic", dim=31).sample(4, "test", 0)
+    traj = run_policy(policy, other, 5, policy.core_config)
+    assert traj.state.theta.shape == (4, 31) and torch.isfinite(traj.losses).all()
+    assert not torch.equal(traj.state.theta, other.x0)  # it moved
+    # and through the compare loader under its own name
+    from l2o_gym.experiments.compare import PolicySpec, _load_learned
+
+    loaded, _ = _load_learned(PolicySpec("coord_ppo", str(path)), ENV, "cpu")
+    assert loaded.kind == "coord_ppo"

@@ -183,7 +183,7 @@ class SelectedGPSAgent(Agent):
         eligible = True
         if cfg.stable_factor > 0:
             traj = run_policy(policy, self.val, cfg.long_factor * T)
-            mean_curve = traj.losses[T:].mean(1)  # [long - T + 1]
+            mean_curve = traj.objectives[T:].mean(1)  # [long - T + 1]
             v = stability(float(mean_curve[0]), mean_curve.tolist(), float(traj.state.terminated.double().mean()),
                           cfg.stable_factor)
             value = v.f_T

@@ -34,7 +34,7 @@ from l2o_gym.checkpoint import (
     CheckpointError, check_compatible, check_shapes, config_field, load_policy_file, save_policy,
 )
 from l2o_gym.core import State
-from l2o_gym.policy import Policy
+from l2o_gym.policy import Policy, preprocess
 
 #: ``kind`` of LSTM checkpoints.
 KIND = "lstm"
@@ -83,16 +83,6 @@ class LSTMConfig:
     @property
     def input_dim(self) -> int:
         return 2 if self.preprocessing == "log" else 1
-
-
-def preprocess(g: Tensor, preprocessing: str, p: float) -> Tensor:
-    """Gradient ``g[M]`` → network input ``[M, 2]`` (``"log"``) or ``[M, 1]`` (``"none"``)."""
-    if preprocessing == "none":
-        return g[:, None]
-    big = g.abs() >= math.exp(-p)
-    log_part = torch.where(big, g.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(g, -1.0))
-    sign_part = torch.where(big, torch.sign(g), g * math.exp(p))
-    return torch.stack([log_part, sign_part], dim=1)
 
 
 class CoordinateLSTM(nn.Module):

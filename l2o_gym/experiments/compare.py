@@ -61,7 +61,11 @@ LEARNED: dict[str, str] = {
     "ppo": "l2o_gym.agents.sb3:load_policy",
     "sac": "l2o_gym.agents.sb3:load_policy",
     "recurrent_ppo": "l2o_gym.agents.sb3:load_policy",
+    "coord_ppo": "l2o_gym.agents.sb3:load_policy",
 }
+#: checkpoint kinds a policy name accepts besides its own: ``gps`` is GPS on the full state or convolutional GPS
+#: (the neural-net tasks), one loader for both.
+CHECKPOINT_KINDS: dict[str, tuple[str, ...]] = {"gps": ("gps", "conv_gps")}
 
 
 
@@ -126,7 +130,7 @@ def _load_learned(spec: PolicySpec, env_id: str, device: str) -> tuple[Policy, s
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} for policy {spec.name!r} does not exist")
     found = read_policy_config(path).get("kind")
-    if found != spec.name:
+    if found not in CHECKPOINT_KINDS.get(spec.name, (spec.name,)):
         hint = f"; pass it as {found}={path}" if found in LEARNED else ""
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {found!r} policy, not {spec.name!r}{hint}")
     module, _, fn = LEARNED[spec.name].partition(":")

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 #: learned policies and how they were trained (report labels).
 LEARNED_KIND = {"gps": "RL (GPS)", "ppo": "RL (PPO)", "sac": "RL (SAC)", "recurrent_ppo": "RL (RecurrentPPO)",
+                "coord_ppo": "RL (PPO, coordinatewise)",
                 "lstm": "supervised (LSTM, BPTT)",
                 "mlstm": "supervised (one LSTM per kind)", "mlstm-sub": "supervised (LSTM-sub, 5 labels)",
                 "mlstm-shared": "supervised (one shared LSTM)"}
