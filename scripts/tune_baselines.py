@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=cli.positive_int, default=100, help="iterations (default: %(default)s)")
     parser.add_argument("--variant", nargs="+", default=[None], metavar="V",
                         help="named problem variant(s) of the env(s), each its own setting, e.g. relu hidden40 for "
-                             "l2o/MLP-v0 (l2o_gym.registry.VARIANTS; default: none)")
+                             "l2o/MLP-v0 (l2o_gym.registry.VARIANTS); none: the plain env (default: none)")
     parser.add_argument("--search", default="grid", choices=list(SEARCHES),
                         help="grid: every configuration; coarse: coarse-to-fine along the learning rate, for "
                              "expensive families (conv nets, neural art) (default: %(default)s)")
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
+    args.variant = [None if v in (None, "none", "") else v for v in args.variant]
     for env_id in args.env:
         for variant in args.variant:
             variant_kwargs(env_id, variant)

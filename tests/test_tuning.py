@@ -134,6 +134,16 @@ def test_tune_never_reads_test_and_the_script_writes_the_protocol(monkeypatch, t
     assert entry["protocol"] == data["protocol"]["id"] and set(entry["hparams"]) == {"lr", "momentum"}
     assert data["protocol"]["grids"]["nag"]["momentum"] == list(MOMENTUM_GRID)
     assert "train score" in capsys.readouterr().out
+    assert entry["search"] == "grid"
+    # several variants in one call, each its own setting; "none" is the plain env; the coarse search is recorded
+    argv = ["--env", "l2o/MLP-v0", "--policies", "sgd", "--n-problems", "1", "--horizon", "2", "--variant", "none",
+            "relu", "--search", "coarse", "--out", str(out)]
+    assert mod.main(argv) == 0
+    envs = json.loads(out.read_text())["envs"]
+    for key in ("l2o/MLP-v0@T2", "l2o/MLP-v0+relu@T2"):
+        assert envs[key]["sgd"]["search"] == "coarse" and envs[key]["sgd"]["n_evaluated"] < len(LR_GRID)
+    assert envs["l2o/MLP-v0+relu@T2"]["sgd"]["variant"] == "relu"
+    assert "l2o/Quadratic-v0@T5" in envs  # merged, not replaced
 
 
 def test_study_sample_efficiency_uses_the_protocol_targets():
