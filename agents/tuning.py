@@ -76,8 +76,8 @@ from l2o_gym.policy import Policy, Trajectory, run_policy
 from l2o_gym.problems import ProblemBatch
 
 __all__ = [
-    "COARSE_K", "COARSE_REFINE", "FIRST_ORDER", "GRIDS", "LR_GRID", "SEARCHES", "MOMENTUM_GRID", "Candidate", "TuneResult", "best_baseline", "final_objective",
-    "grid_configs", "penalized_final", "score_config", "tune_baseline", "tune_baselines", "tuned_gd_step",
+    "COARSE_K", "COARSE_REFINE", "FIRST_ORDER", "GRIDS", "LR_GRID", "MOMENTUM_GRID", "SEARCHES", "Candidate",
+    "TuneResult", "best_baseline", "final_objective", "grid_configs", "penalized_final", "score_config", "tune_baseline", "tune_baselines", "tuned_gd_step",
 ]
 
 #: learning rates ``10^(k/4)``, ``k = −20…4`` (``1e-5 … 10``; rounded to 6 significant digits).
