@@ -10,6 +10,9 @@ single env, with their ratio.
 ``eval``: wall time of evaluating every first-order baseline on 1,000 quadratics x 100 steps (batched).
 ``nn``: the NN-classifier benchmark (MNIST-48, N = 100): core step vs a bare batched forward+backward of the
 same nets, and seconds per LSTM meta-iteration (``python scripts/bench.py nn``).
+``conv-gps``: wall seconds per convolutional-GPS iteration on MNIST-48 (T = 400, the shipped checkpoint's
+configuration); under ``torchrun --nproc_per_node 2`` the trajectories are split over 2 processes (gloo), e.g.
+``torchrun --nproc_per_node 2 scripts/bench.py conv-gps``.
 ``busy``: native env-steps/s idle and beside CPU-bound competitor processes that the benchmark starts and stops
 itself, rounds alternating idle/busy; per thread mode (``auto``: the envs' thread policy, ``torch-default``: torch's
 global setting, ``1``) the medians and the busy/idle ratio (l2o_gym.threads, docs/threads.md).
@@ -94,7 +97,36 @@ def main(argv: list[str] | None = None) -> int:
     nn.add_argument("--lstm-problems", type=cli.positive_int, default=4,
                     help="problems per LSTM meta-iteration (default: %(default)s)")
     nn.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    g = sub.add_parser("conv-gps", help="seconds per convolutional-GPS iteration on MNIST-48 (torchrun-aware)")
+    g.add_argument("--iters", type=cli.positive_int, default=2, help="timed iterations (default: %(default)s)")
+    g.add_argument("--horizon", type=cli.positive_int, default=400, help="T (default: %(default)s)")
+    g.add_argument("--conditions", type=cli.positive_int, default=4, help="training problems (default: %(default)s)")
+    g.add_argument("--samples", type=cli.positive_int, default=4, help="trajectories per condition (default: %(default)s)")
+    g.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     return cli.run(parser, _body, argv)
+
+
+def _bench_conv_gps(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from l2o_gym.experiments.benchmark import conv_gps_iteration
+
+    torch.set_num_threads(1)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    try:
+        r = conv_gps_iteration(args.iters, args.conditions, args.samples, args.horizon, device=args.device)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"# conv GPS on l2o/NNClassifier-v0 (MNIST-48), T = {args.horizon}, {args.conditions} conditions x "
+              f"{args.samples} samples, {r['world_size']} process(es) x 1 thread, device={args.device}, "
+              f"torch {torch.__version__}")
+        print("seconds per iteration: " + ", ".join(f"{t:.1f}" for t in r["iteration_s"])
+              + f" (median {r['median_s']:.1f}; {r['env_steps_per_iteration']} env steps each)")
+    return 0
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -106,6 +138,8 @@ def _body(args: argparse.Namespace) -> int:
             raise cli.UsageError(f"unknown env id {args.env!r}: expected one of {', '.join(ENV_IDS)}")
     if args.what == "lstm":
         return _bench_lstm(args)
+    if args.what == "conv-gps":
+        return _bench_conv_gps(args)
     if args.what == "convnet":
         return _bench_convnet(args)
     if args.what == "busy":

@@ -426,3 +426,11 @@ def test_conv_gps_policy_runs_in_learned_optimizer_on_a_users_model():
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0]
     assert [kind for _, kind in (net.groups[j] for j in net.group_map(opt.policy.specs))] == ["weight", "bias"] * 2
+
+
+def test_conv_gps_iteration_benchmark_times_real_iterations():
+    from l2o_gym.experiments.benchmark import conv_gps_iteration
+
+    r = conv_gps_iteration(iters=2, conditions=1, samples=2, horizon=4)
+    assert r["world_size"] == 1 and len(r["iteration_s"]) == 2 and all(t > 0 for t in r["iteration_s"])
+    assert r["env_steps_per_iteration"] == 8 and r["median_s"] in r["iteration_s"]

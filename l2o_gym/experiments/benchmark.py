@@ -188,6 +188,39 @@ def nn_lstm_meta_iteration(n_problems: int = 4, unroll: int = 20, iters: int = 5
     times = sorted(times[1:])
     return {"median_s": times[len(times) // 2], "min_s": times[0], "max_s": times[-1], "iters": iters}
 
+def conv_gps_iteration(
+    iters: int = 2, conditions: int = 4, samples: int = 4, horizon: int = 400, hidden: int = 32,
+    init_lr: float = 0.01, device: str = "cpu",
+) -> dict[str, Any]:
+    """Wall seconds per convolutional-GPS iteration on MNIST-48 (``l2o/NNClassifier-v0``), the configuration of the
+    shipped checkpoint (docs/conv-gps.md), ``init_lr`` fixed so nothing is tuned first.
+
+    Under ``torchrun`` (an initialised ``torch.distributed`` group) the trajectories are split over the processes
+    exactly as in training; every rank returns the same numbers (the slowest rank's time per iteration).
+    Returns ``{"iteration_s": [...], "median_s", "world_size", "env_steps_per_iteration"}``.
+    """
+    import torch.distributed as dist
+
+    from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
+    from l2o_gym.checks import resolve_device
+    from l2o_gym.registry import env_family
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    problems = env_family("l2o/NNClassifier-v0").sample(conditions, "train", 0, resolve_device(device), torch.float64)
+    trainer = ConvGPSTrainer(problems, ConvGPSConfig(horizon=horizon, n_samples=samples, hidden=hidden, init_lr=init_lr,
+                                                     init_std=0.01, kl_step=0.05, regression_epochs=3))
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        trainer.iteration()
+        elapsed = torch.tensor([time.perf_counter() - start])
+        if world > 1:
+            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        times.append(float(elapsed))
+    return {"iteration_s": times, "median_s": sorted(times)[len(times) // 2], "world_size": world,
+            "env_steps_per_iteration": conditions * samples * horizon}
+
+
 @contextlib.contextmanager
 def cpu_competitors(n: int = 1) -> Iterator[list[subprocess.Popen]]:
     """Start ``n`` CPU-bound processes (a pure-Python busy loop each, no torch) and stop them on exit.
