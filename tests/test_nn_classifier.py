@@ -174,3 +174,15 @@ def test_nn_presets_follow_the_protocol():
     assert all("lstm" in s.policies and "adagrad" in s.policies for s in full)
     small = PRESETS["nn-small-photo_patches"]()
     assert [s.long_horizon for s in small] == [None, 800, None, None]  # 2T for the wide net (setting 5)
+
+
+def test_every_split_has_instances_of_the_same_size():
+    # model selection on val must see problems distributed like train and test: an MNIST val instance with 500
+    # examples is ~25x easier to fit than a 1000-example test one (measured, docs/benchmarks.md)
+    from l2o_gym.problems.nn_classifier import NNClassifier
+
+    for ds in ("mnist", "digits", "lfw_subset"):
+        fam = NNClassifier(dataset=ds)
+        sizes = {split: fam.sample(1, split, 0).data["X"].shape[1] for split in ("train", "val", "test")}
+        assert len(set(sizes.values())) == 1, (ds, sizes)
+    assert NNClassifier().examples_per_instance("train") == 500

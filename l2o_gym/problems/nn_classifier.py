@@ -78,8 +78,9 @@ class NNClassifier(ProblemFamily):
     Sizes:
         Default (MNIST-48): ``inputs = 48, hidden = 48, C = 10``: ``d = 48·48 + 48 + 48·10 + 10 = 2842``;
         wide (100-200): ``d = 100·200 + 200 + 200·C + C`` (22,210 for ``C = 10``, about 8×).
-        ``M = n_examples`` (default: ``min(1000, available)``: mnist train/val/test 1000/500/1000, digits 1000,
-        lfw_subset 200, breast_cancer 569, photo_patches 1000).
+        ``M = n_examples`` (default: ``min(1000, available)`` of the smallest split, the same for every split:
+        mnist 500 (its `val` part has 500 digits), digits 1000, lfw_subset 200, breast_cancer 569,
+        photo_patches 1000).
 
     θ layout:
         ``W₁`` (``inputs × hidden``, row-major), ``b₁``, ``W₂`` (``hidden × C``), ``b₂`` (:meth:`param_specs`).
@@ -90,7 +91,7 @@ class NNClassifier(ProblemFamily):
         hidden: hidden units.
         batch_size: minibatch size ``|B_t|``.
         activation: ``"relu"`` (default), ``"sigmoid"`` or ``"tanh"``.
-        n_examples: examples per instance ``M`` (``None``: ``min(1000, available)``).
+        n_examples: examples per instance ``M`` (``None``: ``min(1000, available)`` of the smallest split).
         split_examples: give each split its own examples (``None``: only for ``"mnist"``).
     """
 
@@ -167,10 +168,12 @@ class NNClassifier(ProblemFamily):
         return example_partitions(n)[split] if self.split_examples else np.arange(n)
 
     def examples_per_instance(self, split: str) -> int:
-        """``M`` for ``split`` (``n_examples``, or ``min(MAX_EXAMPLES, available)``)."""
+        """``M`` (``n_examples``, or ``min(MAX_EXAMPLES, available)`` of the smallest split): the same for every
+        split, so that ``val`` problems are distributed like ``train`` and ``test`` ones (model selection on
+        ``val`` would otherwise favour optimizers for another dataset size)."""
         if self.n_examples is not None:
             return self.n_examples
-        return min(MAX_EXAMPLES, len(self.available(split)))
+        return min(MAX_EXAMPLES, *(len(self.available(s)) for s in SPLITS))
 
     def sample_instances(self, n: int, generator: torch.Generator, split: str) -> tuple[dict[str, Tensor], Tensor]:
         X_all, y_all = data.load_dataset(self.dataset)
