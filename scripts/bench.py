@@ -107,20 +107,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench_conv_gps(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
     from l2o_gym.experiments.benchmark import conv_gps_iteration
 
     torch.set_num_threads(1)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-    try:
+    with cli.torchrun_group(args.device):
         r = conv_gps_iteration(args.iters, args.conditions, args.samples, args.horizon, device=args.device)
-    finally:
-        if distributed:
-            dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if cli.is_rank0():
         print(f"# conv GPS on l2o/NNClassifier-v0 (MNIST-48), T = {args.horizon}, {args.conditions} conditions x "
               f"{args.samples} samples, {r['world_size']} process(es) x 1 thread, device={args.device}, "
               f"torch {torch.__version__}")

@@ -13,10 +13,7 @@ tb/). docs/conv-gps.md explains the method.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-import torch.distributed as dist
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.agents.gps.conv_train import ConvGPSTrainConfig, train_conv_gps
@@ -40,16 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(a: argparse.Namespace) -> int:
         cfg = cli.prepare(a, cfg_args)
-        distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-        if distributed:
-            dist.init_process_group("nccl" if a.device.startswith("cuda") else "gloo")
-        try:
+        with cli.torchrun_group(a.device):
             summary = train_conv_gps(cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet,
                                      tensorboard=not a.no_tensorboard)
-        finally:
-            if distributed:
-                dist.destroy_process_group()
-        if distributed and int(os.environ.get("RANK", "0")) != 0:
+        if not cli.is_rank0():
             return 0
         b = summary["baseline"]
         val = "none selected" if summary["best_val"] is None else f"{summary['best_val']:.5g}"

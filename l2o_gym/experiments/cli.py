@@ -22,16 +22,18 @@ Flag names shared by every script: ``--env``, ``--out``, ``--resume``, ``--seed`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import sys
 import types
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -414,6 +416,27 @@ def setup(args: argparse.Namespace) -> None:
 
 
 # ====================================================================================== main wrapper
+@contextlib.contextmanager
+def torchrun_group(device: str) -> Iterator[bool]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) a ``torch.distributed`` process group for the block — nccl on CUDA,
+    gloo on CPU — destroyed afterwards; yields whether there is one. Also :func:`is_rank0` for printing."""
+    import torch.distributed as dist
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield distributed
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def is_rank0() -> bool:
+    """Whether this process is rank 0 of a ``torchrun`` job (or not under ``torchrun``)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: Sequence[str] | None,
         *, interrupted: str = "interrupted") -> int:
     """Parse ``argv`` and run ``body(args)`` with the exit codes of the module docstring.
