@@ -9,7 +9,16 @@ import pytest
 
 from l2o_gym.experiments.compare import LEARNED, pretrained_path
 from l2o_gym.experiments.evaluation import EvalResult
-from l2o_gym.experiments.study import PRESETS, long_horizon_rows, preset_config, run_study, study_sections
+from l2o_gym.experiments.study import (
+    PRESETS,
+    long_horizon_rows,
+    nn_rows,
+    nn_section,
+    nn_verdict_lines,
+    preset_config,
+    run_study,
+    study_sections,
+)
 
 
 def test_every_policy_of_the_study_is_shipped():
@@ -100,6 +109,33 @@ def test_long_horizon_verdicts():
     assert rows[0]["verdict"] == "diverges"
     rows = long_horizon_rows([res("lstm", 100, 0.1), res("lstm", 1000, 0.1, peak=0.5)], [sec])
     assert rows[0]["verdict"] == "recovers" and rows[0]["worst_ratio"] == pytest.approx(5.0)
+
+
+def test_nn_verdict_table_counts_each_learned_optimizer():
+    # two NN settings, T = 400 and 2T = 800: the LSTM grows on one (f(2T) = 2 f(T)) and is stable on the other;
+    # GPS recovers on both (a peak past T, back below f(T)); the table counts the baselines each one beats
+    secs = [nn_section("mnist", 3, oracle=False), nn_section("digits", 3, oracle=False)]
+
+    def res(sec, policy, horizon, final, peak=None):
+        curve = [final] * (horizon + 1)
+        if peak is not None:
+            curve[horizon // 2 + 100] = peak
+        return EvalResult(sec.env, policy, horizon, 3, 0, final, final, 0.0, final, 0.0, horizon, 0.0, curve, curve,
+                          curve, extra={"section": sec.name, "variant": sec.variant})
+
+    results = []
+    for sec, lstm_grows in zip(secs, (True, False)):
+        sec.policies[:] = ["sgd", "adam", "lstm", "gps"]
+        for h in (400, 800):
+            results += [res(sec, "sgd", h, 1.0), res(sec, "adam", h, 0.5)]
+            results.append(res(sec, "lstm", h, 0.4 if h == 400 or not lstm_grows else 0.8))
+            results.append(res(sec, "gps", h, 0.6 if h == 400 else 0.3, peak=None if h == 400 else 6.0))
+    lines = nn_verdict_lines(nn_rows(results, secs), long_horizon_rows(results, secs))
+    text = "\n".join(lines)
+    assert "| NNClassifier mnist | 3 | adam 0.5 | — | 0.4 → 0.8 (≤ 2/2 → 1/2) grows | 0.6 → 0.3 (≤ 1/2 → 2/2) recovers |" in text
+    assert "| NNClassifier digits | 3 | adam 0.5 | — | 0.4 → 0.4 (≤ 2/2 → 2/2) stable |" in text
+    assert "- lstm: 1 stable, 0 recovers, 1 grows, 0 diverges of 2 settings." in text
+    assert "- gps: 0 stable, 2 recovers, 0 grows, 0 diverges of 2 settings." in text
 
 
 def test_unknown_preset_is_a_clear_error():

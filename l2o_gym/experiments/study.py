@@ -36,7 +36,7 @@ from l2o_gym.experiments.compare import (
     ORACLE_SUFFIX, CompareConfig, Section, fmt_number, is_oracle, run_jobs, write_report, write_results,
 )
 from l2o_gym.experiments.evaluation import EvalResult
-from l2o_gym.stability import stability
+from l2o_gym.stability import VERDICTS, stability
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,16 @@ def nn_full_sections() -> list[Section]:
 
 
 def nn_small_sections(datasets: tuple[str, ...] | None = None, n_problems: int = 3) -> list[Section]:
-    """A reduced NN benchmark that fits a shared 2-core CPU: every setting at T with ``n_problems`` test problems,
-    the wide net also at 2T (the paper's fifth setting); for MNIST also the 10T check (LSTM and Adam, 2 problems)."""
+    """A reduced NN benchmark that fits a 2-core CPU (the README's per-setting table): every setting × dataset
+    at T and 2T with ``n_problems`` test problems; for MNIST also the 10T check (AdaGrad, the best MNIST-tuned
+    baseline, and the two learned optimizers, 2 problems)."""
     from l2o_gym.registry import NN_DATASETS, NN_SETTINGS
 
-    out = [nn_section(ds + (f"-{s}" if s else ""), n_problems, 2 * NN_T if s == "wide" else None)
+    out = [nn_section(ds + (f"-{s}" if s else ""), n_problems)
            for ds in (datasets or NN_DATASETS) for s in NN_SETTINGS]
     if "mnist" in (datasets or NN_DATASETS):
         out.append(dataclasses.replace(nn_section("mnist", 2, 10 * NN_T, title="NNClassifier mnist (10T)"),
-                                       policies=["adam", "lstm"]))
+                                       policies=["adagrad", "lstm", "gps"]))
     return out
 
 
@@ -403,6 +404,52 @@ def nn_summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def nn_verdict_lines(rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown of one line per NN setting with a long horizon (the README's per-setting table): the best
+    MNIST-tuned baseline and the oracle at ``T``, and per learned optimizer ``f(T) → f(long)``, how many of the
+    MNIST-tuned baselines it is at or below at each horizon, and its long-horizon verdict
+    (:func:`long_horizon_rows`); then the verdicts counted per learned optimizer."""
+    by = {(r["section"], r["T"]): r for r in rows}
+    verdict = {(r["section"], r["policy"]): r for r in long_rows}
+    settings = [r for r in rows if any((r["section"], k) in verdict and verdict[(r["section"], k)]["T"] == r["T"]
+                                       for k in r["learned"])]
+    if not settings:
+        return []
+    kinds = list(dict.fromkeys(k for r in settings for k in r["learned"]))
+    lines = [
+        "## NN benchmark per setting: past the horizon",
+        "",
+        "Per setting: the best MNIST-tuned baseline and the oracle (re-tuned on the setting) at T; per learned "
+        "optimizer its mean true objective `f(T) → f(long)`, `≤ a/m → b/m`: at or below a (b) of the m MNIST-tuned "
+        "baselines at T (at the long horizon), and the long-horizon verdict (the table above).",
+        "",
+        "| setting | problems | best baseline at T | oracle at T | " + " | ".join(kinds) + " |",
+        "|---|---|---|---|" + "---|" * len(kinds),
+    ]
+    counts: dict[str, dict[str, int]] = {k: {} for k in kinds}
+    for r in settings:
+        cells = []
+        for k in kinds:
+            v = verdict.get((r["section"], k))
+            long = by.get((r["section"], v["long_T"])) if v else None
+            if v is None or long is None or k not in r["learned"] or k not in long["learned"]:
+                cells.append("—")
+                continue
+            a, b = r["learned"][k], long["learned"][k]
+            counts[k][v["verdict"]] = counts[k].get(v["verdict"], 0) + 1
+            cells.append(f"{fmt_number(a['f'])} → {fmt_number(b['f'])} (≤ {a['beats']}/{r['n_baselines']} → "
+                         f"{b['beats']}/{long['n_baselines']}) {v['verdict']}")
+        oracle = (f"{r['best_oracle'].removesuffix(ORACLE_SUFFIX)} {fmt_number(r['best_oracle_f'])}"
+                  if r.get("best_oracle") else "—")
+        lines.append(f"| {r['section']} | {r['n_problems']} | {r['best_baseline']} {fmt_number(r['best_baseline_f'])} | "
+                     f"{oracle} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for k in kinds:
+        total = sum(counts[k].values())
+        lines.append(f"- {k}: " + ", ".join(f"{counts[k].get(v, 0)} {v}" for v in VERDICTS) + f" of {total} settings.")
+    return [*lines, ""]
+
+
 def summary_lines(results: list[EvalResult], sections: list[Section],
                   references: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Markdown for the three summary tables, and the same data for ``results.json`` (``references``: see
@@ -454,7 +501,7 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
         "## Sample efficiency (from the training summaries in the shipped checkpoints)",
         "",
         "Env steps (optimizee iterations, summed over training problems and samples) until the policy's mean "
-        "final objective on 100 `val` problems first reached the best tuned baseline's (line searches included) and "
+        "final objective on the `val` problems of its training run first reached the best tuned baseline's (line searches included) and "
         "the best first-order baseline's. The LSTM is trained by backpropagation, not RL: its optimizee steps are "
         "listed for scale only. Both targets come from the tuning protocol of `l2o_gym.agents.tuning` (the tuned "
         "file's `val_references`, re-derived on each run's own `val` problems); a row marked (checkpoint) shows the "
@@ -484,6 +531,7 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
     lines.append("")
     nn = nn_rows(results, sections)
     lines += nn_summary_lines(nn)
+    lines += nn_verdict_lines(nn, lh)
     return lines, {"versus": vs, "long_horizon": lh, "sample_efficiency": se, "nn_benchmark": nn}
 
 
