@@ -19,7 +19,8 @@ def plot_curves(
     """Write a PNG with one line per curve (``[T+1]`` values) and optional ``(low, high)`` bands.
 
     Curves named in ``highlight`` (e.g. the learned optimizers) are drawn thick and solid, the others thin and
-    dashed, so a plot with many baselines stays readable.
+    dashed, so a plot with many baselines stays readable. A curve named ``"NAME:TAG"`` (e.g. ``"adam:oracle"``)
+    is drawn dotted in the colour of ``NAME``'s curve when that one is drawn before it.
 
     Returns the written path. Uses the Agg canvas directly, so no display is needed.
     """
@@ -30,11 +31,16 @@ def plot_curves(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     positive = True
+    colours: dict[str, str] = {}
     for name, ys in curves.items():
         y = np.asarray(ys, dtype=np.float64)
         x = np.arange(y.size)
         strong = not highlight or name in highlight
-        (line,) = ax.plot(x, y, label=name, lw=2.2 if strong else 1.1, ls="-" if strong else "--")
+        base, tagged, _ = name.partition(":")
+        style = {"color": colours[base]} if tagged and base in colours else {}
+        (line,) = ax.plot(x, y, label=name, lw=2.2 if strong else 1.1, ls=":" if tagged else "-" if strong else "--",
+                          **style)
+        colours.setdefault(name, line.get_color())
         if bands and name in bands:
             lo, hi = (np.asarray(b, dtype=np.float64) for b in bands[name])
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2 if strong else 0.07, lw=0)
