@@ -64,11 +64,19 @@ def pretrained_dir() -> Path:
 
 # ====================================================================================== training record
 def steps_to_reach(curve: list[list[float]], target: float) -> int | None:
-    """Env steps of the first point of ``curve`` (``[[env_steps, val_final], …]``) at or below ``target``."""
+    """Env steps of the first point of ``curve`` (``[[env_steps, val_final], …]``) at or below ``target``
+    (``None``: never, or no finite target — a run without baselines)."""
+    if not math.isfinite(target):
+        return None
     for steps, value in curve:
         if value <= target:
             return int(steps)
     return None
+
+
+def _finite_or_none(x: float) -> float | None:
+    """``x`` as a float, or ``None`` (JSON ``null``) for a missing target (``inf``: nothing was tuned)."""
+    return float(x) if math.isfinite(x) else None
 
 
 def training_record(
@@ -84,9 +92,9 @@ def training_record(
     """
     return {
         "env_steps_total": int(env_steps_total),
-        "baseline": {"name": baseline[0], "val_final": float(baseline[1])},
+        "baseline": {"name": baseline[0], "val_final": _finite_or_none(baseline[1])},
         "env_steps_to_reach_baseline": steps_to_reach(curve, baseline[1]),
-        "first_order_baseline": {"name": first_order[0], "val_final": float(first_order[1])},
+        "first_order_baseline": {"name": first_order[0], "val_final": _finite_or_none(first_order[1])},
         "env_steps_to_reach_first_order": steps_to_reach(curve, first_order[1]),
         "curve": [[int(s), float(v)] for s, v in curve],
     }
@@ -513,9 +521,9 @@ def fit(
         "best_iteration": rec.best_iteration,
         "best_env_steps": rec.best_env_steps,
         "final_val": rec.curve[-1][1] if rec.curve else None,
-        "baseline": {"name": base_name, "hparams": base_hp, "val_final": base_val},
+        "baseline": {"name": base_name, "hparams": base_hp, "val_final": _finite_or_none(base_val)},
         "env_steps_to_reach_baseline": training["env_steps_to_reach_baseline"],
-        "first_order_baseline": {"name": fo_name, "hparams": fo_hp, "val_final": fo_val},
+        "first_order_baseline": {"name": fo_name, "hparams": fo_hp, "val_final": _finite_or_none(fo_val)},
         "env_steps_to_reach_first_order": training["env_steps_to_reach_first_order"],
         "tuned_baselines": {k: {"hparams": hp, "val_final": v} for k, (hp, v) in tuned.items()},
         "training": training,

@@ -42,11 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                                      tensorboard=not a.no_tensorboard)
         if not cli.is_rank0():
             return 0
-        b = summary["baseline"]
         val = "none selected" if summary["best_val"] is None else f"{summary['best_val']:.5g}"
-        print(f"best val objective at T={cfg.gps.horizon}: conv GPS {val} (iteration {summary['best_iteration']}), "
-              f"best baseline {b['name']} {b['hparams']} {b['val_final']:.5g}; env steps to reach it: "
-              f"{summary['env_steps_to_reach_baseline']}")
+        print(f"best val objective at T={cfg.gps.horizon}: conv GPS {val} (iteration {summary['best_iteration']})")
+        print("\n".join(cli.target_lines(summary)))
         return cli.export_best(summary, a.export, "train_conv_gps.py", "gps", a.out)
 
     return cli.run(parser, body, argv, interrupted=(

@@ -59,16 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = train_gps(cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet,
                             tensorboard=not a.no_tensorboard)
-        steps = summary["env_steps_to_reach_baseline"]
-        b = summary["baseline"]
         gps_val = "none selected" if summary["best_val"] is None else f"{summary['best_val']:.5g}"
-        print(f"best val objective at T={cfg.horizon}: GPS {gps_val} (iteration {summary['best_iteration']}), "
-              f"best baseline {b['name']} {b['hparams']} {b['val_final']:.5g}")
-        print(f"env steps to reach the best baseline: {steps if steps is not None else 'not reached'} "
-              f"(of {summary['env_steps_total']}); mean GPS iteration wall time {summary['mean_iteration_wall_s']:.2f} s")
-        fo, fo_steps = summary["first_order_baseline"], summary["env_steps_to_reach_first_order"]
-        print(f"best first-order baseline {fo['name']} {fo['hparams']} {fo['val_final']:.5g}; env steps to reach it: "
-              f"{fo_steps if fo_steps is not None else 'not reached'}")
+        print(f"best val objective at T={cfg.horizon}: GPS {gps_val} (iteration {summary['best_iteration']}) after "
+              f"{summary['env_steps_total']} env steps; mean GPS iteration wall time {summary['mean_iteration_wall_s']:.2f} s")
+        print("\n".join(cli.target_lines(summary)))
         print("tuned baselines on val: " + ", ".join(
             f"{k} {v['hparams']} {v['val_final']:.5g}" for k, v in summary["tuned_baselines"].items()))
         return cli.export_best(summary, a.export, "train_gps.py", "gps", a.out)

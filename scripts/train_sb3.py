@@ -47,18 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             raise cli.UsageError(f"--algo {cfg.algo}: {exc}") from None
         summary = train_sb3(cfg, a.out, resume=a.resume, progress_bar=not a.quiet, tensorboard=not a.no_tensorboard)
-        b, fo = summary["baseline"], summary["first_order_baseline"]
-
-        def when(steps: int | None) -> str:
-            return "not reached" if steps is None else f"reached after {steps} env steps"
-
         best = "none" if summary["best_val"] is None else f"{summary['best_val']:.5g}"
         print(f"best val objective at T={cfg.horizon}: {cfg.algo} {best} "
               f"(at {summary['best_env_steps']} env steps of {summary['env_steps_total']}); "
               f"{summary['env_steps_per_s']:.0f} env steps/s")
-        print(f"best baseline {b['name']} {b['hparams']} {b['val_final']:.5g}: {when(summary['env_steps_to_reach_baseline'])}; "
-              f"best first-order {fo['name']} {fo['hparams']} {fo['val_final']:.5g}: "
-              f"{when(summary['env_steps_to_reach_first_order'])}")
+        print("\n".join(cli.target_lines(summary)))
         if a.export:
             atomic_write(a.export, lambda tmp: shutil.copyfile(summary["best_checkpoint"], tmp))
             print(f"exported {a.export}")

@@ -117,3 +117,33 @@ def test_train_gps_cli_exits_130_on_ctrl_c(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mod, "train_gps", interrupted)
     assert mod.main(["--iterations", "1", "--out", str(tmp_path)]) == 130
     assert "--resume" in capsys.readouterr().err
+
+
+def test_empty_baselines_flag_means_no_targets_and_a_strict_json_summary(tmp_path):
+    # `--baselines` with no names: nothing is tuned on val (that can cost an hour on a conv net), and the summary
+    # says "no target" as null, not as an infinite value that every curve "reaches" at once
+    import json
+    import math
+
+    from l2o_gym.agents.common import steps_to_reach, training_record
+    from l2o_gym.experiments import cli
+
+    mod = _script("train_lstm")
+    parser, cfg_args = mod.build_parser()
+    cfg = cli.prepare(parser.parse_args(["--env", "l2o/Quadratic-v0", "--baselines"]), cfg_args)
+    assert cfg.baselines == ()
+    assert cli.prepare(parser.parse_args(["--env", "l2o/Quadratic-v0"]), cfg_args).baselines == TrainConfig().baselines
+    curve = [[10, 2.0], [20, 0.5]]
+    assert steps_to_reach(curve, math.inf) is None and steps_to_reach(curve, 1.0) == 20
+    rec = training_record(curve, 20, ("", math.inf), ("", math.inf))
+    assert rec["baseline"]["val_final"] is None and rec["env_steps_to_reach_baseline"] is None
+    json.dumps(rec, allow_nan=False)
+    assert cli.target_lines({"baseline": rec["baseline"], "first_order_baseline": rec["first_order_baseline"]}) == [
+        "best baseline: none (no baselines tuned: --baselines was empty)",
+        "best first-order baseline: none (no baselines tuned: --baselines was empty)"]
+    with_targets = {"baseline": {"name": "nag", "hparams": {"lr": 0.1}, "val_final": 0.25},
+                    "env_steps_to_reach_baseline": 6400,
+                    "first_order_baseline": {"name": "adam", "hparams": {}, "val_final": 0.125},
+                    "env_steps_to_reach_first_order": None}
+    assert cli.target_lines(with_targets) == ["best baseline nag {'lr': 0.1} on val 0.25: reached after 6,400 env steps",
+                                              "best first-order baseline adam {} on val 0.125: not reached"]

@@ -81,7 +81,8 @@ class TrainConfig:
         second_order: keep the optimizee gradient's graph.
         val_every: validate every this many episodes (0: never).
         val_problems: number of fixed ``val`` problems (CLI ``--n-val``).
-        baselines: baselines tuned on the ``val`` problems as the sample-efficiency targets of the training record.
+        baselines: baselines tuned on the ``val`` problems as the sample-efficiency targets of the training record
+            (empty: no targets, nothing tuned).
         seed: seeds the network initialisation and the problem streams.
         device: torch device.
         dtype: dtype of the problems (the network is float32).

@@ -313,7 +313,9 @@ def add_config_args(
         kw: dict[str, Any] = {"dest": dest, "type": conv, "default": _UNSET, "metavar": flag[2:].replace("-", "_").upper(),
                               "help": f"{help_} (default: {json.dumps(shown) if isinstance(shown, dict) else shown})"}
         if nargs:
-            kw["nargs"] = "*" if typing.get_origin(tp) is tuple and default == () or f.name == "hidden" else nargs
+            # "--baselines" alone: no sample-efficiency targets (skips tuning them on val, which can cost an hour)
+            kw["nargs"] = ("*" if typing.get_origin(tp) is tuple and default == () or f.name in ("hidden", "baselines")
+                           else nargs)
         if f.name in choices:
             kw["choices"] = list(choices[f.name])
             kw["help"] += "; one of: " + ", ".join(map(str, choices[f.name]))
@@ -486,3 +488,19 @@ def export_best(summary: dict[str, Any], export: str | None, script: str, kind: 
     print(json.dumps({k: v for k, v in summary.items()
                       if k not in ("history", "train_config", "training", "tuned_baselines")}, default=str))
     return 0
+
+
+def target_lines(summary: dict[str, Any]) -> list[str]:
+    """The training summary's sample-efficiency targets in words, one line each (best baseline, best first-order
+    baseline): value on ``val`` and the env steps at which the policy first reached it, or that there was none."""
+    out = []
+    for key, steps_key, what in (("baseline", "env_steps_to_reach_baseline", "best baseline"),
+                                 ("first_order_baseline", "env_steps_to_reach_first_order", "best first-order baseline")):
+        b = summary.get(key) or {}
+        if not b.get("name") or b.get("val_final") is None:
+            out.append(f"{what}: none (no baselines tuned: --baselines was empty)")
+            continue
+        steps = summary.get(steps_key)
+        out.append(f"{what} {b['name']} {b.get('hparams', {})} on val {b['val_final']:.5g}: "
+                   + ("not reached" if steps is None else f"reached after {steps:,} env steps"))
+    return out

@@ -514,14 +514,16 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
     def steps(v: Any) -> str:
         return "not reached" if v is None else f"{int(v):,}"
 
+    def target(b: dict[str, Any]) -> str:  # val_final None: the run tuned no baselines
+        return "—" if b.get("val_final") is None else f"{b.get('name', '?')} {fmt_number(float(b['val_final']))}"
+
     for row in se:
         if "env_steps_total" in row:
             b, fo = row.get("baseline", {}), row.get("first_order_baseline", {})
             mark = " (checkpoint)" if row.get("reference") == "checkpoint" else ""
             lines.append(
-                f"| {row['env']} | {row['policy']}{mark} | {int(row['env_steps_total']):,} | {b.get('name', '?')} "
-                f"{fmt_number(float(b.get('val_final', math.nan)))} | {steps(row.get('env_steps_to_reach_baseline'))} | "
-                f"{fo.get('name', '?')} {fmt_number(float(fo.get('val_final', math.nan)))} | "
+                f"| {row['env']} | {row['policy']}{mark} | {int(row['env_steps_total']):,} | {target(b)} | "
+                f"{steps(row.get('env_steps_to_reach_baseline'))} | {target(fo)} | "
                 f"{steps(row.get('env_steps_to_reach_first_order'))} |")
         elif "optimizee_steps_to_checkpoint" in row:
             lines.append(f"| {row['env']} | {row['policy']} | {row['optimizee_steps_to_checkpoint']:,} (BPTT) | — | — | — | — |")
