@@ -372,26 +372,33 @@ def nn_rows(results: list[EvalResult], sections: list[Section]) -> list[dict[str
     return rows
 
 
+def _table_head(title: str, intro: str, columns: list[str]) -> list[str]:
+    """A report section's heading, its explanation and the header of its markdown table."""
+    return [title, "", intro, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def _oracle_cell(row: dict[str, Any]) -> str:
+    """The best oracle row of an :func:`nn_rows` row, or — when the setting has none."""
+    if not row.get("best_oracle"):
+        return "—"
+    return f"{row['best_oracle'].removesuffix(ORACLE_SUFFIX)} {fmt_number(row['best_oracle_f'])}"
+
+
 def nn_summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown of :func:`nn_rows`."""
     if not rows:
         return []
     kinds = list(dict.fromkeys(k for r in rows for k in r["learned"]))
-    lines = [
+    lines = _table_head(
         "## NN benchmark (Li & Malik 2017): learned optimizers vs baselines tuned on MNIST-48, true objective",
-        "",
         "Baselines were tuned on the MNIST-48 training objective at T = 400 only and applied unchanged; the learned "
         "optimizers were meta-trained on MNIST-48. Per learned optimizer: mean true objective at the iteration, mean "
         "over the run (in brackets; the best baseline's bracket is the lowest of any baseline), and `≤ n/m`: at or "
         "below n of the m baselines at the iteration; ⚠: some problems diverged. `oracle`: the best first-order "
         "baseline re-tuned on that setting itself (`NAME:oracle` rows; — : not run).",
-        "",
-        "| setting | iteration | problems | best baseline | oracle | " + " | ".join(kinds) + " |",
-        "|---|---|---|---|---|" + "---|" * len(kinds),
-    ]
+        ["setting", "iteration", "problems", "best baseline", "oracle", *kinds])
     for r in rows:
-        oracle = (f"{r['best_oracle'].removesuffix(ORACLE_SUFFIX)} {fmt_number(r['best_oracle_f'])}"
-                  if r.get("best_oracle") else "—")
+        oracle = _oracle_cell(r)
         cells = []
         for k in kinds:
             e = r["learned"].get(k)
@@ -416,16 +423,12 @@ def nn_verdict_lines(rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]
     if not settings:
         return []
     kinds = list(dict.fromkeys(k for r in settings for k in r["learned"]))
-    lines = [
+    lines = _table_head(
         "## NN benchmark per setting: past the horizon",
-        "",
         "Per setting: the best MNIST-tuned baseline and the oracle (re-tuned on the setting) at T; per learned "
         "optimizer its mean true objective `f(T) → f(long)`, `≤ a/m → b/m`: at or below a (b) of the m MNIST-tuned "
         "baselines at T (at the long horizon), and the long-horizon verdict (the table above).",
-        "",
-        "| setting | problems | best baseline at T | oracle at T | " + " | ".join(kinds) + " |",
-        "|---|---|---|---|" + "---|" * len(kinds),
-    ]
+        ["setting", "problems", "best baseline at T", "oracle at T", *kinds])
     counts: dict[str, dict[str, int]] = {k: {} for k in kinds}
     for r in settings:
         cells = []
@@ -439,10 +442,8 @@ def nn_verdict_lines(rows: list[dict[str, Any]], long_rows: list[dict[str, Any]]
             counts[k][v["verdict"]] = counts[k].get(v["verdict"], 0) + 1
             cells.append(f"{fmt_number(a['f'])} → {fmt_number(b['f'])} (≤ {a['beats']}/{r['n_baselines']} → "
                          f"{b['beats']}/{long['n_baselines']}) {v['verdict']}")
-        oracle = (f"{r['best_oracle'].removesuffix(ORACLE_SUFFIX)} {fmt_number(r['best_oracle_f'])}"
-                  if r.get("best_oracle") else "—")
         lines.append(f"| {r['section']} | {r['n_problems']} | {r['best_baseline']} {fmt_number(r['best_baseline_f'])} | "
-                     f"{oracle} | " + " | ".join(cells) + " |")
+                     f"{_oracle_cell(r)} | " + " | ".join(cells) + " |")
     lines.append("")
     for k in kinds:
         total = sum(counts[k].values())
