@@ -325,6 +325,16 @@ BASELINES: dict[str, type[Policy]] = {
 FIRST_ORDER: tuple[str, ...] = ("sgd", "momentum", "nag", "adam", "rmsprop")
 
 
+def check_baseline_names(names: Any) -> tuple[str, ...]:
+    """``names`` as a tuple of baseline names (empty is allowed: a training run without sample-efficiency targets);
+    ``ValueError`` listing the unknown ones and the valid names."""
+    names = tuple(names)
+    bad = [b for b in names if b not in BASELINES]
+    if bad:
+        raise ValueError(f"unknown baselines {bad}: expected names of {', '.join(BASELINES)}")
+    return names
+
+
 def make_baseline(name: str, **hparams: Any) -> Policy:
     """Build a baseline by name with the given hyperparameters (``lr``, ``momentum``, …)."""
     if name not in BASELINES:

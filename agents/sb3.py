@@ -182,12 +182,12 @@ class SB3TrainConfig:
 
     def __post_init__(self) -> None:
         """Every value check (``ValueError`` naming the field and the value); sb3-contrib is checked by :meth:`validate`."""
-        from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.agents.baselines import check_baseline_names
         from l2o_gym.checks import check_nonnegative, check_positive, check_seed, resolve_device
         from l2o_gym.envs.common import REWARD_MODES
 
         self.net_arch = tuple(self.net_arch)
-        self.baselines = tuple(self.baselines)
+        self.baselines = check_baseline_names(self.baselines)
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}: expected one of {', '.join(ALGOS)}")
         if self.env_id not in _env_table():
@@ -219,9 +219,6 @@ class SB3TrainConfig:
                                     for w in self.net_arch):
             raise ValueError(f"net_arch needs positive integer widths, got {self.net_arch}")
         self.net_arch = tuple(int(w) for w in self.net_arch)
-        bad = [b for b in self.baselines if b not in BASELINES]
-        if bad or not self.baselines:
-            raise ValueError(f"unknown baseline(s) {bad}: expected names of {', '.join(BASELINES)}")
         check_seed(self.seed)
         resolve_device(self.device)
 

@@ -147,3 +147,16 @@ def test_empty_baselines_flag_means_no_targets_and_a_strict_json_summary(tmp_pat
                     "env_steps_to_reach_first_order": None}
     assert cli.target_lines(with_targets) == ["best baseline nag {'lr': 0.1} on val 0.25: reached after 6,400 env steps",
                                               "best first-order baseline adam {} on val 0.125: not reached"]
+
+
+@pytest.mark.parametrize("script", ["train_lstm", "train_gps", "train_conv_gps", "train_sb3"])
+def test_every_training_script_accepts_no_baselines(script):
+    import dataclasses
+
+    from l2o_gym.experiments import cli
+
+    parser, cfg_args = _script(script).build_parser()
+    cfg = cli.prepare(parser.parse_args(["--baselines"]), cfg_args)
+    assert cfg.baselines == ()
+    with pytest.raises(ValueError, match=r"unknown baselines \['newton'\]: expected names of sgd, "):
+        dataclasses.replace(cfg, baselines=("sgd", "newton"))

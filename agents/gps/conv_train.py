@@ -64,7 +64,7 @@ class ConvGPSTrainConfig:
     gps: ConvGPSConfig = field(default_factory=ConvGPSConfig)
 
     def __post_init__(self) -> None:
-        from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.agents.baselines import check_baseline_names
         from l2o_gym.registry import check_env_id
 
         if isinstance(self.gps, dict):
@@ -76,10 +76,7 @@ class ConvGPSTrainConfig:
             check_positive_int(name, getattr(self, name))
         if not (self.stable_factor == 0 or self.stable_factor >= 1):
             raise ValueError(f"stable_factor must be 0 or >= 1, got {self.stable_factor!r}")
-        self.baselines = tuple(self.baselines)
-        bad = [b for b in self.baselines if b not in BASELINES]
-        if bad:
-            raise ValueError(f"unknown baselines {bad}: expected names from {', '.join(BASELINES)}")
+        self.baselines = check_baseline_names(self.baselines)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

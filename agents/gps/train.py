@@ -89,12 +89,12 @@ class GPSTrainConfig:
     badmm: BADMMConfig = field(default_factory=BADMMConfig)
 
     def __post_init__(self) -> None:
-        from l2o_gym.agents.baselines import BASELINES
+        from l2o_gym.agents.baselines import check_baseline_names
         from l2o_gym.registry import ENV_IDS
 
         if isinstance(self.badmm, dict):
             self.badmm = BADMMConfig(**self.badmm)
-        self.hidden, self.baselines = tuple(self.hidden), tuple(self.baselines)
+        self.hidden, self.baselines = tuple(self.hidden), check_baseline_names(self.baselines)
         if self.env_id not in ENV_IDS:
             raise ValueError(f"unknown env id {self.env_id!r}: expected one of {', '.join(ENV_IDS)}")
         for name in ("n_conditions", "horizon", "history", "iterations", "n_val"):
@@ -108,9 +108,6 @@ class GPSTrainConfig:
             raise ValueError(f"hidden must be positive integer widths, got {self.hidden!r}")
         if self.hessian not in HESSIANS:
             raise ValueError(f"unknown hessian {self.hessian!r}: expected one of {', '.join(HESSIANS)}")
-        bad = [b for b in self.baselines if b not in BASELINES]
-        if bad:
-            raise ValueError(f"unknown baselines {bad}: expected names of {', '.join(BASELINES)}")
         check_seed(self.seed)
         if self.stable_factor != 0 and not self.stable_factor >= 1:
             raise ValueError(f"stable_factor must be 0 (off) or >= 1 (a peak ratio is never below 1), got {self.stable_factor!r}")

@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from l2o_gym import core
+from l2o_gym.agents.baselines import check_baseline_names
 from l2o_gym.agents.bptt import BPTT, world
 from l2o_gym.agents.common import Agent, RunFolder, fit, load_run_state, state_path
 from l2o_gym.agents.lstm.policy import KIND, LSTMConfig, LSTMPolicy
@@ -141,7 +142,7 @@ class TrainConfig:
             raise ValueError(f"val_every must be >= 0, got {self.val_every!r}")
         if isinstance(self.arch, dict):
             self.arch = LSTMConfig(**self.arch)
-        self.baselines = tuple(self.baselines)
+        self.baselines = check_baseline_names(self.baselines)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
