@@ -339,6 +339,17 @@ def test_conv_gps_policy_round_trips_through_a_checkpoint(tmp_path):
     a = run_policy(tr.policy(), val, 6).losses
     b = run_policy(loaded, val, 6).losses
     torch.testing.assert_close(a, b)
+    assert loaded.step_unit == cfg.step_unit == "decay"
+    # a checkpoint written before the step unit existed has none in its header: it ran with Δθ = σ a'
+    from l2o_gym.checkpoint import load_policy_file, save_policy
+
+    tensors, config = load_policy_file(path, kind="conv_gps")
+    del config["step_unit"]
+    legacy = ConvGPSPolicy.load(save_policy(tmp_path / "legacy.safetensors", tensors, config))
+    assert legacy.step_unit == "sign"
+    config["step_unit"] = "newton"
+    with pytest.raises(CheckpointError, match="step_unit must be one of"):
+        ConvGPSPolicy.load(save_policy(tmp_path / "bad.safetensors", tensors, config))
     # a model whose tensors have a kind the policy never saw is refused, naming it
     from l2o_gym.problems.base import param_specs_from
 
@@ -434,3 +445,81 @@ def test_conv_gps_iteration_benchmark_times_real_iterations():
     r = conv_gps_iteration(iters=2, conditions=1, samples=2, horizon=4)
     assert r["world_size"] == 1 and len(r["iteration_s"]) == 2 and all(t > 0 for t in r["iteration_s"])
     assert r["env_steps_per_iteration"] == 8 and r["median_s"] in r["iteration_s"]
+
+
+# ---------------------------------------------------------------- the step unit
+
+def test_decay_unit_scale_is_rms_over_its_running_max_and_step_is_unit_times_frame_step():
+    gen = torch.Generator().manual_seed(0)
+    N, d, T = 2, 5, 12
+    # gradients that grow, then vanish; coordinate 4 is dead (always 0)
+    size = torch.cat([torch.linspace(0.5, 2.0, 4), 2.0 * 0.5 ** torch.arange(1, T - 3)]).to(DT)
+    grads = [size[t] * torch.randn(N, d, generator=gen, dtype=DT) for t in range(T)]
+    for g in grads:
+        g[:, 4] = 0.0
+    thetas = [torch.randn(N, d, generator=gen, dtype=DT) for _ in range(T)]
+    losses = [torch.full((N,), 1.0 / (t + 1), dtype=DT) for t in range(T)]
+    sign, decay = CoordinateFeatures("sign"), CoordinateFeatures("decay")
+    ms = rms_max = None
+    for t in range(T):
+        for f in (sign, decay):
+            (f.reset if t == 0 else f.update)(thetas[t], losses[t], grads[t])
+        gbar = torch.stack(grads[max(0, t - 2): t + 1]).mean(0)
+        ms = gbar * gbar if ms is None else 0.9 * ms + 0.1 * gbar * gbar
+        rms_max = ms.sqrt() if rms_max is None else torch.maximum(rms_max, ms.sqrt())
+        rho = torch.where(rms_max > 0, ms.sqrt() / rms_max.clamp_min(1e-300), torch.zeros_like(ms))
+        torch.testing.assert_close(decay.scale, rho)
+        torch.testing.assert_close(sign.scale, torch.ones_like(rho))
+        torch.testing.assert_close(decay.unit, decay.frame * rho)
+        torch.testing.assert_close(decay.state, sign.state)  # Φ and Ψ do not depend on the unit
+        torch.testing.assert_close(decay.obs, sign.obs)
+    # the EMA forgets at 0.9 per step: 8 halvings of ḡ leave ρ ≈ 0.95^8; the dead coordinate does not move
+    assert bool((decay.scale[:, :4] < 0.9).all()) and bool((decay.scale[:, 4] == 0).all())
+    with pytest.raises(ValueError, match="step_unit must be one of .*'adam'"):
+        CoordinateFeatures("adam")
+
+
+def _separable_quadratic_family():
+    from dataclasses import dataclass
+
+    from l2o_gym.problems.base import ProblemFamily
+
+    @dataclass(eq=False)
+    class Separable(ProblemFamily):
+        """f(θ) = ½ Σ h_i θ_i², h_i ∈ [0.5, 2]: minimum 0 at θ = 0."""
+
+        dim: int = 6
+        name = "separable"
+
+        def sample_instances(self, n, generator, split):
+            h = 0.5 + 1.5 * torch.rand(n, self.dim, generator=generator, dtype=DT)
+            return {"h": h}, torch.randn(n, self.dim, generator=generator, dtype=DT)
+
+        def loss(self, batch, theta, step):
+            return 0.5 * (batch.data["h"] * theta * theta).sum(-1)
+
+        def loss_and_grad(self, batch, theta, step):
+            return self.loss(batch, theta, step), batch.data["h"] * theta
+
+    return Separable()
+
+
+def test_decay_unit_steps_shrink_with_the_gradient_so_the_initial_controller_converges():
+    """The scale-free "sign" unit keeps steps of about lr per coordinate and stalls at a floor set by lr (what
+    the first shipped policy did near a minimum, docs/conv-gps.md); with the "decay" unit the same controller is
+    gradient descent with a per-coordinate rate lr / max rms and converges linearly to the minimum."""
+    from l2o_gym.agents.gps.coord_policy import ControllerPolicy
+    from l2o_gym.core import CoreConfig
+    from l2o_gym.policy import run_policy
+
+    fam = _separable_quadratic_family()
+    problems = fam.sample(4, "test", 0, dtype=DT)
+    ctrl = initial_controller(1, 10, lr=0.05, std=0.0)
+    H = 600
+    final = {}
+    for unit in ("sign", "decay"):
+        traj = run_policy(ControllerPolicy(ctrl, fam.param_specs(), unit), problems, H, CoreConfig(horizon=H))
+        assert torch.isfinite(traj.losses).all()
+        final[unit] = traj.losses[-1] / traj.losses[0]
+    assert bool((final["decay"] < 1e-8).all()), final["decay"]
+    assert bool((final["sign"] > 1e-5).all()), final["sign"]

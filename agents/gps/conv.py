@@ -49,6 +49,7 @@ from l2o_gym.agents.gps.coord import (
     CoordinateFeatures,
     DynamicsMoments,
     CostMoments,
+    check_step_unit,
     initial_controller,
 )
 from l2o_gym.agents.gps.coord_policy import ControllerPolicy, CoordinateLSTMNet, ConvGPSPolicy
@@ -79,6 +80,10 @@ class ConvGPSConfig(BADMMLoopConfig):
         cost_scale: the per-coordinate cost is multiplied by this (``None``: the number of coordinates ``d``, so
             that a coordinate's cost is the whole net's modelled change of ``Σ_t f_t / (T |f_0|)`` if every
             coordinate behaved like it — O(1), comparable to the KL terms whatever the size of the net).
+        step_unit: ``"sign"`` (``Δθ = σ a'``) or ``"decay"`` (``Δθ = σ ρ a'``, ``ρ`` the gradient's RMS relative
+            to its largest so far: steps shrink as the gradient vanishes;
+            :mod:`~l2o_gym.agents.gps.coord`, *Step unit*). Used by the controllers, the cost model and the
+            global policy alike, and recorded in the checkpoint.
         hidden: LSTM cells per group (paper: 128).
         regression_coords: coordinates per group and trajectory kept for the global step.
         regression_epochs: passes over the stored sequences per global step; bptt: truncation window;
@@ -97,6 +102,7 @@ class ConvGPSConfig(BADMMLoopConfig):
     init_std: float = 0.002
     action_penalty: float = 1e-4
     cost_scale: float | None = None
+    step_unit: str = "decay"
     hidden: int = 128
     regression_coords: int = 16
     regression_epochs: int = 4
@@ -114,6 +120,7 @@ class ConvGPSConfig(BADMMLoopConfig):
         if self.cost_scale is not None:
             check_positive("cost_scale", self.cost_scale)
         check_positive("regression_lr", self.regression_lr)
+        check_step_unit(self.step_unit)
         for name in ("init_std", "action_penalty"):
             check_nonnegative(name, getattr(self, name))
 
@@ -186,7 +193,8 @@ class ConvGPSTrainer:
 
     def controller_objective(self, controller: LinearGaussianPolicy, problems: ProblemBatch) -> tuple[float, float]:
         """``(mean f at T, mean f over the run)`` of the controllers' mean steps (set ``c = 0``) on ``problems``."""
-        pol = ControllerPolicy(LinearGaussianPolicy(controller.K[: self.G], controller.k[: self.G], controller.cov[: self.G]), self.specs)
+        pol = ControllerPolicy(LinearGaussianPolicy(controller.K[: self.G], controller.k[: self.G], controller.cov[: self.G]),
+                               self.specs, self.cfg.step_unit)
         traj = run_policy(pol, problems, self.T, self.core_config)
         return float(traj.losses[-1].mean()), float(traj.losses.mean())
 
@@ -222,7 +230,7 @@ class ConvGPSTrainer:
         problems = self.problems.index(cond.to(self.problems.device))
         dev, dt = problems.device, problems.dtype
         state = core.reset(problems, self.core_config)
-        feats = CoordinateFeatures()
+        feats = CoordinateFeatures(cfg.step_unit)
         feats.reset(state.theta, state.loss, state.grad)
         gens = [self._trajectory_generator(int(k)) for k in ids]
         # regression subset: R coordinates per group per trajectory
@@ -254,15 +262,15 @@ class ConvGPSTrainer:
                 noise = torch.stack([torch.randn(problems.dim, generator=g, dtype=torch.float64) for g in gens]).to(dev, dt)
                 a = local.sample(s, t, noise)  # frame step a'
                 a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
-                frame = feats.frame
+                scale = feats.scale
                 obs_seq.append(torch.gather(feats.obs, 1, sub[..., None].expand(-1, -1, feats.obs.shape[-1])).float())
                 loc_seq.append(torch.gather(s, 1, sub[..., None].expand(-1, -1, STATE_DIM)).float())
-                g_t, step = state.grad, frame * a
+                g_t, step = state.grad, feats.unit * a
                 state, _, term, _ = core.step(state, step)
                 feats.update(state.theta, state.loss, state.grad)
                 alive = alive & ~term
                 moments.add_segments(t, s, a, feats.state, segments, alive)
-                cmoments.add_segments(t, s, g_t.abs() / f0, (state.grad - g_t) * step / f0, step * step, segments, alive)
+                cmoments.add_segments(t, s, g_t.abs() * scale / f0, (state.grad - g_t) * step / f0, a * a, segments, alive)
                 objs.append(_objective(state).double() if t == T - 1 else state.loss.double())
         obs = torch.stack(obs_seq, 2)  # [B, S_b, T, F]
         loc = torch.stack(loc_seq, 2)
@@ -478,11 +486,11 @@ class ConvGPSTrainer:
 
     def policy(self) -> ConvGPSPolicy:
         """The global policy (deterministic means) as a :class:`~l2o_gym.policy.Policy`."""
-        return ConvGPSPolicy(self.net)
+        return ConvGPSPolicy(self.net, step_unit=self.cfg.step_unit)
 
     def policy_for(self, env_id: str | None) -> ConvGPSPolicy:
         """:meth:`policy` recording the env it was trained on (checkpoints)."""
-        return ConvGPSPolicy(self.net, env_id=env_id)
+        return ConvGPSPolicy(self.net, env_id=env_id, step_unit=self.cfg.step_unit)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

@@ -35,15 +35,28 @@ fitted on ``(s, a', s')``; in that frame ``Δf ≈ Σ_i |g^i| a'^i`` is linear i
 sign. The optimizer is then equivariant to flipping the sign of any coordinate (θ^i → −θ^i flips g^i and the
 step), as a hand-designed first-order method is (tested).
 
+**Step unit.** The executed step is ``Δθ^i = σ^i ρ^i a'^i``. With ``step_unit="sign"`` (the first shipped
+policy) ``ρ = 1``: the frame step is the step itself, and the features Φ and Ψ are scale-free, so no
+controller linear in Φ (and no policy of Ψ) can make its steps follow the gradient's size, and near a minimum
+the optimizer keeps stepping at the size it learned for the middle of the run (measured: docs/conv-gps.md).
+With ``step_unit="decay"`` ``ρ^i_t = rms^i_t / max_{s≤t} rms^i_s ∈ [0, 1]``, the gradient's current RMS
+relative to its largest so far: 1 while gradients keep their size or grow, and falling with them as they
+vanish. The initial controller's constant frame step is then ``−lr · ḡ / max rms``, gradient descent with a
+per-coordinate learning rate that stops changing once the gradient has peaked (a maximum, not a mean over
+the run, so that the effective learning rate cannot grow past the horizon as a mean of ever smaller gradients
+would); and the Newton step ``−g / h``, which a scale-free linear controller cannot represent in absolute
+units, is ``a' ≈ −(|ḡ| / rms) · max rms / h``: linear in Φ's normalised gradient with a constant gain.
+``ρ`` is element-wise, so permutation and sign-flip equivariance are unchanged.
+
 **Cost.** The objective is shared by all coordinates, so a per-coordinate model cannot attribute its value
 to one coordinate's step: a regression of ``f_{t+1}`` on ``a^i`` over the coordinates of one trajectory sees a
 constant. What *is* additive over coordinates is the local second-order model of the objective's change,
-``f(θ + Δθ) − f(θ) ≈ Σ_i (g^i Δθ^i + ½ h^i (Δθ^i)²)``, which in the frame is ``Σ_i (|g^i| a'^i + ½ h^i a'^2)``.
-The per-coordinate cost is this model (normalised by ``|f_0|``), expanded around the samples as GPS expands any
-cost: ``|g^i_t| / |f_0|`` is regressed on the local state per group and time step (``β_tᵀ s + β0_t``, a
-state-action cross term of the quadratic cost), and the curvature ``h_t`` is the secant curvature along the
-steps the samples took, ``Σ (g_{t+1} − g_t)·Δθ_t / Σ Δθ_t²`` (clipped at 0); ``w_u`` is added to it
-(:class:`CostMoments`)::
+``f(θ + Δθ) − f(θ) ≈ Σ_i (g^i Δθ^i + ½ h^i (Δθ^i)²)``, which in frame units is
+``Σ_i (|g^i| ρ^i a'^i + ½ h^i ρ^i² a'^2)``. The per-coordinate cost is this model (normalised by ``|f_0|``),
+expanded around the samples as GPS expands any cost: ``|g^i_t| ρ^i_t / |f_0|`` is regressed on the local state
+per group and time step (``β_tᵀ s + β0_t``, a state-action cross term of the quadratic cost), and the curvature
+``h_t`` (per unit frame step) is the secant curvature along the steps the samples took,
+``Σ (g_{t+1} − g_t)·Δθ_t / Σ a'_t²`` (clipped at 0); ``w_u`` is added to it (:class:`CostMoments`)::
 
     c^g_t(s, a') = (β_tᵀ s + β0_t) a' + ½ (h_t + w_u) a'²
 
@@ -72,6 +85,9 @@ AVERAGE_OVER: int = 3
 GRAD_DECAY: float = 0.9
 _EPS: float = 1e-8
 
+#: units of the frame step (module docstring, *Step unit*): ``Δθ = σ a'`` or ``Δθ = σ ρ a'``.
+STEP_UNITS: tuple[str, ...] = ("sign", "decay")
+
 #: layout of the local state Φ (``STATE_DIM`` entries per coordinate).
 OBJ: int = 0  #: f̄_t / f̄_0, the averaged objective relative to its start value (the cost reads it)
 GRAD: int = 1  #: ḡ_t / sqrt(running mean of ḡ²), the normalised averaged gradient
@@ -82,6 +98,13 @@ STATE_DIM: int = 4 + N_OBJ_CHANGES
 #: layout of the observation Ψ (global side): one-step relative objective change, |g_t| / rms, log step
 #: ratio, σ · sign(Δθ_{t−1}).
 OBS_DIM: int = 4
+
+
+def check_step_unit(step_unit: str) -> str:
+    """``step_unit`` if it is one of :data:`STEP_UNITS`, else a ``ValueError`` naming it."""
+    if step_unit not in STEP_UNITS:
+        raise ValueError(f"step_unit must be one of {STEP_UNITS}, got {step_unit!r}")
+    return step_unit
 
 
 def group_index(specs: tuple[ParamSpec, ...], device: torch.device | str = "cpu") -> Tensor:
@@ -110,10 +133,19 @@ class CoordinateFeatures:
     Every quantity is element-wise per coordinate or a per-problem scalar, so permuting the coordinates of θ
     permutes the features the same way (tested). Before enough history exists, missing entries are zero.
 
+    Args:
+        step_unit: ``"sign"`` or ``"decay"`` (module docstring, *Step unit*): what :attr:`scale` is.
+
     Attributes (after reset):
         state: ``[N, d, STATE_DIM]`` Φ (local side, training only).
         obs: ``[N, d, OBS_DIM]`` Ψ (global side, train and test).
+        frame: ``σ[N, d]``, the sign of the current gradient (+1 at 0).
+        scale: ``ρ[N, d]`` in ``[0, 1]``: ones for ``"sign"``; for ``"decay"`` ``rms / max_{s≤t} rms``.
+        unit: ``σ ρ`` ``[N, d]``: the step is ``unit · a'`` for frame steps ``a'[N, d]``.
     """
+
+    def __init__(self, step_unit: str = "sign") -> None:
+        self.step_unit = check_step_unit(step_unit)
 
     def reset(self, theta: Tensor, loss: Tensor, grad: Tensor, objective: Tensor | None = None) -> None:
         """Start from iterate ``theta[N, d]``, minibatch objective ``loss[N]`` and gradient ``grad[N, d]``.
@@ -129,6 +161,7 @@ class CoordinateFeatures:
         self._fbar: list[Tensor] = [objective.clone()]  # averaged objective, last N_OBJ_CHANGES·OBJ_STRIDE + 1
         self._f0 = objective.abs().clamp_min(_EPS)
         self._ms = grad * grad
+        self._rms_max = torch.zeros_like(grad)  # max_s rms_s, for the "decay" unit
         self._prev_loss = loss.clone()
         self._steps: list[Tensor] = []
         self._build(loss, grad)
@@ -149,10 +182,17 @@ class CoordinateFeatures:
         n, d = grad.shape
         gbar = torch.stack(self._g).mean(0)
         self._ms = GRAD_DECAY * self._ms + (1 - GRAD_DECAY) * gbar * gbar
+        if self.step_unit == "decay":
+            rms = self._ms.sqrt()
+            self._rms_max = torch.maximum(self._rms_max, rms)
+            self.scale = (rms / (self._rms_max + _EPS * _EPS)).clamp(0.0, 1.0)
+        else:
+            self.scale = torch.ones_like(grad)
         s = grad.new_zeros(n, d, STATE_DIM)
         s[..., OBJ] = (self._fbar[-1] / self._f0)[:, None]
         sigma = torch.where(grad < 0, -1.0, 1.0).to(grad.dtype)
         self.frame = sigma
+        self.unit = sigma * self.scale
         s[..., GRAD] = sigma * gbar / (self._ms.sqrt() + _EPS)
         if len(self._xbar) >= 2:
             s[..., AGREE] = sigma * torch.sign(self._xbar[-1] - self._xbar[-2])
@@ -315,10 +355,10 @@ class DynamicsMoments:
 class CostMoments:
     """Per-(group, t) statistics of the local quadratic model of the objective (module docstring, *Cost*).
 
-    For every coordinate sample it accumulates the moments of ``z = [s_t; r_t]`` with ``r = |g_t| / |f_0|``
+    For every coordinate sample it accumulates the moments of ``z = [s_t; r_t]`` with ``r = |g_t| ρ_t / |f_0|``
     (the first-order decrease of the normalised objective per unit frame step), and the secant sums
-    ``Σ (g_{t+1} − g_t)·Δθ_t / |f_0|`` and ``Σ Δθ_t²`` whose ratio is the curvature of the objective along the
-    steps taken. Raw sums, so pieces add up across batches and processes.
+    ``Σ (g_{t+1} − g_t)·Δθ_t / |f_0|`` and ``Σ a'_t²`` whose ratio is the curvature of the objective along the
+    steps taken, per unit frame step. Raw sums, so pieces add up across batches and processes.
     """
 
     def __init__(self, n_groups: int, horizon: int, state_dim: int, device: torch.device | str = "cpu") -> None:
@@ -338,7 +378,7 @@ class CostMoments:
         segments: list[tuple[Tensor | slice, slice, int]], valid: Tensor | None = None,
     ) -> None:
         """Add step ``t``: local states ``s[N, d, dS]``, ``r[N, d]``, ``(g_{t+1} − g_t) Δθ_t / |f_0|`` and
-        ``Δθ_t²`` (``[N, d]``) over ``segments`` (as :meth:`DynamicsMoments.add_segments`)."""
+        ``a'_t²`` (``[N, d]``; ``= Δθ_t²`` with the ``"sign"`` unit) over ``segments`` (as :meth:`DynamicsMoments.add_segments`)."""
         z = torch.cat([s, r[..., None]], -1).to(torch.float64)
         ok = torch.isfinite(z).all(-1) & torch.isfinite(dgrad_step) & torch.isfinite(step_sq)
         if valid is not None:
@@ -403,8 +443,9 @@ def initial_controller(
     n_groups: int, horizon: int, lr: float, std: float, state_dim: int = STATE_DIM,
     dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
 ) -> LinearGaussianPolicy:
-    """``a = −lr · s[GRAD] + N(0, std²)`` in every group: a normalised-gradient step (RMSprop-like) with
-    exploration noise, the starting point of the local controllers."""
+    """``a' = −lr · s[GRAD] + N(0, std²)`` in every group: a normalised-gradient step with exploration noise,
+    the starting point of the local controllers (RMSprop-like with the ``"sign"`` step unit, gradient descent at
+    the per-coordinate rate ``lr / max rms`` with ``"decay"``: module docstring, *Step unit*)."""
     K = torch.zeros(n_groups, horizon, 1, state_dim, dtype=dtype, device=device)
     K[..., 0, GRAD] = -lr  # a' = −lr σ ĝ, i.e. the step −lr ĝ
     cov = torch.full((n_groups, horizon, 1, 1), std**2, dtype=dtype, device=device)

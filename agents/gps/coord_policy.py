@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2o_gym.agents.gps.coord import OBS_DIM, CoordinateController, CoordinateFeatures
+from l2o_gym.agents.gps.coord import OBS_DIM, CoordinateController, CoordinateFeatures, check_step_unit
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
 from l2o_gym.checkpoint import CheckpointError, load_policy_file, save_policy
 from l2o_gym.core import State
@@ -126,18 +126,20 @@ class ControllerPolicy(Policy):
     Args:
         policy: ``K[G, T, 1, dS]``, … for the ``G`` parameter tensors of ``specs``.
         specs: the parameter layout the controllers were built for.
+        step_unit: the frame step's unit (:mod:`~l2o_gym.agents.gps.coord`, *Step unit*).
     """
 
     name = "gps_local"
 
-    def __init__(self, policy: LinearGaussianPolicy, specs: tuple[ParamSpec, ...]) -> None:
+    def __init__(self, policy: LinearGaussianPolicy, specs: tuple[ParamSpec, ...], step_unit: str = "sign") -> None:
         self.policy, self.specs = policy, specs
+        self.step_unit = check_step_unit(step_unit)
         self.groups = torch.cat([torch.full((s.numel,), j, dtype=torch.int64) for j, s in enumerate(specs)])
 
     def reset(self, state: State) -> _Memory:
         if state.dim != len(self.groups):
             raise ValueError(f"controllers built for {len(self.groups)} coordinates, the state has {state.dim}")
-        return _Memory(CoordinateFeatures(), (state.theta.new_zeros(0), state.theta.new_zeros(0)), False)
+        return _Memory(CoordinateFeatures(self.step_unit), (state.theta.new_zeros(0), state.theta.new_zeros(0)), False)
 
     def act(self, state: State, memory: _Memory) -> tuple[Tensor, _Memory]:
         theta, loss, grad = state.theta.detach(), state.loss.detach(), state.grad.detach()
@@ -148,7 +150,7 @@ class ControllerPolicy(Policy):
         t = min(int(state.t.max()), self.policy.K.shape[1] - 1)
         ctrl = CoordinateController(self.policy, self.groups.to(theta.device))
         mean = ctrl.mean(memory.features.state.to(self.policy.K.dtype), t).to(theta.dtype)
-        return memory.features.frame * mean, _Memory(memory.features, memory.lstm, True)
+        return memory.features.unit * mean, _Memory(memory.features, memory.lstm, True)
 
 
 class ConvGPSPolicy(Policy):
@@ -162,15 +164,21 @@ class ConvGPSPolicy(Policy):
         net: the trained :class:`CoordinateLSTMNet`.
         specs: parameter layout to use when the state carries no problems (optional).
         env_id: env it was trained on (recorded in checkpoints).
+        step_unit: the frame step's unit it was trained with (:mod:`~l2o_gym.agents.gps.coord`, *Step unit*;
+            recorded in checkpoints; checkpoints without the field are ``"sign"``).
     """
 
     name = "conv_gps"
     binds_layout = True
 
-    def __init__(self, net: CoordinateLSTMNet, specs: tuple[ParamSpec, ...] | None = None, env_id: str | None = None) -> None:
+    def __init__(
+        self, net: CoordinateLSTMNet, specs: tuple[ParamSpec, ...] | None = None, env_id: str | None = None,
+        step_unit: str = "sign",
+    ) -> None:
         self.net = net
         self.specs = specs
         self.env_id = env_id
+        self.step_unit = check_step_unit(step_unit)
 
     def bind(self, specs: Any) -> None:
         """Use ``specs`` (one :class:`ParamSpec` per parameter tensor) when the state carries no problem family
@@ -194,7 +202,7 @@ class ConvGPSPolicy(Policy):
     def reset(self, state: State) -> _Memory:
         self._specs(state)
         p = next(self.net.parameters())
-        return _Memory(CoordinateFeatures(), self.net.zero_memory(state.n, state.dim, p.device, p.dtype), False)
+        return _Memory(CoordinateFeatures(self.step_unit), self.net.zero_memory(state.n, state.dim, p.device, p.dtype), False)
 
     def act(self, state: State, memory: _Memory) -> tuple[Tensor, _Memory]:
         specs = self._specs(state)
@@ -207,12 +215,12 @@ class ConvGPSPolicy(Policy):
         p = next(self.net.parameters())
         with torch.no_grad():
             mean, lstm = self.net.step(memory.features.obs.to(p.dtype), memory.lstm, specs, gmap)
-        step = memory.features.frame * mean.to(state.theta.dtype)  # frame step -> step (coord module docstring)
+        step = memory.features.unit * mean.to(state.theta.dtype)  # frame step -> step (coord module docstring)
         return step, _Memory(memory.features, lstm, True)
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         config = {"kind": KIND, "env_id": self.env_id, "groups": [list(g) for g in self.net.groups],
-                  "hidden": self.net.hidden, **(extra or {})}
+                  "hidden": self.net.hidden, "step_unit": self.step_unit, **(extra or {})}
         return save_policy(path, self.net.state_dict(), config)
 
     @classmethod
@@ -224,6 +232,7 @@ class ConvGPSPolicy(Policy):
         try:
             groups = [(str(n), str(k)) for n, k in config["groups"]]
             hidden = int(config["hidden"])
+            step_unit = check_step_unit(str(config.get("step_unit", "sign")))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: bad conv-GPS header field ({exc})") from None
         net = CoordinateLSTMNet(groups, hidden)
@@ -232,6 +241,6 @@ class ConvGPSPolicy(Policy):
         if expected != got:
             raise CheckpointError(f"{path}: tensors do not match a conv-GPS net with groups {groups} and hidden {hidden}")
         net.load_state_dict(tensors)
-        policy = cls(net.to(device), env_id=config.get("env_id"))
+        policy = cls(net.to(device), env_id=config.get("env_id"), step_unit=step_unit)
         policy.checkpoint_config = config
         return policy
