@@ -28,6 +28,19 @@ def test_every_policy_of_the_study_is_shipped():
                 assert pretrained_path(name, sec.env) is not None, f"no shipped {name} checkpoint for {sec.env}"
 
 
+def test_every_learned_policy_of_every_preset_loads_its_shipped_checkpoint():
+    """Each preset names learned policies by kind; the shipped file for each (kind, env) must load as that kind
+    (the conv-net preset's LSTM-sub and shared LSTM are multi-LSTM checkpoints)."""
+    from l2o_gym.experiments.compare import PolicySpec, _load_learned
+
+    pairs = {(name, sec.env) for preset in PRESETS.values() for sec in preset() for name in sec.policies
+             if name in LEARNED}
+    assert ("mlstm-shared", "l2o/ConvNet-v0") in pairs and ("gps", "l2o/NNClassifier-v0") in pairs
+    for name, env in sorted(pairs):
+        policy, path = _load_learned(PolicySpec(name, None, False), env, "cpu")
+        assert policy is not None and Path(path).is_file(), (name, env)
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")

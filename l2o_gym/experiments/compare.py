@@ -65,7 +65,12 @@ LEARNED: dict[str, str] = {
 }
 #: checkpoint kinds a policy name accepts besides its own: ``gps`` is GPS on the full state or convolutional GPS
 #: (the neural-net tasks), one loader for both.
-CHECKPOINT_KINDS: dict[str, tuple[str, ...]] = {"gps": ("gps", "conv_gps")}
+CHECKPOINT_KINDS: dict[str, tuple[str, ...]] = {
+    "gps": ("gps", "conv_gps"),
+    # LSTM-sub and the shared LSTM are multi-LSTM checkpoints trained on other data or with one kind
+    "mlstm-sub": ("mlstm",),
+    "mlstm-shared": ("mlstm",),
+}
 
 
 
