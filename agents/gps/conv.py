@@ -53,6 +53,7 @@ from l2o_gym.agents.gps.coord import (
     initial_controller,
 )
 from l2o_gym.agents.gps.coord_policy import ControllerPolicy, CoordinateLSTMNet, ConvGPSPolicy
+from l2o_gym.agents.gps.cost import QuadraticCost
 from l2o_gym.agents.gps.dynamics import GaussianPrior, GPSFitError, dynamics_from_moments
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
 from l2o_gym.agents.gps.lqr import solve_kl_step
@@ -62,6 +63,9 @@ from l2o_gym.problems.base import ProblemBatch
 
 log = logging.getLogger(__name__)
 
+
+#: what the per-coordinate cost models (``ConvGPSConfig.cost``).
+COSTS: tuple[str, ...] = ("area", "log")
 
 @dataclass
 class ConvGPSConfig(BADMMLoopConfig):
@@ -84,6 +88,11 @@ class ConvGPSConfig(BADMMLoopConfig):
             to its largest so far: steps shrink as the gradient vanishes;
             :mod:`~l2o_gym.agents.gps.coord`, *Step unit*). Used by the controllers, the cost model and the
             global policy alike, and recorded in the checkpoint.
+        cost: what the per-coordinate cost models (docs/conv-gps.md, *Cost*): ``"area"`` — ``Σ_t f_t / (T |f_0|)``,
+            the area under the objective's curve (Li & Malik's ``Σ_t f(x_t)``; its expansion divides by ``|f_0|``);
+            ``"log"`` — ``Σ_t log f_t / T`` (the expansion divides by the samples' geometric-mean objective at
+            ``t``), so a tenfold decrease late in the run counts as much as one early, as for the LSTM's
+            ``--objective log``.
         hidden: LSTM cells per group (paper: 128).
         regression_coords: coordinates per group and trajectory kept for the global step.
         regression_epochs: passes over the stored sequences per global step; bptt: truncation window;
@@ -103,6 +112,7 @@ class ConvGPSConfig(BADMMLoopConfig):
     action_penalty: float = 1e-4
     cost_scale: float | None = None
     step_unit: str = "decay"
+    cost: str = "log"
     hidden: int = 128
     regression_coords: int = 16
     regression_epochs: int = 4
@@ -121,6 +131,8 @@ class ConvGPSConfig(BADMMLoopConfig):
             check_positive("cost_scale", self.cost_scale)
         check_positive("regression_lr", self.regression_lr)
         check_step_unit(self.step_unit)
+        if self.cost not in COSTS:
+            raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
         for name in ("init_std", "action_penalty"):
             check_nonnegative(name, getattr(self, name))
 
@@ -199,15 +211,20 @@ class ConvGPSTrainer:
         return float(traj.losses[-1].mean()), float(traj.losses.mean())
 
     def tune_init_lr(self) -> float:
-        """The initial controller's step size: the best of :data:`INIT_LR_GRID` by mean objective over the run
-        on the training conditions (non-finite results lose)."""
+        """The initial controller's step size: the best of :data:`INIT_LR_GRID` on the training conditions by
+        the quantity the cost models (``cfg.cost``: the mean objective over the run, or its mean log);
+        non-finite results lose."""
         best = (math.inf, INIT_LR_GRID[0])
         for lr in INIT_LR_GRID:
             ctrl = initial_controller(self.G, self.T, lr, 0.0, dtype=torch.float64, device=self.problems.device)
-            _, area = self.controller_objective(ctrl, self.problems)
-            if math.isfinite(area) and area < best[0]:
-                best = (area, lr)
-        log.info("conv GPS: initial controller step size %g (mean objective over the run %.4g)", best[1], best[0])
+            pol = ControllerPolicy(LinearGaussianPolicy(ctrl.K, ctrl.k, ctrl.cov), self.specs, self.cfg.step_unit)
+            losses = run_policy(pol, self.problems, self.T, self.core_config).losses[1:]
+            curve = losses.mean(1)  # [T] mean over the conditions
+            score = float(curve.mean() if self.cfg.cost == "area" else curve.clamp_min(1e-300).log().mean())
+            if math.isfinite(score) and score < best[0]:
+                best = (score, lr)
+        log.info("conv GPS: initial controller step size %g (%s over the run %.4g)", best[1],
+                 "mean objective" if self.cfg.cost == "area" else "mean log objective", best[0])
         return best[1]
 
     # ------------------------------------------------------------------ sampling
@@ -266,11 +283,13 @@ class ConvGPSTrainer:
                 obs_seq.append(torch.gather(feats.obs, 1, sub[..., None].expand(-1, -1, feats.obs.shape[-1])).float())
                 loc_seq.append(torch.gather(s, 1, sub[..., None].expand(-1, -1, STATE_DIM)).float())
                 g_t, step = state.grad, feats.unit * a
+                norm = f0 if cfg.cost == "area" else 1.0  # "log": divided by the reference curve in iteration()
                 state, _, term, _ = core.step(state, step)
                 feats.update(state.theta, state.loss, state.grad)
                 alive = alive & ~term
                 moments.add_segments(t, s, a, feats.state, segments, alive)
-                cmoments.add_segments(t, s, g_t.abs() * scale / f0, (state.grad - g_t) * step / f0, a * a, segments, alive)
+                cmoments.add_segments(t, s, g_t.abs() * scale / norm, (state.grad - g_t) * step / norm, a * a,
+                                      segments, alive)
                 objs.append(_objective(state).double() if t == T - 1 else state.loss.double())
         obs = torch.stack(obs_seq, 2)  # [B, S_b, T, F]
         loc = torch.stack(loc_seq, 2)
@@ -432,6 +451,20 @@ class ConvGPSTrainer:
         self.nu = adjust_nu(self.nu, kl, self.cfg.kl_target, self.cfg.nu_min, self.cfg.nu_max)
         return kl
 
+    def _log_cost(self, cost: QuadraticCost, objs: Tensor) -> QuadraticCost:
+        """The ``"log"`` cost: the expansion of ``f`` (unnormalised moments) divided at every step by the sample
+        reference ``f̂_t``, the geometric mean over all trajectories of the objective at ``t`` (``objs[K, T+1]``),
+        so that it models ``Σ_t log f_t / T`` around the samples (``log f ≈ log f̂_t + (f − f̂_t) / f̂_t``). A
+        per-step constant rather than each sample's own minibatch value keeps one lucky near-zero minibatch
+        from dominating a step's cost. The ``w_u`` part of the curvature is kept as fitted."""
+        ref = objs[:, : self.T].double().abs().clamp_min(1e-30).log().mean(0).exp()  # [T]
+        ref = ref.to(cost.C.device)
+        dS = cost.C.shape[-1] - 1
+        C = cost.C / ref[None, :, None, None]
+        pen = self.cfg.action_penalty * (self.T - torch.arange(self.T, dtype=C.dtype, device=C.device)) / self.T
+        C[..., dS, dS] = (cost.C[..., dS, dS] - pen) / ref + pen
+        return type(cost)(C, cost.c / ref[None, :, None], cost.c0 / ref[None, :])
+
     # ------------------------------------------------------------------ one iteration
     def iteration(self) -> dict[str, float]:
         """One convolutional-GPS iteration (module docstring); returns scalar metrics."""
@@ -448,6 +481,8 @@ class ConvGPSTrainer:
         except GPSFitError as exc:
             raise GPSFitError(f"conv GPS iteration {self.iteration_count}: {exc} (condition·G + group indexing)") from None
         cost = cmoments.fit(action_penalty=cfg.action_penalty)
+        if cfg.cost == "log":
+            cost = self._log_cost(cost, objs)
         scale = float(self.problems.dim) if cfg.cost_scale is None else cfg.cost_scale
         cost = type(cost)(cost.C * scale, cost.c * scale, cost.c0 * scale)
         self.mult = adapt_multiplier(self._pred, dyn, cost, self.mult, cfg.min_mult, cfg.max_mult)
