@@ -529,21 +529,31 @@ def test_log_cost_divides_the_expansion_by_the_samples_geometric_mean_objective(
     """c_t of the "log" cost = the expansion of f at t divided by f̂_t (geometric mean of the trajectories'
     objectives at t): a first-order model of Σ_t log f_t; the action penalty w_u is not rescaled."""
     from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
+    from l2o_gym.agents.gps.coord import contiguous_segments
 
     fam, train, cfg = _tiny_setup(T=4)
-    tr = ConvGPSTrainer(train, ConvGPSConfig(**{**cfg.__dict__, "init_lr": 0.01, "action_penalty": 0.5}))
-    gen = torch.Generator().manual_seed(0)
-    T, dS = 4, STATE_DIM
-    C = torch.randn(2, T, dS + 1, dS + 1, generator=gen, dtype=DT)
-    C = C + C.transpose(-1, -2)
-    w = (T - torch.arange(T, dtype=DT)) / T
-    C[..., dS, dS] = (3.0 + 0.5) * w  # (fitted curvature 3 + penalty 0.5) · w_t, as CostMoments.fit writes it
-    cost = QuadraticCost(C, torch.randn(2, T, dS + 1, generator=gen, dtype=DT), torch.zeros(2, T, dtype=DT))
+    tr = ConvGPSTrainer(train, ConvGPSConfig(**{**cfg.__dict__, "init_lr": 0.01}))
     objs = torch.tensor([[2.0, 1e-2, 4e-4, 1e-6, 5e-7], [0.5, 1e-4, 1e-4, 1e-4, 1e-6]], dtype=DT)
     ref = torch.tensor([1.0, 1e-3, 2e-4, 1e-5], dtype=DT)  # sqrt(2 · 0.5), sqrt(1e-2 · 1e-4), …
-    out = tr._log_cost(cost, objs)
-    torch.testing.assert_close(out.c, cost.c / ref[None, :, None])
-    torch.testing.assert_close(out.C[..., :dS, :], cost.C[..., :dS, :] / ref[None, :, None, None])
-    torch.testing.assert_close(out.C[..., dS, dS], (3.0 * w / ref + 0.5 * w).expand(2, T))
+    torch.testing.assert_close(tr._log_reference(objs), ref)
+    # the expansion of a separable quadratic (curvature 3) with and without the reference
+    gen = torch.Generator().manual_seed(0)
+    G, T, dS, N, d = 2, 4, 2, 5, 60
+    groups = torch.repeat_interleave(torch.arange(G), torch.tensor([40, 20]))
+    mom = CostMoments(G, T, dS)
+    theta = torch.randn(N, d, generator=gen, dtype=DT)
+    for t in range(T):
+        g = 3.0 * theta
+        s = torch.stack([g.abs(), torch.randn(N, d, generator=gen, dtype=DT)], -1)
+        step = -0.1 * g + 0.01 * torch.randn(N, d, generator=gen, dtype=DT)
+        mom.add_segments(t, s, g.abs(), (3.0 * (theta + step) - g) * step, step * step, contiguous_segments(groups))
+        theta = theta + step
+    plain = mom.fit(action_penalty=0.5, ridge=1e-12)
+    out = mom.fit(action_penalty=0.5, ridge=1e-12, reference=ref)
+    w = (T - torch.arange(T, dtype=DT)) / T
+    torch.testing.assert_close(plain.C[..., dS, dS], ((3.0 + 0.5) * w).expand(G, T))  # (h + w_u) · w_t
+    torch.testing.assert_close(out.c, plain.c / ref[None, :, None])
+    torch.testing.assert_close(out.C[..., :dS, :], plain.C[..., :dS, :] / ref[None, :, None, None])
+    torch.testing.assert_close(out.C[..., dS, dS], (3.0 * w / ref + 0.5 * w).expand(G, T))
     with pytest.raises(ValueError, match="cost must be one of .*'sum'"):
         ConvGPSConfig(cost="sum")

@@ -53,7 +53,6 @@ from l2o_gym.agents.gps.coord import (
     initial_controller,
 )
 from l2o_gym.agents.gps.coord_policy import ControllerPolicy, CoordinateLSTMNet, ConvGPSPolicy
-from l2o_gym.agents.gps.cost import QuadraticCost
 from l2o_gym.agents.gps.dynamics import GaussianPrior, GPSFitError, dynamics_from_moments
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
 from l2o_gym.agents.gps.lqr import solve_kl_step
@@ -203,12 +202,16 @@ class ConvGPSTrainer:
         self._pred: Prediction | None = None
         self._fitted = False
 
-    def controller_objective(self, controller: LinearGaussianPolicy, problems: ProblemBatch) -> tuple[float, float]:
-        """``(mean f at T, mean f over the run)`` of the controllers' mean steps (set ``c = 0``) on ``problems``."""
+    def _controller_losses(self, controller: LinearGaussianPolicy, problems: ProblemBatch) -> Tensor:
+        """Objectives ``[T+1, N]`` of the controllers' mean steps (set ``c = 0``) on ``problems``."""
         pol = ControllerPolicy(LinearGaussianPolicy(controller.K[: self.G], controller.k[: self.G], controller.cov[: self.G]),
                                self.specs, self.cfg.step_unit)
-        traj = run_policy(pol, problems, self.T, self.core_config)
-        return float(traj.losses[-1].mean()), float(traj.losses.mean())
+        return run_policy(pol, problems, self.T, self.core_config).losses
+
+    def controller_objective(self, controller: LinearGaussianPolicy, problems: ProblemBatch) -> tuple[float, float]:
+        """``(mean f at T, mean f over the run)`` of the controllers' mean steps (set ``c = 0``) on ``problems``."""
+        losses = self._controller_losses(controller, problems)
+        return float(losses[-1].mean()), float(losses.mean())
 
     def tune_init_lr(self) -> float:
         """The initial controller's step size: the best of :data:`INIT_LR_GRID` on the training conditions by
@@ -217,9 +220,7 @@ class ConvGPSTrainer:
         best = (math.inf, INIT_LR_GRID[0])
         for lr in INIT_LR_GRID:
             ctrl = initial_controller(self.G, self.T, lr, 0.0, dtype=torch.float64, device=self.problems.device)
-            pol = ControllerPolicy(LinearGaussianPolicy(ctrl.K, ctrl.k, ctrl.cov), self.specs, self.cfg.step_unit)
-            losses = run_policy(pol, self.problems, self.T, self.core_config).losses[1:]
-            curve = losses.mean(1)  # [T] mean over the conditions
+            curve = self._controller_losses(ctrl, self.problems)[1:].mean(1)  # [T] mean over the conditions
             score = float(curve.mean() if self.cfg.cost == "area" else curve.clamp_min(1e-300).log().mean())
             if math.isfinite(score) and score < best[0]:
                 best = (score, lr)
@@ -283,7 +284,7 @@ class ConvGPSTrainer:
                 obs_seq.append(torch.gather(feats.obs, 1, sub[..., None].expand(-1, -1, feats.obs.shape[-1])).float())
                 loc_seq.append(torch.gather(s, 1, sub[..., None].expand(-1, -1, STATE_DIM)).float())
                 g_t, step = state.grad, feats.unit * a
-                norm = f0 if cfg.cost == "area" else 1.0  # "log": divided by the reference curve in iteration()
+                norm = f0 if cfg.cost == "area" else 1.0  # "log": divided by the reference f̂_t in the fit
                 state, _, term, _ = core.step(state, step)
                 feats.update(state.theta, state.loss, state.grad)
                 alive = alive & ~term
@@ -451,19 +452,13 @@ class ConvGPSTrainer:
         self.nu = adjust_nu(self.nu, kl, self.cfg.kl_target, self.cfg.nu_min, self.cfg.nu_max)
         return kl
 
-    def _log_cost(self, cost: QuadraticCost, objs: Tensor) -> QuadraticCost:
-        """The ``"log"`` cost: the expansion of ``f`` (unnormalised moments) divided at every step by the sample
-        reference ``f̂_t``, the geometric mean over all trajectories of the objective at ``t`` (``objs[K, T+1]``),
-        so that it models ``Σ_t log f_t / T`` around the samples (``log f ≈ log f̂_t + (f − f̂_t) / f̂_t``). A
-        per-step constant rather than each sample's own minibatch value keeps one lucky near-zero minibatch
-        from dominating a step's cost. The ``w_u`` part of the curvature is kept as fitted."""
-        ref = objs[:, : self.T].double().abs().clamp_min(1e-30).log().mean(0).exp()  # [T]
-        ref = ref.to(cost.C.device)
-        dS = cost.C.shape[-1] - 1
-        C = cost.C / ref[None, :, None, None]
-        pen = self.cfg.action_penalty * (self.T - torch.arange(self.T, dtype=C.dtype, device=C.device)) / self.T
-        C[..., dS, dS] = (cost.C[..., dS, dS] - pen) / ref + pen
-        return type(cost)(C, cost.c / ref[None, :, None], cost.c0 / ref[None, :])
+    def _log_reference(self, objs: Tensor) -> Tensor:
+        """``f̂[T]`` of the ``"log"`` cost: the geometric mean over all trajectories of the objective at ``t``
+        (``objs[K, T+1]``). :meth:`CostMoments.fit` divides the expansion of ``f`` (unnormalised moments) by it at
+        every step, so that the cost models ``Σ_t log f_t / T`` around the samples. A per-step constant rather
+        than each sample's own minibatch value keeps one lucky near-zero minibatch from dominating a step's
+        cost."""
+        return objs[:, : self.T].double().abs().clamp_min(1e-30).log().mean(0).exp()
 
     # ------------------------------------------------------------------ one iteration
     def iteration(self) -> dict[str, float]:
@@ -480,9 +475,8 @@ class ConvGPSTrainer:
             dyn = moments.fit(prior, cfg.dyn_reg)
         except GPSFitError as exc:
             raise GPSFitError(f"conv GPS iteration {self.iteration_count}: {exc} (condition·G + group indexing)") from None
-        cost = cmoments.fit(action_penalty=cfg.action_penalty)
-        if cfg.cost == "log":
-            cost = self._log_cost(cost, objs)
+        cost = cmoments.fit(action_penalty=cfg.action_penalty,
+                            reference=self._log_reference(objs) if cfg.cost == "log" else None)
         scale = float(self.problems.dim) if cfg.cost_scale is None else cfg.cost_scale
         cost = type(cost)(cost.C * scale, cost.c * scale, cost.c0 * scale)
         self.mult = adapt_multiplier(self._pred, dyn, cost, self.mult, cfg.min_mult, cfg.max_mult)

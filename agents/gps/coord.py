@@ -182,8 +182,8 @@ class CoordinateFeatures:
         n, d = grad.shape
         gbar = torch.stack(self._g).mean(0)
         self._ms = GRAD_DECAY * self._ms + (1 - GRAD_DECAY) * gbar * gbar
+        rms = self._ms.sqrt()
         if self.step_unit == "decay":
-            rms = self._ms.sqrt()
             self._rms_max = torch.maximum(self._rms_max, rms)
             self.scale = (rms / (self._rms_max + _EPS * _EPS)).clamp(0.0, 1.0)
         else:
@@ -193,7 +193,7 @@ class CoordinateFeatures:
         sigma = torch.where(grad < 0, -1.0, 1.0).to(grad.dtype)
         self.frame = sigma
         self.unit = sigma * self.scale
-        s[..., GRAD] = sigma * gbar / (self._ms.sqrt() + _EPS)
+        s[..., GRAD] = sigma * gbar / (rms + _EPS)
         if len(self._xbar) >= 2:
             s[..., AGREE] = sigma * torch.sign(self._xbar[-1] - self._xbar[-2])
         if len(self._xbar) >= 3:
@@ -209,7 +209,7 @@ class CoordinateFeatures:
         self.state = s
         o = grad.new_zeros(n, d, OBS_DIM)
         o[..., 0] = ((loss - self._prev_loss) / self._prev_loss.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
-        o[..., 1] = grad.abs() / (self._ms.sqrt() + _EPS)
+        o[..., 1] = grad.abs() / (rms + _EPS)
         if len(self._steps) == 2:
             o[..., 2] = torch.log((self._steps[-1].abs() + _EPS) / (self._steps[-2].abs() + _EPS)).clamp(-10.0, 10.0)
         if self._steps:
@@ -406,15 +406,20 @@ class CostMoments:
             for name in self._FIELDS:
                 dist.all_reduce(getattr(self, name))
 
-    def fit(self, *, action_penalty: float = 1e-4, min_curvature: float = 0.0, ridge: float = 1e-6) -> QuadraticCost:
+    def fit(
+        self, *, action_penalty: float = 1e-4, min_curvature: float = 0.0, ridge: float = 1e-6,
+        reference: Tensor | None = None,
+    ) -> QuadraticCost:
         """The per-coordinate quadratic cost ``c_t(s, a') = w_t [(β_tᵀ s + β0_t) a' + ½ (h_t + w_u) a'²]`` per group,
         ``w_t = (T − t) / T``: the change of ``f`` at step ``t`` persists in the ``T − t`` objective values after it,
         so the summed cost is the model's change of ``Σ_t f_t / (T |f_0|)``, the area under the curve (Li & Malik's
         cost) rather than only the final value.
 
         ``β, β0``: least-squares regression of ``r`` on ``[s, 1]`` (ridge ``ridge`` on ``s``); ``h_t`` the secant
-        curvature (clipped below at ``min_curvature``); ``w_u`` the action penalty. Returns
-        :class:`QuadraticCost` ``[G, T, …]`` over ``y = [s; a']``.
+        curvature (clipped below at ``min_curvature``); ``w_u`` the action penalty. ``reference[T]`` (optional):
+        the expansion at step ``t`` (``β``, ``β0``, ``h``, not ``w_u``) is divided by ``reference[t]`` — conv GPS's
+        ``"log"`` cost, ``log f ≈ log f̂_t + (f − f̂_t) / f̂_t``. Returns :class:`QuadraticCost` ``[G, T, …]`` over
+        ``y = [s; a']``.
         """
         if bool((self.count <= 0).any()):
             g, t = (self.count <= 0).nonzero()[0].tolist()
@@ -428,6 +433,9 @@ class CostMoments:
         beta0 = mean[..., dS] - torch.einsum("gti,gti->gt", beta, mean[..., :dS])
         h = torch.where(self.step_sq > 0, self.secant / self.step_sq.clamp_min(1e-300), torch.zeros_like(self.secant))
         h = h.clamp_min(min_curvature)
+        if reference is not None:
+            inv = 1.0 / reference.to(dtype=torch.float64, device=cov.device)  # [T]
+            beta, beta0, h = beta * inv[None, :, None], beta0 * inv[None], h * inv[None]
         dy = dS + 1
         C = torch.zeros(self.G, self.T, dy, dy, dtype=torch.float64, device=cov.device)
         C[..., :dS, dS] = beta
