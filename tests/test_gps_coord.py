@@ -449,7 +449,7 @@ def test_conv_gps_iteration_benchmark_times_real_iterations():
 
 # ---------------------------------------------------------------- the step unit
 
-def test_decay_unit_scale_is_rms_over_its_running_max_and_step_is_unit_times_frame_step():
+def test_decay_and_sqrt_unit_scales_are_rms_over_its_running_max_and_step_is_unit_times_frame_step():
     gen = torch.Generator().manual_seed(0)
     N, d, T = 2, 5, 12
     # gradients that grow, then vanish; coordinate 4 is dead (always 0)
@@ -459,10 +459,10 @@ def test_decay_unit_scale_is_rms_over_its_running_max_and_step_is_unit_times_fra
         g[:, 4] = 0.0
     thetas = [torch.randn(N, d, generator=gen, dtype=DT) for _ in range(T)]
     losses = [torch.full((N,), 1.0 / (t + 1), dtype=DT) for t in range(T)]
-    sign, decay = CoordinateFeatures("sign"), CoordinateFeatures("decay")
+    sign, decay, sqrt = CoordinateFeatures("sign"), CoordinateFeatures("decay"), CoordinateFeatures("sqrt")
     ms = rms_max = None
     for t in range(T):
-        for f in (sign, decay):
+        for f in (sign, decay, sqrt):
             (f.reset if t == 0 else f.update)(thetas[t], losses[t], grads[t])
         gbar = torch.stack(grads[max(0, t - 2): t + 1]).mean(0)
         ms = gbar * gbar if ms is None else 0.9 * ms + 0.1 * gbar * gbar
@@ -470,9 +470,12 @@ def test_decay_unit_scale_is_rms_over_its_running_max_and_step_is_unit_times_fra
         rho = torch.where(rms_max > 0, ms.sqrt() / rms_max.clamp_min(1e-300), torch.zeros_like(ms))
         torch.testing.assert_close(decay.scale, rho)
         torch.testing.assert_close(sign.scale, torch.ones_like(rho))
+        torch.testing.assert_close(sqrt.scale, rho.sqrt())
         torch.testing.assert_close(decay.unit, decay.frame * rho)
-        torch.testing.assert_close(decay.state, sign.state)  # Φ and Ψ do not depend on the unit
-        torch.testing.assert_close(decay.obs, sign.obs)
+        torch.testing.assert_close(sqrt.unit, sqrt.frame * rho.sqrt())
+        for f in (decay, sqrt):  # Φ and Ψ do not depend on the unit
+            torch.testing.assert_close(f.state, sign.state)
+            torch.testing.assert_close(f.obs, sign.obs)
     # the EMA forgets at 0.9 per step: 8 halvings of ḡ leave ρ ≈ 0.95^8; the dead coordinate does not move
     assert bool((decay.scale[:, :4] < 0.9).all()) and bool((decay.scale[:, 4] == 0).all())
     with pytest.raises(ValueError, match="step_unit must be one of .*'adam'"):
@@ -507,7 +510,9 @@ def _separable_quadratic_family():
 def test_decay_unit_steps_shrink_with_the_gradient_so_the_initial_controller_converges():
     """The scale-free "sign" unit keeps steps of about lr per coordinate and stalls at a floor set by lr (what
     the first shipped policy did near a minimum, docs/conv-gps.md); with the "decay" unit the same controller is
-    gradient descent with a per-coordinate rate lr / max rms and converges linearly to the minimum."""
+    gradient descent with a per-coordinate rate lr / max rms and converges linearly to the minimum; with the
+    "sqrt" unit (steps ∝ √|g|: the per-coordinate rate grows as the gradient vanishes) it oscillates too, at a
+    floor far below the "sign" one, and does not converge like "decay"."""
     from l2o_gym.agents.gps.coord_policy import ControllerPolicy
     from l2o_gym.core import CoreConfig
     from l2o_gym.policy import run_policy
@@ -517,12 +522,13 @@ def test_decay_unit_steps_shrink_with_the_gradient_so_the_initial_controller_con
     ctrl = initial_controller(1, 10, lr=0.05, std=0.0)
     H = 600
     final = {}
-    for unit in ("sign", "decay"):
+    for unit in ("sign", "sqrt", "decay"):
         traj = run_policy(ControllerPolicy(ctrl, fam.param_specs(), unit), problems, H, CoreConfig(horizon=H))
         assert torch.isfinite(traj.losses).all()
         final[unit] = traj.losses[-1] / traj.losses[0]
     assert bool((final["decay"] < 1e-8).all()), final["decay"]
     assert bool((final["sign"] > 1e-5).all()), final["sign"]
+    assert bool((final["sqrt"] < final["sign"]).all() and (final["sqrt"] > final["decay"]).all()), final
 
 
 def test_log_cost_divides_the_expansion_by_the_samples_geometric_mean_objective():

@@ -83,8 +83,8 @@ class ConvGPSConfig(BADMMLoopConfig):
         cost_scale: the per-coordinate cost is multiplied by this (``None``: the number of coordinates ``d``, so
             that a coordinate's cost is the whole net's modelled change of ``Σ_t f_t / (T |f_0|)`` if every
             coordinate behaved like it — O(1), comparable to the KL terms whatever the size of the net).
-        step_unit: ``"sign"`` (``Δθ = σ a'``) or ``"decay"`` (``Δθ = σ ρ a'``, ``ρ`` the gradient's RMS relative
-            to its largest so far: steps shrink as the gradient vanishes;
+        step_unit: ``"sign"`` (``Δθ = σ a'``), ``"sqrt"`` or ``"decay"`` (``Δθ = σ ρ a'``, ``ρ`` the square root
+            of, or, the gradient's RMS relative to its largest so far: steps shrink as the gradient vanishes;
             :mod:`~l2o_gym.agents.gps.coord`, *Step unit*). Used by the controllers, the cost model and the
             global policy alike, and recorded in the checkpoint.
         cost: what the per-coordinate cost models (docs/conv-gps.md, *Cost*): ``"area"`` — ``Σ_t f_t / (T |f_0|)``,

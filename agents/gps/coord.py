@@ -46,6 +46,10 @@ per-coordinate learning rate that stops changing once the gradient has peaked (a
 the run, so that the effective learning rate cannot grow past the horizon as a mean of ever smaller gradients
 would); and the Newton step ``−g / h``, which a scale-free linear controller cannot represent in absolute
 units, is ``a' ≈ −(|ḡ| / rms) · max rms / h``: linear in Φ's normalised gradient with a constant gain.
+With ``step_unit="sqrt"`` ``ρ`` is the square root of that ratio: the initial controller's step
+``−lr · ḡ / sqrt(rms · max rms)`` shrinks with the square root of the gradient, between the other two; its
+per-coordinate learning rate keeps growing as the gradient vanishes, without the early steps being as large
+as the late rate would make them (docs/conv-gps.md, *Step unit*, has the measurements that led to it).
 ``ρ`` is element-wise, so permutation and sign-flip equivariance are unchanged.
 
 **Cost.** The objective is shared by all coordinates, so a per-coordinate model cannot attribute its value
@@ -85,8 +89,10 @@ AVERAGE_OVER: int = 3
 GRAD_DECAY: float = 0.9
 _EPS: float = 1e-8
 
-#: units of the frame step (module docstring, *Step unit*): ``Δθ = σ a'`` or ``Δθ = σ ρ a'``.
-STEP_UNITS: tuple[str, ...] = ("sign", "decay")
+#: units of the frame step (module docstring, *Step unit*) and the exponent ``p`` of ``ρ = (rms / max rms)^p``:
+#: ``Δθ = σ a'`` (``p = 0``), ``Δθ = σ ρ a'`` with ``p = ½`` or ``p = 1``.
+UNIT_POWER: dict[str, float] = {"sign": 0.0, "sqrt": 0.5, "decay": 1.0}
+STEP_UNITS: tuple[str, ...] = tuple(UNIT_POWER)
 
 #: layout of the local state Φ (``STATE_DIM`` entries per coordinate).
 OBJ: int = 0  #: f̄_t / f̄_0, the averaged objective relative to its start value (the cost reads it)
@@ -134,13 +140,14 @@ class CoordinateFeatures:
     permutes the features the same way (tested). Before enough history exists, missing entries are zero.
 
     Args:
-        step_unit: ``"sign"`` or ``"decay"`` (module docstring, *Step unit*): what :attr:`scale` is.
+        step_unit: one of :data:`STEP_UNITS` (module docstring, *Step unit*): what :attr:`scale` is.
 
     Attributes (after reset):
         state: ``[N, d, STATE_DIM]`` Φ (local side, training only).
         obs: ``[N, d, OBS_DIM]`` Ψ (global side, train and test).
         frame: ``σ[N, d]``, the sign of the current gradient (+1 at 0).
-        scale: ``ρ[N, d]`` in ``[0, 1]``: ones for ``"sign"``; for ``"decay"`` ``rms / max_{s≤t} rms``.
+        scale: ``ρ[N, d]`` in ``[0, 1]``: ``(rms / max_{s≤t} rms)^p``, ``p`` = :data:`UNIT_POWER` of the unit
+            (ones for ``"sign"``).
         unit: ``σ ρ`` ``[N, d]``: the step is ``unit · a'`` for frame steps ``a'[N, d]``.
     """
 
@@ -161,7 +168,7 @@ class CoordinateFeatures:
         self._fbar: list[Tensor] = [objective.clone()]  # averaged objective, last N_OBJ_CHANGES·OBJ_STRIDE + 1
         self._f0 = objective.abs().clamp_min(_EPS)
         self._ms = grad * grad
-        self._rms_max = torch.zeros_like(grad)  # max_s rms_s, for the "decay" unit
+        self._rms_max = torch.zeros_like(grad)  # max_s rms_s, for the "sqrt" and "decay" units
         self._prev_loss = loss.clone()
         self._steps: list[Tensor] = []
         self._build(loss, grad)
@@ -183,9 +190,12 @@ class CoordinateFeatures:
         gbar = torch.stack(self._g).mean(0)
         self._ms = GRAD_DECAY * self._ms + (1 - GRAD_DECAY) * gbar * gbar
         rms = self._ms.sqrt()
-        if self.step_unit == "decay":
+        power = UNIT_POWER[self.step_unit]
+        if power:
             self._rms_max = torch.maximum(self._rms_max, rms)
             self.scale = (rms / (self._rms_max + _EPS * _EPS)).clamp(0.0, 1.0)
+            if power != 1.0:
+                self.scale = self.scale.pow(power)
         else:
             self.scale = torch.ones_like(grad)
         s = grad.new_zeros(n, d, STATE_DIM)
