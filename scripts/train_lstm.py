@@ -19,7 +19,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 
 from l2o_gym.agents.lstm import TrainConfig, train
 from l2o_gym.agents.lstm.trainer import OBJECTIVES, WEIGHTINGS, init_distributed
@@ -48,19 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         if a.reset_best and not a.resume:
             raise cli.UsageError("--reset-best needs --resume")
         cfg = cli.prepare(a, cfg_args, out=a.out, progress=not a.quiet)
-        rank, world = init_distributed(cfg.device)
-        policy = train(cfg, resume=a.resume, reset_best=a.reset_best)
-        if rank == 0:
-            print(f"done: {cfg.episodes} episodes on {world} process(es); out={a.out}")
-            if a.export:
-                best = Path(a.out or "") / f"{'mlstm' if cfg.kinds else 'lstm'}_best.safetensors"  # multi-LSTM: mlstm_
-                if a.out and best.is_file():
-                    atomic_write(a.export, lambda tmp: shutil.copyfile(best, tmp))
-                else:
-                    policy.save(a.export, {"train_config": cfg.as_dict()})
-                print(f"exported {a.export}")
-        if world > 1:
-            torch.distributed.destroy_process_group()
+        with cli.torchrun_group(cfg.device):
+            rank, world = init_distributed(cfg.device)
+            policy = train(cfg, resume=a.resume, reset_best=a.reset_best)
+            if rank == 0:
+                print(f"done: {cfg.episodes} episodes on {world} process(es); out={a.out}")
+                if a.export:
+                    best = Path(a.out or "") / f"{'mlstm' if cfg.kinds else 'lstm'}_best.safetensors"  # multi-LSTM: mlstm_
+                    if a.out and best.is_file():
+                        atomic_write(a.export, lambda tmp: shutil.copyfile(best, tmp))
+                    else:
+                        policy.save(a.export, {"train_config": cfg.as_dict()})
+                    print(f"exported {a.export}")
         return 0
 
     return cli.run(parser, body, argv,

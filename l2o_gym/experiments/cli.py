@@ -429,6 +429,8 @@ def torchrun_group(device: str) -> Iterator[bool]:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
         yield distributed
+        if distributed:  # every rank finished (rank 0 may still be writing files) before the group is torn down
+            dist.barrier()
     finally:
         if distributed:
             dist.destroy_process_group()
