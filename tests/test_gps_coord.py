@@ -533,7 +533,8 @@ def test_decay_unit_steps_shrink_with_the_gradient_so_the_initial_controller_con
 
 def test_log_cost_divides_the_expansion_by_the_samples_geometric_mean_objective():
     """c_t of the "log" cost = the expansion of f at t divided by f̂_t (geometric mean of the trajectories'
-    objectives at t): a first-order model of Σ_t log f_t; the action penalty w_u is not rescaled."""
+    objectives at t): a first-order model of Σ_t log f_t; the action penalty w_u is not rescaled. The "mixed"
+    cost adds w · f_t / f̂_0 to each term (its reference and the initial-lr criterion)."""
     from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
     from l2o_gym.agents.gps.coord import contiguous_segments
 
@@ -561,5 +562,14 @@ def test_log_cost_divides_the_expansion_by_the_samples_geometric_mean_objective(
     torch.testing.assert_close(out.c, plain.c / ref[None, :, None])
     torch.testing.assert_close(out.C[..., :dS, :], plain.C[..., :dS, :] / ref[None, :, None, None])
     torch.testing.assert_close(out.C[..., dS, dS], (3.0 * w / ref + 0.5 * w).expand(G, T))
+    # "mixed": 1 / reference = 1/f̂_t + w / f̂_0, the expansion of Σ_t (log f_t + w f_t / f̂_0)
+    mixed = ConvGPSTrainer(train, ConvGPSConfig(**{**cfg.__dict__, "init_lr": 0.01, "cost": "mixed", "area_weight": 4.0}))
+    torch.testing.assert_close(mixed._log_reference(objs), 1.0 / (1.0 / ref + 4.0 / ref[0]))
+    curve = torch.tensor([1.0, 0.1, 0.01], dtype=DT)
+    expected = float(curve.log().mean()) + 4.0 * float(curve.mean()) / 2.0
+    assert mixed._cost_of_curve(curve, 2.0) == pytest.approx(expected)
+    assert tr._cost_of_curve(curve, 2.0) == pytest.approx(float(curve.log().mean()))
     with pytest.raises(ValueError, match="cost must be one of .*'sum'"):
         ConvGPSConfig(cost="sum")
+    with pytest.raises(ValueError, match="area_weight"):
+        ConvGPSConfig(area_weight=-1.0)

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 
 #: what the per-coordinate cost models (``ConvGPSConfig.cost``).
-COSTS: tuple[str, ...] = ("area", "log")
+COSTS: tuple[str, ...] = ("area", "log", "mixed")
 
 @dataclass
 class ConvGPSConfig(BADMMLoopConfig):
@@ -91,7 +91,9 @@ class ConvGPSConfig(BADMMLoopConfig):
             the area under the objective's curve (Li & Malik's ``Σ_t f(x_t)``; its expansion divides by ``|f_0|``);
             ``"log"`` — ``Σ_t log f_t / T`` (the expansion divides by the samples' geometric-mean objective at
             ``t``), so a tenfold decrease late in the run counts as much as one early, as for the LSTM's
-            ``--objective log``.
+            ``--objective log``; ``"mixed"`` — ``Σ_t (log f_t + area_weight · f_t / f̂_0) / T``, the log cost
+            with the early descent weighted more (the expansion divides by ``1 / (1/f̂_t + area_weight/f̂_0)``).
+        area_weight: the weight of the area term of the ``"mixed"`` cost (unused otherwise).
         hidden: LSTM cells per group (paper: 128).
         regression_coords: coordinates per group and trajectory kept for the global step.
         regression_epochs: passes over the stored sequences per global step; bptt: truncation window;
@@ -112,6 +114,7 @@ class ConvGPSConfig(BADMMLoopConfig):
     cost_scale: float | None = None
     step_unit: str = "decay"
     cost: str = "log"
+    area_weight: float = 10.0
     hidden: int = 128
     regression_coords: int = 16
     regression_epochs: int = 4
@@ -132,7 +135,7 @@ class ConvGPSConfig(BADMMLoopConfig):
         check_step_unit(self.step_unit)
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
-        for name in ("init_std", "action_penalty"):
+        for name in ("init_std", "action_penalty", "area_weight"):
             check_nonnegative(name, getattr(self, name))
 
 
@@ -213,19 +216,28 @@ class ConvGPSTrainer:
         losses = self._controller_losses(controller, problems)
         return float(losses[-1].mean()), float(losses.mean())
 
+    def _cost_of_curve(self, curve: Tensor, start: float) -> float:
+        """What ``cfg.cost`` models, of a mean objective curve ``[T]`` (``start``: its value at 0)."""
+        area = float(curve.mean())
+        if self.cfg.cost == "area":
+            return area
+        log_mean = float(curve.clamp_min(1e-300).log().mean())
+        return log_mean + (self.cfg.area_weight * area / max(abs(start), 1e-30) if self.cfg.cost == "mixed" else 0.0)
+
     def tune_init_lr(self) -> float:
         """The initial controller's step size: the best of :data:`INIT_LR_GRID` on the training conditions by
-        the quantity the cost models (``cfg.cost``: the mean objective over the run, or its mean log);
+        the quantity the cost models (``cfg.cost``: over the run, the mean objective, its mean log, or the mean
+        log plus ``area_weight`` times the mean objective relative to its start);
         non-finite results lose."""
         best = (math.inf, INIT_LR_GRID[0])
         for lr in INIT_LR_GRID:
             ctrl = initial_controller(self.G, self.T, lr, 0.0, dtype=torch.float64, device=self.problems.device)
-            curve = self._controller_losses(ctrl, self.problems)[1:].mean(1)  # [T] mean over the conditions
-            score = float(curve.mean() if self.cfg.cost == "area" else curve.clamp_min(1e-300).log().mean())
+            losses = self._controller_losses(ctrl, self.problems).mean(1)  # [T+1] mean over the conditions
+            score = self._cost_of_curve(losses[1:], float(losses[0]))
             if math.isfinite(score) and score < best[0]:
                 best = (score, lr)
         log.info("conv GPS: initial controller step size %g (%s over the run %.4g)", best[1],
-                 "mean objective" if self.cfg.cost == "area" else "mean log objective", best[0])
+                 {"area": "mean objective", "log": "mean log objective"}.get(self.cfg.cost, "mixed cost"), best[0])
         return best[1]
 
     # ------------------------------------------------------------------ sampling
@@ -284,7 +296,7 @@ class ConvGPSTrainer:
                 obs_seq.append(torch.gather(feats.obs, 1, sub[..., None].expand(-1, -1, feats.obs.shape[-1])).float())
                 loc_seq.append(torch.gather(s, 1, sub[..., None].expand(-1, -1, STATE_DIM)).float())
                 g_t, step = state.grad, feats.unit * a
-                norm = f0 if cfg.cost == "area" else 1.0  # "log": divided by the reference f̂_t in the fit
+                norm = f0 if cfg.cost == "area" else 1.0  # "log", "mixed": divided by the reference in the fit
                 state, _, term, _ = core.step(state, step)
                 feats.update(state.theta, state.loss, state.grad)
                 alive = alive & ~term
@@ -458,7 +470,10 @@ class ConvGPSTrainer:
         every step, so that the cost models ``Σ_t log f_t / T`` around the samples. A per-step constant rather
         than each sample's own minibatch value keeps one lucky near-zero minibatch from dominating a step's
         cost."""
-        return objs[:, : self.T].double().abs().clamp_min(1e-30).log().mean(0).exp()
+        ref = objs[:, : self.T].double().abs().clamp_min(1e-30).log().mean(0).exp()
+        if self.cfg.cost == "mixed":  # Σ (log f_t + w f_t / f̂_0): the expansion divides by 1 / (1/f̂_t + w/f̂_0)
+            ref = 1.0 / (1.0 / ref + self.cfg.area_weight / ref[0])
+        return ref
 
     # ------------------------------------------------------------------ one iteration
     def iteration(self) -> dict[str, float]:
@@ -476,7 +491,7 @@ class ConvGPSTrainer:
         except GPSFitError as exc:
             raise GPSFitError(f"conv GPS iteration {self.iteration_count}: {exc} (condition·G + group indexing)") from None
         cost = cmoments.fit(action_penalty=cfg.action_penalty,
-                            reference=self._log_reference(objs) if cfg.cost == "log" else None)
+                            reference=self._log_reference(objs) if cfg.cost != "area" else None)
         scale = float(self.problems.dim) if cfg.cost_scale is None else cfg.cost_scale
         cost = type(cost)(cost.C * scale, cost.c * scale, cost.c0 * scale)
         self.mult = adapt_multiplier(self._pred, dyn, cost, self.mult, cfg.min_mult, cfg.max_mult)
