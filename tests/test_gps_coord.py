@@ -339,7 +339,7 @@ def test_conv_gps_policy_round_trips_through_a_checkpoint(tmp_path):
     a = run_policy(tr.policy(), val, 6).losses
     b = run_policy(loaded, val, 6).losses
     torch.testing.assert_close(a, b)
-    assert loaded.step_unit == cfg.step_unit == "decay"
+    assert loaded.step_unit == cfg.step_unit == "sqrt"
     # a checkpoint written before the step unit existed has none in its header: it ran with Δθ = σ a'
     from l2o_gym.checkpoint import load_policy_file, save_policy
 

@@ -112,7 +112,7 @@ class ConvGPSConfig(BADMMLoopConfig):
     init_std: float = 0.002
     action_penalty: float = 1e-4
     cost_scale: float | None = None
-    step_unit: str = "decay"
+    step_unit: str = "sqrt"
     cost: str = "log"
     area_weight: float = 10.0
     hidden: int = 128
