@@ -34,10 +34,11 @@ from l2o_gym.experiments.study import PRESETS, preset_config, run_study
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="a predefined study (replaces --env/--policies/--horizon/--n-problems)")
+                   help="a predefined study (replaces --env/--horizon/--n-problems; with --policies, only those of "
+                        "its policies, e.g. --policies gps=runs/x/gps_best.safetensors to re-run it for one checkpoint)")
     p.add_argument("--env", action="extend", nargs="+", default=None, metavar="ID",
                    help=f"env id(s), repeatable; one of: {', '.join(ENV_IDS)}")
-    p.add_argument("--policies", nargs="+", default=list(BASELINES), metavar="NAME[=CKPT]",
+    p.add_argument("--policies", nargs="+", default=None, metavar="NAME[=CKPT]",
                    help=f"policies (default: all baselines): {', '.join(BASELINES)}, "
                         f"{', '.join(k + '[=CKPT]' for k in LEARNED)}")
     p.add_argument("--n-problems", type=int, default=100, help="test problems per env (default: %(default)s)")
@@ -71,12 +72,12 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     if not args.preset and not args.env:
         raise cli.UsageError("give --env ID [ID ...] or --preset NAME")
     if args.preset:
-        cfg = preset_config(args.preset, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-                            command=command, workers=args.workers, portable=args.portable)
+        cfg = preset_config(args.preset, policies=args.policies, seed=args.seed, device=args.device, out=args.out,
+                            tuned=args.tuned, command=command, workers=args.workers, portable=args.portable)
         results = run_study(cfg, progress=not args.quiet)
     else:
         cfg = CompareConfig(
-            envs=args.env, policies=args.policies, n_problems=args.n_problems, horizon=args.horizon,
+            envs=args.env, policies=args.policies or list(BASELINES), n_problems=args.n_problems, horizon=args.horizon,
             long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
             command=command, workers=args.workers, portable=args.portable,
         )

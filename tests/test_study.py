@@ -154,3 +154,19 @@ def test_nn_verdict_table_counts_each_learned_optimizer():
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown preset 'big'.*study"):
         preset_config("big")
+
+
+def test_preset_restricted_to_some_policies_keeps_their_sections_and_swaps_checkpoints():
+    full = preset_config("nn-small").sections
+    cfg = preset_config("nn-small", policies=["gps=runs/new/gps_best.safetensors", "adam"])
+    assert len(cfg.sections) == len(full)  # every nn section has gps
+    for sec, orig in zip(cfg.sections, full):
+        expected = [p if p == "adam" else "gps=runs/new/gps_best.safetensors" for p in orig.policies if p in ("adam", "gps")]
+        assert sec.policies == expected and expected[-1].startswith("gps=")
+        assert (sec.env, sec.variant, sec.horizon, sec.long_horizon, sec.n_problems, sec.tuned_as) == (
+            orig.env, orig.variant, orig.horizon, orig.long_horizon, orig.n_problems, orig.tuned_as)
+    only_gps = preset_config("study", policies=["gps"]).sections
+    assert only_gps and all(s.policies == ["gps"] for s in only_gps)
+    assert len(only_gps) < len(preset_config("study").sections)  # sections without gps are dropped
+    with pytest.raises(ValueError, match=r"\['sac'\] are in none of the preset's sections \(they have: .*gps"):
+        preset_config("nn-target", policies=["sac"])

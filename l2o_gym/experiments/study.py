@@ -33,7 +33,7 @@ from l2o_gym.agents.baselines import FIRST_ORDER as _FIRST_ORDER
 from l2o_gym.agents.common import steps_to_reach
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
 from l2o_gym.experiments.compare import (
-    ORACLE_SUFFIX, CompareConfig, Section, fmt_number, is_oracle, run_jobs, write_report, write_results,
+    ORACLE_SUFFIX, CompareConfig, PolicySpec, Section, fmt_number, is_oracle, run_jobs, write_report, write_results,
 )
 from l2o_gym.experiments.evaluation import EvalResult
 from l2o_gym.stability import VERDICTS, stability
@@ -219,12 +219,41 @@ PRESETS = {"study": study_sections, "study-tiny": tiny_sections, "art-full": art
            **{f"nn-small-{ds}": (lambda ds=ds: nn_small_sections((ds,))) for ds in NN_DATASETS_}}
 
 
-def preset_config(name: str, **kwargs: Any) -> CompareConfig:
-    """A :class:`CompareConfig` for preset ``name`` (``kwargs``: ``out``, ``device``, ``seed``, ``command`` …)."""
+def restrict_policies(sections: list[Section], entries: list[str]) -> list[Section]:
+    """``sections`` with only the policies named in ``entries`` (``--policies`` entries: ``NAME``,
+    ``NAME=CKPT`` — the checkpoint replaces the section's —, ``BASELINE:oracle``), e.g. to re-run a preset for
+    a new checkpoint alone; sections left with none are dropped. A name that no section has is a
+    ``ValueError`` listing the ones they have."""
+    wanted = {}
+    for e in entries:
+        spec = PolicySpec.parse(e)
+        wanted[spec.label] = e
+    out, used = [], set()
+    for sec in sections:
+        keep = []
+        for p in sec.policies:
+            label = PolicySpec.parse(p).label
+            if label in wanted:
+                keep.append(wanted[label] if "=" in wanted[label] else p)
+                used.add(label)
+        if keep:
+            out.append(dataclasses.replace(sec, policies=keep))
+    missing = [e for label, e in wanted.items() if label not in used]
+    if missing:
+        have = sorted({PolicySpec.parse(p).label for sec in sections for p in sec.policies})
+        raise ValueError(f"policies {missing} are in none of the preset's sections (they have: {', '.join(have)})")
+    return out
+
+
+def preset_config(name: str, policies: list[str] | None = None, **kwargs: Any) -> CompareConfig:
+    """A :class:`CompareConfig` for preset ``name`` (``kwargs``: ``out``, ``device``, ``seed``, ``command`` …);
+    ``policies``: keep only these (:func:`restrict_policies`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
-    return CompareConfig(sections=PRESETS[name](), title=f"l2o-gym: RL vs supervised learned optimizers ({name})",
-                         **kwargs)
+    sections = PRESETS[name]()
+    if policies:
+        sections = restrict_policies(sections, policies)
+    return CompareConfig(sections=sections, title=f"l2o-gym: RL vs supervised learned optimizers ({name})", **kwargs)
 
 
 def _ratio(r: float | None) -> str:
