@@ -542,7 +542,7 @@ def test_log_cost_divides_the_expansion_by_the_samples_geometric_mean_objective(
     tr = ConvGPSTrainer(train, ConvGPSConfig(**{**cfg.__dict__, "init_lr": 0.01}))
     objs = torch.tensor([[2.0, 1e-2, 4e-4, 1e-6, 5e-7], [0.5, 1e-4, 1e-4, 1e-4, 1e-6]], dtype=DT)
     ref = torch.tensor([1.0, 1e-3, 2e-4, 1e-5], dtype=DT)  # sqrt(2 · 0.5), sqrt(1e-2 · 1e-4), …
-    torch.testing.assert_close(tr._log_reference(objs), ref)
+    torch.testing.assert_close(tr._cost_reference(objs), ref)
     # the expansion of a separable quadratic (curvature 3) with and without the reference
     gen = torch.Generator().manual_seed(0)
     G, T, dS, N, d = 2, 4, 2, 5, 60
@@ -564,7 +564,7 @@ def test_log_cost_divides_the_expansion_by_the_samples_geometric_mean_objective(
     torch.testing.assert_close(out.C[..., dS, dS], (3.0 * w / ref + 0.5 * w).expand(G, T))
     # "mixed": 1 / reference = 1/f̂_t + w / f̂_0, the expansion of Σ_t (log f_t + w f_t / f̂_0)
     mixed = ConvGPSTrainer(train, ConvGPSConfig(**{**cfg.__dict__, "init_lr": 0.01, "cost": "mixed", "area_weight": 4.0}))
-    torch.testing.assert_close(mixed._log_reference(objs), 1.0 / (1.0 / ref + 4.0 / ref[0]))
+    torch.testing.assert_close(mixed._cost_reference(objs), 1.0 / (1.0 / ref + 4.0 / ref[0]))
     curve = torch.tensor([1.0, 0.1, 0.01], dtype=DT)
     expected = float(curve.log().mean()) + 4.0 * float(curve.mean()) / 2.0
     assert mixed._cost_of_curve(curve, 2.0) == pytest.approx(expected)

@@ -464,12 +464,13 @@ class ConvGPSTrainer:
         self.nu = adjust_nu(self.nu, kl, self.cfg.kl_target, self.cfg.nu_min, self.cfg.nu_max)
         return kl
 
-    def _log_reference(self, objs: Tensor) -> Tensor:
-        """``f̂[T]`` of the ``"log"`` cost: the geometric mean over all trajectories of the objective at ``t``
-        (``objs[K, T+1]``). :meth:`CostMoments.fit` divides the expansion of ``f`` (unnormalised moments) by it at
-        every step, so that the cost models ``Σ_t log f_t / T`` around the samples. A per-step constant rather
-        than each sample's own minibatch value keeps one lucky near-zero minibatch from dominating a step's
-        cost."""
+    def _cost_reference(self, objs: Tensor) -> Tensor:
+        """The per-step reference ``[T]`` of the ``"log"`` and ``"mixed"`` costs. ``"log"``: ``f̂_t``, the geometric
+        mean over all trajectories of the objective at ``t`` (``objs[K, T+1]``); :meth:`CostMoments.fit` divides
+        the expansion of ``f`` (unnormalised moments) by it at every step, so that the cost models
+        ``Σ_t log f_t / T`` around the samples. A per-step constant rather than each sample's own minibatch value
+        keeps one lucky near-zero minibatch from dominating a step's cost. ``"mixed"``:
+        ``1 / (1/f̂_t + area_weight/f̂_0)``."""
         ref = objs[:, : self.T].double().abs().clamp_min(1e-30).log().mean(0).exp()
         if self.cfg.cost == "mixed":  # Σ (log f_t + w f_t / f̂_0): the expansion divides by 1 / (1/f̂_t + w/f̂_0)
             ref = 1.0 / (1.0 / ref + self.cfg.area_weight / ref[0])
@@ -491,7 +492,7 @@ class ConvGPSTrainer:
         except GPSFitError as exc:
             raise GPSFitError(f"conv GPS iteration {self.iteration_count}: {exc} (condition·G + group indexing)") from None
         cost = cmoments.fit(action_penalty=cfg.action_penalty,
-                            reference=self._log_reference(objs) if cfg.cost != "area" else None)
+                            reference=self._cost_reference(objs) if cfg.cost != "area" else None)
         scale = float(self.problems.dim) if cfg.cost_scale is None else cfg.cost_scale
         cost = type(cost)(cost.C * scale, cost.c * scale, cost.c0 * scale)
         self.mult = adapt_multiplier(self._pred, dyn, cost, self.mult, cfg.min_mult, cfg.max_mult)
