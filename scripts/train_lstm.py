@@ -19,7 +19,6 @@ import shutil
 import sys
 from pathlib import Path
 
-
 from l2o_gym.agents.lstm import TrainConfig, train
 from l2o_gym.agents.lstm.trainer import OBJECTIVES, WEIGHTINGS, init_distributed
 from l2o_gym.agents.lstm.policy import PREPROCESSING

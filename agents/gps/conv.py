@@ -221,8 +221,10 @@ class ConvGPSTrainer:
         area = float(curve.mean())
         if self.cfg.cost == "area":
             return area
-        log_mean = float(curve.clamp_min(1e-300).log().mean())
-        return log_mean + (self.cfg.area_weight * area / max(abs(start), 1e-30) if self.cfg.cost == "mixed" else 0.0)
+        score = float(curve.clamp_min(1e-300).log().mean())
+        if self.cfg.cost == "mixed":
+            score += self.cfg.area_weight * area / max(abs(start), 1e-30)
+        return score
 
     def tune_init_lr(self) -> float:
         """The initial controller's step size: the best of :data:`INIT_LR_GRID` on the training conditions by

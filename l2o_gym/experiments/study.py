@@ -224,10 +224,7 @@ def restrict_policies(sections: list[Section], entries: list[str]) -> list[Secti
     ``NAME=CKPT`` — the checkpoint replaces the section's —, ``BASELINE:oracle``), e.g. to re-run a preset for
     a new checkpoint alone; sections left with none are dropped. A name that no section has is a
     ``ValueError`` listing the ones they have."""
-    wanted = {}
-    for e in entries:
-        spec = PolicySpec.parse(e)
-        wanted[spec.label] = e
+    wanted = {PolicySpec.parse(e).label: e for e in entries}
     out, used = [], set()
     for sec in sections:
         keep = []
