@@ -43,6 +43,16 @@ consecutive values where *every* problem diverged: such a configuration has the 
 mean (every problem pays the penalty), and larger steps are assumed to diverge too (``n_evaluated`` records
 how many configurations ran).
 
+**Edge extension** (protocol v2): a selection at the edge of what was evaluated is no selection — the best rate
+may lie beyond it (neural art's SGD wanted more than the grid's 10). While the selected configuration's learning
+rate is the largest (smallest) one evaluated for its other hyperparameters (its μ), the next larger (smaller)
+rate of the quarter-decade ladder (:func:`lr_ladder`: the grid extended by :data:`EDGE_STEPS` steps each way,
+``1e-8 … 1e4`` for :data:`LR_GRID`) is evaluated and the selection is made again, with the same score and
+margin; the walk ends when the selection has evaluated neighbours on both sides, or at the ladder's end. Only
+the selection's scan is extended, so wherever the grid's selection lies inside the grid nothing is added and the
+result is the grid search's (every ``joint-grid-penalized-v1`` entry of the shipped file whose selection is not
+at a grid edge is therefore also a v2 result).
+
 **Search** (``search=``): ``"grid"`` (the default) evaluates every configuration of :data:`GRIDS` as above.
 ``"coarse"`` is for families where one run costs seconds to minutes (the conv nets, neural art): the same
 grid, the same score, margin and selection, but along the learning-rate axis — for *every* point of the
@@ -64,6 +74,7 @@ factor of :class:`~l2o_gym.core.CoreConfig`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -75,13 +86,34 @@ from l2o_gym.core import CoreConfig
 from l2o_gym.policy import Policy, Trajectory, run_policy
 from l2o_gym.problems import ProblemBatch
 
+log = logging.getLogger(__name__)
+
 __all__ = [
-    "COARSE_K", "COARSE_REFINE", "FIRST_ORDER", "GRIDS", "LR_GRID", "MOMENTUM_GRID", "SEARCHES", "Candidate",
+    "COARSE_K", "COARSE_REFINE", "EDGE_STEPS", "FIRST_ORDER", "GRIDS", "LR_GRID", "LR_LADDER", "MOMENTUM_GRID", "SEARCHES", "Candidate",
     "TuneResult", "best_baseline", "final_objective", "grid_configs", "penalized_final", "score_config", "tune_baseline", "tune_baselines", "tuned_gd_step",
 ]
 
+def _lr(k: int) -> float:
+    """The learning rate ``10^(k/4)`` rounded to 6 significant digits (every lr of the protocol is one of these)."""
+    return float(f"{10 ** (k / 4):.6g}")
+
+
 #: learning rates ``10^(k/4)``, ``k = −20…4`` (``1e-5 … 10``; rounded to 6 significant digits).
-LR_GRID: tuple[float, ...] = tuple(float(f"{10 ** (k / 4):.6g}") for k in range(-20, 5))
+LR_GRID: tuple[float, ...] = tuple(_lr(k) for k in range(-20, 5))
+#: how far the edge extension may walk beyond a grid, in quarter decades: (below its smallest, above its largest).
+EDGE_STEPS: tuple[int, int] = (12, 12)
+
+
+def lr_ladder(lrs: tuple[float, ...]) -> tuple[float, ...]:
+    """``lrs`` (ascending) extended by :data:`EDGE_STEPS` quarter-decade steps (×10^∓¼, 6 significant digits) below its
+    smallest and above its largest value: the rates the edge extension may add."""
+    below = tuple(float(f"{lrs[0] * 10 ** (-j / 4):.6g}") for j in range(EDGE_STEPS[0], 0, -1))
+    above = tuple(float(f"{lrs[-1] * 10 ** (j / 4):.6g}") for j in range(1, EDGE_STEPS[1] + 1))
+    return below + tuple(lrs) + above
+
+
+#: :data:`LR_GRID`'s ladder: ``10^(k/4)``, ``k = −32…16`` (``1e-8 … 1e4``).
+LR_LADDER: tuple[float, ...] = lr_ladder(LR_GRID)
 #: momentum coefficients tried jointly with every learning rate (momentum, NAG).
 MOMENTUM_GRID: tuple[float, ...] = (0.0, 0.5, 0.9, 0.95, 0.99)
 
@@ -222,12 +254,49 @@ def tune_baseline(name: str, problems: ProblemBatch, horizon: int, *, search: st
             candidates += _coarse_scan(name, scan, problems, horizon, lrs)
         else:
             candidates += _full_scan(name, scan, problems, horizon)
-    candidates = _with_margin(candidates, lrs)
+    ladder = lr_ladder(lrs) if lrs else ()
+    if lrs:
+        candidates = _extend_edge(name, candidates, problems, horizon, ladder)
+    candidates = _with_margin(candidates, ladder)
+    return TuneResult(name=name, best=_lowest(candidates), candidates=candidates)
+
+
+def _lowest(candidates: list[Candidate]) -> Candidate:
+    """The candidate with the lowest score; ties: the earliest in the list."""
     best = candidates[0]
     for cand in candidates[1:]:
         if cand.score < best.score:
             best = cand
-    return TuneResult(name=name, best=best, candidates=candidates)
+    return best
+
+
+def _extend_edge(
+    name: str, candidates: list[Candidate], problems: ProblemBatch, horizon: int, ladder: tuple[float, ...]
+) -> list[Candidate]:
+    """The edge extension (module docstring): while the selection's learning rate is the largest (smallest) one
+    evaluated for its other hyperparameters, evaluate the next larger (smaller) rate of ``ladder``
+    (:func:`lr_ladder` of the grid), and select again. Returns every candidate, each lr scan in ascending lr, scans in grid order."""
+
+    def others(c: Candidate) -> tuple[tuple[str, float], ...]:
+        return tuple((k, v) for k, v in c.hparams.items() if k != "lr")
+
+    while True:
+        best = _lowest(_with_margin(candidates, ladder))
+        scan = sorted(c.hparams["lr"] for c in candidates if others(c) == others(best))
+        i = ladder.index(best.hparams["lr"])
+        step = 1 if best.hparams["lr"] == scan[-1] else -1 if best.hparams["lr"] == scan[0] else 0
+        if step == 0 or not 0 <= i + step < len(ladder):
+            return sorted(candidates, key=lambda c: (_scan_order(name, others(c)), c.hparams["lr"]))
+        hp = {**best.hparams, "lr": ladder[i + step]}
+        log.info("tuning %s: the selection %s is at the edge of its lr scan; evaluating lr %g", name, best.hparams,
+                 hp["lr"])
+        candidates = [*candidates, score_config(make_baseline(name, **hp), problems, horizon, hp)]
+
+
+def _scan_order(name: str, point: tuple[tuple[str, float], ...]) -> int:
+    """Grid order of the non-lr point ``point`` of ``name``'s grid."""
+    points = list(dict.fromkeys(tuple((k, v) for k, v in hp.items() if k != "lr") for hp in grid_configs(name)))
+    return points.index(point)
 
 
 def _full_scan(name: str, scan: list[dict[str, float]], problems: ProblemBatch, horizon: int) -> list[Candidate]:

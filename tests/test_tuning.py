@@ -64,6 +64,7 @@ def test_a_configuration_diverging_on_one_problem_is_penalized_not_dropped(monke
     # seven (the best-looking step) but multiplies it by 7.1 on the eighth, which diverges; lr 0.1 is stable.
     problems = _diagonal_quadratics([1.0] * 7 + [3.0])
     monkeypatch.setitem(GRIDS, "sgd", {"lr": (0.05, 0.1, 0.45)})
+    monkeypatch.setattr(tuning, "EDGE_STEPS", (0, 0))  # the score and margin alone (the edge extension: below)
     res = tune_baseline("sgd", problems, 20)
     by_lr = {c.hparams["lr"]: c for c in res.candidates}
     assert set(by_lr) == {0.05, 0.1, 0.45}  # the diverging configuration was run and scored
@@ -93,6 +94,29 @@ def test_a_configuration_diverging_on_one_problem_is_penalized_not_dropped(monke
     both = tune_baseline("sgd", problems, 20)
     assert all(c.diverged_fraction > 0 for c in both.candidates)
     assert both.best == min(both.candidates, key=lambda c: c.score) and torch.isfinite(torch.tensor(both.value))
+
+
+def test_the_edge_extension_walks_past_the_grid_until_the_selection_is_inside_it():
+    # GD on f = Σ (w x_i − 1)² contracts the error by |1 − 2 lr w²| per step: with w² = 0.0025 the best rate is
+    # 200, far above the grid's largest (10), where a plain grid search would stop
+    problems = _diagonal_quadratics([0.05] * 4)
+    res = tune_baseline("sgd", problems, 20)
+    lrs = [c.hparams["lr"] for c in res.candidates]
+    assert lrs == sorted(lrs) and set(LR_GRID) <= set(lrs)
+    # factor 0.11 at 177.8 (the selection), 0.58 at 316.2 (its evaluated, stable neighbour: no margin); the walk
+    # went up one quarter decade at a time and stopped there
+    assert res.hparams == {"lr": 177.828} and lrs[len(LR_GRID):] == list(tuning.LR_LADDER[37:43])
+    assert res.n_evaluated == len(LR_GRID) + 6
+    # the walk never passes the ladder's end: a tenfold flatter problem wants 20,000 and gets 1e4, the last rung
+    flat = tune_baseline("sgd", _diagonal_quadratics([0.005] * 4), 20)
+    assert flat.hparams == {"lr": tuning.LR_LADDER[-1]} == {"lr": 1e4}
+    # momentum: only the selection's μ is extended; the others keep their grid scans
+    mom = tune_baseline("momentum", _diagonal_quadratics([0.005] * 4), 20)
+    extended = {c.hparams["momentum"] for c in mom.candidates if c.hparams["lr"] > LR_GRID[-1]}
+    assert extended == {0.99} == {mom.best.hparams["momentum"]} and mom.best.hparams["lr"] == 100.0
+    # where the grid's selection is inside the grid nothing is added (the standard quadratic: see the next tests)
+    inside = tune_baseline("sgd", env_family("l2o/Quadratic-v0").sample(6, "train", 0), 10)
+    assert all(c.hparams["lr"] in LR_GRID for c in inside.candidates)
 
 
 def test_tuning_is_deterministic_and_shared_by_the_agents():

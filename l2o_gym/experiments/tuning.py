@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from l2o_gym.agents.baselines import make_baseline
 from l2o_gym.agents.tuning import (
-    COARSE_K, COARSE_REFINE, FIRST_ORDER, GRIDS, LR_GRID, MOMENTUM_GRID, STOP_AFTER_ALL_DIVERGED, tune_baseline,
+    COARSE_K, COARSE_REFINE, EDGE_STEPS, FIRST_ORDER, GRIDS, LR_GRID, MOMENTUM_GRID, STOP_AFTER_ALL_DIVERGED, tune_baseline,
 )
 from l2o_gym.checkpoint import atomic_write
 from l2o_gym.checks import check_positive_int, check_split, resolve_device, resolve_dtype
@@ -51,7 +51,7 @@ DEFAULT_TUNING_HORIZON = 100
 
 #: the protocol's description stored in the tuned file (``"protocol"``) and tagged on every entry (``"id"``).
 PROTOCOL: dict[str, Any] = {
-    "id": "joint-grid-penalized-v1",
+    "id": "joint-grid-penalized-v2",
     "grids": {name: {k: list(v) for k, v in grid.items()} for name, grid in GRIDS.items()},
     "score": "mean over the tuning problems of f(θ_T); a diverged problem counts the core's divergence penalty "
              "blowup·(|f(θ₀)|+1) (CoreConfig.blowup = 1e4) instead of its last finite objective",
@@ -59,6 +59,9 @@ PROTOCOL: dict[str, Any] = {
                  "earliest in grid order; diverging configurations are scored, never dropped",
     "lr_scan_stop": f"along the lr axis (ascending) the scan stops after {STOP_AFTER_ALL_DIVERGED} consecutive values "
                     "where every problem diverged (such a configuration already has the worst possible score)",
+    "edge": f"while the selection's lr is the largest (smallest) evaluated for its other hyperparameters, the next "
+            f"larger (smaller) quarter decade is evaluated and the selection made again, up to {EDGE_STEPS} quarter "
+            "decades beyond the grid (v2; v1 had no extension: v1 entries selected inside the grid are v2 results)",
     "search": {"grid": "every configuration of the grids",
                "coarse": f"the same grids, score and selection; along lr (for every other point of the grid) only "
                          f"10^(k/4) for k in {list(COARSE_K)}, then ± {list(COARSE_REFINE)} quarter decades around the "
