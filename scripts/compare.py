@@ -15,6 +15,8 @@ Writes OUT/results.json, OUT/timings.json, OUT/report.md and OUT/<Env>_T<horizon
 Each evaluation runs on one thread; --workers N runs N of them in parallel processes (default: one per available
 CPU). results.json is byte-identical for any N, and across machines with the same instruction set (--portable:
 any x86-64 CPU with AVX2); wall times go to timings.json (docs/threads.md).
+Every finished job is also saved in OUT/jobs/; after Ctrl-C or a crash, the same command with --resume runs only
+the jobs that had not finished.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=cli.positive_int, default=None,
                    help="parallel worker processes, one thread each; results do not depend on it "
                         "(default: one per available CPU)")
+    p.add_argument("--resume", action="store_true",
+                   help="take the results of the jobs an earlier run into the same --out finished (OUT/jobs/) instead "
+                        "of re-running them: a stopped preset continues where it stopped")
     p.add_argument("--portable", action="store_true",
                    help="pin torch's and MKL's kernels to AVX2 in the workers: the same results.json on any x86-64 "
                         "CPU with AVX2, AVX-512 or not (slower where AVX-512 exists; docs/threads.md)")
@@ -73,13 +78,14 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise cli.UsageError("give --env ID [ID ...] or --preset NAME")
     if args.preset:
         cfg = preset_config(args.preset, policies=args.policies, seed=args.seed, device=args.device, out=args.out,
-                            tuned=args.tuned, command=command, workers=args.workers, portable=args.portable)
+                            tuned=args.tuned, command=command, workers=args.workers, portable=args.portable,
+                            resume=args.resume)
         results = run_study(cfg, progress=not args.quiet)
     else:
         cfg = CompareConfig(
             envs=args.env, policies=args.policies or list(BASELINES), n_problems=args.n_problems, horizon=args.horizon,
             long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
-            command=command, workers=args.workers, portable=args.portable,
+            command=command, workers=args.workers, portable=args.portable, resume=args.resume,
         )
         results = run_comparison(cfg, progress=not args.quiet)
     width = max(len(r.policy) for r in results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,7 @@ import torch
 
 from l2o_gym.agents import Adam, GradientDescent, LBFGS
 from l2o_gym.checkpoint import CheckpointError
-from l2o_gym.experiments.compare import TIMING_FIELDS, CompareConfig, PolicySpec, plan, run_comparison
+from l2o_gym.experiments.compare import TIMING_FIELDS, CompareConfig, PolicySpec, Section, plan, run_comparison
 from l2o_gym.core import CoreConfig
 from l2o_gym.experiments.evaluation import bootstrap_mean_ci, evaluate
 from l2o_gym.policy import run_policy
@@ -148,6 +149,58 @@ def test_compare_writes_results_report_and_plots(tiny_tuned, tmp_path):
     for name in ("Quadratic_T6.png", "Quadratic_T12.png", "LogisticRegression_T6.png"):
         png = out / name
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_reruns_only_the_unfinished_jobs_and_writes_the_same_results(tiny_tuned, tmp_path, monkeypatch, caplog):
+    from l2o_gym.experiments import compare
+
+    cfg = CompareConfig(envs=["l2o/Quadratic-v0"], policies=["sgd", "adam"], n_problems=3, horizon=5, long_horizon=8,
+                        out=str(tmp_path), tuned=str(tiny_tuned), workers=1)
+    run_comparison(cfg, progress=False)
+    first = (tmp_path / "results.json").read_bytes()
+    files = sorted((tmp_path / compare.JOBS_DIR).glob("*.json"))
+    assert len(files) == 4  # one per policy × horizon, written as each finished
+    # a run stopped after three jobs: the fourth's file is missing, another one is corrupt (a crash mid-write
+    # cannot leave one: atomic writes; a hand-edited or truncated one is re-run with a warning)
+    files[0].unlink()
+    files[1].write_text("{not json")
+    ran = []
+    real = compare._evaluate_task
+    monkeypatch.setattr(compare, "_evaluate_task", lambda task, policy=None: ran.append(task) or real(task, policy))
+    (tmp_path / "results.json").unlink()
+    with caplog.at_level("WARNING"):
+        run_comparison(dataclasses.replace(cfg, resume=True), progress=False)
+    assert len(ran) == 2 and "unreadable job file" in caplog.text
+    assert (tmp_path / "results.json").read_bytes() == first  # byte-identical to the uninterrupted run
+    # everything cached now: a resumed run evaluates nothing; without resume every job runs again
+    ran.clear()
+    run_comparison(dataclasses.replace(cfg, resume=True), progress=False)
+    assert ran == [] and (tmp_path / "results.json").read_bytes() == first
+    run_comparison(cfg, progress=False)
+    assert len(ran) == 4
+    # the key covers what the result depends on: horizon, hyperparameters, a checkpoint's bytes (not its path)
+    task = compare.plan(cfg)[0].task(cfg)
+    assert compare.job_key(task) != compare.job_key(dataclasses.replace(task, horizon=6))
+    assert compare.job_key(task) != compare.job_key(dataclasses.replace(task, hparams={"lr": 0.5}))
+    assert compare.job_key(task) != compare.job_key(task, portable=True)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"one"), b.write_bytes(b"one")
+    ka, kb = (compare.job_key(dataclasses.replace(task, checkpoint=str(f))) for f in (a, b))
+    assert ka == kb
+    b.write_bytes(b"two")
+    assert compare.job_key(dataclasses.replace(task, checkpoint=str(b))) != ka
+
+
+def test_two_sections_of_one_env_and_horizon_get_one_figure_each(tiny_tuned, tmp_path):
+    # e.g. a 10T check on fewer problems beside the T section: the second figure must not overwrite the first
+    sections = [Section("l2o/Quadratic-v0", ["sgd"], 6, None, n_problems=4),
+                Section("l2o/Quadratic-v0", ["sgd"], 6, 12, n_problems=2, title="Quadratic (10T, 2 problems)")]
+    run_comparison(CompareConfig(sections=sections, out=str(tmp_path), tuned=str(tiny_tuned)), progress=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "(Quadratic_T6.png)" in report and "(Quadratic-10T-2-problems_T6.png)" in report
+    assert "(Quadratic_T12.png)" in report  # unique already: its own name
+    for name in ("Quadratic_T6.png", "Quadratic-10T-2-problems_T6.png", "Quadratic_T12.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

@@ -14,19 +14,30 @@ Reproducibility: every evaluation runs on one torch thread (and one BLAS thread)
 instruction set (``portable=True``: on any x86-64 CPU with AVX2, kernels pinned; see :data:`PORTABLE_ENV`).
 Everything that may differ between two runs (wall times, date, machine) goes to ``timings.json`` and
 ``report.md`` only (``docs/threads.md``).
+
+Resume: every finished job is also written, atomically and as soon as it finishes, to ``out/jobs/<key>.json``
+(:func:`job_key`: a hash of everything its result depends on — env, policy, hyperparameters, the checkpoint's
+*bytes*, horizon, problems, seed, device, true-objective stride, ``portable``, and the torch and l2o-gym
+versions). A run with ``resume=True`` (``scripts/compare.py --resume``) into the same ``out`` takes those results
+instead of re-running the jobs, so a multi-hour preset stopped by Ctrl-C, a crash or the end of a session loses
+at most its unfinished jobs; the ``results.json`` it writes is byte-identical to an uninterrupted run's. The key
+does not cover the library's source: after a change to the code that alters results, start a fresh ``out``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as _futures
 import contextlib
+import dataclasses
 import datetime as _dt
+import hashlib
 import importlib
 import json
 import logging
 import multiprocessing
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -196,7 +207,8 @@ class CompareConfig:
     :func:`l2o_gym.threads.available_cpus`); each evaluation runs on one thread, so results do not depend on it.
     ``portable``: run every job in spawned workers whose torch and MKL kernels are pinned to the AVX2 code paths
     (:data:`PORTABLE_ENV`), so that ``results.json`` is also identical across x86-64 CPUs with and without
-    AVX-512 (slower on AVX-512 machines; the default uses the machine's best kernels).
+    AVX-512 (slower on AVX-512 machines; the default uses the machine's best kernels). ``resume``: take the
+    results of jobs a previous run into ``out`` finished (``out/jobs/``, module docstring) instead of re-running them.
     """
 
     envs: list[str] = field(default_factory=list)
@@ -214,6 +226,7 @@ class CompareConfig:
     title: str = "l2o-gym comparison"
     workers: int | None = None
     portable: bool = False
+    resume: bool = False
 
     def resolve_workers(self, n_jobs: int) -> int:
         """The worker processes a run of ``n_jobs`` evaluations uses (at most one per job)."""
@@ -361,9 +374,13 @@ def write_report(
     groups: dict[tuple[str, int], list[EvalResult]] = {}
     for r in results:
         groups.setdefault((r.extra.get("section", r.env), r.horizon), []).append(r)
+    used: set[str] = set()
     for (section, horizon), rows in groups.items():
         variant = rows[0].extra.get("variant")
         name = f"{env_short_name(rows[0].env)}{'-' + variant if variant else ''}_T{horizon}.png"
+        if name in used:  # two sections of one env and variant (e.g. a 10T check beside the T section)
+            name = f"{re.sub(r'[^A-Za-z0-9]+', '-', section).strip('-')}_T{horizon}.png"
+        used.add(name)
         plot_curves(
             {r.policy: r.curve_mean for r in rows},
             out / name,
@@ -454,6 +471,44 @@ def _child_environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: the subfolder of a run's ``out`` with one JSON file per finished job (module docstring: resume).
+JOBS_DIR = "jobs"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def job_key(task: _Task, portable: bool = False) -> str:
+    """The cache key of one job: a hash of the task (the checkpoint by content, not path), ``portable`` and the
+    torch and l2o-gym versions — everything its :class:`EvalResult` depends on but the library's source."""
+    from importlib.metadata import version
+
+    d = dataclasses.asdict(task)
+    if task.checkpoint is not None:
+        d["checkpoint"] = _sha256(task.checkpoint)
+    d.update(portable=portable, torch=torch.__version__, l2o_gym=version("l2o-gym"))
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _save_job(path: Path, res: EvalResult) -> None:
+    payload = json.dumps(dataclasses.asdict(res))  # floats round-trip exactly; inf/nan as JSON extensions
+    atomic_write(path, lambda tmp: Path(tmp).write_text(payload))
+
+
+def _load_job(path: Path) -> EvalResult | None:
+    """A finished job's result, or ``None`` (with a warning) when the file is unreadable."""
+    try:
+        return EvalResult(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring the unreadable job file %s (%s): the job runs again", path, exc)
+        return None
+
+
 def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Plan and evaluate every job of ``cfg`` (no files written but the output-folder probe).
 
@@ -462,12 +517,22 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     thread pool can deadlock), longest jobs first. Results come back in plan order whatever the worker count.
     """
     jobs = plan(cfg)
-    workers = cfg.resolve_workers(len(jobs))
+    cache = Path(cfg.out) / JOBS_DIR
+    cache.mkdir(parents=True, exist_ok=True)
+    files = [cache / f"{job_key(job.task(cfg), cfg.portable)}.json" for job in jobs]
     results: list[EvalResult | None] = [None] * len(jobs)
+    if cfg.resume:
+        for i, path in enumerate(files):
+            results[i] = _load_job(path) if path.is_file() else None
+        log.info("resume: %d of %d jobs finished before (%s)", sum(r is not None for r in results), len(jobs), cache)
+    pending = [i for i, r in enumerate(results) if r is None]
+    workers = cfg.resolve_workers(len(pending)) if pending else 1
     bar = tqdm(total=len(jobs), desc=f"compare ({workers} worker{'s' if workers > 1 else ''})", disable=not progress)
 
-    def done(i: int, res: EvalResult) -> None:
+    def done(i: int, res: EvalResult, fresh: bool = True) -> None:
         job = jobs[i]
+        if fresh:
+            _save_job(files[i], res)
         res.extra.update(job.extra)
         if job.family_kwargs:
             res.extra["family_kwargs"] = job.family_kwargs
@@ -476,11 +541,14 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
         results[i] = res
         bar.update()
 
+    for i, res in enumerate(results):
+        if res is not None:
+            done(i, res, fresh=False)
     if workers == 1 and not cfg.portable:
-        for i, job in enumerate(jobs):
-            done(i, _evaluate_task(job.task(cfg), job.policy))
-    else:
-        order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost())
+        for i in pending:
+            done(i, _evaluate_task(jobs[i].task(cfg), jobs[i].policy))
+    elif pending:
+        order = sorted(pending, key=lambda i: -jobs[i].cost())
         ctx = multiprocessing.get_context("spawn")
         with _child_environment(PORTABLE_ENV if cfg.portable else {}), _futures.ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init_worker, initargs=(logging.getLogger().getEffectiveLevel(),)
