@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from l2o_gym.agents import Adam, GradientDescent, LBFGS
+from l2o_gym.agents.baselines import make_baseline
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.experiments.compare import TIMING_FIELDS, CompareConfig, PolicySpec, Section, plan, run_comparison
 from l2o_gym.core import CoreConfig
@@ -151,6 +152,39 @@ def test_compare_writes_results_report_and_plots(tiny_tuned, tmp_path):
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("name, env, horizons, kwargs", [
+    ("sgd", "l2o/Quadratic-v0", (5, 12), {}),
+    ("cg", "l2o/LogisticRegression-v0", (4, 9), {}),  # line searches: evaluations counted at each horizon
+    ("lbfgs", "l2o/LogisticRegression-v0", (4, 9), {}),
+    ("lstm", "l2o/Quadratic-v0", (5, 12), {}),
+    ("gps", "l2o/LogisticRegression-v0", (4, 9), {}),  # features of the history: the core config of the policy
+    ("ppo", "l2o/LogisticRegression-v0", (4, 9), {}),
+    ("gps", "l2o/NNClassifier-v0", (10, 20), {"true_every": 5}),  # conv GPS; the true objective every 5 steps
+])
+def test_one_rollout_gives_every_horizon_exactly_as_separate_runs(name, env, horizons, kwargs):
+    from l2o_gym.experiments.compare import PolicySpec, _load_learned
+    from l2o_gym.experiments.evaluation import evaluate_horizons
+
+    policy = make_baseline(name) if name in ("sgd", "cg", "lbfgs") else _load_learned(PolicySpec.parse(name), env, "cpu")[0]
+    fam = {"n_problems": 3, "n_boot": 50, **kwargs}
+    joint = evaluate_horizons(policy, env, horizons=horizons, **fam)
+    assert [r.horizon for r in joint] == sorted(horizons)
+    for r in joint:
+        alone = evaluate(policy, env, horizon=r.horizon, **fam)
+        a, b = r.as_dict(), alone.as_dict()
+        a.pop("wall_s"), b.pop("wall_s")
+        assert a == b  # every field, bit for bit: curves, CIs, medians, AUC, divergence, evaluation counts
+
+
+def test_evaluate_horizons_rejects_a_prefix_the_true_objective_is_not_exact_at():
+    from l2o_gym.experiments.evaluation import evaluate_horizons
+
+    with pytest.raises(ValueError, match=r"horizons \[7\] are not multiples of true_every=5"):
+        evaluate_horizons(Adam(0.01), "l2o/NNClassifier-v0", horizons=(7, 20), n_problems=2, true_every=5)
+    with pytest.raises(ValueError, match="horizons must be positive integers, got \\(0, 5\\)"):
+        evaluate_horizons(Adam(0.01), "l2o/Quadratic-v0", horizons=(0, 5), n_problems=2)
+
+
 def test_resume_reruns_only_the_unfinished_jobs_and_writes_the_same_results(tiny_tuned, tmp_path, monkeypatch, caplog):
     from l2o_gym.experiments import compare
 
@@ -158,26 +192,28 @@ def test_resume_reruns_only_the_unfinished_jobs_and_writes_the_same_results(tiny
                         out=str(tmp_path), tuned=str(tiny_tuned), workers=1)
     run_comparison(cfg, progress=False)
     first = (tmp_path / "results.json").read_bytes()
-    files = sorted((tmp_path / compare.JOBS_DIR).glob("*.json"))
-    assert len(files) == 4  # one per policy × horizon, written as each finished
-    # a run stopped after three jobs: the fourth's file is missing, another one is corrupt (a crash mid-write
-    # cannot leave one: atomic writes; a hand-edited or truncated one is re-run with a warning)
-    files[0].unlink()
-    files[1].write_text("{not json")
+    jobs = compare.plan(cfg)
+    files = {(j.label, j.horizon): tmp_path / compare.JOBS_DIR / f"{compare.job_key(j.task(cfg))}.json" for j in jobs}
+    assert len(files) == 4 and all(f.is_file() for f in files.values())  # one per policy × horizon
+    # a run stopped before SGD had finished: its T job's file is missing, its long one corrupt (a crash cannot
+    # leave one half-written — atomic writes — but a truncated copy is re-run with a warning)
+    files["sgd", 5].unlink()
+    files["sgd", 8].write_text("{not json")
     ran = []
     real = compare._evaluate_task
     monkeypatch.setattr(compare, "_evaluate_task", lambda task, policy=None: ran.append(task) or real(task, policy))
     (tmp_path / "results.json").unlink()
     with caplog.at_level("WARNING"):
         run_comparison(dataclasses.replace(cfg, resume=True), progress=False)
-    assert len(ran) == 2 and "unreadable job file" in caplog.text
+    # one rollout of 8 steps gives SGD's T = 5 and 8 results (evaluate_horizons); Adam's came from its files
+    assert [(t.label, t.prefixes, t.horizon) for t in ran] == [("sgd", (5,), 8)] and "unreadable job file" in caplog.text
     assert (tmp_path / "results.json").read_bytes() == first  # byte-identical to the uninterrupted run
-    # everything cached now: a resumed run evaluates nothing; without resume every job runs again
+    # everything cached now: a resumed run evaluates nothing; without resume every policy runs again
     ran.clear()
     run_comparison(dataclasses.replace(cfg, resume=True), progress=False)
     assert ran == [] and (tmp_path / "results.json").read_bytes() == first
     run_comparison(cfg, progress=False)
-    assert len(ran) == 4
+    assert sorted(t.label for t in ran) == ["adam", "sgd"]
     # the key covers what the result depends on: horizon, hyperparameters, a checkpoint's bytes (not its path)
     task = compare.plan(cfg)[0].task(cfg)
     assert compare.job_key(task) != compare.job_key(dataclasses.replace(task, horizon=6))

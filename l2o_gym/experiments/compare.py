@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from l2o_gym.agents.baselines import BASELINES, make_baseline
 from l2o_gym.agents.common import pretrained_dir
 from l2o_gym.checkpoint import CheckpointError, atomic_write, read_policy_config
-from l2o_gym.experiments.evaluation import EvalResult, evaluate
+from l2o_gym.experiments.evaluation import EvalResult, evaluate_horizons
 from l2o_gym.plotting import plot_curves
 from l2o_gym.policy import Policy
 from l2o_gym.experiments.tuning import load_tuned, tuned_entry
@@ -277,6 +277,7 @@ class _Task:
     seed: int
     device: str
     true_every: int = 1
+    prefixes: tuple[int, ...] = ()  # shorter horizons reported from the same rollout (evaluate_horizons)
 
 
 def plan(cfg: CompareConfig) -> list[_Job]:
@@ -433,20 +434,26 @@ def _init_worker(log_level: int) -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def _evaluate_task(task: _Task, policy: Policy | None = None) -> EvalResult:
-    """Run one job on one thread (in a worker, or in the main process with ``policy`` already built)."""
+def _evaluate_task(task: _Task, policy: Policy | None = None) -> list[EvalResult]:
+    """Run one task on one thread (in a worker, or in the main process with ``policy`` already built): its
+    results at ``task.prefixes`` and ``task.horizon`` from one rollout (:func:`evaluate_horizons`), ascending."""
     from threadpoolctl import threadpool_limits
 
     cpu = time.process_time()
     with threadpool_limits(limits=1, user_api="blas"):
-        res = evaluate(
-            policy if policy is not None else _build_policy(task), task.env, n_problems=task.n_problems,
-            horizon=task.horizon, seed=task.seed, split="test", device=task.device, family_kwargs=task.family_kwargs,
-            label=task.label, threads=1, true_every=task.true_every,
+        policy = policy if policy is not None else _build_policy(task)
+        loading = time.process_time() - cpu
+        results = evaluate_horizons(
+            policy, task.env, horizons=(*task.prefixes, task.horizon), n_problems=task.n_problems, seed=task.seed,
+            split="test", device=task.device, family_kwargs=task.family_kwargs, label=task.label, threads=1,
+            true_every=task.true_every, record_cpu=True,
         )
-    res.extra["cpu_s"] = time.process_time() - cpu  # policy loading included; moved to timings.json
-    res.extra["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the kernels used; timings.json
-    return res
+    for res in results:
+        res.extra["cpu_s"] += loading  # policy loading included; moved to timings.json
+        res.extra["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the kernels used; timings.json
+        if res.horizon != task.horizon:
+            res.extra["prefix_of"] = task.horizon  # its CPU and wall time are part of that run's; timings.json
+    return results
 
 
 #: Environment of ``portable`` workers: torch's CPU kernels and MKL's code branch pinned to AVX2. Read once when
@@ -525,7 +532,16 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
         for i, path in enumerate(files):
             results[i] = _load_job(path) if path.is_file() else None
         log.info("resume: %d of %d jobs finished before (%s)", sum(r is not None for r in results), len(jobs), cache)
-    pending = [i for i, r in enumerate(results) if r is None]
+    # one rollout per (section, policy): its shorter horizons are prefixes of the longest (evaluate_horizons)
+    units: dict[tuple[int, str], list[int]] = {}
+    for i, job in enumerate(jobs):
+        units.setdefault((id(job.section), job.label), []).append(i)
+    groups: list[list[int]] = []
+    for idx in units.values():
+        idx = sorted(idx, key=lambda i: jobs[i].horizon)
+        shareable = all(jobs[i].horizon % jobs[i].section.true_every == 0 for i in idx[:-1])
+        groups += [idx] if shareable else [[i] for i in idx]
+    pending = [g for g in groups if any(results[i] is None for i in g)]
     workers = cfg.resolve_workers(len(pending)) if pending else 1
     bar = tqdm(total=len(jobs), desc=f"compare ({workers} worker{'s' if workers > 1 else ''})", disable=not progress)
 
@@ -541,22 +557,28 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
         results[i] = res
         bar.update()
 
-    for i, res in enumerate(results):
-        if res is not None:
-            done(i, res, fresh=False)
+    def task(group: list[int]) -> _Task:
+        return dataclasses.replace(jobs[group[-1]].task(cfg), prefixes=tuple(jobs[i].horizon for i in group[:-1]))
+
+    for group in groups:
+        if group not in pending:
+            for i in group:
+                done(i, results[i], fresh=False)  # type: ignore[arg-type]
     if workers == 1 and not cfg.portable:
-        for i in pending:
-            done(i, _evaluate_task(jobs[i].task(cfg), jobs[i].policy))
+        for group in pending:
+            for i, res in zip(group, _evaluate_task(task(group), jobs[group[-1]].policy)):
+                done(i, res)
     elif pending:
-        order = sorted(pending, key=lambda i: -jobs[i].cost())
+        order = sorted(pending, key=lambda g: -jobs[g[-1]].cost())
         ctx = multiprocessing.get_context("spawn")
         with _child_environment(PORTABLE_ENV if cfg.portable else {}), _futures.ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init_worker, initargs=(logging.getLogger().getEffectiveLevel(),)
         ) as pool:
-            futures = {pool.submit(_evaluate_task, jobs[i].task(cfg)): i for i in order}
+            futures = {pool.submit(_evaluate_task, task(g)): g for g in order}
             try:
                 for fut in _futures.as_completed(futures):
-                    done(futures[fut], fut.result())
+                    for i, res in zip(futures[fut], fut.result()):
+                        done(i, res)
             except BaseException:  # a failed job or Ctrl-C: do not start the queued jobs
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -567,8 +589,9 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
 #: ``results.json`` holds only what a rerun reproduces bit for bit; these run-dependent fields of each
 #: entry go to ``timings.json`` instead: ``wall_s`` (the rollout's wall seconds), ``cpu_s`` (CPU seconds of
 #: the whole job in its process, policy loading included — on one thread, the job's wall time on an idle core)
-#: and ``cpu_capability`` (the torch kernel set the job ran with, e.g. ``AVX512``; ``AVX2`` with ``portable``).
-TIMING_FIELDS: tuple[str, ...] = ("wall_s", "cpu_s", "cpu_capability")
+#: and ``cpu_capability`` (the torch kernel set the job ran with, e.g. ``AVX512``; ``AVX2`` with ``portable``);
+#: ``prefix_of``: the longer horizon whose rollout this result was read from (its seconds are part of that run's).
+TIMING_FIELDS: tuple[str, ...] = ("wall_s", "cpu_s", "cpu_capability", "prefix_of")
 
 
 def write_results(

@@ -138,56 +138,117 @@ def evaluate(
         true_every: evaluate the true objective (families that have one) every this many steps and at ``T``
             (:class:`~l2o_gym.core.CoreConfig`); the curve holds the last value in between.
     """
+    return evaluate_horizons(policy, env_id, horizons=(horizon,), n_problems=n_problems, seed=seed, split=split,
+                             device=device, dtype=dtype, family_kwargs=family_kwargs, label=label, progress=progress,
+                             n_boot=n_boot, threads=threads, true_every=true_every)[0]
+
+
+def evaluate_horizons(
+    policy: Policy,
+    env_id: str,
+    *,
+    horizons: tuple[int, ...],
+    n_problems: int = 100,
+    seed: int = 0,
+    split: str = "test",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    family_kwargs: dict[str, Any] | None = None,
+    label: str | None = None,
+    progress: bool = False,
+    n_boot: int = 1000,
+    threads: int | None = 1,
+    true_every: int = 1,
+    record_cpu: bool = False,
+) -> list[EvalResult]:
+    """:func:`evaluate` at several horizons from **one** rollout: one :class:`EvalResult` per horizon (ascending),
+    each equal to ``evaluate(..., horizon=h)`` — the study's T and 10·T jobs cost one run of 10·T, not 11·T.
+
+    The rollout is run in segments ending at each horizon (the memory carried on, :func:`~l2o_gym.policy.rollout`),
+    so the state, memory, evaluation count and wall time at ``h`` are those of a run of ``h`` steps. Nothing in the
+    core or the policies depends on the configured horizon but the truncation flag and the true objective's
+    evaluation at ``T`` (exact there, held in between): a shorter horizon must therefore be a multiple of
+    ``true_every``. Tested equal, field by field, to separate runs for every baseline and learned policy kind.
+    ``record_cpu``: also store in ``extra["cpu_s"]`` the CPU seconds of this process from the call to the end of each
+    result's segment (the comparison harness moves it to ``timings.json``).
+
+    Raises:
+        ValueError: no horizons, a horizon that is not a positive integer, or a shorter horizon that is not a
+            multiple of ``true_every``.
+    """
     check_split(split)
     if check_threads(threads) == "auto":
         raise ValueError("threads must be a positive integer or None for evaluate, got 'auto'")
+    hs = sorted(set(horizons))
+    if not hs or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hs):
+        raise ValueError(f"horizons must be positive integers, got {horizons!r}")
+    bad = [h for h in hs[:-1] if h % true_every]
+    if bad:
+        raise ValueError(f"horizons {bad} are not multiples of true_every={true_every}: the true objective is exact "
+                         "only at multiples of it before the last horizon; evaluate them separately")
     with torch_threads(threads):  # type: ignore[arg-type]
-        return _evaluate(policy, env_id, n_problems, horizon, seed, split, device, dtype, family_kwargs, label,
-                         progress, n_boot, true_every)
+        return _evaluate(policy, env_id, n_problems, hs, seed, split, device, dtype, family_kwargs, label,
+                         progress, n_boot, true_every, record_cpu)
 
 
 def _evaluate(
-    policy: Policy, env_id: str, n_problems: int, horizon: int, seed: int, split: str, device: torch.device | str,
-    dtype: torch.dtype | str, family_kwargs: dict[str, Any] | None, label: str | None, progress: bool, n_boot: int,
-    true_every: int = 1,
-) -> EvalResult:
+    policy: Policy, env_id: str, n_problems: int, horizons: list[int], seed: int, split: str,
+    device: torch.device | str, dtype: torch.dtype | str, family_kwargs: dict[str, Any] | None, label: str | None,
+    progress: bool, n_boot: int, true_every: int = 1, record_cpu: bool = False,
+) -> list[EvalResult]:
+    cpu0 = time.process_time()
     family = env_family(env_id, **(family_kwargs or {}))
     problems = family.sample(n_problems, split, seed, resolve_device(device), resolve_dtype(dtype))
-    config = evaluation_config(policy, horizon, true_every)
+    config = evaluation_config(policy, horizons[-1], true_every)
     start = time.perf_counter()
+    segments: list[tuple[int, Any, float, float]] = []  # (horizon, memory, wall s, cpu s) at each segment's end
+    parts = []
     with torch.no_grad():
         state = core.reset(problems, config)
-        traj = rollout(policy, state, horizon, progress=progress, desc=f"{label or policy.name} {env_id}")
-    if problems.device.type == "cuda":
-        torch.cuda.synchronize(problems.device)
-    wall = time.perf_counter() - start
-    losses = traj.objectives.double().cpu().numpy()  # [T+1, n]: the true objective where there is one
-    extra: dict[str, Any] = {}
-    if traj.true_losses is not None:
-        extra = {"objective": "true", "true_every": true_every,
-                 "minibatch_final_mean": float(traj.losses[-1].double().mean())}
-    evals = policy.evals(traj.memory, horizon)
-    grad_evals = float(evals.double().mean()) if evals is not None else float(horizon)
-    final = losses[-1]
-    final_mean = float(final.mean())
-    low, high = bootstrap_mean_ci(losses, n_boot=n_boot, seed=seed)
-    auc = float(np.trapezoid(losses, axis=0).mean() / horizon)
-    return EvalResult(
-        env=env_id,
-        policy=label or policy.name,
-        horizon=horizon,
-        n_problems=n_problems,
-        seed=seed,
-        final_mean=final_mean,
-        final_median=float(np.median(final)),
-        log10_final_mean=math.log10(max(final_mean, 1e-300)),
-        auc_mean=auc,
-        diverged_fraction=float(traj.state.terminated.double().mean()),
-        grad_evals=grad_evals,
-        wall_s=wall,
-        curve_mean=losses.mean(axis=1).tolist(),
-        curve_ci_low=low.tolist(),
-        curve_ci_high=high.tolist(),
-        split=split,
-        extra=extra,
-    )
+        memory: Any = policy.reset(state)
+        done = 0
+        for h in horizons:
+            part = rollout(policy, state, h - done, memory, progress=progress, desc=f"{label or policy.name} {env_id}")
+            state, memory, done = part.state, part.memory, h
+            parts.append(part)
+            if problems.device.type == "cuda":
+                torch.cuda.synchronize(problems.device)
+            segments.append((h, memory, time.perf_counter() - start, time.process_time() - cpu0))
+    # [T+1, n] over the whole run: each segment's first row is the previous one's last
+    objectives = torch.cat([parts[0].objectives[:1]] + [p.objectives[1:] for p in parts])
+    minibatch = torch.cat([parts[0].losses[:1]] + [p.losses[1:] for p in parts])
+    terminated = torch.cat([p.terminated for p in parts])
+    all_losses = objectives.double().cpu().numpy()  # the true objective where there is one
+    out = []
+    for h, mem, wall, cpu in segments:
+        losses = all_losses[: h + 1]
+        extra: dict[str, Any] = {}
+        if parts[0].true_losses is not None:
+            extra = {"objective": "true", "true_every": true_every,
+                     "minibatch_final_mean": float(minibatch[h].double().mean())}
+        if record_cpu:
+            extra["cpu_s"] = cpu
+        evals = policy.evals(mem, h)
+        final = losses[-1]
+        final_mean = float(final.mean())
+        low, high = bootstrap_mean_ci(losses, n_boot=n_boot, seed=seed)
+        out.append(EvalResult(
+            env=env_id,
+            policy=label or policy.name,
+            horizon=h,
+            n_problems=n_problems,
+            seed=seed,
+            final_mean=final_mean,
+            final_median=float(np.median(final)),
+            log10_final_mean=math.log10(max(final_mean, 1e-300)),
+            auc_mean=float(np.trapezoid(losses, axis=0).mean() / h),
+            diverged_fraction=float(terminated[h - 1].double().mean()),
+            grad_evals=float(evals.double().mean()) if evals is not None else float(h),
+            wall_s=wall,
+            curve_mean=losses.mean(axis=1).tolist(),
+            curve_ci_low=low.tolist(),
+            curve_ci_high=high.tolist(),
+            split=split,
+            extra=extra,
+        ))
+    return out
