@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from l2o_gym.experiments.compare import LEARNED, pretrained_path
+from l2o_gym.experiments.compare import LEARNED, Section, pretrained_path
 from l2o_gym.experiments.evaluation import EvalResult
 from l2o_gym.experiments.study import (
     PRESETS,
@@ -15,9 +15,11 @@ from l2o_gym.experiments.study import (
     nn_rows,
     nn_section,
     nn_verdict_lines,
+    paired_rows,
     preset_config,
     run_study,
     study_sections,
+    summary_lines,
 )
 
 
@@ -55,7 +57,9 @@ def test_tiny_study_writes_a_complete_report(tiny_study):
     assert len(results) == expected
     data = json.loads((out / "results.json").read_text())
     assert len(data["runs"]) == expected
-    assert set(data["study"]) == {"versus", "long_horizon", "sample_efficiency", "nn_benchmark"}
+    assert set(data["study"]) == {"versus", "paired", "long_horizon", "sample_efficiency", "nn_benchmark"}
+    assert {r["policy"] for r in data["study"]["paired"]} >= {"lstm", "gps", "ppo"}
+    assert all(0 <= r["lower"] <= r["n"] and r["ci_low"] <= r["mean_diff"] <= r["ci_high"] for r in data["study"]["paired"])
     report = (out / "report.md").read_text()
     for heading in ("## RL vs supervised", "## Long horizon", "## Sample efficiency"):
         assert heading in report
@@ -93,14 +97,16 @@ def test_tiny_study_writes_a_complete_report(tiny_study):
     sections_nn = {r["section"] for r in data["study"]["nn_benchmark"]}
     assert sections_nn == {s.name for s in sections if s.env == "l2o/NNClassifier-v0"}
     # neural art: the grid of the images each optimizer reaches, linked from the report
-    assert (out / "art_NeuralArt_T12.png").read_bytes()[:4] == b"\x89PNG"
-    assert "## Pictures: l2o/NeuralArt-v0, T = 12" in report and "(art_NeuralArt_T12.png)" in report
+    assert (out / "art_NeuralArt_T3.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Pictures: l2o/NeuralArt-v0, T = 3" in report and "(art_NeuralArt_T3.png)" in report
 
 
 def test_art_full_preset_covers_the_papers_transfer_tests():
     secs = PRESETS["art-full"]()
-    assert {(s.variant, s.horizon, s.long_horizon) for s in secs} == {
-        (None, 128, 1280), ("128", 128, None), ("style2", 128, None), ("128+style2", 128, None)}
+    assert [(s.variant, s.horizon, s.long_horizon, s.n_problems) for s in secs] == [
+        (None, 32, None, 100), (None, 32, 320, 20), ("128", 32, None, 100), ("style2", 32, None, 100),
+        ("128+style2", 32, None, 100)]  # the paper's 100 test images; 10T on 20 of them
+    assert len({s.name for s in secs}) == len(secs)  # one report heading (and figure) per section
     for s in secs:
         assert {"sgd", "momentum", "nag", "adam", "rmsprop", "lstm"} <= set(s.policies)
 
@@ -149,6 +155,28 @@ def test_nn_verdict_table_counts_each_learned_optimizer():
     assert "| NNClassifier digits | 3 | adam 0.5 | — | 0.4 → 0.4 (≤ 2/2 → 2/2) stable |" in text
     assert "- lstm: 1 stable, 0 recovers, 1 grows, 0 diverges of 2 settings." in text
     assert "- gps: 0 stable, 2 recovers, 0 grows, 0 diverges of 2 settings." in text
+
+
+def test_paired_table_differences_the_learned_optimizer_with_the_best_baseline_problem_by_problem():
+    sec = Section("l2o/Quadratic-v0", ["sgd", "adam", "lstm"], 10, None, n_problems=4)
+
+    def res(policy, values):
+        m = sum(values) / len(values)
+        return EvalResult(sec.env, policy, 10, 4, 0, m, m, 0.0, m, 0.0, 10, 0.0, [m], [m], [m],
+                          extra={"section": sec.name}, final_values=values)
+
+    # per problem the spread (1 … 4) dwarfs the LSTM's edge over Adam (0.1 lower on three problems, 0.1 higher on
+    # one): the unpaired means 2.45 vs 2.5 overlap, the paired difference is −0.05 on every resample's mean scale
+    results = [res("sgd", [2.0, 3.0, 4.0, 5.0]), res("adam", [1.0, 2.0, 3.0, 4.0]), res("lstm", [0.9, 1.9, 2.9, 4.1])]
+    (row,) = paired_rows(results, [sec])
+    assert row["baseline"] == "adam" and row["policy"] == "lstm" and (row["lower"], row["n"]) == (3, 4)
+    assert row["mean_diff"] == pytest.approx(-0.05) and row["relative"] == pytest.approx(-0.02)
+    assert -0.1 - 1e-9 <= row["ci_low"] <= row["mean_diff"] <= row["ci_high"] <= 0.1 + 1e-9
+    lines, data = summary_lines(results, [sec])
+    assert "| l2o/Quadratic-v0 | 10 | lstm | adam | -0.05 [" in "\n".join(lines) and data["paired"] == [row]
+    # a result without per-problem values (an older results file) is left out, not mispaired
+    results[2].final_values = []
+    assert paired_rows(results, [sec]) == []
 
 
 def test_unknown_preset_is_a_clear_error():

@@ -9,7 +9,8 @@ and at ``T`` (held in between); ``extra["objective"] = "true"`` and ``extra["min
 
 * ``curve_mean[t]`` — mean objective ``f(θ_t)`` for ``t = 0…T`` with a 95% bootstrap confidence interval
   (``curve_ci_low``/``curve_ci_high``; 1000 resamples of the problems, percentile method, seeded);
-* ``final_mean``, ``final_median``, ``log10_final_mean`` — of ``f(θ_T)``;
+* ``final_mean``, ``final_median``, ``log10_final_mean`` — of ``f(θ_T)``; ``final_values`` — ``f(θ_T)`` of each
+  problem (in instance order, so two policies' values pair up problem by problem: the study's paired table);
 * ``auc_mean`` — mean over problems of the trapezoidal area under ``f(θ_t)`` divided by ``T`` (the
   average objective over the run, comparable across horizons);
 * ``diverged_fraction`` — problems whose episode terminated by divergence. A diverged problem keeps its last
@@ -70,6 +71,7 @@ class EvalResult:
     curve_ci_high: list[float]
     split: str = "test"
     extra: dict[str, Any] = field(default_factory=dict)
+    final_values: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -250,5 +252,6 @@ def _evaluate(
             curve_ci_high=high.tolist(),
             split=split,
             extra=extra,
+            final_values=final.tolist(),
         ))
     return out

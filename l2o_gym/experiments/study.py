@@ -29,13 +29,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from l2o_gym.agents.baselines import FIRST_ORDER as _FIRST_ORDER
 from l2o_gym.agents.common import steps_to_reach
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
 from l2o_gym.experiments.compare import (
     ORACLE_SUFFIX, CompareConfig, PolicySpec, Section, fmt_number, is_oracle, run_jobs, write_report, write_results,
 )
-from l2o_gym.experiments.evaluation import EvalResult
+from l2o_gym.experiments.evaluation import EvalResult, bootstrap_mean_ci
 from l2o_gym.stability import VERDICTS, stability
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,12 @@ CONV_FIRST_ORDER = [*FIRST_ORDER, "adagrad"]
 #: problems per conv-net section in the main job (d = 12,338; a conv net costs ~30 ms per step on one core).
 CONV_MAIN_PROBLEMS = 1
 LINE_SEARCH = ["cg", "lbfgs"]
-#: Neural art (Andrychowicz et al. §3.4): the tuned first-order baselines and the LSTM, T = 128 as in the paper.
+#: Neural art (Andrychowicz et al. §3.4): the tuned first-order baselines and the LSTM. T = 32, not the paper's
+#: 128: on this random-feature stand-in every tuned optimizer has converged by t ≈ 128, and the paper's regime —
+#: optimizers compared before they converge — is at T ≈ 32 (docs/neural-art.md, docs/benchmarks.md).
 ART_ENV = "l2o/NeuralArt-v0"
 ART_POLICIES = ["sgd", "momentum", "nag", "adam", "rmsprop", "lstm"]
-ART_T = 128
+ART_T = 32
 #: ``f(θ_10T) ≤ STABLE_RATIO · f(θ_T)`` counts as not degrading past the training horizon (the issue's 1.1×).
 STABLE_RATIO = 1.1
 
@@ -77,9 +81,9 @@ def study_sections() -> list[Section]:
         Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, 1000, n_problems=10),
         *(Section("l2o/MLP-v0", [*FIRST_ORDER, "lstm"], 100, None, variant=v, n_problems=20)
           for v in ("hidden40", "2layers", "relu")),
-        # d = 12,288 pixels per image and a conv-net objective: 4 held-out images at T keep it within the
-        # budget; 10·T, the 128×128 / second-style transfer and more images are in the "art-full" preset.
-        Section(ART_ENV, list(ART_POLICIES), ART_T, None, n_problems=4),
+        # d = 12,288 pixels per image and a conv-net objective: 8 held-out images at T keep it within the
+        # budget; 10·T, the 128×128 / second-style transfer and 100 images are in the "art-full" preset.
+        Section(ART_ENV, list(ART_POLICIES), ART_T, None, n_problems=8),
         # Andrychowicz §3.3 (conv net on the colour stand-in for CIFAR-10), all labels; the rest in --preset convnet.
         Section("l2o/ConvNet-v0", [*CONV_FIRST_ORDER, "mlstm"], 100, 1000, n_problems=CONV_MAIN_PROBLEMS),
         # Li & Malik 2017: held-out MNIST-48 at T and 2T, and the setting where the paper's LSTM "diverged
@@ -151,15 +155,15 @@ def nn_target_sections(n_problems: int = 100) -> list[Section]:
     return [nn_section("mnist", n_problems, title=f"NNClassifier mnist ({n_problems} problems)")]
 
 
-def art_sections(n_problems: int = 4) -> list[Section]:
-    """The complete neural-art study (preset ``art-full``): 64×64 with the training style at T and 10·T, then
-    the paper's transfer tests at T — 128×128 images (4× the pixels), the second style, and both.
-
-    Few images (the paper used 100 test images): the LSTM runs on 12,288 (49,152 at 128×128) coordinates per
-    image and step, which on a shared 2-core CPU costs minutes per section; ``n_problems`` is an argument."""
+def art_sections(n_problems: int = 100, n_long: int = 20) -> list[Section]:
+    """The complete neural-art study (preset ``art-full``): ``n_problems`` held-out images (the paper used 100)
+    at 64×64 with the training style at T; the long-horizon check at 10·T on the first ``n_long`` of them;
+    then the paper's transfer tests at T — 128×128 images (4× the pixels), the second style, and both —
+    against the same baselines (tuned on 64×64 with the training style), as in the paper."""
     return [
-        Section(ART_ENV, list(ART_POLICIES), ART_T, 10 * ART_T, n_problems=n_problems),
-        # the transfer tests against the same baselines (tuned on 64×64 with the training style), as in the paper
+        Section(ART_ENV, list(ART_POLICIES), ART_T, None, n_problems=n_problems),
+        Section(ART_ENV, list(ART_POLICIES), ART_T, 10 * ART_T, n_problems=n_long,
+                title=f"{ART_ENV} (10T, {n_long} images)"),
         *(Section(ART_ENV, list(ART_POLICIES), ART_T, None, variant=v, n_problems=n_problems, tuned_as="")
           for v in ("128", "style2", "128+style2")),
     ]
@@ -305,6 +309,34 @@ def versus_rows(results: list[EvalResult], sections: list[Section]) -> list[dict
                 if kind in LEARNED_KIND and (sec.name, kind, h) in idx:
                     row[f"{kind}@{h}"] = idx[(sec.name, kind, h)].final_mean
         rows.append(row)
+    return rows
+
+
+def paired_rows(results: list[EvalResult], sections: list[Section], n_boot: int = 1000) -> list[dict[str, Any]]:
+    """Per section and learned policy, paired with the best tuned baseline at ``T`` on the same problems: the mean
+    difference ``f_learned(θ_T) − f_baseline(θ_T)`` with its 95% percentile-bootstrap CI over the problems and the
+    number of problems where the learned optimizer ends lower. Pairing removes the spread between problems
+    (images, nets) that makes the unpaired CIs of two close means overlap."""
+    idx = _index(results)
+    rows = []
+    for sec in sections:
+        t = sec.horizon
+        base = [idx[(sec.name, p, t)] for p in sec.policies
+                if p not in LEARNED_KIND and not is_oracle(p) and (sec.name, p, t) in idx]
+        if not base:
+            continue
+        best = min(base, key=lambda r: r.final_mean)
+        for p in sec.policies:
+            kind = p.partition("=")[0]
+            mine = idx.get((sec.name, kind, t))
+            if kind not in LEARNED_KIND or mine is None or not mine.final_values:
+                continue
+            diff = np.asarray(mine.final_values, dtype=np.float64) - np.asarray(best.final_values, dtype=np.float64)
+            low, high = bootstrap_mean_ci(diff[None, :], n_boot=n_boot, seed=0)
+            rows.append({"section": sec.name, "T": t, "policy": kind, "baseline": best.policy,
+                         "mean_diff": float(diff.mean()), "ci_low": float(low[0]), "ci_high": float(high[0]),
+                         "lower": int((diff < 0).sum()), "n": int(diff.size),
+                         "relative": float(diff.mean() / best.final_mean) if best.final_mean else None})
     return rows
 
 
@@ -507,6 +539,24 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
 
         lines.append(f"| {row['section']} | {t}" + (f" / {lt}" if lt else "") + " | " + cell("best_baseline") + " | "
                      + " | ".join(cell(k) for k in learned) + " |")
+    pr = paired_rows(results, sections)
+    if pr:
+        lines += [
+            "",
+            "## Paired on the same problems: each learned optimizer minus the best tuned baseline at T",
+            "",
+            "Mean over the problems of f_learned(θ_T) − f_baseline(θ_T) with a 95% bootstrap CI (negative: the learned "
+            "optimizer ends lower), and on how many problems it ends lower. Pairing removes the spread between "
+            "problems that makes the CIs of two close means overlap.",
+            "",
+            "| problem | T | policy | best baseline | mean difference [95% CI] | relative | lower on |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in pr:
+            rel = "—" if row["relative"] is None else f"{100 * row['relative']:+.2f}%"
+            lines.append(f"| {row['section']} | {row['T']} | {row['policy']} | {row['baseline']} | "
+                         f"{row['mean_diff']:+.3g} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}] | {rel} | "
+                         f"{row['lower']}/{row['n']} |")
     lh = long_horizon_rows(results, sections)
     lines += [
         "",
@@ -562,7 +612,7 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
     nn = nn_rows(results, sections)
     lines += nn_summary_lines(nn)
     lines += nn_verdict_lines(nn, lh)
-    return lines, {"versus": vs, "long_horizon": lh, "sample_efficiency": se, "nn_benchmark": nn}
+    return lines, {"versus": vs, "paired": pr, "long_horizon": lh, "sample_efficiency": se, "nn_benchmark": nn}
 
 
 def _gps_ppo_ratio(rows: list[dict[str, Any]]) -> list[str]:
