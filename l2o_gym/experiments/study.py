@@ -553,7 +553,9 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
             "|---|---|---|---|---|---|---|",
         ]
         for row in pr:
-            rel = "—" if row["relative"] is None else f"{100 * row['relative']:+.2f}%"
+            rel = row["relative"]
+            # next to a baseline at ~0 (L-BFGS at 1e-12) a percentage is meaningless: the ratio of the means instead
+            rel = "—" if rel is None else f"{100 * rel:+.2f}%" if abs(rel) <= 10 else f"{1 + rel:.3g}× the baseline"
             lines.append(f"| {row['section']} | {row['T']} | {row['policy']} | {row['baseline']} | "
                          f"{row['mean_diff']:+.3g} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}] | {rel} | "
                          f"{row['lower']}/{row['n']} |")
