@@ -228,7 +228,11 @@ def test_shipped_checkpoints_load_and_are_small(env_id):
     assert path.stat().st_size < 1_000_000
     policy = load_pretrained(env_id)
     assert policy.checkpoint_config["env_id"] == env_id
-    assert "train" in policy.checkpoint_config  # the config that made it, beside the weights
+    # the config that made it, beside the weights: "train" in the first trainer's files, "train_config" in the
+    # training lifecycle's (l2o_gym.agents.common)
+    cfg = policy.checkpoint_config
+    train = cfg.get("train_config", cfg.get("train"))
+    assert train and train["env_id"] == env_id and train["horizon"] >= 1
 
 
 def test_pretrained_quadratic_beats_tuned_sgd_on_test_problems():
