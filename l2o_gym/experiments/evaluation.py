@@ -104,45 +104,12 @@ def evaluation_config(policy: Policy, horizon: int, true_every: int = 1) -> Core
     return CoreConfig(horizon=horizon, history=1, true_every=true_every)
 
 
-def evaluate(
-    policy: Policy,
-    env_id: str,
-    *,
-    n_problems: int = 100,
-    horizon: int = 100,
-    seed: int = 0,
-    split: str = "test",
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | str = torch.float32,
-    family_kwargs: dict[str, Any] | None = None,
-    label: str | None = None,
-    progress: bool = False,
-    n_boot: int = 1000,
-    threads: int | None = 1,
-    true_every: int = 1,
-) -> EvalResult:
-    """Run ``policy`` on the first ``n_problems`` instances of the ``(split, seed)`` stream of ``env_id``.
-
-    Args:
-        policy: any Policy.
-        env_id: a registered id; its family (with ``family_kwargs`` overrides) supplies the problems.
-        n_problems: number of problems ``n``, run as one batch.
-        horizon: number of iterations ``T``.
-        seed: instance seed (same seed → same problems → same result).
-        split: ``"test"`` for claims; tuning uses ``"train"``/``"val"``.
-        device, dtype: where and in what precision the problems run.
-        family_kwargs: size overrides, e.g. ``{"hidden": (40,)}`` for the MLP transfer runs.
-        label: the policy name in the result (default ``policy.name``).
-        progress: tqdm bar over iterations.
-        n_boot: bootstrap resamples for the confidence band.
-        threads: torch CPU threads for sampling and the rollout (default 1: machine-independent results;
-            ``None``: the caller's ``torch.get_num_threads()``). Restored afterwards.
-        true_every: evaluate the true objective (families that have one) every this many steps and at ``T``
-            (:class:`~l2o_gym.core.CoreConfig`); the curve holds the last value in between.
-    """
-    return evaluate_horizons(policy, env_id, horizons=(horizon,), n_problems=n_problems, seed=seed, split=split,
-                             device=device, dtype=dtype, family_kwargs=family_kwargs, label=label, progress=progress,
-                             n_boot=n_boot, threads=threads, true_every=true_every)[0]
+def evaluate(policy: Policy, env_id: str, *, horizon: int = 100, **kwargs: Any) -> EvalResult:
+    """Run ``policy`` on the first ``n_problems`` instances of the ``(split, seed)`` stream of ``env_id`` for
+    ``horizon`` iterations ``T``: :func:`evaluate_horizons` at the one horizon, with the same keyword arguments
+    (``n_problems=100``, ``seed=0``, ``split="test"``, ``device``, ``dtype``, ``family_kwargs``, ``label``,
+    ``progress``, ``n_boot``, ``threads=1``, ``true_every=1``)."""
+    return evaluate_horizons(policy, env_id, horizons=(horizon,), **kwargs)[0]
 
 
 def evaluate_horizons(
@@ -163,16 +130,34 @@ def evaluate_horizons(
     true_every: int = 1,
     record_cpu: bool = False,
 ) -> list[EvalResult]:
-    """:func:`evaluate` at several horizons from **one** rollout: one :class:`EvalResult` per horizon (ascending),
-    each equal to ``evaluate(..., horizon=h)`` — the study's T and 10·T jobs cost one run of 10·T, not 11·T.
+    """Run ``policy`` on the first ``n_problems`` instances of the ``(split, seed)`` stream of ``env_id`` and report
+    it at several horizons from **one** rollout: one :class:`EvalResult` per horizon (ascending), each equal to
+    ``evaluate(..., horizon=h)`` — the study's T and 10·T jobs cost one run of 10·T, not 11·T.
 
     The rollout is run in segments ending at each horizon (the memory carried on, :func:`~l2o_gym.policy.rollout`),
     so the state, memory, evaluation count and wall time at ``h`` are those of a run of ``h`` steps. Nothing in the
     core or the policies depends on the configured horizon but the truncation flag and the true objective's
     evaluation at ``T`` (exact there, held in between): a shorter horizon must therefore be a multiple of
     ``true_every``. Tested equal, field by field, to separate runs for every baseline and learned policy kind.
-    ``record_cpu``: also store in ``extra["cpu_s"]`` the CPU seconds of this process from the call to the end of each
-    result's segment (the comparison harness moves it to ``timings.json``).
+
+    Args:
+        policy: any Policy.
+        env_id: a registered id; its family (with ``family_kwargs`` overrides) supplies the problems.
+        horizons: the numbers of iterations ``T`` to report at.
+        n_problems: number of problems ``n``, run as one batch.
+        seed: instance seed (same seed → same problems → same result).
+        split: ``"test"`` for claims; tuning uses ``"train"``/``"val"``.
+        device, dtype: where and in what precision the problems run.
+        family_kwargs: size overrides, e.g. ``{"hidden": (40,)}`` for the MLP transfer runs.
+        label: the policy name in the result (default ``policy.name``).
+        progress: tqdm bar over iterations.
+        n_boot: bootstrap resamples for the confidence band.
+        threads: torch CPU threads for sampling and the rollout (default 1: machine-independent results;
+            ``None``: the caller's ``torch.get_num_threads()``). Restored afterwards.
+        true_every: evaluate the true objective (families that have one) every this many steps and at the last
+            horizon (:class:`~l2o_gym.core.CoreConfig`); the curve holds the last value in between.
+        record_cpu: also store in ``extra["cpu_s"]`` the CPU seconds of this process from the call to the end of
+            each result's segment (the comparison harness moves it to ``timings.json``).
 
     Raises:
         ValueError: no horizons, a horizon that is not a positive integer, or a shorter horizon that is not a
