@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,42 @@ class FeatureView:
             s, *_ = core.transition(s, state.theta.detach() - s.theta, state.loss.detach(), state.grad.detach())
         return core.features(s), (tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone())
 
+
+
+#: rows per chunk in :func:`rowwise` (coordinates of a coordinatewise network evaluated without gradients).
+ROW_CHUNK = 8192
+
+
+def rowwise(fn: Callable[..., tuple[Tensor, ...]], *rows: Tensor, chunk: int | None = None) -> tuple[Tensor, ...]:
+    """``fn(*rows)`` computed ``chunk`` rows at a time when no gradient is being recorded.
+
+    For a row-wise ``fn`` — row ``i`` of every output depends on row ``i`` of the inputs only, as in a
+    coordinatewise LSTM — the result is the same; what changes is the working set: a 2-layer 20-unit LSTM step on
+    8,192 coordinates touches ~5 MB, on the 2.2 million of 100 wide nets ~1.4 GB per pass, so memory traffic
+    dominates and chunking is 1.8× (0.3 M coordinates) to 2.3× (2.2 M) faster on one CPU core (docs/benchmarks.md).
+    Every chunk has ``chunk`` rows but the last, which takes the remainder as well (between ``chunk`` and
+    ``2·chunk − 1`` rows): small matrices take other GEMM kernels, so no chunk is small. With gradients enabled
+    (BPTT training), or under ``2·chunk`` rows, ``fn`` runs once on everything.
+
+    Args:
+        fn: ``fn(*rows) -> tuple of [M, ...] tensors``.
+        rows: ``[M, ...]`` inputs with the same first dimension ``M``.
+        chunk: rows per chunk (default :data:`ROW_CHUNK`, read at each call).
+    """
+    chunk = chunk or ROW_CHUNK
+    m = rows[0].shape[0]
+    if torch.is_grad_enabled() or m < 2 * chunk:
+        return fn(*rows)
+    starts = list(range(0, m - chunk + 1, chunk))
+    ends = starts[1:] + [m]
+    outs: tuple[Tensor, ...] = ()
+    for s, e in zip(starts, ends):
+        part = fn(*(r[s:e] for r in rows))
+        if not outs:
+            outs = tuple(t.new_empty((m, *t.shape[1:])) for t in part)
+        for o, t in zip(outs, part):
+            o[s:e] = t
+    return outs
 
 
 def preprocess(g: Tensor, preprocessing: str, p: float) -> Tensor:

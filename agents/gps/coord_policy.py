@@ -32,7 +32,7 @@ from l2o_gym.agents.gps.coord import OBS_DIM, CoordinateController, CoordinateFe
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
 from l2o_gym.checkpoint import CheckpointError, load_policy_file, save_policy
 from l2o_gym.core import State
-from l2o_gym.policy import Policy
+from l2o_gym.policy import Policy, rowwise
 from l2o_gym.problems.base import ParamSpec
 
 KIND = "conv_gps"
@@ -99,9 +99,15 @@ class CoordinateLSTMNet(nn.Module):
         means, hs, cs = [], [], []
         for spec, j in zip(specs, gmap):
             sl = spec.slice
-            x = obs[:, sl].reshape(-1, OBS_DIM)
-            hj, cj = self.cells[j](x, (h[:, sl].reshape(-1, self.hidden), c[:, sl].reshape(-1, self.hidden)))
-            means.append((self.out_scale[j] * self.heads[j](hj)).view(n, -1))
+
+            def rows(x: Tensor, h0: Tensor, c0: Tensor, j: int = j) -> tuple[Tensor, Tensor, Tensor]:
+                h1, c1 = self.cells[j](x, (h0, c0))
+                return self.out_scale[j] * self.heads[j](h1), h1, c1
+
+            # coordinatewise: without gradients in chunks of coordinates (rowwise: the same, less memory traffic)
+            mean, hj, cj = rowwise(rows, obs[:, sl].reshape(-1, OBS_DIM), h[:, sl].reshape(-1, self.hidden),
+                                   c[:, sl].reshape(-1, self.hidden))
+            means.append(mean.view(n, -1))
             hs.append(hj.view(n, -1, self.hidden))
             cs.append(cj.view(n, -1, self.hidden))
         return torch.cat(means, 1), (torch.cat(hs, 1), torch.cat(cs, 1))

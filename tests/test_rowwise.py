@@ -1,0 +1,65 @@
+"""Chunked evaluation of coordinatewise networks (l2o_gym.policy.rowwise): the same steps, less memory traffic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from l2o_gym import policy as policy_mod
+from l2o_gym.agents.lstm.policy import CoordinateLSTM, LSTMConfig
+from l2o_gym.policy import rowwise
+
+
+def test_rowwise_gives_the_rows_of_one_call_in_chunks_of_at_least_chunk_rows():
+    torch.manual_seed(0)
+    w = torch.randn(5, 3)
+    calls: list[int] = []
+
+    def fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(x.shape[0])
+        return torch.tanh(x @ w), x.sum(1) * y
+
+    x, y = torch.randn(2 * 64 + 37, 5), torch.randn(2 * 64 + 37)
+    with torch.no_grad():
+        a, b = fn(x, y)
+        calls.clear()
+        ca, cb = rowwise(fn, x, y, chunk=64)
+    assert calls == [64, 64 + 37]  # the remainder joins the last chunk: no small matrix
+    torch.testing.assert_close(ca, a, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(cb, b, rtol=1e-6, atol=1e-7)
+    calls.clear()
+    rowwise(fn, x[:127], y[:127], chunk=64)  # under 2 chunks: one call
+    assert calls == [127]
+    calls.clear()
+    with torch.enable_grad():  # recording gradients (BPTT): one call, the graph as before
+        out, _ = rowwise(fn, x.requires_grad_(), y, chunk=64)
+    assert calls == [x.shape[0]] and out.requires_grad
+
+
+@pytest.mark.parametrize("global_cells", [0, 4])
+def test_the_lstm_takes_the_same_steps_in_chunks(monkeypatch, global_cells):
+    torch.manual_seed(1)
+    net = CoordinateLSTM(LSTMConfig(global_cells=global_cells))
+    n, d = 3, 100  # 300 coordinates: 4 chunks of 64 (+ 44) when ROW_CHUNK = 64
+    g = torch.randn(n * d)
+    mem = tuple(torch.randn(n * d, 20) for _ in range(4))
+    with torch.no_grad():
+        monkeypatch.setattr(policy_mod, "ROW_CHUNK", 10**9)
+        ref = net(g, mem, n)
+        monkeypatch.setattr(policy_mod, "ROW_CHUNK", 64)
+        out = net(g, mem, n)
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-6, atol=1e-7)
+    for a, b in zip(out[1], ref[1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_conv_gps_policy_takes_the_same_steps_in_chunks(monkeypatch):
+    from l2o_gym.experiments.compare import PolicySpec, _load_learned
+    from l2o_gym.experiments.evaluation import evaluate
+
+    policy = _load_learned(PolicySpec.parse("gps"), "l2o/NNClassifier-v0", "cpu")[0]
+    runs = []
+    for chunk in (10**9, 256):  # 2,842 coordinates per net: 11 chunks of 256 rows per weight group
+        monkeypatch.setattr(policy_mod, "ROW_CHUNK", chunk)
+        runs.append(evaluate(policy, "l2o/NNClassifier-v0", horizon=6, n_problems=2, n_boot=20))
+    torch.testing.assert_close(torch.tensor(runs[1].curve_mean), torch.tensor(runs[0].curve_mean), rtol=1e-5, atol=1e-7)
