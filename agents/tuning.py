@@ -49,9 +49,11 @@ rate is the largest (smallest) one evaluated for its other hyperparameters (its 
 rate of the quarter-decade ladder (:func:`lr_ladder`: the grid extended by :data:`EDGE_STEPS` steps each way,
 ``1e-8 … 1e4`` for :data:`LR_GRID`) is evaluated and the selection is made again, with the same score and
 margin; the walk ends when the selection has evaluated neighbours on both sides, or at the ladder's end. Only
-the selection's scan is extended, so wherever the grid's selection lies inside the grid nothing is added and the
-result is the grid search's (every ``joint-grid-penalized-v1`` entry of the shipped file whose selection is not
-at a grid edge is therefore also a v2 result).
+the selection's scan is extended, so wherever the selection already has evaluated neighbours on both sides
+nothing is added. With the grid search that is whenever it lies inside the grid; with the coarse search a
+selection at the smallest rate its refinement reached is extended too, and none of the shipped coarse entries is
+there — so every ``joint-grid-penalized-v1`` entry of the shipped file whose selection is not at a grid edge is
+also a v2 result.
 
 **Search** (``search=``): ``"grid"`` (the default) evaluates every configuration of :data:`GRIDS` as above.
 ``"coarse"`` is for families where one run costs seconds to minutes (the conv nets, neural art): the same
@@ -280,13 +282,17 @@ def _extend_edge(
     def others(c: Candidate) -> tuple[tuple[str, float], ...]:
         return tuple((k, v) for k, v in c.hparams.items() if k != "lr")
 
+    def order(cands: list[Candidate]) -> list[Candidate]:  # each lr scan ascending, scans in grid order
+        return sorted(cands, key=lambda c: (_scan_order(name, others(c)), c.hparams["lr"]))
+
     while True:
+        candidates = order(candidates)  # ties go to the earliest in grid order, as in the final selection
         best = _lowest(_with_margin(candidates, ladder))
         scan = sorted(c.hparams["lr"] for c in candidates if others(c) == others(best))
         i = ladder.index(best.hparams["lr"])
         step = 1 if best.hparams["lr"] == scan[-1] else -1 if best.hparams["lr"] == scan[0] else 0
         if step == 0 or not 0 <= i + step < len(ladder):
-            return sorted(candidates, key=lambda c: (_scan_order(name, others(c)), c.hparams["lr"]))
+            return candidates
         hp = {**best.hparams, "lr": ladder[i + step]}
         log.info("tuning %s: the selection %s is at the edge of its lr scan; evaluating lr %g", name, best.hparams,
                  hp["lr"])

@@ -140,16 +140,19 @@ def rowwise(fn: Callable[..., tuple[Tensor, ...]], *rows: Tensor, chunk: int | N
     dominates and chunking is 1.8× (0.3 M coordinates) to 2.3× (2.2 M) faster on one CPU core (docs/benchmarks.md).
     Every chunk has ``chunk`` rows but the last, which takes the remainder as well (between ``chunk`` and
     ``2·chunk − 1`` rows): small matrices take other GEMM kernels, so no chunk is small. With gradients enabled
-    (BPTT training), or under ``2·chunk`` rows, ``fn`` runs once on everything.
+    (BPTT training), under ``2·chunk`` rows, or off the CPU (a GPU's bandwidth makes the argument moot and the
+    chunks would multiply its kernel launches), ``fn`` runs once on everything.
 
     Args:
         fn: ``fn(*rows) -> tuple of [M, ...] tensors``.
         rows: ``[M, ...]`` inputs with the same first dimension ``M``.
         chunk: rows per chunk (default :data:`ROW_CHUNK`, read at each call).
     """
-    chunk = chunk or ROW_CHUNK
+    chunk = ROW_CHUNK if chunk is None else chunk
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     m = rows[0].shape[0]
-    if torch.is_grad_enabled() or m < 2 * chunk:
+    if torch.is_grad_enabled() or m < 2 * chunk or rows[0].device.type != "cpu":
         return fn(*rows)
     starts = list(range(0, m - chunk + 1, chunk))
     ends = starts[1:] + [m]

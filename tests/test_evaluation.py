@@ -227,6 +227,32 @@ def test_resume_reruns_only_the_unfinished_jobs_and_writes_the_same_results(tiny
     assert compare.job_key(dataclasses.replace(task, checkpoint=str(b))) != ka
 
 
+def test_one_rollout_per_policy_never_mixes_two_jobs(tiny_tuned, tmp_path):
+    from l2o_gym.agents.lstm.policy import PRETRAINED_DIR, LSTMPolicy
+    from l2o_gym.experiments.compare import run_jobs
+
+    base = dict(envs=["l2o/Quadratic-v0"], n_problems=3, horizon=5, tuned=str(tiny_tuned), workers=1)
+    # the same policy twice, and a long horizon equal to T: every job gets its own result at its own horizon
+    twice = run_jobs(CompareConfig(policies=["sgd", "sgd"], long_horizon=8, out=str(tmp_path / "a"), **base))
+    assert [(r.policy, r.horizon) for r in twice] == [("sgd", 5), ("sgd", 8), ("sgd", 5), ("sgd", 8)]
+    assert twice[0].final_mean == twice[2].final_mean and twice[1].final_mean == twice[3].final_mean
+    same = run_jobs(CompareConfig(policies=["sgd"], long_horizon=5, out=str(tmp_path / "b"), **base))
+    assert [r.horizon for r in same] == [5, 5] and same[0].final_mean == same[1].final_mean
+    # two checkpoints of one kind (one label): one rollout each, never one for both
+    a, b = str(PRETRAINED_DIR / "lstm_Quadratic.safetensors"), str(tmp_path / "other.safetensors")
+    other = LSTMPolicy.load(a)
+    with torch.no_grad():
+        other.net.out.weight.mul_(0.5)  # another checkpoint of the same kind and env
+    other.save(b)
+    two = run_jobs(CompareConfig(policies=[f"lstm={a}", f"lstm={b}"], long_horizon=8, out=str(tmp_path / "c"), **base))
+    assert [(r.extra["checkpoint"], r.horizon) for r in two] == [(a, 5), (a, 8), (b, 5), (b, 8)]
+    for r in two:
+        alone = run_jobs(CompareConfig(policies=[f"lstm={r.extra['checkpoint']}"], out=str(tmp_path / "d"),
+                                       **{**base, "horizon": r.horizon}))[0]
+        assert r.final_mean == alone.final_mean and r.curve_mean == alone.curve_mean
+    assert two[0].final_mean != two[2].final_mean
+
+
 def test_two_sections_of_one_env_and_horizon_get_one_figure_each(tiny_tuned, tmp_path):
     # e.g. a 10T check on fewer problems beside the T section: the second figure must not overwrite the first
     sections = [Section("l2o/Quadratic-v0", ["sgd"], 6, None, n_problems=4),

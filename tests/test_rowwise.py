@@ -34,6 +34,9 @@ def test_rowwise_gives_the_rows_of_one_call_in_chunks_of_at_least_chunk_rows():
     with torch.enable_grad():  # recording gradients (BPTT): one call, the graph as before
         out, _ = rowwise(fn, x.requires_grad_(), y, chunk=64)
     assert calls == [x.shape[0]] and out.requires_grad
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=f"chunk must be a positive integer, got {bad}"):
+            rowwise(fn, x, y, chunk=bad)
 
 
 @pytest.mark.parametrize("global_cells", [0, 4])

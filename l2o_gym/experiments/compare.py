@@ -517,7 +517,8 @@ def _load_job(path: Path) -> EvalResult | None:
 
 
 def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
-    """Plan and evaluate every job of ``cfg`` (no files written but the output-folder probe).
+    """Plan and evaluate every job of ``cfg``; the only files written are the output-folder probe and the finished
+    jobs' ``out/jobs/<key>.json`` (module docstring: resume).
 
     Jobs run one thread each: in this process when ``cfg.resolve_workers`` is 1 (and not ``cfg.portable``), else
     in a pool of spawned worker processes (spawn, not fork: a forked child of a process that has used torch's
@@ -532,14 +533,19 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
         for i, path in enumerate(files):
             results[i] = _load_job(path) if path.is_file() else None
         log.info("resume: %d of %d jobs finished before (%s)", sum(r is not None for r in results), len(jobs), cache)
-    # one rollout per (section, policy): its shorter horizons are prefixes of the longest (evaluate_horizons)
+    # one rollout per section and task (policy, checkpoint, hyperparameters, problems …): its shorter horizons are
+    # prefixes of the longest (evaluate_horizons). Jobs that repeat a horizon (the same policy listed twice, a long
+    # horizon equal to T) run on their own.
     units: dict[tuple[int, str], list[int]] = {}
     for i, job in enumerate(jobs):
-        units.setdefault((id(job.section), job.label), []).append(i)
+        task = dataclasses.asdict(dataclasses.replace(job.task(cfg), horizon=0))
+        units.setdefault((id(job.section), json.dumps(task, sort_keys=True, default=str)), []).append(i)
     groups: list[list[int]] = []
     for idx in units.values():
         idx = sorted(idx, key=lambda i: jobs[i].horizon)
-        shareable = all(jobs[i].horizon % jobs[i].section.true_every == 0 for i in idx[:-1])
+        horizons = [jobs[i].horizon for i in idx]
+        shareable = len(set(horizons)) == len(horizons) and all(
+            h % jobs[idx[0]].section.true_every == 0 for h in horizons[:-1])
         groups += [idx] if shareable else [[i] for i in idx]
     pending = [g for g in groups if any(results[i] is None for i in g)]
     workers = cfg.resolve_workers(len(pending)) if pending else 1

@@ -131,14 +131,16 @@ def evaluate_horizons(
     record_cpu: bool = False,
 ) -> list[EvalResult]:
     """Run ``policy`` on the first ``n_problems`` instances of the ``(split, seed)`` stream of ``env_id`` and report
-    it at several horizons from **one** rollout: one :class:`EvalResult` per horizon (ascending), each equal to
+    it at several horizons from **one** rollout: one :class:`EvalResult` per distinct horizon (ascending), each equal to
     ``evaluate(..., horizon=h)`` — the study's T and 10·T jobs cost one run of 10·T, not 11·T.
 
     The rollout is run in segments ending at each horizon (the memory carried on, :func:`~l2o_gym.policy.rollout`),
-    so the state, memory, evaluation count and wall time at ``h`` are those of a run of ``h`` steps. Nothing in the
-    core or the policies depends on the configured horizon but the truncation flag and the true objective's
-    evaluation at ``T`` (exact there, held in between): a shorter horizon must therefore be a multiple of
-    ``true_every``. Tested equal, field by field, to separate runs for every baseline and learned policy kind.
+    so the state, memory, evaluation count and wall time at ``h`` are those of a run of ``h`` steps. In the core
+    the configured horizon sets only the truncation flag and the true objective's evaluation at ``T`` (exact there,
+    held in between): a shorter horizon must therefore be a multiple of ``true_every``. CG and L-BFGS solve the
+    whole path at reset with scipy's ``maxiter`` = the horizon; their first ``h`` iterates do not depend on it.
+    Tested equal, field by field, to separate runs for every baseline and learned policy kind. Repeated horizons
+    are reported once.
 
     Args:
         policy: any Policy.

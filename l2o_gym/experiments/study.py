@@ -329,7 +329,8 @@ def paired_rows(results: list[EvalResult], sections: list[Section], n_boot: int 
         for p in sec.policies:
             kind = p.partition("=")[0]
             mine = idx.get((sec.name, kind, t))
-            if kind not in LEARNED_KIND or mine is None or not mine.final_values:
+            if kind not in LEARNED_KIND or mine is None or not mine.final_values or len(mine.final_values) != len(
+                    best.final_values):  # results without per-problem values (older files) are not paired
                 continue
             diff = np.asarray(mine.final_values, dtype=np.float64) - np.asarray(best.final_values, dtype=np.float64)
             low, high = bootstrap_mean_ci(diff[None, :], n_boot=n_boot, seed=0)
