@@ -249,7 +249,7 @@ def tune_baseline(name: str, problems: ProblemBatch, horizon: int, *, search: st
     # the points of the non-lr axes, in grid order, each with its lr scan
     scans: dict[tuple[tuple[str, float], ...], list[dict[str, float]]] = {}
     for hp in grid_configs(name):
-        scans.setdefault(tuple((k, v) for k, v in hp.items() if k != "lr"), []).append(hp)
+        scans.setdefault(_point(hp), []).append(hp)
     candidates: list[Candidate] = []
     for scan in scans.values():
         if search == "coarse" and lrs:
@@ -258,7 +258,7 @@ def tune_baseline(name: str, problems: ProblemBatch, horizon: int, *, search: st
             candidates += _full_scan(name, scan, problems, horizon)
     ladder = lr_ladder(lrs) if lrs else ()
     if lrs:
-        candidates = _extend_edge(name, candidates, problems, horizon, ladder)
+        candidates = _extend_edge(name, candidates, problems, horizon, ladder, list(scans))
     candidates = _with_margin(candidates, ladder)
     return TuneResult(name=name, best=_lowest(candidates), candidates=candidates)
 
@@ -272,23 +272,25 @@ def _lowest(candidates: list[Candidate]) -> Candidate:
     return best
 
 
+def _point(hparams: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """The point of the non-lr axes (e.g. ``(("momentum", 0.9),)``) of a configuration: its lr scan."""
+    return tuple((k, v) for k, v in hparams.items() if k != "lr")
+
+
 def _extend_edge(
-    name: str, candidates: list[Candidate], problems: ProblemBatch, horizon: int, ladder: tuple[float, ...]
+    name: str, candidates: list[Candidate], problems: ProblemBatch, horizon: int, ladder: tuple[float, ...],
+    points: list[tuple[tuple[str, float], ...]],
 ) -> list[Candidate]:
     """The edge extension (module docstring): while the selection's learning rate is the largest (smallest) one
     evaluated for its other hyperparameters, evaluate the next larger (smaller) rate of ``ladder``
-    (:func:`lr_ladder` of the grid), and select again. Returns every candidate, each lr scan in ascending lr, scans in grid order."""
-
-    def others(c: Candidate) -> tuple[tuple[str, float], ...]:
-        return tuple((k, v) for k, v in c.hparams.items() if k != "lr")
-
-    def order(cands: list[Candidate]) -> list[Candidate]:  # each lr scan ascending, scans in grid order
-        return sorted(cands, key=lambda c: (_scan_order(name, others(c)), c.hparams["lr"]))
-
+    (:func:`lr_ladder` of the grid), and select again. ``points``: the non-lr points (:func:`_point`) in grid
+    order. Returns every candidate, each lr scan in ascending lr, scans in grid order."""
+    rank = {p: k for k, p in enumerate(points)}
     while True:
-        candidates = order(candidates)  # ties go to the earliest in grid order, as in the final selection
+        # each lr scan ascending, scans in grid order: ties go to the earliest in grid order, as in the final pick
+        candidates = sorted(candidates, key=lambda c: (rank[_point(c.hparams)], c.hparams["lr"]))
         best = _lowest(_with_margin(candidates, ladder))
-        scan = sorted(c.hparams["lr"] for c in candidates if others(c) == others(best))
+        scan = [c.hparams["lr"] for c in candidates if _point(c.hparams) == _point(best.hparams)]
         i = ladder.index(best.hparams["lr"])
         step = 1 if best.hparams["lr"] == scan[-1] else -1 if best.hparams["lr"] == scan[0] else 0
         if step == 0 or not 0 <= i + step < len(ladder):
@@ -297,12 +299,6 @@ def _extend_edge(
         log.info("tuning %s: the selection %s is at the edge of its lr scan; evaluating lr %g", name, best.hparams,
                  hp["lr"])
         candidates = [*candidates, score_config(make_baseline(name, **hp), problems, horizon, hp)]
-
-
-def _scan_order(name: str, point: tuple[tuple[str, float], ...]) -> int:
-    """Grid order of the non-lr point ``point`` of ``name``'s grid."""
-    points = list(dict.fromkeys(tuple((k, v) for k, v in hp.items() if k != "lr") for hp in grid_configs(name)))
-    return points.index(point)
 
 
 def _full_scan(name: str, scan: list[dict[str, float]], problems: ProblemBatch, horizon: int) -> list[Candidate]:

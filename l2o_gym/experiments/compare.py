@@ -527,7 +527,8 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     jobs = plan(cfg)
     cache = Path(cfg.out) / JOBS_DIR
     cache.mkdir(parents=True, exist_ok=True)
-    files = [cache / f"{job_key(job.task(cfg), cfg.portable)}.json" for job in jobs]
+    tasks = [job.task(cfg) for job in jobs]
+    files = [cache / f"{job_key(task, cfg.portable)}.json" for task in tasks]
     results: list[EvalResult | None] = [None] * len(jobs)
     if cfg.resume:
         for i, path in enumerate(files):
@@ -537,9 +538,9 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     # prefixes of the longest (evaluate_horizons). Jobs that repeat a horizon (the same policy listed twice, a long
     # horizon equal to T) run on their own.
     units: dict[tuple[int, str], list[int]] = {}
-    for i, job in enumerate(jobs):
-        task = dataclasses.asdict(dataclasses.replace(job.task(cfg), horizon=0))
-        units.setdefault((id(job.section), json.dumps(task, sort_keys=True, default=str)), []).append(i)
+    for i, (job, task) in enumerate(zip(jobs, tasks)):
+        other = dataclasses.asdict(dataclasses.replace(task, horizon=0))
+        units.setdefault((id(job.section), json.dumps(other, sort_keys=True, default=str)), []).append(i)
     groups: list[list[int]] = []
     for idx in units.values():
         idx = sorted(idx, key=lambda i: jobs[i].horizon)
@@ -563,8 +564,8 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
         results[i] = res
         bar.update()
 
-    def task(group: list[int]) -> _Task:
-        return dataclasses.replace(jobs[group[-1]].task(cfg), prefixes=tuple(jobs[i].horizon for i in group[:-1]))
+    def group_task(group: list[int]) -> _Task:
+        return dataclasses.replace(tasks[group[-1]], prefixes=tuple(jobs[i].horizon for i in group[:-1]))
 
     for group in groups:
         if group not in pending:
@@ -572,7 +573,7 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
                 done(i, results[i], fresh=False)  # type: ignore[arg-type]
     if workers == 1 and not cfg.portable:
         for group in pending:
-            for i, res in zip(group, _evaluate_task(task(group), jobs[group[-1]].policy)):
+            for i, res in zip(group, _evaluate_task(group_task(group), jobs[group[-1]].policy)):
                 done(i, res)
     elif pending:
         order = sorted(pending, key=lambda g: -jobs[g[-1]].cost())
@@ -580,7 +581,7 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
         with _child_environment(PORTABLE_ENV if cfg.portable else {}), _futures.ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init_worker, initargs=(logging.getLogger().getEffectiveLevel(),)
         ) as pool:
-            futures = {pool.submit(_evaluate_task, task(g)): g for g in order}
+            futures = {pool.submit(_evaluate_task, group_task(g)): g for g in order}
             try:
                 for fut in _futures.as_completed(futures):
                     for i, res in zip(futures[fut], fut.result()):

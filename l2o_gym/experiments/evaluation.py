@@ -190,8 +190,10 @@ def _evaluate(
     problems = family.sample(n_problems, split, seed, resolve_device(device), resolve_dtype(dtype))
     config = evaluation_config(policy, horizons[-1], true_every)
     start = time.perf_counter()
-    segments: list[tuple[int, Any, float, float]] = []  # (horizon, memory, wall s, cpu s) at each segment's end
-    parts = []
+    # at each segment's end: (horizon, evaluations per problem, wall s, cpu s) and its curves; the count is read
+    # there and only the curves are kept, so that no segment's memory (an LSTM's: [N·d, hidden] per layer) outlives it
+    segments: list[tuple[int, float, float, float]] = []
+    objectives, minibatch, terminated = [], [], []
     with torch.no_grad():
         state = core.reset(problems, config)
         memory: Any = policy.reset(state)
@@ -199,25 +201,28 @@ def _evaluate(
         for h in horizons:
             part = rollout(policy, state, h - done, memory, progress=progress, desc=f"{label or policy.name} {env_id}")
             state, memory, done = part.state, part.memory, h
-            parts.append(part)
+            first = 0 if not objectives else 1  # a segment's first row is the previous one's last
+            objectives.append(part.objectives[first:])
+            minibatch.append(part.losses[first:])
+            terminated.append(part.terminated)
+            has_true = part.true_losses is not None
+            del part
             if problems.device.type == "cuda":
                 torch.cuda.synchronize(problems.device)
-            segments.append((h, memory, time.perf_counter() - start, time.process_time() - cpu0))
-    # [T+1, n] over the whole run: each segment's first row is the previous one's last
-    objectives = torch.cat([parts[0].objectives[:1]] + [p.objectives[1:] for p in parts])
-    minibatch = torch.cat([parts[0].losses[:1]] + [p.losses[1:] for p in parts])
-    terminated = torch.cat([p.terminated for p in parts])
-    all_losses = objectives.double().cpu().numpy()  # the true objective where there is one
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+            evals = policy.evals(memory, h)
+            segments.append((h, float(evals.double().mean()) if evals is not None else float(h), wall, cpu))
+    # [T+1, n] over the whole run
+    all_losses = torch.cat(objectives).double().cpu().numpy()  # the true objective where there is one
+    mb, term = torch.cat(minibatch), torch.cat(terminated)
     out = []
-    for h, mem, wall, cpu in segments:
+    for h, grad_evals, wall, cpu in segments:
         losses = all_losses[: h + 1]
         extra: dict[str, Any] = {}
-        if parts[0].true_losses is not None:
-            extra = {"objective": "true", "true_every": true_every,
-                     "minibatch_final_mean": float(minibatch[h].double().mean())}
+        if has_true:
+            extra = {"objective": "true", "true_every": true_every, "minibatch_final_mean": float(mb[h].double().mean())}
         if record_cpu:
             extra["cpu_s"] = cpu
-        evals = policy.evals(mem, h)
         final = losses[-1]
         final_mean = float(final.mean())
         low, high = bootstrap_mean_ci(losses, n_boot=n_boot, seed=seed)
@@ -231,8 +236,8 @@ def _evaluate(
             final_median=float(np.median(final)),
             log10_final_mean=math.log10(max(final_mean, 1e-300)),
             auc_mean=float(np.trapezoid(losses, axis=0).mean() / h),
-            diverged_fraction=float(terminated[h - 1].double().mean()),
-            grad_evals=float(evals.double().mean()) if evals is not None else float(h),
+            diverged_fraction=float(term[h - 1].double().mean()),
+            grad_evals=grad_evals,
             wall_s=wall,
             curve_mean=losses.mean(axis=1).tolist(),
             curve_ci_low=low.tolist(),

@@ -291,6 +291,12 @@ def long_horizon_rows(results: list[EvalResult], sections: list[Section]) -> lis
     return rows
 
 
+def _baselines(idx: dict[tuple[str, str, int], EvalResult], sec: Section, h: int) -> list[EvalResult]:
+    """The tuned baselines' results of ``sec`` at horizon ``h`` (no learned policy, no oracle row)."""
+    return [idx[(sec.name, p, h)] for p in sec.policies
+            if p not in LEARNED_KIND and not is_oracle(p) and (sec.name, p, h) in idx]
+
+
 def versus_rows(results: list[EvalResult], sections: list[Section]) -> list[dict[str, Any]]:
     """Per section: the best tuned baseline and every learned policy at ``T`` (and the long horizon)."""
     idx = _index(results)
@@ -299,8 +305,7 @@ def versus_rows(results: list[EvalResult], sections: list[Section]) -> list[dict
         horizons = [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else [])
         row: dict[str, Any] = {"section": sec.name, "T": sec.horizon, "long_T": sec.long_horizon}
         for h in horizons:
-            base = [idx[(sec.name, p, h)] for p in sec.policies
-                    if p not in LEARNED_KIND and not is_oracle(p) and (sec.name, p, h) in idx]
+            base = _baselines(idx, sec, h)
             if base:
                 best = min(base, key=lambda r: r.final_mean)
                 row[f"best_baseline@{h}"] = (best.policy, best.final_mean)
@@ -321,8 +326,7 @@ def paired_rows(results: list[EvalResult], sections: list[Section], n_boot: int 
     rows = []
     for sec in sections:
         t = sec.horizon
-        base = [idx[(sec.name, p, t)] for p in sec.policies
-                if p not in LEARNED_KIND and not is_oracle(p) and (sec.name, p, t) in idx]
+        base = _baselines(idx, sec, t)
         if not base:
             continue
         best = min(base, key=lambda r: r.final_mean)
@@ -410,8 +414,7 @@ def nn_rows(results: list[EvalResult], sections: list[Section]) -> list[dict[str
         if sec.env != NN_ENV:
             continue
         for h in [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else []):
-            base = [idx[(sec.name, p, h)] for p in sec.policies
-                    if p not in LEARNED_KIND and not is_oracle(p) and (sec.name, p, h) in idx]
+            base = _baselines(idx, sec, h)
             learned = {p: idx[(sec.name, p, h)] for p in sec.policies if p in LEARNED_KIND and (sec.name, p, h) in idx}
             if not learned or not base:
                 continue
