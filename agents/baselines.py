@@ -56,6 +56,8 @@ class GradientDescent(Policy):
             differentiate an unroll with respect to it).
     """
 
+    reads_objective = False
+
     name = "sgd"
     hyperparameters = ("lr",)
 
@@ -76,6 +78,8 @@ class Momentum(Policy):
         momentum: μ in [0, 1).
         nesterov: Nesterov's accelerated gradient.
     """
+
+    reads_objective = False
 
     name = "momentum"
     hyperparameters = ("lr", "momentum")
@@ -117,6 +121,8 @@ class Adam(Policy):
     ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``, ``Δθ = −(lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + eps)``.
     """
 
+    reads_objective = False
+
     name = "adam"
     hyperparameters = ("lr",)
 
@@ -144,6 +150,8 @@ class Adam(Policy):
 class RMSprop(Policy):
     """RMSprop (``torch.optim.RMSprop``, not centered): ``s ← αs + (1−α)g²``, ``Δθ = −lr · g / (√s + eps)``."""
 
+    reads_objective = False
+
     name = "rmsprop"
     hyperparameters = ("lr",)
 
@@ -167,6 +175,8 @@ class Adagrad(Policy):
     """AdaGrad (``torch.optim.Adagrad``, no learning-rate decay or weight decay):
     ``s ← s + g²`` (``s₀ = initial_accumulator_value``), ``Δθ = −lr · g / (√s + eps)``.
     """
+
+    reads_objective = False
 
     name = "adagrad"
     hyperparameters = ("lr",)

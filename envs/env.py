@@ -55,7 +55,9 @@ class L2OEnv(gym.Env):
     ``reset(options={"problems": batch})`` runs the episode on a given one-instance
     :class:`~l2o_gym.problems.ProblemBatch` instead of sampling one.
 
-    ``info`` holds ``"objective"``: the current ``f(θ_t)``, and ``"diverged"``.
+    ``info`` holds ``"objective"``: the current ``f(θ_t)`` the reward is computed from (the *true* objective for
+    families that have one, e.g. the full-dataset loss of ``l2o/NNClassifier-v0``), ``"observed_objective"``: the
+    value the observation sees (the minibatch loss there; equal to ``"objective"`` elsewhere), and ``"diverged"``.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 10}
@@ -97,9 +99,9 @@ class L2OEnv(gym.Env):
             seed = int(self.np_random.integers(2**31 - 1))
         problems = (options or {}).get("problems")
         obs = self.driver.reset(seed, problems)
-        loss = float(self.driver.state.loss[0])
-        self._losses = [loss]
-        return self._obs(obs), {"objective": loss, "diverged": False}
+        info = self._info(False)
+        self._losses = [info["objective"]]
+        return self._obs(obs), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if isinstance(action, torch.Tensor):
@@ -108,10 +110,14 @@ class L2OEnv(gym.Env):
         if a.shape != (self.driver.dim,):
             raise ValueError(f"action has shape {a.shape}, expected {(self.driver.dim,)}")
         obs, reward, terminated, truncated = self.driver.step(a[None])
-        loss = float(self.driver.state.loss[0])
-        self._losses.append(loss)
         term = bool(terminated[0])
-        return self._obs(obs), float(reward[0]), term, bool(truncated[0]), {"objective": loss, "diverged": term}
+        info = self._info(term)
+        self._losses.append(info["objective"])
+        return self._obs(obs), float(reward[0]), term, bool(truncated[0]), info
+
+    def _info(self, diverged: bool) -> dict[str, Any]:
+        state = self.driver.state
+        return {"objective": float(state.objective[0]), "observed_objective": float(state.loss[0]), "diverged": diverged}
 
     def render(self) -> str | np.ndarray | None:
         title = f"{self.spec.id if self.spec else self.driver.family.name} ({self.driver.split})"

@@ -29,7 +29,8 @@ class L2OVectorEnv(VectorEnv):
     * ``SAME_STEP`` (default): when instance ``i`` ends, the returned observation is already the first one
       of a fresh instance from the ``split`` stream, and ``info["final_obs"]`` (``[N, F]`` tensor; rows valid
       where ``info["_final_obs"]``) holds the last observation of the finished episode.
-      ``info["objective"]`` is ``f(θ)`` ``[N]`` of the step's (pre-reset) states.
+      ``info["objective"]`` is ``f(θ)`` ``[N]`` of the step's (pre-reset) states (the true objective the reward
+      uses, for families that have one; ``info["observed_objective"]`` the minibatch value the observation sees).
     * ``NEXT_STEP`` (gymnasium's ``SyncVectorEnv`` default; needed by gymnasium's vector observation
       wrappers such as ``NormalizeObservation``): the step after instance ``i`` ended ignores its action and
       returns the first observation of a fresh instance, reward 0, ``terminated = truncated = False``.
@@ -101,9 +102,9 @@ class L2OVectorEnv(VectorEnv):
         if seed is None and self.driver.sampler is None:
             seed = int(self.np_random.integers(2**31 - 1))
         obs = self.driver.reset(seed, options.get("problems"))
-        self._losses = [self.driver.state.loss[0]] if self.render_mode else []
+        self._losses = [self.driver.state.objective[0]] if self.render_mode else []
         self._needs_reset.zero_()
-        return obs, {"objective": self.driver.state.loss}
+        return obs, self._info()
 
     def _reset_masked(self, mask: Any, seed: int | None) -> tuple[Tensor, dict]:
         if seed is not None:
@@ -116,8 +117,8 @@ class L2OVectorEnv(VectorEnv):
         obs = self.driver.reset_done(m) if bool(m.any()) else core_features(self)
         self._needs_reset &= ~m
         if self.render_mode and bool(m[0]):
-            self._losses = [self.driver.state.loss[0]]
-        return obs, {"objective": self.driver.state.loss}
+            self._losses = [self.driver.state.objective[0]]
+        return obs, self._info()
 
     def step(self, actions: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
         """One step of every instance: ``(obs[N, F], reward[N], terminated[N], truncated[N], info)`` as torch
@@ -133,23 +134,29 @@ class L2OVectorEnv(VectorEnv):
             terminated, truncated = terminated & ~restart, truncated & ~restart
             if self.render_mode and bool(restart[0]):
                 self._losses = []
-        info: dict[str, Any] = {"objective": self.driver.state.loss}
+        info: dict[str, Any] = self._info()
         done = terminated | truncated
         if self.render_mode:
-            self._losses.append(self.driver.state.loss[0])
+            self._losses.append(self.driver.state.objective[0])
         if mode == AutoresetMode.SAME_STEP and bool(done.any()):
             info["final_obs"] = obs
             info["_final_obs"] = done
-            info["final_info"] = {"objective": self.driver.state.loss}
+            info["final_info"] = self._info()
             info["_final_info"] = done
             if self.render_mode and bool(done[0]):
                 self._losses = []
             obs = self.driver.reset_done(done)
             if self.render_mode and bool(done[0]):
-                self._losses = [self.driver.state.loss[0]]
+                self._losses = [self.driver.state.objective[0]]
         elif mode == AutoresetMode.NEXT_STEP:
             self._needs_reset = done
         return obs, reward, terminated, truncated, info
+
+    def _info(self) -> dict[str, Any]:
+        """``objective`` (what the reward uses: the true objective where the family has one) and
+        ``observed_objective`` (what the observation sees: the minibatch loss there), both ``[N]``."""
+        state = self.driver.state
+        return {"objective": state.objective, "observed_objective": state.loss}
 
     def render(self) -> tuple[Any, ...] | None:
         """The first sub-environment's loss curve (``ansi`` text or ``rgb_array`` image), as a 1-tuple."""

@@ -28,7 +28,8 @@ Conventions, as in ``torch.optim``: parameters with ``requires_grad=False`` are 
 gradients raise ``RuntimeError``. A parameter with a non-finite gradient is skipped at that step with a
 warning (its gradient is fed as zero), so weights never become NaN. Without a closure the objective is
 unknown to the policy and is recorded as the last known value (0 at first); policies that read only the
-gradient (the LSTM) do not need it.
+gradient (the first-order baselines, the LSTMs: ``Policy.reads_objective`` false) do not need it, and the others
+(GPS, conv GPS, PPO) warn once when stepped without one.
 
 Policies with one network per parameter kind (the multi-LSTM of ``l2o_gym.agents.lstm.multi``) need each
 parameter's kind: give param groups with a ``"kind"`` key — :func:`param_groups_by_kind` builds them from a
@@ -42,7 +43,8 @@ parameter (shape, kind, offset in θ) before the first step. A param group witho
 ``ValueError``; a kind the policy has no network for raises its error listing both sets of kinds.
 
 ``state_dict()`` holds, besides ``torch.optim``'s entries, the policy memory (tensors, numbers, tuples/lists
-and dataclasses of them, e.g. the Adam baseline's moments) and the MDP history, so training resumes exactly
+and dataclasses of them, e.g. the Adam baseline's moments, and objects with ``memory_state()``, e.g. conv GPS's
+feature tracker) and the MDP history, so training resumes exactly
 after ``load_state_dict``; it loads with ``torch.load(weights_only=True)``. ``copy.deepcopy`` and pickling
 keep the policy, its memory and the history (torch optimizers deep-copy; the copy's parameters are copies).
 """
@@ -103,31 +105,39 @@ _DATACLASS_PREFIX = "l2o_gym."
 
 
 def _pack_memory(memory: Any) -> Any:
-    if memory is None or isinstance(memory, (Tensor, bool, int, float)):
+    if memory is None or isinstance(memory, (Tensor, bool, int, float, str)):
         return memory
     if isinstance(memory, (tuple, list)):
         return {"__seq__": [_pack_memory(h) for h in memory], "tuple": isinstance(memory, tuple)}
     cls = type(memory)
-    if dataclasses.is_dataclass(memory) and cls.__module__.startswith(_DATACLASS_PREFIX):
-        return {
-            "__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
-            "fields": {f.name: _pack_memory(getattr(memory, f.name)) for f in dataclasses.fields(memory)},
-        }
+    if cls.__module__.startswith(_DATACLASS_PREFIX):
+        name = f"{cls.__module__}:{cls.__qualname__}"
+        if dataclasses.is_dataclass(memory):
+            return {"__dataclass__": name,
+                    "fields": {f.name: _pack_memory(getattr(memory, f.name)) for f in dataclasses.fields(memory)}}
+        if hasattr(memory, "memory_state") and hasattr(cls, "from_memory_state"):
+            return {"__object__": name, "state": {k: _pack_memory(v) for k, v in memory.memory_state().items()}}
     raise TypeError(
-        f"LearnedOptimizer.state_dict() supports policy memories made of tensors, numbers, tuples/lists and "
-        f"l2o_gym dataclasses of them; this policy's memory is a {cls.__module__}.{cls.__qualname__}"
+        f"LearnedOptimizer.state_dict() supports policy memories made of tensors, numbers, strings, tuples/lists, "
+        f"l2o_gym dataclasses of them and l2o_gym objects with memory_state()/from_memory_state(); this policy's "
+        f"memory is a {cls.__module__}.{cls.__qualname__}"
     )
 
 
-def _resolve_dataclass(name: str) -> type:
+def _resolve_class(name: str, kind: str) -> type:
+    """The l2o_gym class ``module:qualname`` of a packed memory: a dataclass (``kind="dataclass"``) or a class with
+    ``from_memory_state`` (``kind="object"``); anything else is refused (nothing is unpickled)."""
     module, _, qualname = name.partition(":")
     if not module.startswith(_DATACLASS_PREFIX):
         raise ValueError(f"optimizer state names memory class {name!r}, outside {_DATACLASS_PREFIX}*")
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
-    if not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
-        raise ValueError(f"optimizer state names memory class {name!r}, which is not a dataclass of l2o_gym")
+    ok = isinstance(obj, type) and (dataclasses.is_dataclass(obj) if kind == "dataclass"
+                                    else hasattr(obj, "from_memory_state"))
+    if not ok:
+        what = "a dataclass" if kind == "dataclass" else "a class with from_memory_state"
+        raise ValueError(f"optimizer state names memory class {name!r}, which is not {what} of l2o_gym")
     return obj
 
 
@@ -138,8 +148,11 @@ def _unpack_memory(obj: Any, device: torch.device) -> Any:
         seq = [_unpack_memory(h, device) for h in obj["__seq__"]]
         return tuple(seq) if obj.get("tuple", True) else seq
     if isinstance(obj, dict) and "__dataclass__" in obj:
-        cls = _resolve_dataclass(obj["__dataclass__"])
+        cls = _resolve_class(obj["__dataclass__"], "dataclass")
         return cls(**{k: _unpack_memory(v, device) for k, v in obj["fields"].items()})
+    if isinstance(obj, dict) and "__object__" in obj:
+        cls = _resolve_class(obj["__object__"], "object")
+        return cls.from_memory_state({k: _unpack_memory(v, device) for k, v in obj["state"].items()})
     return obj
 
 
@@ -191,6 +204,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._mdp: State | None = None
         self._memory: Any = None
         self._moved = False
+        self._warned_objective = False
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _params(self) -> list[tuple[dict[str, Any], Tensor]]:
@@ -263,6 +277,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if prev is None and self.policy.binds_layout:
             self.policy.bind(self._param_specs(params))
         f_val = float(loss.detach()) if isinstance(loss, Tensor) and loss.numel() == 1 else None
+        if f_val is None and self.policy.reads_objective and not getattr(self, "_warned_objective", False):
+            self._warned_objective = True
+            warnings.warn(f"LearnedOptimizer: the policy {self.policy.name!r} reads the objective, but step() got no "
+                          "closure returning the loss; it sees the last known value (0 at first). Call "
+                          "opt.step(closure) with a closure that re-evaluates the model and returns the loss.",
+                          RuntimeWarning, stacklevel=2)
         if f_val is None or not math.isfinite(f_val):
             f_val = float(prev.loss[0]) if prev is not None else 0.0
         f = torch.full((1,), f_val, device=theta.device, dtype=theta.dtype)
@@ -318,8 +338,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # torch.optim.Optimizer.__getstate__ keeps only defaults, state and param_groups, which would drop the
         # policy (the copy then crashes at its first step).
         state = super().__getstate__()
-        for k in ("policy", "core_config", "_mdp", "_memory", "_moved"):
-            state[k] = self.__dict__[k]
+        for k in ("policy", "core_config", "_mdp", "_memory", "_moved", "_warned_objective"):
+            state[k] = self.__dict__.get(k, False)
         return state
 
     # ---- state dict ------------------------------------------------------------------------------

@@ -54,6 +54,10 @@ class Policy(ABC):
     #: with ``binds_layout``: every param group must name its ``"kind"`` (``param_groups_by_kind``); otherwise a
     #: group without one gets ``"weight"`` (tensors of ≥ 2 dimensions) or ``"bias"``.
     needs_kinds: bool = False
+    #: whether :meth:`act` reads the objective (``state.loss`` or features of it); ``LearnedOptimizer`` warns
+    #: once when such a policy is stepped without a closure (it would see a constant). Gradient-only policies
+    #: (the first-order baselines, the coordinatewise LSTMs) set it to ``False``.
+    reads_objective: bool = True
 
     def reset(self, state: State) -> Any:
         """Per-episode memory for the ``state.n`` instances (``None`` if the policy has none)."""

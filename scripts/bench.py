@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sync-max", type=cli.nonnegative_int, default=16384, help="skip SyncVectorEnv above this N (default: %(default)s)"
     )
     p.add_argument("--history", type=cli.positive_int, default=25, help="history length H (default: %(default)s)")
-    p.add_argument("--json", type=cli.out_path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", type=cli.out_file, default=None, help="also write the results to this JSON file")
     e = sub.add_parser("eval", help="wall time of evaluating the first-order baselines (batched)")
     e.add_argument("--env", default="l2o/Quadratic-v0", help="registered env id (default: %(default)s)")
     e.add_argument("--n-problems", type=cli.positive_int, default=1000, help="problems (default: %(default)s)")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--competitors", type=cli.positive_int, default=1, help="CPU-bound processes started (default: %(default)s)")
     b.add_argument("--modes", nargs="+", default=["auto", "torch-default"], choices=list(THREAD_MODES),
                    help="thread modes to compare (default: %(default)s)")
-    b.add_argument("--json", type=cli.out_path, default=None, help="also write the results to this JSON file")
+    b.add_argument("--json", type=cli.out_file, default=None, help="also write the results to this JSON file")
     q = sub.add_parser("lstm", help="seconds per LSTM meta-iteration (128 quadratics x 10-d, unroll 20)")
     q.add_argument("--n-problems", type=cli.positive_int, default=128, help="problems per meta-batch (default: %(default)s)")
     q.add_argument("--dim", type=cli.positive_int, default=10, help="quadratic dimension (default: %(default)s)")

@@ -28,7 +28,7 @@ import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.experiments import cli
-from l2o_gym.experiments.compare import LEARNED, CompareConfig, run_comparison
+from l2o_gym.experiments.compare import LEARNED, CompareConfig, run_comparison, tuned_baselines_for
 from l2o_gym.registry import ENV_IDS
 from l2o_gym.experiments.study import PRESETS, preset_config, run_study
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="extend", nargs="+", default=None, metavar="ID",
                    help=f"env id(s), repeatable; one of: {', '.join(ENV_IDS)}")
     p.add_argument("--policies", nargs="+", default=None, metavar="NAME[=CKPT]",
-                   help=f"policies (default: all baselines): {', '.join(BASELINES)}, "
+                   help=f"policies (default: every baseline tuned for all the envs): {', '.join(BASELINES)}, "
                         f"{', '.join(k + '[=CKPT]' for k in LEARNED)}")
     p.add_argument("--n-problems", type=int, default=100, help="test problems per env (default: %(default)s)")
     p.add_argument("--horizon", type=int, default=100, help="iterations T (default: %(default)s)")
@@ -82,8 +82,15 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
                             resume=args.resume)
         results = run_study(cfg, progress=not args.quiet)
     else:
+        unknown = [e for e in args.env if e not in ENV_IDS]
+        if unknown:
+            raise cli.UsageError(f"unknown env id {unknown[0]!r}: expected one of {', '.join(ENV_IDS)}")
+        policies = args.policies or tuned_baselines_for(args.env, args.horizon, args.tuned)
+        if not policies:
+            raise cli.UsageError(f"no baseline has tuned hyperparameters for every env of {args.env}: give --policies, "
+                                 "or tune them with scripts/tune_baselines.py")
         cfg = CompareConfig(
-            envs=args.env, policies=args.policies or list(BASELINES), n_problems=args.n_problems, horizon=args.horizon,
+            envs=args.env, policies=policies, n_problems=args.n_problems, horizon=args.horizon,
             long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
             command=command, workers=args.workers, portable=args.portable, resume=args.resume,
         )

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=["train", "val"], help="never test (default: %(default)s)")
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--out", type=cli.out_path, default=str(default_tuned_path()),
+    parser.add_argument("--out", type=cli.out_file, default=str(default_tuned_path()),
                         help="JSON file to merge into (default: the shipped one)")
     parser.add_argument("--quiet", action="store_true", help="warnings-only logging")
     return cli.run(parser, lambda args: _body(args, argv), argv, interrupted="interrupted: nothing was saved")

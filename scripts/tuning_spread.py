@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-references", action="store_true",
                         help="re-derive the sample-efficiency targets of the shipped learned checkpoints")
     parser.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--out", type=cli.out_path, default=str(default_tuned_path()),
+    parser.add_argument("--out", type=cli.out_file, default=str(default_tuned_path()),
                         help="tuned JSON file to add to (default: the shipped one)")
     parser.add_argument("--quiet", action="store_true", help="warnings-only logging")
     return cli.run(parser, lambda args: _body(args, argv), argv, interrupted="interrupted: nothing more was saved")

@@ -329,3 +329,15 @@ def test_oracle_rows_use_the_sections_own_tuned_setting(tmp_path):
     tuned.write_text(json.dumps({"envs": {"l2o/MLP-v0@T10": {"sgd": entry(0.1)}}}))
     with pytest.raises(ValueError, match=r"'sgd:oracle'.*--variant relu --horizon 10 --policies sgd"):
         plan(CompareConfig(sections=[sec], out=str(tmp_path / "o"), tuned=str(tuned)))
+
+
+def test_compare_defaults_to_the_baselines_tuned_for_every_env():
+    """``compare.py --env ...`` without ``--policies`` runs the baselines that have tuned hyperparameters for all
+    its envs (AdaGrad is tuned only for the neural-net families), never one it would then refuse."""
+    from l2o_gym.experiments.compare import tuned_baselines_for
+
+    plain = tuned_baselines_for(["l2o/Quadratic-v0"], 100)
+    assert "adam" in plain and "adagrad" not in plain
+    assert "adagrad" in tuned_baselines_for(["l2o/NNClassifier-v0"], 400)
+    assert tuned_baselines_for(["l2o/Quadratic-v0", "l2o/NNClassifier-v0"], 100) == [
+        p for p in plain if p in tuned_baselines_for(["l2o/NNClassifier-v0"], 100)]

@@ -16,6 +16,7 @@ from l2o_gym.agents.gps.coord import (
     CostMoments,
     group_index,
     initial_controller,
+    obs_dim,
 )
 from l2o_gym.agents.gps.cost import QuadraticCost
 from l2o_gym.agents.gps.dynamics import fit_dynamics
@@ -175,8 +176,8 @@ def test_non_finite_samples_are_dropped_and_counted():
     assert torch.isfinite(mom.outer).all() and mom.count[0].tolist() == [19.0, 19.0]
 
 
-def _run_features(theta_seq, loss_seq, grad_seq):
-    feats = CoordinateFeatures()
+def _run_features(theta_seq, loss_seq, grad_seq, grad_average="last3"):
+    feats = CoordinateFeatures(grad_average=grad_average)
     feats.reset(theta_seq[0], loss_seq[0], grad_seq[0])
     out = [(feats.state, feats.obs)]
     for th, f, g in zip(theta_seq[1:], loss_seq[1:], grad_seq[1:]):
@@ -185,7 +186,8 @@ def _run_features(theta_seq, loss_seq, grad_seq):
     return out
 
 
-def test_features_shapes_finite_and_permutation_equivariant():
+@pytest.mark.parametrize("grad_average", ["last3", "ema"])
+def test_features_shapes_finite_and_permutation_equivariant(grad_average):
     fam = make_family("mlp", hidden=(4,), dataset="digits")
     problems = fam.sample(2, "train", 0, dtype=DT)
     theta = problems.x0.clone()
@@ -195,10 +197,10 @@ def test_features_shapes_finite_and_permutation_equivariant():
         thetas.append(theta.clone()), losses.append(f), grads.append(g)
         theta = theta - 0.5 * g
     perm = torch.randperm(fam.dim, generator=torch.Generator().manual_seed(0))
-    a = _run_features(thetas, losses, grads)
-    b = _run_features([x[:, perm] for x in thetas], losses, [x[:, perm] for x in grads])
+    a = _run_features(thetas, losses, grads, grad_average)
+    b = _run_features([x[:, perm] for x in thetas], losses, [x[:, perm] for x in grads], grad_average)
     for (sa, oa), (sb, ob) in zip(a, b):
-        assert sa.shape == (2, fam.dim, STATE_DIM) and oa.shape == (2, fam.dim, OBS_DIM)
+        assert sa.shape == (2, fam.dim, STATE_DIM) and oa.shape == (2, fam.dim, obs_dim(grad_average))
         assert torch.isfinite(sa).all() and torch.isfinite(oa).all()
         torch.testing.assert_close(sa[:, perm], sb)
         torch.testing.assert_close(oa[:, perm], ob)
@@ -482,6 +484,63 @@ def test_decay_and_sqrt_unit_scales_are_rms_over_its_running_max_and_step_is_uni
         CoordinateFeatures("adam")
 
 
+def test_ema_average_is_the_bias_corrected_momentum_normalised_by_the_last3_rms():
+    """``grad_average="ema"``: Φ's GRAD is σ·m̂/rms with m̂ Adam's bias-corrected first moment (β = 0.9) and rms
+    the running RMS of the mean of the last 3 gradients (as for "last3"); Ψ's fifth entry repeats it; every other
+    entry of Φ and Ψ, the unit and the frame equal the "last3" features'."""
+    gen = torch.Generator().manual_seed(4)
+    N, d, T = 2, 5, 12
+    grads = [torch.randn(N, d, generator=gen, dtype=DT) * (1 + t) for t in range(T)]
+    thetas = [torch.randn(N, d, generator=gen, dtype=DT) for _ in range(T)]
+    losses = [torch.full((N,), 2.0 / (t + 1), dtype=DT) for t in range(T)]
+    last3, ema = CoordinateFeatures("sqrt", "last3"), CoordinateFeatures("sqrt", "ema")
+    m = torch.zeros(N, d, dtype=DT)
+    ms = None
+    for t in range(T):
+        for f in (last3, ema):
+            (f.reset if t == 0 else f.update)(thetas[t], losses[t], grads[t])
+        m = 0.9 * m + 0.1 * grads[t]
+        mhat = m / (1 - 0.9 ** (t + 1))
+        gbar3 = torch.stack(grads[max(0, t - 2): t + 1]).mean(0)
+        ms = gbar3 * gbar3 if ms is None else 0.9 * ms + 0.1 * gbar3 * gbar3
+        sigma = torch.where(grads[t] < 0, -1.0, 1.0).to(DT)
+        torch.testing.assert_close(ema.state[..., GRAD], sigma * mhat / (ms.sqrt() + 1e-8))
+        torch.testing.assert_close(last3.state[..., GRAD], sigma * gbar3 / (ms.sqrt() + 1e-8))
+        others = [i for i in range(STATE_DIM) if i != GRAD]
+        torch.testing.assert_close(ema.state[..., others], last3.state[..., others])
+        assert ema.obs.shape == (N, d, OBS_DIM + 1) and last3.obs.shape == (N, d, OBS_DIM)
+        torch.testing.assert_close(ema.obs[..., :OBS_DIM], last3.obs)
+        torch.testing.assert_close(ema.obs[..., OBS_DIM], ema.state[..., GRAD])
+        torch.testing.assert_close(ema.unit, last3.unit)
+    assert t == T - 1 and abs(mhat - grads[0]).max() > 0  # the average really has more than one step of memory
+    with pytest.raises(ValueError, match="grad_average must be one of .*'adam'"):
+        CoordinateFeatures("sqrt", "adam")
+
+
+def test_ema_policy_round_trips_and_refuses_a_net_of_the_other_input_size(tmp_path):
+    from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy, CoordinateLSTMNet
+    from l2o_gym.policy import run_policy
+
+    fam, train, cfg = _tiny_setup(T=6)
+    cfg = ConvGPSConfig(**{**cfg.__dict__, "grad_average": "ema"})
+    tr = ConvGPSTrainer(train, cfg)
+    tr.iteration()
+    assert tr.net.n_obs == OBS_DIM + 1
+    loaded = ConvGPSPolicy.load(tr.policy().save(tmp_path / "ema.safetensors"))
+    assert loaded.grad_average == "ema" and loaded.net.n_obs == OBS_DIM + 1
+    val = fam.sample(3, "val", 0, dtype=DT)
+    torch.testing.assert_close(run_policy(tr.policy(), val, 6).losses, run_policy(loaded, val, 6).losses)
+    with pytest.raises(ValueError, match="grad_average='last3' gives 4 observation entries, the net reads 5"):
+        ConvGPSPolicy(loaded.net, grad_average="last3")
+    with pytest.raises(ValueError, match="grad_average must be one of"):
+        ConvGPSConfig(grad_average="mean")
+    net = CoordinateLSTMNet([(s.name, s.kind) for s in fam.param_specs()], hidden=4)
+    with pytest.raises(ValueError, match="reads 4 observation entries per coordinate, got 5"):
+        net.step(torch.zeros(1, fam.dim, 5), net.zero_memory(1, fam.dim, torch.device("cpu"), torch.float32),
+                 fam.param_specs(), net.group_map(fam.param_specs()))
+
+
 def _separable_quadratic_family():
     from dataclasses import dataclass
 
@@ -573,3 +632,15 @@ def test_log_cost_divides_the_expansion_by_the_samples_geometric_mean_objective(
         ConvGPSConfig(cost="sum")
     with pytest.raises(ValueError, match="area_weight"):
         ConvGPSConfig(area_weight=-1.0)
+
+
+def test_the_small_problem_gps_loader_names_the_loader_of_a_conv_gps_checkpoint():
+    from l2o_gym.agents.common import pretrained_dir
+    from l2o_gym.agents.gps import load_gps_policy, load_policy
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy
+    from l2o_gym.checkpoint import CheckpointError
+
+    path = pretrained_dir() / "gps_NNClassifier.safetensors"
+    with pytest.raises(CheckpointError, match="convolutional-GPS policy.*agents.gps.load_policy"):
+        load_gps_policy(path)
+    assert isinstance(load_policy(path), ConvGPSPolicy)

@@ -345,3 +345,13 @@ def test_trains_and_acts_on_cuda():
     pb = make_family("quadratic").sample(8, "test", 0, device="cuda")
     traj = run_policy(load_pretrained("l2o/Quadratic-v0", device="cuda"), pb, 20)
     assert traj.losses.is_cuda and torch.isfinite(traj.losses).all()
+
+
+def test_load_pretrained_knows_every_shipped_single_lstm_checkpoint():
+    from l2o_gym.agents.lstm.policy import PRETRAINED, PRETRAINED_DIR, load_pretrained
+
+    shipped = sorted(p.name for p in PRETRAINED_DIR.glob("lstm_*.safetensors"))
+    assert sorted(PRETRAINED.values()) == shipped
+    assert load_pretrained("l2o/NNClassifier-v0").checkpoint_config["env_id"] == "l2o/NNClassifier-v0"
+    with pytest.raises(ValueError, match="no pretrained LSTM for 'l2o/Rosenbrock-v0': available for"):
+        load_pretrained("l2o/Rosenbrock-v0")

@@ -186,3 +186,22 @@ def test_every_split_has_instances_of_the_same_size():
         sizes = {split: fam.sample(1, split, 0).data["X"].shape[1] for split in ("train", "val", "test")}
         assert len(set(sizes.values())) == 1, (ds, sizes)
     assert NNClassifier().examples_per_instance("train") == 500
+
+
+def test_env_info_objective_is_what_the_reward_uses_and_the_observed_one_the_minibatch():
+    import gymnasium as gym
+    import numpy as np
+
+    import l2o_gym  # noqa: F401  (registers the envs)
+
+    env = gym.make("l2o/NNClassifier-v0", horizon=5)
+    _, info = env.reset(seed=0)
+    assert info["objective"] != info["observed_objective"]  # the full-data loss vs the first minibatch's
+    _, reward, _, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    assert reward == pytest.approx(-info["objective"])
+    assert info["objective"] != info["observed_objective"]
+    venv = gym.make_vec("l2o/NNClassifier-v0", num_envs=2, vectorization_mode="vector_entry_point", horizon=5)
+    venv.reset(seed=0)
+    _, rew, _, _, vinfo = venv.step(np.zeros(venv.action_space.shape, dtype=np.float32))
+    np.testing.assert_allclose(np.asarray(rew), -np.asarray(vinfo["objective"]), rtol=1e-6)
+    assert vinfo["observed_objective"].shape == (2,)

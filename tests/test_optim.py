@@ -200,3 +200,60 @@ def test_core_initial_state_matches_reset():
     b = core.initial_state(a.theta, a.loss, a.grad, cfg)
     for k in ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated"):
         torch.testing.assert_close(getattr(a, k), getattr(b, k), rtol=0, atol=0)
+
+
+def test_conv_gps_state_dict_round_trip_continues_identically():
+    """The conv-GPS policy's memory (a feature tracker object and LSTM states) survives state_dict/load_state_dict
+    through ``torch.load(weights_only=True)``, and training continues bit for bit."""
+    from l2o_gym.agents.gps import load_policy
+    from l2o_gym.agents.common import pretrained_dir
+
+    x, y = _digits(256)
+    policy = load_policy(pretrained_dir() / "gps_NNClassifier.safetensors")
+
+    def run(model, opt, steps, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            idx = torch.randint(0, len(y), (64,), generator=g)
+
+            def closure():
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+
+    m1 = _model(3)
+    o1 = LearnedOptimizer(m1.parameters(), policy)
+    run(m1, o1, 4, 0)
+    buf = io.BytesIO()
+    torch.save({"model": m1.state_dict(), "opt": o1.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    m2 = _model(4)
+    m2.load_state_dict(saved["model"])
+    o2 = LearnedOptimizer(m2.parameters(), load_policy(pretrained_dir() / "gps_NNClassifier.safetensors"))
+    o2.load_state_dict(saved["opt"])
+    assert type(o2._memory.features).__name__ == "CoordinateFeatures"
+    run(m1, o1, 4, 7)
+    run(m2, o2, 4, 7)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_policy_that_reads_the_objective_warns_once_without_a_closure():
+    from l2o_gym.agents.gps import load_policy
+    from l2o_gym.agents.common import pretrained_dir
+
+    x, y = _digits(128)
+    m = _model(8)
+    opt = LearnedOptimizer(m.parameters(), load_policy(pretrained_dir() / "gps_NNClassifier.safetensors"))
+    with pytest.warns(RuntimeWarning, match="'conv_gps' reads the objective.*closure") as rec:
+        _train(m, opt, x, y, 3)
+    assert sum("reads the objective" in str(w.message) for w in rec) == 1
+    m = _model(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gradient-only policies need no closure: no warning
+        _train(m, LearnedOptimizer(m.parameters(), LSTMPolicy()), x, y, 2)
+        _train(m, LearnedOptimizer(m.parameters(), Adam(0.01)), x, y, 2)

@@ -49,8 +49,10 @@ from l2o_gym.agents.gps.coord import (
     CoordinateFeatures,
     DynamicsMoments,
     CostMoments,
+    check_grad_average,
     check_step_unit,
     initial_controller,
+    obs_dim,
 )
 from l2o_gym.agents.gps.coord_policy import ControllerPolicy, CoordinateLSTMNet, ConvGPSPolicy
 from l2o_gym.agents.gps.dynamics import GaussianPrior, GPSFitError, dynamics_from_moments
@@ -83,6 +85,9 @@ class ConvGPSConfig(BADMMLoopConfig):
         cost_scale: the per-coordinate cost is multiplied by this (``None``: the number of coordinates ``d``, so
             that a coordinate's cost is the whole net's modelled change of ``Σ_t f_t / (T |f_0|)`` if every
             coordinate behaved like it — O(1), comparable to the KL terms whatever the size of the net).
+        grad_average: ``"last3"`` (Li & Malik's average of the last 3 gradients) or ``"ema"`` (an exponential
+            moving average, Adam's first moment; Ψ gains the normalised momentum): how Φ's averaged gradient is
+            formed (:mod:`~l2o_gym.agents.gps.coord`, *Averaged gradient*); recorded in the checkpoint.
         step_unit: ``"sign"`` (``Δθ = σ a'``), ``"sqrt"`` or ``"decay"`` (``Δθ = σ ρ a'``, ``ρ`` the square root
             of, or, the gradient's RMS relative to its largest so far: steps shrink as the gradient vanishes;
             :mod:`~l2o_gym.agents.gps.coord`, *Step unit*). Used by the controllers, the cost model and the
@@ -113,6 +118,7 @@ class ConvGPSConfig(BADMMLoopConfig):
     action_penalty: float = 1e-4
     cost_scale: float | None = None
     step_unit: str = "sqrt"
+    grad_average: str = "last3"
     cost: str = "log"
     area_weight: float = 10.0
     hidden: int = 128
@@ -133,6 +139,7 @@ class ConvGPSConfig(BADMMLoopConfig):
             check_positive("cost_scale", self.cost_scale)
         check_positive("regression_lr", self.regression_lr)
         check_step_unit(self.step_unit)
+        check_grad_average(self.grad_average)
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
         for name in ("init_std", "action_penalty", "area_weight"):
@@ -161,7 +168,7 @@ def _objective(state: core.State) -> Tensor:
 class _Regression:
     """Stored sequences of the regression subset, for the whole batch (gathered over processes).
 
-    obs ``[S, T, OBS_DIM]``, local ``[S, T, dS]`` (float32), cond_group ``[S]`` (moment index ``m·G + g``),
+    obs ``[S, T, n_obs]``, local ``[S, T, dS]`` (float32), cond_group ``[S]`` (moment index ``m·G + g``),
     group ``[S]`` (index into the specs), valid ``[S, T]`` bool.
     """
 
@@ -197,7 +204,8 @@ class ConvGPSTrainer:
         self.mult = torch.ones(self.MG, **opts)
         self.eta = torch.ones(self.MG, **opts)
         torch.manual_seed(cfg.seed)
-        self.net = CoordinateLSTMNet([(s.name, s.kind) for s in self.specs], cfg.hidden).to(problems.device)
+        self.net = CoordinateLSTMNet([(s.name, s.kind) for s in self.specs], cfg.hidden,
+                                     obs_dim(cfg.grad_average)).to(problems.device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.regression_lr)
         self.iteration_count = 0
         self.env_steps = 0
@@ -208,7 +216,7 @@ class ConvGPSTrainer:
     def _controller_losses(self, controller: LinearGaussianPolicy, problems: ProblemBatch) -> Tensor:
         """Objectives ``[T+1, N]`` of the controllers' mean steps (set ``c = 0``) on ``problems``."""
         pol = ControllerPolicy(LinearGaussianPolicy(controller.K[: self.G], controller.k[: self.G], controller.cov[: self.G]),
-                               self.specs, self.cfg.step_unit)
+                               self.specs, self.cfg.step_unit, self.cfg.grad_average)
         return run_policy(pol, problems, self.T, self.core_config).losses
 
     def controller_objective(self, controller: LinearGaussianPolicy, problems: ProblemBatch) -> tuple[float, float]:
@@ -262,7 +270,7 @@ class ConvGPSTrainer:
         problems = self.problems.index(cond.to(self.problems.device))
         dev, dt = problems.device, problems.dtype
         state = core.reset(problems, self.core_config)
-        feats = CoordinateFeatures(cfg.step_unit)
+        feats = CoordinateFeatures(cfg.step_unit, cfg.grad_average)
         feats.reset(state.theta, state.loss, state.grad)
         gens = [self._trajectory_generator(int(k)) for k in ids]
         # regression subset: R coordinates per group per trajectory
@@ -533,11 +541,11 @@ class ConvGPSTrainer:
 
     def policy(self) -> ConvGPSPolicy:
         """The global policy (deterministic means) as a :class:`~l2o_gym.policy.Policy`."""
-        return ConvGPSPolicy(self.net, step_unit=self.cfg.step_unit)
+        return ConvGPSPolicy(self.net, step_unit=self.cfg.step_unit, grad_average=self.cfg.grad_average)
 
     def policy_for(self, env_id: str | None) -> ConvGPSPolicy:
         """:meth:`policy` recording the env it was trained on (checkpoints)."""
-        return ConvGPSPolicy(self.net, env_id=env_id, step_unit=self.cfg.step_unit)
+        return ConvGPSPolicy(self.net, env_id=env_id, step_unit=self.cfg.step_unit, grad_average=self.cfg.grad_average)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

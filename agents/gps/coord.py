@@ -52,6 +52,15 @@ per-coordinate learning rate keeps growing as the gradient vanishes, without the
 as the late rate would make them (docs/conv-gps.md, *Step unit*, has the measurements that led to it).
 ``ρ`` is element-wise, so permutation and sign-flip equivariance are unchanged.
 
+**Averaged gradient.** Φ's ``GRAD`` is ``σ ḡ / rms`` with ``rms`` the running RMS (decay :data:`GRAD_DECAY`)
+of the mean of the last 3 gradients, as Li & Malik average the last 3 iterates, gradients and objective values.
+With ``grad_average="last3"`` ``ḡ`` is that mean too, and the initial controller ``a' = −lr σ ḡ / rms`` has 3
+steps of memory. With ``grad_average="ema"`` ``ḡ`` is the bias-corrected exponential moving average of the
+gradient with decay :data:`MOMENTUM_DECAY` (Adam's first moment; ``rms``, the unit ``ρ`` and the iterate and
+objective averages are unchanged — normalising by the RMS of the average itself was measured worse), and Ψ gets ``σ ḡ / rms`` as a fifth entry, so the global policy sees the quantity the controllers are
+linear in. The initial controller is then a momentum method with about 10 steps of memory, which damps the early
+oscillation that the 3-step average lets through (docs/conv-gps.md, *Averaged gradient*, has the measurements).
+
 **Cost.** The objective is shared by all coordinates, so a per-coordinate model cannot attribute its value
 to one coordinate's step: a regression of ``f_{t+1}`` on ``a^i`` over the coordinates of one trajectory sees a
 constant. What *is* additive over coordinates is the local second-order model of the objective's change,
@@ -70,6 +79,7 @@ Summed over coordinates and time this is the model's predicted total decrease of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -94,6 +104,13 @@ _EPS: float = 1e-8
 UNIT_POWER: dict[str, float] = {"sign": 0.0, "sqrt": 0.5, "decay": 1.0}
 STEP_UNITS: tuple[str, ...] = tuple(UNIT_POWER)
 
+#: how Φ's averaged gradient ``ḡ`` is formed (module docstring, *Averaged gradient*): ``"last3"`` — the mean of
+#: the last :data:`AVERAGE_OVER` gradients (Li & Malik 2017); ``"ema"`` — the bias-corrected exponential moving
+#: average ``m_t / (1 − β^{t+1})``, ``m_t = β m_{t−1} + (1 − β) g_t``, ``β`` = :data:`MOMENTUM_DECAY` (Adam's first
+#: moment), which also adds ``σ ḡ / rms`` to Ψ.
+GRAD_AVERAGES: tuple[str, ...] = ("last3", "ema")
+MOMENTUM_DECAY: float = 0.9
+
 #: layout of the local state Φ (``STATE_DIM`` entries per coordinate).
 OBJ: int = 0  #: f̄_t / f̄_0, the averaged objective relative to its start value (the cost reads it)
 GRAD: int = 1  #: ḡ_t / sqrt(running mean of ḡ²), the normalised averaged gradient
@@ -102,8 +119,20 @@ AGREE: int = 3  #: σ · sign(x̄_t − x̄_{t−1}): does the last averaged mov
 OBJ_CHANGES: slice = slice(4, 4 + N_OBJ_CHANGES)  #: (f̄_{t−5(k−1)} − f̄_{t−5k}) / |f̄_{t−5k}|, k = 1…25, clipped to ±10
 STATE_DIM: int = 4 + N_OBJ_CHANGES
 #: layout of the observation Ψ (global side): one-step relative objective change, |g_t| / rms, log step
-#: ratio, σ · sign(Δθ_{t−1}).
+#: ratio, σ · sign(Δθ_{t−1}); with ``grad_average="ema"`` a fifth entry, σ ḡ / rms (Φ's ``GRAD``).
 OBS_DIM: int = 4
+
+
+def obs_dim(grad_average: str = "last3") -> int:
+    """Entries of Ψ per coordinate for a :data:`GRAD_AVERAGES` choice (:data:`OBS_DIM`, plus one for ``"ema"``)."""
+    return OBS_DIM + (check_grad_average(grad_average) == "ema")
+
+
+def check_grad_average(grad_average: str) -> str:
+    """``grad_average`` if it is one of :data:`GRAD_AVERAGES`, else a ``ValueError`` naming it."""
+    if grad_average not in GRAD_AVERAGES:
+        raise ValueError(f"grad_average must be one of {GRAD_AVERAGES}, got {grad_average!r}")
+    return grad_average
 
 
 def check_step_unit(step_unit: str) -> str:
@@ -141,18 +170,32 @@ class CoordinateFeatures:
 
     Args:
         step_unit: one of :data:`STEP_UNITS` (module docstring, *Step unit*): what :attr:`scale` is.
+        grad_average: one of :data:`GRAD_AVERAGES` (module docstring, *Averaged gradient*): how ``ḡ`` is formed.
 
     Attributes (after reset):
         state: ``[N, d, STATE_DIM]`` Φ (local side, training only).
-        obs: ``[N, d, OBS_DIM]`` Ψ (global side, train and test).
+        obs: ``[N, d, obs_dim(grad_average)]`` Ψ (global side, train and test).
         frame: ``σ[N, d]``, the sign of the current gradient (+1 at 0).
         scale: ``ρ[N, d]`` in ``[0, 1]``: ``(rms / max_{s≤t} rms)^p``, ``p`` = :data:`UNIT_POWER` of the unit
             (ones for ``"sign"``).
         unit: ``σ ρ`` ``[N, d]``: the step is ``unit · a'`` for frame steps ``a'[N, d]``.
     """
 
-    def __init__(self, step_unit: str = "sign") -> None:
+    def __init__(self, step_unit: str = "sign", grad_average: str = "last3") -> None:
         self.step_unit = check_step_unit(step_unit)
+        self.grad_average = check_grad_average(grad_average)
+
+    def memory_state(self) -> dict[str, Any]:
+        """Everything the tracker holds (tensors, lists of tensors, numbers, the two option strings), for
+        :meth:`l2o_gym.optim.LearnedOptimizer.state_dict`; :meth:`from_memory_state` rebuilds it exactly."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_memory_state(cls, state: dict[str, Any]) -> CoordinateFeatures:
+        """The tracker of :meth:`memory_state` (options checked; ``ValueError`` naming a bad one)."""
+        out = cls(str(state.get("step_unit", "sign")), str(state.get("grad_average", "last3")))
+        out.__dict__.update({k: v for k, v in state.items() if k not in ("step_unit", "grad_average")})
+        return out
 
     def reset(self, theta: Tensor, loss: Tensor, grad: Tensor, objective: Tensor | None = None) -> None:
         """Start from iterate ``theta[N, d]``, minibatch objective ``loss[N]`` and gradient ``grad[N, d]``.
@@ -168,6 +211,8 @@ class CoordinateFeatures:
         self._fbar: list[Tensor] = [objective.clone()]  # averaged objective, last N_OBJ_CHANGES·OBJ_STRIDE + 1
         self._f0 = objective.abs().clamp_min(_EPS)
         self._ms = grad * grad
+        self._m = torch.zeros_like(grad)  # EMA of the gradient ("ema"), bias-corrected in _build
+        self._m_debias = 1.0  # β^(t+1) after the t-th update
         self._rms_max = torch.zeros_like(grad)  # max_s rms_s, for the "sqrt" and "decay" units
         self._prev_loss = loss.clone()
         self._steps: list[Tensor] = []
@@ -187,9 +232,13 @@ class CoordinateFeatures:
 
     def _build(self, loss: Tensor, grad: Tensor) -> None:
         n, d = grad.shape
-        gbar = torch.stack(self._g).mean(0)
+        gbar = torch.stack(self._g).mean(0)  # the mean of the last 3 gradients: its running RMS normalises
         self._ms = GRAD_DECAY * self._ms + (1 - GRAD_DECAY) * gbar * gbar
         rms = self._ms.sqrt()
+        if self.grad_average == "ema":
+            self._m = MOMENTUM_DECAY * self._m + (1 - MOMENTUM_DECAY) * grad
+            self._m_debias *= MOMENTUM_DECAY
+            gbar = self._m / (1 - self._m_debias)
         power = UNIT_POWER[self.step_unit]
         if power:
             self._rms_max = torch.maximum(self._rms_max, rms)
@@ -217,13 +266,15 @@ class CoordinateFeatures:
             new, old = hist[(k - 1) * OBJ_STRIDE], hist[k * OBJ_STRIDE]
             s[..., OBJ_CHANGES.start + k - 1] = ((new - old) / old.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
         self.state = s
-        o = grad.new_zeros(n, d, OBS_DIM)
+        o = grad.new_zeros(n, d, OBS_DIM + (self.grad_average == "ema"))
         o[..., 0] = ((loss - self._prev_loss) / self._prev_loss.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
         o[..., 1] = grad.abs() / (rms + _EPS)
         if len(self._steps) == 2:
             o[..., 2] = torch.log((self._steps[-1].abs() + _EPS) / (self._steps[-2].abs() + _EPS)).clamp(-10.0, 10.0)
         if self._steps:
             o[..., 3] = sigma * torch.sign(self._steps[-1])
+        if self.grad_average == "ema":
+            o[..., OBS_DIM] = s[..., GRAD]
         self.obs = o
 
 

@@ -2,7 +2,8 @@
 
 For every coordinate ``i`` of group ``g`` the policy reads the observation ``Ψ^i_t``
 (:data:`~l2o_gym.agents.gps.coord.OBS_DIM` numbers: one-step relative objective change, normalised gradient
-magnitude, log step ratio, sign agreement of the gradient with the last step) and its own memory, and outputs
+magnitude, log step ratio, sign agreement of the gradient with the last step; with ``grad_average="ema"`` also
+the normalised momentum ``σ ḡ / rms``) and its own memory, and outputs
 a Gaussian step in the gradient-sign frame (:mod:`~l2o_gym.agents.gps.coord`)::
 
     (h^i_t, c^i_t) = LSTM_g(Ψ^i_t, (h^i_{t−1}, c^i_{t−1}))       a'^i_t ~ N(s_g · w_gᵀ h^i_t, σ_g²),   Δθ^i = σ^i_t a'^i_t
@@ -28,7 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2o_gym.agents.gps.coord import OBS_DIM, CoordinateController, CoordinateFeatures, check_step_unit
+from l2o_gym.agents.gps.coord import (
+    OBS_DIM,
+    CoordinateController,
+    CoordinateFeatures,
+    check_grad_average,
+    check_step_unit,
+    obs_dim,
+)
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
 from l2o_gym.checkpoint import CheckpointError, load_policy_file, save_policy
 from l2o_gym.core import State
@@ -43,14 +51,15 @@ KIND_ALIASES: dict[str, str] = {"conv": "weight", "fc": "weight", "other": "weig
 
 
 class CoordinateLSTMNet(nn.Module):
-    """One ``nn.LSTMCell(OBS_DIM, hidden)`` + linear head per trained group (module docstring).
+    """One ``nn.LSTMCell(n_obs, hidden)`` + linear head per trained group (module docstring).
 
     Args:
         groups: ``(name, kind)`` of the trained groups, in θ order.
         hidden: LSTM cells per group.
+        n_obs: entries of Ψ per coordinate (:func:`~l2o_gym.agents.gps.coord.obs_dim`).
     """
 
-    def __init__(self, groups: list[tuple[str, str]], hidden: int = 128) -> None:
+    def __init__(self, groups: list[tuple[str, str]], hidden: int = 128, n_obs: int = OBS_DIM) -> None:
         super().__init__()
         if not groups:
             raise ValueError("a coordinate LSTM needs at least one group")
@@ -58,7 +67,8 @@ class CoordinateLSTMNet(nn.Module):
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
         self.groups = list(groups)
         self.hidden = hidden
-        self.cells = nn.ModuleList(nn.LSTMCell(OBS_DIM, hidden) for _ in groups)
+        self.n_obs = n_obs
+        self.cells = nn.ModuleList(nn.LSTMCell(n_obs, hidden) for _ in groups)
         self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in groups)
         for head in self.heads:
             nn.init.zeros_(head.bias)
@@ -93,7 +103,9 @@ class CoordinateLSTMNet(nn.Module):
     def step(
         self, obs: Tensor, memory: tuple[Tensor, Tensor], specs: tuple[ParamSpec, ...], gmap: list[int]
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Mean steps ``[N, d]`` for observations ``obs[N, d, OBS_DIM]`` and memory ``(h, c)`` ``[N, d, hidden]``."""
+        """Mean steps ``[N, d]`` for observations ``obs[N, d, n_obs]`` and memory ``(h, c)`` ``[N, d, hidden]``."""
+        if obs.shape[-1] != self.n_obs:
+            raise ValueError(f"the net reads {self.n_obs} observation entries per coordinate, got {obs.shape[-1]}")
         h, c = memory
         n = obs.shape[0]
         means, hs, cs = [], [], []
@@ -105,7 +117,7 @@ class CoordinateLSTMNet(nn.Module):
                 return self.out_scale[j] * self.heads[j](h1), h1, c1
 
             # coordinatewise: without gradients in chunks of coordinates (rowwise: the same, less memory traffic)
-            mean, hj, cj = rowwise(rows, obs[:, sl].reshape(-1, OBS_DIM), h[:, sl].reshape(-1, self.hidden),
+            mean, hj, cj = rowwise(rows, obs[:, sl].reshape(-1, self.n_obs), h[:, sl].reshape(-1, self.hidden),
                                    c[:, sl].reshape(-1, self.hidden))
             means.append(mean.view(n, -1))
             hs.append(hj.view(n, -1, self.hidden))
@@ -133,19 +145,23 @@ class ControllerPolicy(Policy):
         policy: ``K[G, T, 1, dS]``, … for the ``G`` parameter tensors of ``specs``.
         specs: the parameter layout the controllers were built for.
         step_unit: the frame step's unit (:mod:`~l2o_gym.agents.gps.coord`, *Step unit*).
+        grad_average: how Φ's averaged gradient is formed (:mod:`~l2o_gym.agents.gps.coord`, *Averaged gradient*).
     """
 
     name = "gps_local"
 
-    def __init__(self, policy: LinearGaussianPolicy, specs: tuple[ParamSpec, ...], step_unit: str = "sign") -> None:
+    def __init__(self, policy: LinearGaussianPolicy, specs: tuple[ParamSpec, ...], step_unit: str = "sign",
+                 grad_average: str = "last3") -> None:
         self.policy, self.specs = policy, specs
         self.step_unit = check_step_unit(step_unit)
+        self.grad_average = check_grad_average(grad_average)
         self.groups = torch.cat([torch.full((s.numel,), j, dtype=torch.int64) for j, s in enumerate(specs)])
 
     def reset(self, state: State) -> _Memory:
         if state.dim != len(self.groups):
             raise ValueError(f"controllers built for {len(self.groups)} coordinates, the state has {state.dim}")
-        return _Memory(CoordinateFeatures(self.step_unit), (state.theta.new_zeros(0), state.theta.new_zeros(0)), False)
+        return _Memory(CoordinateFeatures(self.step_unit, self.grad_average),
+                       (state.theta.new_zeros(0), state.theta.new_zeros(0)), False)
 
     def act(self, state: State, memory: _Memory) -> tuple[Tensor, _Memory]:
         theta, loss, grad = state.theta.detach(), state.loss.detach(), state.grad.detach()
@@ -172,6 +188,8 @@ class ConvGPSPolicy(Policy):
         env_id: env it was trained on (recorded in checkpoints).
         step_unit: the frame step's unit it was trained with (:mod:`~l2o_gym.agents.gps.coord`, *Step unit*;
             recorded in checkpoints; checkpoints without the field are ``"sign"``).
+        grad_average: the averaged gradient of its features (:mod:`~l2o_gym.agents.gps.coord`, *Averaged
+            gradient*; must match the net's input size; recorded in checkpoints, ``"last3"`` when absent).
     """
 
     name = "conv_gps"
@@ -179,12 +197,16 @@ class ConvGPSPolicy(Policy):
 
     def __init__(
         self, net: CoordinateLSTMNet, specs: tuple[ParamSpec, ...] | None = None, env_id: str | None = None,
-        step_unit: str = "sign",
+        step_unit: str = "sign", grad_average: str = "last3",
     ) -> None:
         self.net = net
         self.specs = specs
         self.env_id = env_id
         self.step_unit = check_step_unit(step_unit)
+        self.grad_average = check_grad_average(grad_average)
+        if obs_dim(grad_average) != net.n_obs:
+            raise ValueError(f"grad_average={grad_average!r} gives {obs_dim(grad_average)} observation entries, "
+                             f"the net reads {net.n_obs}")
 
     def bind(self, specs: Any) -> None:
         """Use ``specs`` (one :class:`ParamSpec` per parameter tensor) when the state carries no problem family
@@ -208,7 +230,8 @@ class ConvGPSPolicy(Policy):
     def reset(self, state: State) -> _Memory:
         self._specs(state)
         p = next(self.net.parameters())
-        return _Memory(CoordinateFeatures(self.step_unit), self.net.zero_memory(state.n, state.dim, p.device, p.dtype), False)
+        return _Memory(CoordinateFeatures(self.step_unit, self.grad_average),
+                       self.net.zero_memory(state.n, state.dim, p.device, p.dtype), False)
 
     def act(self, state: State, memory: _Memory) -> tuple[Tensor, _Memory]:
         specs = self._specs(state)
@@ -226,7 +249,8 @@ class ConvGPSPolicy(Policy):
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         config = {"kind": KIND, "env_id": self.env_id, "groups": [list(g) for g in self.net.groups],
-                  "hidden": self.net.hidden, "step_unit": self.step_unit, **(extra or {})}
+                  "hidden": self.net.hidden, "step_unit": self.step_unit, "grad_average": self.grad_average,
+                  **(extra or {})}
         return save_policy(path, self.net.state_dict(), config)
 
     @classmethod
@@ -239,14 +263,15 @@ class ConvGPSPolicy(Policy):
             groups = [(str(n), str(k)) for n, k in config["groups"]]
             hidden = int(config["hidden"])
             step_unit = check_step_unit(str(config.get("step_unit", "sign")))
+            grad_average = check_grad_average(str(config.get("grad_average", "last3")))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: bad conv-GPS header field ({exc})") from None
-        net = CoordinateLSTMNet(groups, hidden)
+        net = CoordinateLSTMNet(groups, hidden, obs_dim(grad_average))
         expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != got:
             raise CheckpointError(f"{path}: tensors do not match a conv-GPS net with groups {groups} and hidden {hidden}")
         net.load_state_dict(tensors)
-        policy = cls(net.to(device), env_id=config.get("env_id"), step_unit=step_unit)
+        policy = cls(net.to(device), env_id=config.get("env_id"), step_unit=step_unit, grad_average=grad_average)
         policy.checkpoint_config = config
         return policy

@@ -99,8 +99,15 @@ def load_gps_policy(
     """Load a :class:`GPSPolicy` checkpoint.
 
     Raises:
-        CheckpointError: wrong kind, env id or dimension, or weights that do not fit the stored architecture.
+        CheckpointError: wrong kind (a convolutional-GPS checkpoint names :func:`load_policy`, which loads both),
+            env id or dimension, or weights that do not fit the stored architecture.
     """
+    from l2o_gym.agents.gps.coord_policy import KIND as CONV_KIND
+    from l2o_gym.checkpoint import read_policy_config
+
+    if read_policy_config(path).get("kind") == CONV_KIND:
+        raise CheckpointError(f"checkpoint {str(path)!r} is a convolutional-GPS policy (kind {CONV_KIND!r}): load it with "
+                              "l2o_gym.agents.gps.load_policy (either GPS kind) or ConvGPSPolicy.load")
     tensors, cfg = load_policy_file(path, kind=KIND, device=device)
     check_compatible(cfg, path, env_id=env_id, dim=dim)
     obs_dim, d = config_field(cfg, path, "obs_dim", int), config_field(cfg, path, "dim", int)

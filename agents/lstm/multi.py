@@ -67,6 +67,8 @@ class MultiLSTMPolicy(Policy):
         env_id: env the policy is trained for (recorded in checkpoints).
     """
 
+    reads_objective = False
+
     name = "mlstm"
     binds_layout = True
     needs_kinds = True

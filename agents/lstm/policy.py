@@ -170,6 +170,8 @@ class LSTMPolicy(Policy):
         env_id: env the policy is trained for (recorded in checkpoints; informative).
     """
 
+    reads_objective = False
+
     name = "lstm"
 
     def __init__(self, config: LSTMConfig | None = None, net: CoordinateLSTM | None = None, env_id: str | None = None) -> None:
@@ -253,6 +255,7 @@ PRETRAINED: dict[str, str] = {
     "l2o/RobustLinearRegression-v0": "lstm_RobustLinearRegression.safetensors",
     "l2o/NeuralNet-v0": "lstm_NeuralNet.safetensors",
     "l2o/NeuralArt-v0": "lstm_NeuralArt.safetensors",
+    "l2o/NNClassifier-v0": "lstm_NNClassifier.safetensors",
 }
 
 

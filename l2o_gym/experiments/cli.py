@@ -121,6 +121,14 @@ def out_path(text: str) -> str:
     return text
 
 
+def out_file(text: str) -> str:
+    """A file that can be written (:func:`out_path`, and not an existing folder)."""
+    out_path(text)
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    return text
+
+
 def out_dir(text: str) -> str:
     """A folder that exists or can be created (:func:`out_path`, and not itself a regular file)."""
     out_path(text)

@@ -241,6 +241,15 @@ class CompareConfig:
         return [Section(env, list(self.policies), self.horizon, self.long_horizon) for env in self.envs]
 
 
+def tuned_baselines_for(envs: list[str], horizon: int, tuned: str | None = None) -> list[str]:
+    """The baselines (in :data:`~l2o_gym.agents.baselines.BASELINES` order) with tuned hyperparameters for every env
+    of ``envs`` (at ``horizon``, or another horizon as :func:`~l2o_gym.experiments.tuning.tuned_entry` falls back):
+    ``compare.py``'s default ``--policies``. Empty if the tuned file has none for some env."""
+    table = load_tuned(tuned)
+    return [name for name in BASELINES
+            if all(tuned_entry(table, env, name, horizon) is not None for env in envs)]
+
+
 @dataclass
 class _Job:
     section: Section
@@ -293,6 +302,9 @@ def plan(cfg: CompareConfig) -> list[_Job]:
         n = sec.n_problems or cfg.n_problems
         if n < 1 or sec.horizon < 1 or (sec.long_horizon is not None and sec.long_horizon < 1):
             raise ValueError(f"n_problems, horizon and long_horizon must be positive, got {n}, {sec.horizon}, {sec.long_horizon}")
+        if sec.long_horizon is not None and sec.long_horizon < sec.horizon:
+            raise ValueError(f"long_horizon={sec.long_horizon} is shorter than the horizon T={sec.horizon} of {sec.name}: "
+                             "the long-horizon check runs past T (e.g. 10·T)")
     specs_by_section = [[PolicySpec.parse(p) for p in sec.policies] for sec in sections]
     need_tuned = any(s.name in BASELINES for specs in specs_by_section for s in specs)
     tuned = load_tuned(cfg.tuned) if need_tuned else {}
