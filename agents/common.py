@@ -20,8 +20,9 @@ completed validation stay (an iteration half done is never saved). ``summary.jso
 ``"interrupted": true`` and the interrupt is re-raised (scripts exit 130, see ``l2o_gym.experiments.cli``).
 
 Run folder ``OUT``: ``{kind}_best.safetensors``, ``{kind}_last.safetensors`` (policy checkpoints, loaded by
-the kind's ``load_policy``), ``state.pt`` (``{"kind", "run_format", <agent state>, <run record>}``),
-``summary.json``, ``tb/``. Every checkpoint's config holds ``train_config``, ``iteration``, ``env_steps`` and,
+the kind's ``load_policy``), ``state.pt`` (``{"kind", "run_format", "problem", <agent state>, <run record>}``;
+``problem`` is the config's ``env_id`` and ``family_kwargs``: resuming on other problems is refused unless
+``reset_best``), ``summary.json``, ``tb/``. Every checkpoint's config holds ``train_config``, ``iteration``, ``env_steps`` and,
 once the run ends, the same ``"training"`` record (:func:`training_record`) for every kind.
 """
 
@@ -337,6 +338,17 @@ def read_run_state(path: str | Path, kind: str) -> dict[str, Any]:
     return state
 
 
+def _problem_of(agent: Agent) -> dict[str, Any]:
+    """The problems a run trains on (``env_id``, ``family_kwargs`` of its config), as saved in ``state.pt``."""
+    cfg = agent.config_dict()
+    return {k: cfg[k] for k in ("env_id", "family_kwargs") if k in cfg}
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> None:
     """Restore ``agent`` and its run record from ``path`` (:func:`read_run_state`).
 
@@ -349,13 +361,19 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
     """
     path = Path(path)
     state = read_run_state(path, agent.kind)
+    saved, now = state.get("problem"), _problem_of(agent)
+    if not reset_best and saved is not None and saved != now:  # states from before the field are not checked
+        raise CheckpointError(
+            f"training state {str(path)!r} was trained on {saved}, this run is on {now}: its best validation value "
+            "is not comparable. Resume with the same env and family settings, start a new run, or fine-tune with "
+            "reset_best (train_lstm.py --reset-best), which forgets the best value and the history")
     agent.check_resume(state, path)
     try:
         agent.load_state_dict(state)
         agent.record.load_state_dict(state["record"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"training state {str(path)!r} does not fit this {agent.kind} run: "
-                              f"{type(exc).__name__}: {exc}") from None
+                              f"{type(exc).__name__}: {_one_line(str(exc))}") from None
     if reset_best:
         agent.record = RunRecord()
     log.info("resumed from %s after %d iterations (best val %.4g)", path, agent.iterations_done, agent.record.best_val)
@@ -441,7 +459,7 @@ def fit(
             return
         agent.save_policy(folder.last, extra())
         save_state(folder.state, {**agent.state_dict(), "kind": agent.kind, "run_format": RUN_FORMAT,
-                                  "record": rec.state_dict()})
+                                  "problem": _problem_of(agent), "record": rec.state_dict()})
         last_saved = agent.iterations_done
 
     def validation(metrics: dict[str, Any]) -> None:

@@ -134,7 +134,8 @@ def _read_policy_file(
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} " + ("is a folder, not a checkpoint file" if path.is_dir()
+                                                              else "does not exist"))
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as fh:
             meta = fh.metadata() or {}
@@ -223,7 +224,8 @@ def load_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str
     """Load training state with ``torch.load(weights_only=True)`` (no code is unpickled)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"training state {str(path)!r} does not exist")
+        raise CheckpointError(f"training state {str(path)!r} " + ("is a folder, not a state file" if path.is_dir()
+                                                                  else "does not exist"))
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:

@@ -89,6 +89,8 @@ BAD: list[tuple[str, list[str], str]] = [
     ("compare", ["--env", "l2o/Quadratic-v0", "--policies", "lstm={tmp}/none.safetensors", "--out", "{tmp}/o"],
      "none.safetensors"),
     ("compare", ["--env", "l2o/LogisticRegression-v0", "--policies", "sac", "--out", "{tmp}/o"], "sac"),
+    ("compare", ["--env", "l2o/Quadratic-v0", "--policies", "lstm={tmp}", "--out", "{tmp}/o"],
+     "is a folder, not a checkpoint file"),
     ("tune_baselines", ["--n-problems", "0", "--out", "{tmp}/t.json"], "--n-problems"),
     ("tune_baselines", ["--seed", "-1", "--out", "{tmp}/t.json"], "--seed"),
     ("tune_baselines", ["--out", "{file}/t.json"], "is a file"),

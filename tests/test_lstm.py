@@ -329,6 +329,20 @@ def test_resume_with_reset_best_forgets_the_best_value(tmp_path):
     assert t.episode == 2 and t.best_val == math.inf and t.history == []
 
 
+def test_resume_on_other_problems_is_refused_unless_reset_best(tmp_path):
+    from l2o_gym.checkpoint import CheckpointError
+
+    Trainer(_tiny_cfg(tmp_path)).train()
+    with pytest.raises(CheckpointError, match=r"trained on .*'dim': 3.* this run is on .*'dim': 4.*reset-best"):
+        Trainer(_tiny_cfg(tmp_path, family_kwargs={"dim": 4}, episodes=3)).resume()
+    with pytest.raises(CheckpointError, match="trained on .*Quadratic.*LogisticRegression"):
+        Trainer(_tiny_cfg(tmp_path, env_id="l2o/LogisticRegression-v0", family_kwargs={}, episodes=3)).resume()
+    t = Trainer(_tiny_cfg(tmp_path, family_kwargs={"dim": 4}, episodes=3))
+    assert t.resume(reset_best=True) and t.episode == 2  # fine-tuning on the other problems
+    with pytest.raises(CheckpointError, match="does not fit this lstm run: RuntimeError: [^\n]*size mismatch"):
+        Trainer(_tiny_cfg(tmp_path, arch=LSTMConfig(hidden=7), episodes=3)).resume()
+
+
 def test_compare_harness_finds_the_shipped_checkpoints():
     compare = pytest.importorskip("l2o_gym.experiments.compare")
     for env_id in PRETRAINED:

@@ -144,7 +144,8 @@ def _load_learned(spec: PolicySpec, env_id: str, device: str) -> tuple[Policy, s
             f"no {spec.name} checkpoint is shipped for {env_id}; train one (see README) and pass {spec.name}=PATH"
         )
     if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} for policy {spec.name!r} does not exist")
+        what = "is a folder, not a checkpoint file" if Path(path).is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {str(path)!r} for policy {spec.name!r} {what}")
     found = read_policy_config(path).get("kind")
     if found not in CHECKPOINT_KINDS.get(spec.name, (spec.name,)):
         hint = f"; pass it as {found}={path}" if found in LEARNED else ""
