@@ -30,17 +30,41 @@ def _model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(64, 20), nn.Sigmoid(), nn.Linear(20, 10))
 
 
-def _train(model: nn.Module, opt: torch.optim.Optimizer, x, y, steps: int, batch: int = 128, seed: int = 0) -> list[float]:
+def _train(model: nn.Module, opt: torch.optim.Optimizer, x, y, steps: int, batch: int = 128, seed: int = 0,
+           closure: bool = False) -> list[float]:
+    """``steps`` minibatch steps; with ``closure`` the loss reaches the optimizer through ``step(closure)``."""
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
         idx = torch.randint(0, len(y), (batch,), generator=g)
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
+
+        def evaluate() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            return loss
+
+        if closure:
+            loss = opt.step(evaluate)
+        else:
+            loss = evaluate()
+            opt.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def _restored(m1: nn.Module, o1: LearnedOptimizer, policy, seed: int) -> tuple[nn.Module, LearnedOptimizer, dict]:
+    """A fresh model and optimizer loaded from ``m1``'s and ``o1``'s state dicts through ``torch.save`` and
+    ``torch.load(weights_only=True)``, and the loaded optimizer state."""
+    buf = io.BytesIO()
+    torch.save({"model": m1.state_dict(), "opt": o1.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    m2 = _model(seed)
+    m2.load_state_dict(saved["model"])
+    o2 = LearnedOptimizer(m2.parameters(), policy)
+    o2.load_state_dict(saved["opt"])
+    return m2, o2, saved["opt"]
 
 
 def test_pretrained_lstm_trains_a_torch_model_on_digits():
@@ -79,21 +103,14 @@ def test_state_dict_round_trip_continues_identically():
     m1 = _model(3)
     o1 = LearnedOptimizer(m1.parameters(), policy)
     _train(m1, o1, x, y, 3)
-    buf = io.BytesIO()
-    torch.save({"model": m1.state_dict(), "opt": o1.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    m2 = _model(4)
-    m2.load_state_dict(saved["model"])
-    o2 = LearnedOptimizer(m2.parameters(), policy)
-    o2.load_state_dict(saved["opt"])
+    m2, o2, saved = _restored(m1, o1, policy, 4)
     assert isinstance(o2._memory, tuple) and len(o2._memory) == 4
     _train(m1, o1, x, y, 3, seed=7)
     _train(m2, o2, x, y, 3, seed=7)
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="parameter"):
-        LearnedOptimizer(nn.Linear(3, 1).parameters(), policy).load_state_dict(saved["opt"])
+        LearnedOptimizer(nn.Linear(3, 1).parameters(), policy).load_state_dict(saved)
 
 
 def test_lr_multiplier_and_scheduler():
@@ -209,35 +226,14 @@ def test_conv_gps_state_dict_round_trip_continues_identically():
     from l2o_gym.agents.common import pretrained_dir
 
     x, y = _digits(256)
-    policy = load_policy(pretrained_dir() / "gps_NNClassifier.safetensors")
-
-    def run(model, opt, steps, seed):
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            idx = torch.randint(0, len(y), (64,), generator=g)
-
-            def closure():
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-
+    path = pretrained_dir() / "gps_NNClassifier.safetensors"
     m1 = _model(3)
-    o1 = LearnedOptimizer(m1.parameters(), policy)
-    run(m1, o1, 4, 0)
-    buf = io.BytesIO()
-    torch.save({"model": m1.state_dict(), "opt": o1.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    m2 = _model(4)
-    m2.load_state_dict(saved["model"])
-    o2 = LearnedOptimizer(m2.parameters(), load_policy(pretrained_dir() / "gps_NNClassifier.safetensors"))
-    o2.load_state_dict(saved["opt"])
+    o1 = LearnedOptimizer(m1.parameters(), load_policy(path))
+    _train(m1, o1, x, y, 4, batch=64, closure=True)
+    m2, o2, _ = _restored(m1, o1, load_policy(path), 4)
     assert type(o2._memory.features).__name__ == "CoordinateFeatures"
-    run(m1, o1, 4, 7)
-    run(m2, o2, 4, 7)
+    _train(m1, o1, x, y, 4, batch=64, seed=7, closure=True)
+    _train(m2, o2, x, y, 4, batch=64, seed=7, closure=True)
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

@@ -57,8 +57,9 @@ of the mean of the last 3 gradients, as Li & Malik average the last 3 iterates, 
 With ``grad_average="last3"`` ``ḡ`` is that mean too, and the initial controller ``a' = −lr σ ḡ / rms`` has 3
 steps of memory. With ``grad_average="ema"`` ``ḡ`` is the bias-corrected exponential moving average of the
 gradient with decay :data:`MOMENTUM_DECAY` (Adam's first moment; ``rms``, the unit ``ρ`` and the iterate and
-objective averages are unchanged — normalising by the RMS of the average itself was measured worse), and Ψ gets ``σ ḡ / rms`` as a fifth entry, so the global policy sees the quantity the controllers are
-linear in. The initial controller is then a momentum method with about 10 steps of memory, which damps the early
+objective averages are unchanged — normalising by the RMS of the average itself was measured worse), and Ψ
+gets ``σ ḡ / rms`` as a fifth entry, so the global policy sees the quantity the controllers are linear in.
+The initial controller is then a momentum method with about 10 steps of memory, which damps the early
 oscillation that the 3-step average lets through (docs/conv-gps.md, *Averaged gradient*, has the measurements).
 
 **Cost.** The objective is shared by all coordinates, so a per-coordinate model cannot attribute its value
@@ -266,7 +267,7 @@ class CoordinateFeatures:
             new, old = hist[(k - 1) * OBJ_STRIDE], hist[k * OBJ_STRIDE]
             s[..., OBJ_CHANGES.start + k - 1] = ((new - old) / old.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
         self.state = s
-        o = grad.new_zeros(n, d, OBS_DIM + (self.grad_average == "ema"))
+        o = grad.new_zeros(n, d, obs_dim(self.grad_average))
         o[..., 0] = ((loss - self._prev_loss) / self._prev_loss.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
         o[..., 1] = grad.abs() / (rms + _EPS)
         if len(self._steps) == 2:
