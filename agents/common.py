@@ -341,7 +341,13 @@ def read_run_state(path: str | Path, kind: str) -> dict[str, Any]:
 def _problem_of(agent: Agent) -> dict[str, Any]:
     """The problems a run trains on (``env_id``, ``family_kwargs`` of its config), as saved in ``state.pt``."""
     cfg = agent.config_dict()
-    return {k: cfg[k] for k in ("env_id", "family_kwargs") if k in cfg}
+    return _json_form({k: cfg[k] for k in ("env_id", "family_kwargs") if k in cfg})
+
+
+def _json_form(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples → lists), so that equal settings compare equal however they
+    were written (a tuple from Python, a list from ``--family-kwargs``)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -362,6 +368,7 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
     path = Path(path)
     state = read_run_state(path, agent.kind)
     saved, now = state.get("problem"), _problem_of(agent)
+    saved = None if saved is None else _json_form(saved)
     if not reset_best and saved is not None and saved != now:  # states from before the field are not checked
         raise CheckpointError(
             f"training state {str(path)!r} was trained on {saved}, this run is on {now}: its best validation value "

@@ -339,6 +339,12 @@ def test_resume_on_other_problems_is_refused_unless_reset_best(tmp_path):
         Trainer(_tiny_cfg(tmp_path, env_id="l2o/LogisticRegression-v0", family_kwargs={}, episodes=3)).resume()
     t = Trainer(_tiny_cfg(tmp_path, family_kwargs={"dim": 4}, episodes=3))
     assert t.resume(reset_best=True) and t.episode == 2  # fine-tuning on the other problems
+    # the same settings written differently (a tuple from Python, a list from --family-kwargs; another key order)
+    mlp = tmp_path / "mlp"
+    Trainer(_tiny_cfg(mlp, env_id="l2o/MLP-v0", family_kwargs={"hidden": (4,), "dataset": "digits"}, horizon=4,
+                      unroll=2, n_problems=2, val_problems=2)).train()
+    assert Trainer(_tiny_cfg(mlp, env_id="l2o/MLP-v0", family_kwargs={"dataset": "digits", "hidden": [4]}, horizon=4,
+                             unroll=2, n_problems=2, val_problems=2, episodes=3)).resume()
     with pytest.raises(CheckpointError, match="does not fit this lstm run: RuntimeError: [^\n]*size mismatch"):
         Trainer(_tiny_cfg(tmp_path, arch=LSTMConfig(hidden=7), episodes=3)).resume()
 
