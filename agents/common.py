@@ -372,8 +372,9 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
     if not reset_best and saved is not None and saved != now:  # states from before the field are not checked
         raise CheckpointError(
             f"training state {str(path)!r} was trained on {saved}, this run is on {now}: its best validation value "
-            "is not comparable. Resume with the same env and family settings, start a new run, or fine-tune with "
-            "reset_best (train_lstm.py --reset-best), which forgets the best value and the history")
+            "is not comparable. Resume with the same env and family settings or start a new run"
+            + (", or fine-tune with reset_best (train_lstm.py --reset-best), which forgets the best value and the "
+               "history" if agent.kind == "lstm" else ""))
     agent.check_resume(state, path)
     try:
         agent.load_state_dict(state)

@@ -156,6 +156,10 @@ def _unpack_memory(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+#: ``stacklevel`` of a warning issued in :meth:`LearnedOptimizer.step` that names the caller's line (``step`` is
+#: wrapped by ``torch.no_grad`` and by ``torch.optim.Optimizer``'s step hooks); helpers of ``step`` add one.
+_CALLER = 4
+
 #: parameter dtypes whose MDP state and policy run in float32 (``eps``, feature ranges underflow/overflow).
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -230,7 +234,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     f"LearnedOptimizer: non-finite gradient in a parameter of shape {tuple(p.shape)}; "
                     "that parameter is skipped at this step",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=_CALLER + 1,
                 )
                 g = torch.zeros_like(g)
                 usable.append(False)
@@ -272,17 +276,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._moved = True
         prev = self._mdp
         if prev is not None and prev.theta.shape != theta.shape:
-            warnings.warn("LearnedOptimizer: the set of parameters changed; the policy memory is reset", stacklevel=2)
+            warnings.warn("LearnedOptimizer: the set of parameters changed; the policy memory is reset", stacklevel=_CALLER)
             prev = None
         if prev is None and self.policy.binds_layout:
             self.policy.bind(self._param_specs(params))
         f_val = float(loss.detach()) if isinstance(loss, Tensor) and loss.numel() == 1 else None
         if f_val is None and self.policy.reads_objective and not getattr(self, "_warned_objective", False):
             self._warned_objective = True
-            warnings.warn(f"LearnedOptimizer: the policy {self.policy.name!r} reads the objective, but step() got no "
-                          "closure returning the loss; it sees the last known value (0 at first). Call "
-                          "opt.step(closure) with a closure that re-evaluates the model and returns the loss.",
-                          RuntimeWarning, stacklevel=2)
+            got = ("no closure" if closure is None else
+                   f"a closure that returned {type(loss).__name__}{tuple(loss.shape) if isinstance(loss, Tensor) else ''}, "
+                   "not a one-element loss tensor")
+            warnings.warn(f"LearnedOptimizer: the policy {self.policy.name!r} reads the objective, but step() got {got}; "
+                          "it sees the last known value (0 at first). Call opt.step(closure) with a closure that "
+                          "re-evaluates the model and returns the loss.", RuntimeWarning, stacklevel=_CALLER)
         if f_val is None or not math.isfinite(f_val):
             f_val = float(prev.loss[0]) if prev is not None else 0.0
         f = torch.full((1,), f_val, device=theta.device, dtype=theta.dtype)
@@ -299,7 +305,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         step, memory = self.policy.act(state, memory)
         step = step.detach()
         if not bool(torch.isfinite(step).all()):
-            warnings.warn("LearnedOptimizer: the policy proposed a non-finite step; it is skipped", RuntimeWarning, stacklevel=2)
+            warnings.warn("LearnedOptimizer: the policy proposed a non-finite step; it is skipped", RuntimeWarning, stacklevel=_CALLER)
             step = torch.zeros_like(step)
         self._apply(params, usable, step)
         self._mdp, self._memory = state, memory
@@ -330,7 +336,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     f"LearnedOptimizer: the update of a {p.dtype} parameter of shape {tuple(p.shape)} overflows "
                     "its dtype (lr too large for it?); that parameter is skipped at this step",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=_CALLER + 1,
                 )
 
     # ---- copy and pickle -------------------------------------------------------------------------

@@ -341,3 +341,15 @@ def test_compare_defaults_to_the_baselines_tuned_for_every_env():
     assert "adagrad" in tuned_baselines_for(["l2o/NNClassifier-v0"], 400)
     assert tuned_baselines_for(["l2o/Quadratic-v0", "l2o/NNClassifier-v0"], 100) == [
         p for p in plain if p in tuned_baselines_for(["l2o/NNClassifier-v0"], 100)]
+
+
+def test_compare_script_without_policies_runs_the_tuned_baselines(tmp_path):
+    import json
+
+    from conftest import load_script
+
+    code = load_script("compare").main(["--env", "l2o/Quadratic-v0", "--n-problems", "2", "--horizon", "5",
+                                         "--workers", "1", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    ran = {r["policy"] for r in json.loads((tmp_path / "results.json").read_text())["runs"]}
+    assert "sgd" in ran and "lbfgs" in ran and "adagrad" not in ran

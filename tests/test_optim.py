@@ -230,12 +230,30 @@ def test_conv_gps_state_dict_round_trip_continues_identically():
     m1 = _model(3)
     o1 = LearnedOptimizer(m1.parameters(), load_policy(path))
     _train(m1, o1, x, y, 4, batch=64, closure=True)
-    m2, o2, _ = _restored(m1, o1, load_policy(path), 4)
+    m2, o2, saved = _restored(m1, o1, load_policy(path), 4)
     assert type(o2._memory.features).__name__ == "CoordinateFeatures"
+    assert "state" not in saved["l2o"]["memory"]["fields"]["features"]["state"]  # Φ is recomputed, not saved
     _train(m1, o1, x, y, 4, batch=64, seed=7, closure=True)
     _train(m2, o2, x, y, 4, batch=64, seed=7, closure=True)
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the same with a "last3" policy (the checkpoints before the "ema" average), and a state saved with one
+    # policy's feature options refused by a policy trained with others
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy, CoordinateLSTMNet
+
+    specs_net = CoordinateLSTMNet([("w", "weight"), ("b", "bias")], hidden=4)
+    last3 = ConvGPSPolicy(specs_net, step_unit="sqrt", grad_average="last3")
+    m3 = _model(5)
+    o3 = LearnedOptimizer(m3.parameters(), last3)
+    _train(m3, o3, x, y, 3, batch=64, closure=True)
+    m4, o4, _ = _restored(m3, o3, last3, 6)
+    _train(m3, o3, x, y, 3, batch=64, seed=7, closure=True)
+    _train(m4, o4, x, y, 3, batch=64, seed=7, closure=True)
+    for a, b in zip(m3.parameters(), m4.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    m5, o5, _ = _restored(m3, o3, ConvGPSPolicy(specs_net, step_unit="sign", grad_average="last3"), 6)
+    with pytest.raises(ValueError, match="memory tracks step_unit='sqrt'.*trained with step_unit='sign'"):
+        _train(m5, o5, x, y, 1, batch=64, closure=True)
 
 
 def test_a_policy_that_reads_the_objective_warns_once_without_a_closure():
@@ -245,9 +263,13 @@ def test_a_policy_that_reads_the_objective_warns_once_without_a_closure():
     x, y = _digits(128)
     m = _model(8)
     opt = LearnedOptimizer(m.parameters(), load_policy(pretrained_dir() / "gps_NNClassifier.safetensors"))
-    with pytest.warns(RuntimeWarning, match="'conv_gps' reads the objective.*closure") as rec:
+    with pytest.warns(RuntimeWarning, match="'conv_gps' reads the objective.*got no closure") as rec:
         _train(m, opt, x, y, 3)
     assert sum("reads the objective" in str(w.message) for w in rec) == 1
+    assert rec[0].filename == __file__  # the warning names the caller's line, not torch's wrappers
+    opt = LearnedOptimizer(m.parameters(), load_policy(pretrained_dir() / "gps_NNClassifier.safetensors"))
+    with pytest.warns(RuntimeWarning, match="closure that returned float, not a one-element loss tensor"):
+        opt.step(lambda: 1.0)
     m = _model(8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # gradient-only policies need no closure: no warning

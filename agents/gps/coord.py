@@ -186,10 +186,15 @@ class CoordinateFeatures:
         self.step_unit = check_step_unit(step_unit)
         self.grad_average = check_grad_average(grad_average)
 
+    #: attributes every :meth:`update` recomputes before anything reads them (not saved by :meth:`memory_state`).
+    _DERIVED = ("state", "obs", "frame", "scale", "unit")
+
     def memory_state(self) -> dict[str, Any]:
-        """Everything the tracker holds (tensors, lists of tensors, numbers, the two option strings), for
-        :meth:`l2o_gym.optim.LearnedOptimizer.state_dict`; :meth:`from_memory_state` rebuilds it exactly."""
-        return dict(vars(self))
+        """What the tracker carries from step to step (tensors, lists of tensors, numbers, the two option
+        strings; not the features of the last step, which the next :meth:`update` recomputes), for
+        :meth:`l2o_gym.optim.LearnedOptimizer.state_dict`; :meth:`from_memory_state` rebuilds it, and the next
+        update gives exactly what the original tracker's would."""
+        return {k: v for k, v in vars(self).items() if k not in self._DERIVED}
 
     @classmethod
     def from_memory_state(cls, state: dict[str, Any]) -> CoordinateFeatures:

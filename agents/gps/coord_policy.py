@@ -129,6 +129,15 @@ class CoordinateLSTMNet(nn.Module):
         return z, z.clone()
 
 
+def _check_tracker(features: CoordinateFeatures, step_unit: str, grad_average: str) -> None:
+    """A memory restored from another policy's state (``LearnedOptimizer.load_state_dict``) must track the
+    features this policy was trained with."""
+    if (features.step_unit, features.grad_average) != (step_unit, grad_average):
+        raise ValueError(f"the policy memory tracks step_unit={features.step_unit!r}, grad_average="
+                         f"{features.grad_average!r}, but the policy was trained with step_unit={step_unit!r}, "
+                         f"grad_average={grad_average!r}: load an optimizer state saved with this policy")
+
+
 @dataclass
 class _Memory:
     features: CoordinateFeatures
@@ -164,6 +173,7 @@ class ControllerPolicy(Policy):
                        (state.theta.new_zeros(0), state.theta.new_zeros(0)), False)
 
     def act(self, state: State, memory: _Memory) -> tuple[Tensor, _Memory]:
+        _check_tracker(memory.features, self.step_unit, self.grad_average)
         theta, loss, grad = state.theta.detach(), state.loss.detach(), state.grad.detach()
         if memory.started:
             memory.features.update(theta, loss, grad)
@@ -235,6 +245,7 @@ class ConvGPSPolicy(Policy):
 
     def act(self, state: State, memory: _Memory) -> tuple[Tensor, _Memory]:
         specs = self._specs(state)
+        _check_tracker(memory.features, self.step_unit, self.grad_average)
         gmap = self.net.group_map(specs)
         theta, loss, grad = state.theta.detach(), state.loss.detach(), state.grad.detach()
         if memory.started:
