@@ -20,7 +20,7 @@ from torch import Tensor
 from l2o_gym import core
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.problems import ProblemBatch, ProblemFamily, make_family
-from l2o_gym.problems.base import ProblemSampler
+from l2o_gym.problems.base import ProblemSampler, check_memory
 from l2o_gym.checks import check_positive, check_split, resolve_device, resolve_dtype
 from l2o_gym.threads import auto_threads, check_threads, torch_threads
 
@@ -147,6 +147,10 @@ class BatchedOptimizee:
         core.check_config_dtype(self.config, self.dtype)
         self.dim = self.family.dim
         self.obs_dim = core.obs_dim(self.config, self.dim)
+        # the observations of all instances, the space's bounds and a step's temporaries
+        check_memory(f"observations of {self.obs_dim:,} entries (history={history}, d={self.dim:,}) for {self.num} "
+                     "instance(s)", 4.0 * self.obs_dim * (self.num + 3) * torch.finfo(self.dtype).bits / 32,
+                     "use a family with fewer parameters, a shorter history or fewer instances")
         #: the thread count ``reset``/``step`` run with (``None``: the caller's), resolved from ``threads``.
         self.step_threads: int | None = (
             (auto_threads(self.num * self.obs_dim) if self.device.type == "cpu" else None)

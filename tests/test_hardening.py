@@ -258,3 +258,21 @@ def test_atomic_write_keeps_temp_files_of_live_writers(tmp_path):
     live.write_bytes(b"in progress")
     atomic_write(target, lambda tmp: open(tmp, "wb").write(b"ok"))
     assert live.exists()
+
+
+@pytest.mark.parametrize("env_id, kwargs, names", [
+    ("l2o/Quadratic-v0", {"dim": 10**10}, "observations of 250,000,000,025 entries"),
+    ("l2o/NNClassifier-v0", {"inputs": 10**8}, "inputs=100000000"),
+    ("l2o/MLP-v0", {"batch_size": 10**12}, "batch_size=1000000000000"),
+])
+def test_sizes_beyond_the_machine_are_a_clear_error_before_any_allocation(env_id, kwargs, names):
+    """Sizes that would need more than half of the machine's memory raise a ValueError naming the setting, instead
+    of a crash in torch's allocator or the kernel's out-of-memory killer (sizes far beyond any machine, so the
+    test allocates nothing wherever it runs)."""
+    import l2o_gym  # noqa: F401
+    from l2o_gym.problems.base import physical_memory
+
+    if not physical_memory():
+        pytest.skip("the OS does not report its physical memory")
+    with pytest.raises(ValueError, match=f"{names}.*GiB, more than half of this machine's"):
+        gym.make(env_id, **kwargs)

@@ -31,6 +31,26 @@ from l2o_gym.checks import SPLITS, check_split, resolve_device, resolve_dtype
 
 
 
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine (0 where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def check_memory(what: str, n_bytes: float, fix: str) -> None:
+    """``ValueError`` if ``what`` would need more than half of this machine's memory (``n_bytes``), naming the
+    setting to change (``fix``), instead of a crash deep in torch's allocator or the kernel's out-of-memory
+    killer."""
+    phys = physical_memory()
+    if phys and n_bytes > phys / 2:
+        raise ValueError(f"{what} would need {n_bytes / 2**30:.1f} GiB, more than half of this machine's "
+                         f"{phys / 2**30:.1f} GiB: {fix}")
+
+
 def stream_seed(family: str, split: str, seed: int) -> int:
     """The 63-bit torch seed of the instance stream for (family, split, seed).
 

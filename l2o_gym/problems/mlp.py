@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2o_gym import data
-from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, counter_randint, param_specs_from
+from l2o_gym.problems.base import (
+    ParamSpec,
+    ProblemBatch,
+    ProblemFamily,
+    check_memory,
+    counter_randint,
+    param_specs_from,
+)
 from l2o_gym.checks import SPLITS, check_positive_int, check_split
 
 #: Input size of each dataset (pixels per image).
@@ -115,6 +122,9 @@ class MLP(ProblemFamily):
         self.batch_size = check_positive_int("batch_size", self.batch_size)
         if self.dataset not in DATASET_INPUTS:
             raise ValueError(f"unknown dataset {self.dataset!r}: expected one of {', '.join(DATASET_INPUTS)}")
+        widths = (DATASET_INPUTS[self.dataset], *self.hidden)
+        check_memory(f"one problem's minibatch of batch_size={self.batch_size}", 4.0 * self.batch_size * sum(widths),
+                     "use a smaller batch_size")
         # Per-(device, dtype) tensors of each partition; a plain attribute, not a dataclass field, so it
         # stays out of config(), repr and dataclasses.replace.
         self._cache: dict[tuple[torch.device, torch.dtype], dict[str, tuple[Tensor, Tensor]]] = {}

@@ -12,7 +12,14 @@ from torch import Tensor
 
 from l2o_gym import data
 from l2o_gym.checks import SPLITS, check_positive_int, check_split
-from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, counter_randint, param_specs_from
+from l2o_gym.problems.base import (
+    ParamSpec,
+    ProblemBatch,
+    ProblemFamily,
+    check_memory,
+    counter_randint,
+    param_specs_from,
+)
 from l2o_gym.problems.mlp import ACTIVATIONS, example_partitions
 
 #: default cap on the examples of one instance (the true objective costs one forward pass over them).
@@ -112,6 +119,9 @@ class NNClassifier(ProblemFamily):
         self.inputs = check_positive_int("inputs", self.inputs)
         self.hidden = check_positive_int("hidden", self.hidden)
         self.batch_size = check_positive_int("batch_size", self.batch_size)
+        check_memory(f"one problem's projection to inputs={self.inputs} and net of hidden={self.hidden}",
+                     12.0 * self.n_features * self.inputs + 16.0 * self.inputs * self.hidden,
+                     "use fewer inputs or hidden units")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
         if self.n_examples is not None:
@@ -179,6 +189,11 @@ class NNClassifier(ProblemFamily):
         X_all, y_all = data.load_dataset(self.dataset)
         avail = torch.from_numpy(np.array(self.available(split)))
         m, f = self.examples_per_instance(split), self.n_features
+        # the peak: the instances, one projection in float64 and float32, its product in float32, float64 and the
+        # standardised copy
+        check_memory(f"{n} instances of {m} examples projected to inputs={self.inputs}",
+                     8.0 * n * m * self.inputs + 12.0 * f * self.inputs + 20.0 * m * self.inputs,
+                     "use fewer inputs or fewer problems")
         xs, ys = torch.empty(n, m, self.inputs, dtype=torch.float64), torch.empty(n, m, dtype=torch.int64)
         index = torch.empty(n, m, dtype=torch.int64)
         for k in range(n):
