@@ -85,9 +85,9 @@ class ConvGPSConfig(BADMMLoopConfig):
         cost_scale: the per-coordinate cost is multiplied by this (``None``: the number of coordinates ``d``, so
             that a coordinate's cost is the whole net's modelled change of ``Σ_t f_t / (T |f_0|)`` if every
             coordinate behaved like it — O(1), comparable to the KL terms whatever the size of the net).
-        grad_average: ``"last3"`` (Li & Malik's average of the last 3 gradients) or ``"ema"`` (an exponential
-            moving average, Adam's first moment; Ψ gains the normalised momentum): how Φ's averaged gradient is
-            formed (:mod:`~l2o_gym.agents.gps.coord`, *Averaged gradient*); recorded in the checkpoint.
+        grad_average: ``"ema"`` (the default: an exponential moving average, Adam's first moment; Ψ gains the
+            normalised momentum) or ``"last3"`` (Li & Malik's average of the last 3 gradients): how Φ's averaged
+            gradient is formed (:mod:`~l2o_gym.agents.gps.coord`, *Averaged gradient*); recorded in the checkpoint.
         step_unit: ``"sign"`` (``Δθ = σ a'``), ``"sqrt"`` or ``"decay"`` (``Δθ = σ ρ a'``, ``ρ`` the square root
             of, or, the gradient's RMS relative to its largest so far: steps shrink as the gradient vanishes;
             :mod:`~l2o_gym.agents.gps.coord`, *Step unit*). Used by the controllers, the cost model and the
@@ -118,7 +118,7 @@ class ConvGPSConfig(BADMMLoopConfig):
     action_penalty: float = 1e-4
     cost_scale: float | None = None
     step_unit: str = "sqrt"
-    grad_average: str = "last3"
+    grad_average: str = "ema"
     cost: str = "log"
     area_weight: float = 10.0
     hidden: int = 128
