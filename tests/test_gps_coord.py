@@ -310,6 +310,37 @@ def test_global_policy_is_permutation_equivariant_within_groups():
     torch.testing.assert_close(a.state.theta[:, perm], b.state.theta)
 
 
+@pytest.mark.parametrize("grad_average", ["last3", "ema"])
+def test_global_policy_is_equivariant_to_flipping_coordinate_signs(grad_average):
+    """θ' = Dθ with D = diag(±1) and f'(θ') = f(Dθ'): the policy's steps on f' are D times its steps on f (the
+    gradient-sign frame; coord module docstring), with either averaged gradient. (On a net whose gradients are
+    never exactly 0: the frame of a zero gradient is +1 whatever the flip, e.g. for the weights of an input pixel
+    that is 0 in a whole minibatch.)"""
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy, CoordinateLSTMNet, obs_dim
+    from l2o_gym.policy import run_policy
+
+    fam = make_family("nn_classifier", dataset="digits", inputs=6, hidden=4, activation="sigmoid", batch_size=16)
+    specs = fam.param_specs()
+    torch.manual_seed(0)
+    net = CoordinateLSTMNet([(s.name, s.kind) for s in specs], hidden=6, n_obs=obs_dim(grad_average)).double()
+    for head in net.heads:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    problems = fam.sample(2, "val", 0, dtype=DT)
+    flip = torch.where(torch.rand(fam.dim, generator=torch.Generator().manual_seed(2)) < 0.5, -1.0, 1.0).to(DT)
+
+    class FlipFamily(type(fam)):
+        def loss(self, batch, theta, step):
+            return super().loss(batch, theta * flip, step)
+
+    flipped = type(problems)(FlipFamily(**fam.config()), problems.split, problems.data, problems.x0 * flip,
+                             problems.seeds)
+    pol = ConvGPSPolicy(net, step_unit="sqrt", grad_average=grad_average)
+    a = run_policy(pol, problems, 6)
+    b = run_policy(ConvGPSPolicy(net, specs=specs, step_unit="sqrt", grad_average=grad_average), flipped, 6)
+    torch.testing.assert_close(a.losses, b.losses)
+    torch.testing.assert_close(a.state.theta * flip, b.state.theta)
+
+
 def test_conv_gps_improves_on_its_initial_controller_on_val():
     from l2o_gym.agents.gps.conv import ConvGPSTrainer
     from l2o_gym.policy import run_policy

@@ -33,7 +33,8 @@ features hold ``σ·ĝ`` (≥ 0 when the averaged and current gradients agree) a
 controllers and the global policy output ``a' = σ·a`` (the step *along* the gradient), and the dynamics are
 fitted on ``(s, a', s')``; in that frame ``Δf ≈ Σ_i |g^i| a'^i`` is linear in the action with a coefficient of one
 sign. The optimizer is then equivariant to flipping the sign of any coordinate (θ^i → −θ^i flips g^i and the
-step), as a hand-designed first-order method is (tested).
+step), as a hand-designed first-order method is (tested), except at steps where a coordinate's gradient is
+exactly 0: its frame is then +1 either way.
 
 **Step unit.** The executed step is ``Δθ^i = σ^i ρ^i a'^i``. With ``step_unit="sign"`` (the first shipped
 policy) ``ρ = 1``: the frame step is the step itself, and the features Φ and Ψ are scale-free, so no
