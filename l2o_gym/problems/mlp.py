@@ -19,14 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2o_gym import data
-from l2o_gym.problems.base import (
-    ParamSpec,
-    ProblemBatch,
-    ProblemFamily,
-    check_memory,
-    counter_randint,
-    param_specs_from,
-)
+from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, check_memory, counter_randint, param_specs_from
 from l2o_gym.checks import SPLITS, check_positive_int, check_split
 
 #: Input size of each dataset (pixels per image).

@@ -12,14 +12,7 @@ from torch import Tensor
 
 from l2o_gym import data
 from l2o_gym.checks import SPLITS, check_positive_int, check_split
-from l2o_gym.problems.base import (
-    ParamSpec,
-    ProblemBatch,
-    ProblemFamily,
-    check_memory,
-    counter_randint,
-    param_specs_from,
-)
+from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, check_memory, counter_randint, param_specs_from
 from l2o_gym.problems.mlp import ACTIVATIONS, example_partitions
 
 #: default cap on the examples of one instance (the true objective costs one forward pass over them).
