@@ -367,8 +367,7 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
     """
     path = Path(path)
     state = read_run_state(path, agent.kind)
-    saved, now = state.get("problem"), _problem_of(agent)
-    saved = None if saved is None else _json_form(saved)
+    saved, now = state.get("problem"), _problem_of(agent)  # saved in the JSON form of _problem_of
     if not reset_best and saved is not None and saved != now:  # states from before the field are not checked
         raise CheckpointError(
             f"training state {str(path)!r} was trained on {saved}, this run is on {now}: its best validation value "

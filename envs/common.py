@@ -210,6 +210,11 @@ class BatchedOptimizee:
             raise ValueError(f"action contains NaN or inf (instances {idx}); actions must be finite values in [-1, 1]")
         return a.clamp(-1.0, 1.0).to(self.dtype) * self.action_scale
 
+    def objectives(self) -> dict[str, Tensor]:
+        """The envs' ``info`` entries, ``[N]`` each: ``objective`` — what the reward uses (the true objective where
+        the family has one) — and ``observed_objective`` — what the observation sees (the minibatch loss there)."""
+        return {"objective": self.state.objective, "observed_objective": self.state.loss}
+
     def _check_started(self) -> None:
         if self.state is None:
             raise RuntimeError("call reset() before step(): the environment has no episode yet")

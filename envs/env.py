@@ -116,8 +116,7 @@ class L2OEnv(gym.Env):
         return self._obs(obs), float(reward[0]), term, bool(truncated[0]), info
 
     def _info(self, diverged: bool) -> dict[str, Any]:
-        state = self.driver.state
-        return {"objective": float(state.objective[0]), "observed_objective": float(state.loss[0]), "diverged": diverged}
+        return {**{k: float(v[0]) for k, v in self.driver.objectives().items()}, "diverged": diverged}
 
     def render(self) -> str | np.ndarray | None:
         title = f"{self.spec.id if self.spec else self.driver.family.name} ({self.driver.split})"

@@ -153,10 +153,7 @@ class L2OVectorEnv(VectorEnv):
         return obs, reward, terminated, truncated, info
 
     def _info(self) -> dict[str, Any]:
-        """``objective`` (what the reward uses: the true objective where the family has one) and
-        ``observed_objective`` (what the observation sees: the minibatch loss there), both ``[N]``."""
-        state = self.driver.state
-        return {"objective": state.objective, "observed_objective": state.loss}
+        return self.driver.objectives()
 
     def render(self) -> tuple[Any, ...] | None:
         """The first sub-environment's loss curve (``ansi`` text or ``rgb_array`` image), as a 1-tuple."""

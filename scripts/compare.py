@@ -28,7 +28,7 @@ import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.experiments import cli
-from l2o_gym.experiments.compare import LEARNED, CompareConfig, run_comparison, tuned_baselines_for
+from l2o_gym.experiments.compare import LEARNED, CompareConfig, run_comparison
 from l2o_gym.registry import ENV_IDS
 from l2o_gym.experiments.study import PRESETS, preset_config, run_study
 
@@ -82,15 +82,8 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
                             resume=args.resume)
         results = run_study(cfg, progress=not args.quiet)
     else:
-        unknown = [e for e in args.env if e not in ENV_IDS]
-        if unknown:
-            raise cli.UsageError(f"unknown env id {unknown[0]!r}: expected one of {', '.join(ENV_IDS)}")
-        policies = args.policies or tuned_baselines_for(args.env, args.horizon, args.tuned)
-        if not policies:
-            raise cli.UsageError(f"no baseline has tuned hyperparameters for every env of {args.env}: give --policies, "
-                                 "or tune them with scripts/tune_baselines.py")
-        cfg = CompareConfig(
-            envs=args.env, policies=policies, n_problems=args.n_problems, horizon=args.horizon,
+        cfg = CompareConfig(  # without --policies: every baseline tuned for all the envs (compare.plan)
+            envs=args.env, policies=args.policies or [], n_problems=args.n_problems, horizon=args.horizon,
             long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
             command=command, workers=args.workers, portable=args.portable, resume=args.resume,
         )

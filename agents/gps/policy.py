@@ -105,10 +105,13 @@ def load_gps_policy(
     from l2o_gym.agents.gps.coord_policy import KIND as CONV_KIND
     from l2o_gym.checkpoint import read_policy_config
 
-    if read_policy_config(path).get("kind") == CONV_KIND:
-        raise CheckpointError(f"checkpoint {str(path)!r} is a convolutional-GPS policy (kind {CONV_KIND!r}): load it with "
-                              "l2o_gym.agents.gps.load_policy (either GPS kind) or ConvGPSPolicy.load")
-    tensors, cfg = load_policy_file(path, kind=KIND, device=device)
+    try:
+        tensors, cfg = load_policy_file(path, kind=KIND, device=device)
+    except CheckpointError:
+        if Path(path).is_file() and read_policy_config(path).get("kind") == CONV_KIND:  # the other GPS kind
+            raise CheckpointError(f"checkpoint {str(path)!r} is a convolutional-GPS policy (kind {CONV_KIND!r}): load "
+                                  "it with l2o_gym.agents.gps.load_policy (either GPS kind) or ConvGPSPolicy.load") from None
+        raise
     check_compatible(cfg, path, env_id=env_id, dim=dim)
     obs_dim, d = config_field(cfg, path, "obs_dim", int), config_field(cfg, path, "dim", int)
     hidden = config_field(cfg, path, "hidden", list)

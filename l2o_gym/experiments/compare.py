@@ -202,8 +202,9 @@ class Section:
 class CompareConfig:
     """Arguments of a comparison run (``scripts/compare.py`` flags).
 
-    Either ``envs`` × ``policies`` at ``horizon`` (and ``long_horizon``), or explicit ``sections`` (the
-    presets of :mod:`l2o_gym.experiments.study`); ``n_problems`` is the default number of held-out problems.
+    Either ``envs`` × ``policies`` at ``horizon`` (and ``long_horizon``; no ``policies``: every baseline tuned for
+    all the envs, :func:`tuned_baselines_for`), or explicit ``sections`` (the presets of
+    :mod:`l2o_gym.experiments.study`); ``n_problems`` is the default number of held-out problems.
     ``workers``: parallel worker processes for the independent evaluations (``None``: one per available CPU,
     :func:`l2o_gym.threads.available_cpus`); each evaluation runs on one thread, so results do not depend on it.
     ``portable``: run every job in spawned workers whose torch and MKL kernels are pinned to the AVX2 code paths
@@ -244,11 +245,14 @@ class CompareConfig:
 
 def tuned_baselines_for(envs: list[str], horizon: int, tuned: str | None = None) -> list[str]:
     """The baselines (in :data:`~l2o_gym.agents.baselines.BASELINES` order) with tuned hyperparameters for every env
-    of ``envs`` (at ``horizon``, or another horizon as :func:`~l2o_gym.experiments.tuning.tuned_entry` falls back):
-    ``compare.py``'s default ``--policies``. Empty if the tuned file has none for some env."""
-    table = load_tuned(tuned)
-    return [name for name in BASELINES
-            if all(tuned_entry(table, env, name, horizon) is not None for env in envs)]
+    of ``envs`` (at ``horizon``, or another horizon as :func:`~l2o_gym.experiments.tuning.tuned_entry` falls back)
+    in the tuned file ``tuned``: what a comparison without policies runs (:func:`plan`). Empty if the file has none
+    for some env."""
+    return _tuned_baselines(load_tuned(tuned), envs, horizon)
+
+
+def _tuned_baselines(table: dict[str, Any], envs: list[str], horizon: int) -> list[str]:
+    return [name for name in BASELINES if all(tuned_entry(table, env, name, horizon) is not None for env in envs)]
 
 
 @dataclass
@@ -306,9 +310,17 @@ def plan(cfg: CompareConfig) -> list[_Job]:
         if sec.long_horizon is not None and sec.long_horizon < sec.horizon:
             raise ValueError(f"long_horizon={sec.long_horizon} is shorter than the horizon T={sec.horizon} of {sec.name}: "
                              "the long-horizon check runs past T (e.g. 10·T)")
-    specs_by_section = [[PolicySpec.parse(p) for p in sec.policies] for sec in sections]
-    need_tuned = any(s.name in BASELINES for specs in specs_by_section for s in specs)
+    defaults = not all(sec.policies for sec in sections)  # no policies given: the baselines tuned for every env
+    need_tuned = defaults or any(PolicySpec.parse(p).name in BASELINES for sec in sections for p in sec.policies)
     tuned = load_tuned(cfg.tuned) if need_tuned else {}
+    if defaults:
+        envs = list(dict.fromkeys(sec.env for sec in sections))
+        default = _tuned_baselines(tuned, envs, cfg.horizon)
+        if not default:
+            raise ValueError(f"no baseline has tuned hyperparameters for every env of {envs}: give the policies, or "
+                             "tune them with scripts/tune_baselines.py")
+        sections = [sec if sec.policies else dataclasses.replace(sec, policies=list(default)) for sec in sections]
+    specs_by_section = [[PolicySpec.parse(p) for p in sec.policies] for sec in sections]
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ streams (:func:`stream_seed`); generalization claims are only ever made on ``tes
 
 from __future__ import annotations
 
+import os
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -33,8 +34,6 @@ from l2o_gym.checks import SPLITS, check_split, resolve_device, resolve_dtype
 
 def physical_memory() -> int:
     """Bytes of physical memory of this machine (0 where the OS does not say)."""
-    import os
-
     try:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
