@@ -3,7 +3,7 @@
 
     python scripts/tune_baselines.py --env l2o/Quadratic-v0 --policies sgd adam --out agents/tuned_baselines.json
 
-Grids, divergence penalty and selection rule: the one protocol of l2o_gym/agents/tuning.py (also used by
+Grids, divergence penalty and selection rule: the one protocol of agents/tuning.py (``l2o_gym.agents.tuning``) (also used by
 GPS and SB3 training). The test split is never read.
 """
 

@@ -357,6 +357,29 @@ def test_conv_gps_improves_on_its_initial_controller_on_val():
     assert torch.isfinite(traj.losses).all()
 
 
+def test_conv_gps_training_reads_the_true_objective_only_where_it_evaluates_it():
+    """On a family with a true objective the trainer's core evaluates it at T only; the samples, fits and policy
+    equal those of a core that evaluates it every step (nothing in training reads the held values)."""
+    import dataclasses
+
+    from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
+
+    train = make_family("nn_classifier", dataset="digits", inputs=8, hidden=6).sample(2, "train", 0)
+    cfg = ConvGPSConfig(horizon=20, n_samples=2, hidden=6, regression_coords=4, regression_epochs=2, bptt=5, seed=3,
+                        init_lr=0.03)
+    runs = []
+    for every in (None, 1):
+        tr = ConvGPSTrainer(train, cfg)
+        assert tr.core_config.true_every == cfg.horizon
+        if every is not None:
+            tr.core_config = dataclasses.replace(tr.core_config, true_every=every)
+        metrics = tr.iteration()
+        runs.append((metrics.pop("wall_s"), metrics, tr.local.K.clone(), tr.policy().net.state_dict()))
+    (_, m0, k0, net0), (_, m1, k1, net1) = runs
+    assert m0 == m1 and torch.equal(k0, k1)
+    assert all(torch.equal(net0[k], net1[k]) for k in net0)
+
+
 def test_conv_gps_policy_round_trips_through_a_checkpoint(tmp_path):
     from l2o_gym.agents.gps.conv import ConvGPSTrainer
     from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy

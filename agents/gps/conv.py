@@ -189,7 +189,9 @@ class ConvGPSTrainer:
 
     def __init__(self, problems: ProblemBatch, cfg: ConvGPSConfig) -> None:
         self.problems, self.cfg = problems, cfg
-        self.core_config = CoreConfig(horizon=cfg.horizon, history=1, validate=False)
+        # the true objective is read only at 0 and T (``_objective``) and for val selection (its own runs): the
+        # core evaluates it at T alone, not at every step (same samples and fits, less time on NNClassifier).
+        self.core_config = CoreConfig(horizon=cfg.horizon, history=1, validate=False, true_every=cfg.horizon)
         self.specs = problems.family.param_specs()
         self.G, self.M, self.T = len(self.specs), problems.n, cfg.horizon
         #: controller sets: one per condition, or one shared by all conditions (``share_conditions``).

@@ -114,7 +114,7 @@ GRAD_AVERAGES: tuple[str, ...] = ("last3", "ema")
 MOMENTUM_DECAY: float = 0.9
 
 #: layout of the local state Φ (``STATE_DIM`` entries per coordinate).
-OBJ: int = 0  #: f̄_t / f̄_0, the averaged objective relative to its start value (the cost reads it)
+OBJ: int = 0  #: f̄_t / f̄_0, the averaged objective relative to its start value
 GRAD: int = 1  #: ḡ_t / sqrt(running mean of ḡ²), the normalised averaged gradient
 STEP_RATIO: int = 2  #: log((|x̄_t − x̄_{t−1}| + ε) / (|x̄_{t−1} − x̄_{t−2}| + ε)), clipped to ±10
 AGREE: int = 3  #: σ · sign(x̄_t − x̄_{t−1}): does the last averaged move point along the current gradient?
@@ -207,8 +207,8 @@ class CoordinateFeatures:
     def reset(self, theta: Tensor, loss: Tensor, grad: Tensor, objective: Tensor | None = None) -> None:
         """Start from iterate ``theta[N, d]``, minibatch objective ``loss[N]`` and gradient ``grad[N, d]``.
 
-        ``objective[N]`` (default ``loss``) feeds the objective part of Φ (``OBJ`` and the relative changes):
-        training passes the true (full-data) objective there, the cost reads it; Ψ always uses ``loss``.
+        ``objective[N]`` (default ``loss``) feeds the objective part of Φ (``OBJ`` and the relative changes);
+        Ψ always uses ``loss``. Conv-GPS training passes none: Φ, like Ψ, sees the minibatch values.
         """
         objective = loss if objective is None else objective
         self._x = [theta.clone()]  # last AVERAGE_OVER iterates

@@ -6,10 +6,10 @@ magnitude, log step ratio, sign agreement of the gradient with the last step; wi
 the normalised momentum ``σ ḡ / rms``) and its own memory, and outputs
 a Gaussian step in the gradient-sign frame (:mod:`~l2o_gym.agents.gps.coord`)::
 
-    (h^i_t, c^i_t) = LSTM_g(Ψ^i_t, (h^i_{t−1}, c^i_{t−1}))       a'^i_t ~ N(s_g · w_gᵀ h^i_t, σ_g²),   Δθ^i = σ^i_t a'^i_t
+    (h^i_t, c^i_t) = LSTM_g(Ψ^i_t, (h^i_{t−1}, c^i_{t−1}))       a'^i_t ~ N(s_g · (w_gᵀ h^i_t + b_g), σ_g²),   Δθ^i = σ^i_t ρ^i_t a'^i_t
 
 (Li & Malik 2017: one layer of 128 LSTM cells shared within a group). The LSTMs of different groups are
-separate; every coordinate of a group uses the same weights, so permuting coordinates within a group
+separate (``ρ``: the step unit, :mod:`~l2o_gym.agents.gps.coord`); every coordinate of a group uses the same weights, so permuting coordinates within a group
 permutes the steps (tested). ``s_g`` is a fixed output scale (set from the local controllers' actions when
 training starts), ``σ_g²`` the group's action variance (set in closed form by the BADMM global step).
 
