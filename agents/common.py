@@ -41,6 +41,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from l2o_gym.checks import one_line
 from l2o_gym.checkpoint import CheckpointError, atomic_write, load_state, save_state, update_policy_config
 from l2o_gym.problems import ProblemBatch
 
@@ -350,11 +351,6 @@ def _json_form(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> None:
     """Restore ``agent`` and its run record from ``path`` (:func:`read_run_state`).
 
@@ -380,7 +376,7 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
         agent.record.load_state_dict(state["record"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"training state {str(path)!r} does not fit this {agent.kind} run: "
-                              f"{type(exc).__name__}: {_one_line(str(exc))}") from None
+                              f"{type(exc).__name__}: {one_line(str(exc), limit=400)}") from None
     if reset_best:
         agent.record = RunRecord()
     log.info("resumed from %s after %d iterations (best val %.4g)", path, agent.iterations_done, agent.record.best_val)

@@ -226,7 +226,10 @@ def load_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str
     if not path.is_file():
         raise CheckpointError(f"training state {str(path)!r} " + ("is a folder, not a state file" if path.is_dir()
                                                                   else "does not exist"))
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"training state {str(path)!r} is empty (0 bytes)")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"training state {str(path)!r} could not be loaded safely: {exc}") from None
+        raise CheckpointError(f"training state {str(path)!r} could not be loaded safely: "
+                              f"{str(exc).strip() or type(exc).__name__}") from None

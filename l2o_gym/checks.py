@@ -92,3 +92,10 @@ def check_seed(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"seed must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """``text`` on one line, its lines stripped and joined by spaces (torch's load errors, for one, span several
+    lines: the last would name neither the flag nor the file); cut to ``limit`` characters with ``…`` if given."""
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"

@@ -39,7 +39,7 @@ as divergence too, so every observation is finite.
   ``(f_t − f_{t−i}) / (|f_{t−i}| + eps)``, clipped to ``[−feature_clip, feature_clip]``;
 * ``H·d`` gradient features: ``grad_scale · ∇f(θ_{t−j})`` for ``j = H−1, …, 0`` (oldest first), flattened
   iterate-major (``[H, d]`` → ``H·d``);
-* optionally (``include_steps``) ``H·d`` past steps ``Δθ`` laid out the same way.
+* optionally (``include_steps``) ``H·d`` past steps ``grad_scale · Δθ`` laid out the same way.
 
 Entries that refer to iterates before ``θ₀`` are zero (zero padding at the start of an episode).
 :func:`coordinate_features` gives the per-coordinate view ``[N, d, F_c]`` (``F_c = 2H`` or ``3H``) that

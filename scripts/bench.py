@@ -164,9 +164,17 @@ def _body(args: argparse.Namespace) -> int:
         print(f"{n:>7} {native.steps_per_s:16,.0f} {sync_txt} {ratio:8.1f}", flush=True)
         rows.append({"native": native.as_dict(), "sync": sync.as_dict() if sync else None, "ratio": ratio})
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        _write_json(args.json, rows)
     return 0
+
+
+def _write_json(path: str, rows: list[dict]) -> None:
+    from pathlib import Path
+
+    from l2o_gym.checkpoint import atomic_write
+
+    text = json.dumps(rows, indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))  # a crash leaves no half-written file
 
 
 def _bench_busy(args: argparse.Namespace) -> int:
@@ -180,8 +188,7 @@ def _bench_busy(args: argparse.Namespace) -> int:
         rounds = ", ".join(f"{i:,.0f}->{b:,.0f}" for i, b in zip(r["idle"], r["busy"]))
         print(f"{r['mode']:>14} {r['idle_median']:14,.0f} {r['busy_median']:14,.0f} {r['ratio']:10.2f}   {rounds}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        _write_json(args.json, rows)
     return 0
 
 

@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", nargs="+", default=None, metavar="NAME[=CKPT]",
                    help=f"policies (default: every baseline tuned for all the envs): {', '.join(BASELINES)}, "
                         f"{', '.join(k + '[=CKPT]' for k in LEARNED)}")
-    p.add_argument("--n-problems", type=int, default=100, help="test problems per env (default: %(default)s)")
-    p.add_argument("--horizon", type=int, default=100, help="iterations T (default: %(default)s)")
-    p.add_argument("--long-horizon", type=int, default=None, help="also evaluate at this horizon, e.g. 10×T")
+    p.add_argument("--n-problems", type=cli.positive_int, default=None, help="test problems per env (default: 100)")
+    p.add_argument("--horizon", type=cli.positive_int, default=None, help="iterations T (default: 100)")
+    p.add_argument("--long-horizon", type=cli.positive_int, default=None, help="also evaluate at this horizon, e.g. 10×T")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="test-instance seed (default: %(default)s)")
     p.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--out", type=cli.out_dir, required=True, help="output folder, e.g. runs/NAME")
@@ -76,6 +76,11 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise cli.UsageError("--preset and --env are exclusive: a preset defines its own envs")
     if not args.preset and not args.env:
         raise cli.UsageError("give --env ID [ID ...] or --preset NAME")
+    given = [flag for flag, v in (("--n-problems", args.n_problems), ("--horizon", args.horizon),
+                                  ("--long-horizon", args.long_horizon)) if v is not None]
+    if args.preset and given:
+        raise cli.UsageError(f"--preset and {', '.join(given)} are exclusive: a preset defines its own problems and "
+                             "horizons")
     if args.preset:
         cfg = preset_config(args.preset, policies=args.policies, seed=args.seed, device=args.device, out=args.out,
                             tuned=args.tuned, command=command, workers=args.workers, portable=args.portable,
@@ -83,7 +88,7 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
         results = run_study(cfg, progress=not args.quiet)
     else:
         cfg = CompareConfig(  # without --policies: every baseline tuned for all the envs (compare.plan)
-            envs=args.env, policies=args.policies or [], n_problems=args.n_problems, horizon=args.horizon,
+            envs=args.env, policies=args.policies or [], n_problems=args.n_problems or 100, horizon=args.horizon or 100,
             long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
             command=command, workers=args.workers, portable=args.portable, resume=args.resume,
         )

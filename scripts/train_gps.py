@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(a: argparse.Namespace) -> int:
         if a.evaluate and not Path(a.evaluate).is_file():
-            raise cli.UsageError(f"--evaluate: checkpoint {a.evaluate!r} does not exist")
+            what = "is a folder, not a checkpoint file" if Path(a.evaluate).is_dir() else "does not exist"
+            raise cli.UsageError(f"--evaluate: checkpoint {a.evaluate!r} {what}")
+        if a.evaluate and (a.resume or a.export):
+            other = "--resume" if a.resume else "--export"
+            raise cli.UsageError(f"--evaluate trains nothing: it does not go with {other}")
         cfg = cli.prepare(a, cfg_args)
         if a.evaluate:
             from l2o_gym.agents.gps.train import evaluate_on_test

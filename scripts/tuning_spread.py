@@ -20,7 +20,8 @@ import sys
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.experiments import cli
 from l2o_gym.experiments.tuning import (
-    default_tuned_path, record_spread, record_val_references, seed_spread, setting_key, variant_kwargs,
+    default_tuned_path, read_tuned_file, record_spread, record_val_references, seed_spread, setting_key,
+    variant_kwargs,
 )
 from l2o_gym.registry import ENV_IDS
 
@@ -52,6 +53,7 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise cli.UsageError("give --env ID ... and/or --val-references")
     for env_id in args.env:
         variant_kwargs(env_id, args.variant)
+    read_tuned_file(args.out)  # an unreadable --out fails now, not after the tuning
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     command = "python scripts/tuning_spread.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for env_id in args.env:

@@ -39,6 +39,7 @@ def _no_hang():
 
 def _run(script: str, argv: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "list.json").write_text("[1, 2]")  # valid JSON, not a tuned file
     args = [a.replace("{tmp}", str(tmp_path)).replace("{file}", str(tmp_path / "afile")) for a in argv]
     main = _script(script).main
     try:
@@ -113,6 +114,24 @@ BAD: list[tuple[str, list[str], str]] = [
     ("demo", ["--out", "{file}/o"], "is a file"),
     ("demo", ["--seed", "-1"], "--seed"),
     ("demo", ["--device", "bogus"], "'bogus'"),
+    # unusable outputs are refused before any work, naming the path (not a temporary file after the training)
+    *[(s, ["--export", "{tmp}", "--out", "{tmp}/o"], "is a folder, not a file") for s in TRAIN],
+    *[(s, ["--export", "/proc/x.safetensors", "--out", "{tmp}/o"], "'/proc/x.safetensors' is not usable")
+      for s in TRAIN],
+    ("tune_baselines", ["--out", "/proc/x.json"], "'/proc/x.json' is not usable"),
+    ("tuning_spread", ["--env", "l2o/Quadratic-v0", "--out", "/proc/x.json"], "'/proc/x.json' is not usable"),
+    ("bench", ["env", "--json", "/proc/x.json"], "'/proc/x.json' is not usable"),
+    ("demo", ["--out", "/proc/x"], "'/proc/x' is not usable"),
+    ("tuning_spread", ["--env", "l2o/Quadratic-v0", "--out", "{tmp}/list.json"], "list.json' is not a tuned file"),
+    ("tune_baselines", ["--env", "l2o/Quadratic-v0", "--out", "{tmp}/list.json"], "list.json' is not a tuned file"),
+    ("compare", ["--env", "l2o/Quadratic-v0", "--policies", "sgd", "--tuned", "{tmp}/list.json", "--out", "{tmp}/o"],
+     "list.json' is not valid"),
+    ("compare", ["--env", "l2o/Quadratic-v0", "--n-problems", "0", "--out", "{tmp}/o"], "--n-problems"),
+    ("compare", ["--env", "l2o/Quadratic-v0", "--horizon", "-1", "--out", "{tmp}/o"], "--horizon"),
+    ("compare", ["--env", "l2o/Quadratic-v0", "--long-horizon", "0", "--out", "{tmp}/o"], "--long-horizon"),
+    ("compare", ["--preset", "study-tiny", "--n-problems", "5", "--out", "{tmp}/o"], "--preset and --n-problems"),
+    ("train_gps", ["--evaluate", "{tmp}"], "is a folder, not a checkpoint file"),
+    ("train_gps", ["--evaluate", "{file}", "--export", "{tmp}/x.safetensors"], "--evaluate trains nothing"),
 ]
 if NO_CUDA:
     BAD += [(s, ["--device", "cuda", "--out", "{tmp}/o"], "CUDA is not available") for s in TRAIN]
@@ -160,6 +179,21 @@ def test_resume_with_a_wrong_state_is_a_clear_error(script, content, tmp_path, c
     assert code == 2, err
     assert "Traceback" not in err
     assert str(out / "state.pt") in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("content, says", [(bytes(range(256)) * 2, "could not be loaded safely: "),
+                                           (b"", "is empty (0 bytes)")])
+def test_resume_with_a_corrupt_state_is_one_line_naming_it(tmp_path, capsys, content, says):
+    """torch's load errors span lines; the error output still ends with one line naming the file and the cause."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "state.pt").write_bytes(content)
+    code, err = _run("train_gps", [*TINY["train_gps"], "--resume", "--out", str(out)], tmp_path, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and str(out / "state.pt") in last and says in last, err
+    assert not last.endswith(": "), err
 
 
 # ---- the same names for the same ideas ------------------------------------------------------------------------------

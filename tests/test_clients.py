@@ -114,9 +114,15 @@ def test_async_vectorisation_after_torch_work_in_the_parent():
     assert out.stdout.split() == [w for env_id in ENV_IDS for w in ("ok", env_id)]
 
 
-def test_fork_safe_threads_only_changes_forked_children():
+def test_fork_safe_threads_only_changes_forked_children(monkeypatch):
+    import os
+
     from l2o_gym.envs import common
 
-    n = torch.get_num_threads()
+    torch.set_num_threads(2)  # more than one thread whatever OMP_NUM_THREADS says (conftest restores it)
     common.fork_safe_threads()  # in the importing process: nothing changes
-    assert torch.get_num_threads() == n
+    assert torch.get_num_threads() == 2
+    # in any other process (a forked child has the parent's module state, so another pid than the importer's)
+    monkeypatch.setattr(common, "_IMPORT_PID", os.getpid() + 1)
+    common.fork_safe_threads()
+    assert torch.get_num_threads() == 1

@@ -52,6 +52,15 @@ def test_features_match_definition_after_steps():
     h, t = 4, 6
     expect_lf = torch.stack([(losses[t] - losses[t - i]) / (losses[t - i].abs() + cfg.eps) for i in range(h, 0, -1)], 1)
     torch.testing.assert_close(core.loss_features(s), expect_lf)
+    # ... clipped to [−feature_clip, feature_clip], and gradients and steps times grad_scale: the same steps under
+    # a clip below the largest feature and grad_scale 3
+    clip = 0.5 * float(expect_lf.abs().max())
+    sc = core.reset(pb, CoreConfig(history=4, include_steps=True, feature_clip=clip, grad_scale=3.0))
+    for a in steps:
+        sc, *_ = core.step(sc, a)
+    torch.testing.assert_close(core.loss_features(sc), expect_lf.clamp(-clip, clip))
+    torch.testing.assert_close(sc.grad_hist, 3.0 * torch.stack(grads[-h:], 1))
+    torch.testing.assert_close(sc.step_hist, 3.0 * torch.stack(steps[-h:], 1))
     torch.testing.assert_close(s.grad_hist, torch.stack(grads[-h:], 1))
     torch.testing.assert_close(s.step_hist, torch.stack(steps[-h:], 1))
     cf = core.coordinate_features(s)

@@ -118,10 +118,12 @@ def test_env_is_finite_or_refuses_the_setting(env_id, vector, kw, data):
 core_settings = st.fixed_dictionaries(
     {
         "dtype": st.sampled_from([torch.float32, torch.float64]),
-        "grad_scale": _log_uniform(1e-30, 1e38),
-        "feature_clip": _log_uniform(1e-3, 3e38),
+        # out-of-range values too (past float32's range or below its smallest normal, fine in float64), so that
+        # the refusal branch of the test below runs
+        "grad_scale": st.one_of(_log_uniform(1e-30, 1e38), st.sampled_from([1e39, 1e300])),
+        "feature_clip": st.one_of(_log_uniform(1e-3, 3e38), st.sampled_from([1e39, 1e300])),
         "blowup": _log_uniform(1e-6, 1e300),
-        "eps": _log_uniform(1e-30, 1.0),
+        "eps": st.one_of(_log_uniform(1e-30, 1.0), st.sampled_from([1e-46, 1e-300])),
         "include_steps": st.booleans(),
         "family": st.sampled_from(["quadratic", "rosenbrock", "rastrigin", "logistic_regression"]),
     }

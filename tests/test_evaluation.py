@@ -34,6 +34,12 @@ def test_evaluate_metrics_and_determinism():
     assert len(a.curve_mean) == 31 and a.grad_evals == 30 and a.diverged_fraction == 0
     assert a.curve_ci_low[-1] <= a.final_mean <= a.curve_ci_high[-1]
     assert a.log10_final_mean == pytest.approx(math.log10(a.final_mean))
+    # the per-problem finals and the curve give the summary numbers; AUC: trapezoid rule over t = 0…T, divided by T
+    assert len(a.final_values) == 20 and a.final_mean == pytest.approx(float(np.mean(a.final_values)))
+    assert a.final_median == pytest.approx(float(np.median(a.final_values))) and a.final_median != a.final_mean
+    assert a.curve_mean[-1] == pytest.approx(a.final_mean)
+    c = a.curve_mean
+    assert a.auc_mean == pytest.approx((sum(c) - 0.5 * (c[0] + c[-1])) / 30, rel=1e-12)
     assert set(a.as_dict()) >= RESULT_KEYS
 
 

@@ -60,6 +60,14 @@ def test_objective_is_the_weighted_sum_of_its_terms_and_extensive() -> None:
     t = fam.terms(batch, batch.x0)
     expected = (16 / 64) ** 2 * (2.0 * t["content"] + 3.0 * t["style"] + 5.0 * t["tv"])
     torch.testing.assert_close(batch.loss(batch.x0), expected, rtol=1e-12, atol=0)
+    # the content term by a direct per-image computation: mean squared difference of the content layer's features
+    gen = torch.Generator().manual_seed(2)
+    theta = batch.x0 + 0.1 * torch.randn(batch.x0.shape, generator=gen, dtype=torch.float64)
+    got = fam.terms(batch, theta)["content"]
+    for i in range(2):
+        fx = fam.net(theta[i].reshape(1, 3, 16, 16))[fam.content_layer].numpy()
+        fc = fam.net(batch.data["content"][i].reshape(1, 3, 16, 16))[fam.content_layer].numpy()
+        assert float(got[i]) == pytest.approx(np.mean((fx - fc) ** 2), rel=1e-10)
     # at the content image the content term vanishes
     assert float(fam.terms(batch, batch.data["content"])["content"].abs().max()) < 1e-20
     # at the style image the style term vanishes

@@ -133,6 +133,10 @@ def test_copy_keeps_the_policy_and_continues_identically(how):
     model, opt, x, y = _lstm_run(lambda m: LearnedOptimizer(m.parameters(), load_pretrained("l2o/Quadratic-v0")))
     clone = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
     assert type(clone.policy) is type(opt.policy) and clone._mdp is not None
+    # ... a copy, not the same objects: otherwise the comparison below would compare each parameter with itself
+    assert clone._mdp is not opt._mdp and clone._mdp.theta is not opt._mdp.theta
+    for p, q in zip(model.parameters(), clone.param_groups[0]["params"]):
+        assert q is not p and torch.equal(q, p)
     # The clone's parameters are copies (as for torch optimizers); a model around them continues the same.
     model2 = nn.Linear(2, 1)
     with torch.no_grad():
@@ -152,4 +156,5 @@ def test_torch_optimizers_deepcopy_the_same_way():
     assert c.param_groups[0]["params"][0] is not m.weight
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        copy.deepcopy(LearnedOptimizer(m.parameters(), GradientDescent(0.1)))
+        lc = copy.deepcopy(LearnedOptimizer(m.parameters(), GradientDescent(0.1)))
+    assert lc.param_groups[0]["params"][0] is not m.weight and torch.equal(lc.param_groups[0]["params"][0], m.weight)

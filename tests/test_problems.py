@@ -338,6 +338,9 @@ def test_mlp_activations(activation: str) -> None:
     # biases start at zero, weights ~ N(0, 1/fan_in)
     layers = fam.unflatten(batch.x0)
     assert all(torch.count_nonzero(b) == 0 for _, b in layers)
+    for W, _ in fam.unflatten(fam.sample(50, seed=0, dtype=torch.float64).x0):  # 750+ weights per layer
+        fan_in = W.shape[1]
+        assert abs(float(W.mean())) < 0.15 / fan_in**0.5 and abs(float(W.std()) * fan_in**0.5 - 1) < 0.15, fan_in
 
 
 # ------------------------------------------------------------------------------------------- minima

@@ -30,12 +30,15 @@ import math
 import os
 import re
 import sys
+import tempfile
 import types
 import typing
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from l2o_gym.checks import one_line
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +114,21 @@ def device(text: str) -> str:
 
 
 def out_path(text: str) -> str:
-    """A path that can be created: no existing component of it (but the last) is a regular file."""
+    """A path that can be created: no existing component of it (but the last) is a regular file, and files can be
+    created in its nearest existing folder (checked now, not after hours of work, e.g. ``/proc/x`` or a read-only
+    folder)."""
     if not text:
         raise argparse.ArgumentTypeError("expected a path, got ''")
     p = Path(text)
     for parent in list(p.parents)[::-1]:
         if parent.exists() and not parent.is_dir():
             raise argparse.ArgumentTypeError(f"{text!r} is not usable: {str(parent)!r} is a file, not a folder")
+    folder = p if p.is_dir() else next((q for q in p.parents if q.exists()), Path("."))
+    try:  # an anonymous temporary file: nothing is left behind
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not usable: cannot create files in {str(folder)!r} "
+                                         f"({exc.strerror or exc})") from None
     return text
 
 
@@ -383,9 +394,9 @@ def add_run_args(
         g.add_argument("--resume", action="store_true",
                        help="continue from OUT/state.pt (refused if there is none, or it is another kind of run's)")
     if export:
-        g.add_argument("--export", type=out_path, default=None, metavar="PATH",
+        g.add_argument("--export", type=out_file, default=None, metavar="PATH",
                        help="copy the best checkpoint here when done (e.g. agents/pretrained/...)")
-        deprecated_alias(parser, "--save", "--export", "export", type=out_path)
+        deprecated_alias(parser, "--save", "--export", "export", type=out_file)
     if threads:
         g.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads (default: 1)")
     if quiet:
@@ -462,15 +473,15 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
     try:
         return int(body(args) or 0)
     except (UsageError, CheckpointError) as exc:
-        parser.error(str(exc))
+        parser.error(one_line(str(exc)))
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
     except (ValueError, OSError) as exc:  # a bad value or path reaching the library: still the user's input
-        parser.error(str(exc))
+        parser.error(one_line(str(exc)))
     except Exception as exc:  # noqa: BLE001 - the runtime-failure exit code
         log.debug("runtime failure", exc_info=True)
-        print(f"{parser.prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
         return 1
     return 0  # pragma: no cover - parser.error exits
 

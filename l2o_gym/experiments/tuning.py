@@ -152,9 +152,17 @@ def _read(out_path: Path | None) -> dict[str, Any]:
             data = json.loads(out_path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"tuned hyperparameter file {str(out_path)!r} is not valid JSON: {exc}") from None
-        data.setdefault("envs", {})
+        if not isinstance(data, dict) or not isinstance(data.setdefault("envs", {}), dict):
+            raise ValueError(f"tuned hyperparameter file {str(out_path)!r} is not a tuned file: expected a JSON object "
+                             'with an "envs" object')
         return data
     return {"envs": {}}
+
+
+def read_tuned_file(path: str | Path) -> dict[str, Any]:
+    """The tuned file ``path`` as a dict (``{"envs": {}}`` if it does not exist yet); ``ValueError`` naming it if it
+    is not one (scripts call it before tuning into it, so that a bad ``--out`` fails at once)."""
+    return _read(Path(path))
 
 
 def _write(data: dict[str, Any], out_path: Path | None) -> None:
@@ -347,9 +355,14 @@ def tuned_entry(
 def load_tuned(path: str | Path | None = None) -> dict[str, Any]:
     """The tuned hyperparameters, ``{setting_key: {name: {"hparams": {...}, "horizon": T, ...}}}``."""
     path = Path(path) if path else default_tuned_path()
+    if path.is_dir():
+        raise IsADirectoryError(f"tuned hyperparameter file {str(path)!r} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"tuned hyperparameter file {str(path)!r} does not exist (run scripts/tune_baselines.py)")
     try:
-        return json.loads(path.read_text())["envs"]
-    except (json.JSONDecodeError, KeyError) as exc:
+        envs = json.loads(path.read_text())["envs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"tuned hyperparameter file {str(path)!r} is not valid: {exc}") from None
+    if not isinstance(envs, dict):
+        raise ValueError(f"tuned hyperparameter file {str(path)!r} is not valid: \"envs\" is not a JSON object")
+    return envs
