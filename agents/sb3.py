@@ -797,11 +797,29 @@ class SB3Agent(Agent):
         start = int(model.num_timesteps)
         chunk = min(cfg.eval_every, cfg.total_timesteps - start)
         t0 = time.perf_counter()
-        model.learn(chunk, callback=self._callback, reset_num_timesteps=False, tb_log_name=cfg.algo,
-                    progress_bar=False)
+        try:
+            model.learn(chunk, callback=self._callback, reset_num_timesteps=False, tb_log_name=cfg.algo,
+                        progress_bar=False)
+        except ValueError:  # e.g. torch's Normal refusing a NaN mean: name the cause when it is the weights
+            self._check_finite_weights()
+            raise
+        self._check_finite_weights()
         self.chunks += 1
         wall = time.perf_counter() - t0
         return {"env_steps": float(model.num_timesteps), "env_steps_per_s": (model.num_timesteps - start) / wall if wall > 0 else 0.0}
+
+    def _check_finite_weights(self) -> None:
+        """Raise a clear ``FloatingPointError`` if an update made the policy's weights non-finite (the best
+        checkpoint so far stays in the run folder)."""
+        bad = [name for name, p in self.model.policy.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            algo = self.cfg.algo
+            hint = "; or --algo coord_ppo (one small policy shared by the coordinates)" if algo != "coord_ppo" else ""
+            raise FloatingPointError(
+                f"{algo}: an update made the policy's weights non-finite ({', '.join(bad[:3])}"
+                f"{', …' if len(bad) > 3 else ''}) at {self.model.num_timesteps} env steps on {self.dim}-dimensional "
+                f"problems: lower --lr{'' if algo == 'sac' else ' or --max-grad-norm'}{hint}. The best checkpoint "
+                "so far is kept")
 
     def validate(self) -> float:
         """Mean final objective of the deterministic policy on the ``val`` problems (``inf`` if not finite)."""

@@ -94,6 +94,16 @@ def check_seed(value: Any) -> int:
     return int(value)
 
 
+class NestedValueError(ValueError):
+    """A bad value inside a nested setting (e.g. a trainer's ``family_kwargs``): ``where`` names the setting in the
+    outer config's field names (which a script may turn into its flags), ``detail`` is the inner object's own
+    message, in its own names."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"{where}: {detail}")
+        self.where, self.detail = where, detail
+
+
 def one_line(text: str, limit: int | None = None) -> str:
     """``text`` on one line, its lines stripped and joined by spaces (torch's load errors, for one, span several
     lines: the last would name neither the flag nor the file); cut to ``limit`` characters with ``…`` if given."""

@@ -60,6 +60,9 @@ BAD: list[tuple[str, list[str], str]] = [
     *[(s, ["--export", "{file}/x.safetensors", "--out", "{tmp}/o"], "is a file") for s in TRAIN],
     ("train_lstm", ["--family-kwargs", "notjson"], "--family-kwargs"),
     ("train_lstm", ["--family-kwargs", '{"dimm": 3}'], "dimm"),
+    # the family's own field names are not the LSTM's flags (--hidden is the LSTM's width)
+    ("train_lstm", ["--env", "l2o/NeuralNet-v0", "--family-kwargs", '{"hidden": -1}'],
+     "--family-kwargs {'hidden': -1}: hidden must be"),
     ("train_lstm", ["--lr", "nan"], "--lr"),
     ("train_lstm", ["--lr", "inf"], "--lr"),
     ("train_lstm", ["--unroll", "30"], "--unroll"),

@@ -298,3 +298,17 @@ def test_coord_ppo_trains_saves_and_runs_on_another_dimension(tmp_path):
 
     loaded, _ = _load_learned(PolicySpec("coord_ppo", str(path)), ENV, "cpu")
     assert loaded.kind == "coord_ppo"
+
+
+def test_an_update_that_makes_the_weights_non_finite_is_a_clear_error():
+    """Non-finite weights after an update (PPO on a large problem's whole vector can do this) stop training with a
+    FloatingPointError naming the algorithm, the weights and the way out — not torch's Normal rejecting NaNs."""
+    agent = sb3.SB3Agent(dataclasses.replace(TINY, total_timesteps=64, eval_every=64), tensorboard=False)
+    try:
+        with torch.no_grad():
+            next(agent.model.policy.parameters()).fill_(float("nan"))
+        with pytest.raises(FloatingPointError, match=r"ppo: an update made the policy's weights non-finite \(.+\) at "
+                                                     r"\d+ env steps on 3-dimensional problems.*coord_ppo"):
+            agent.iteration()
+    finally:
+        agent.close()

@@ -48,7 +48,7 @@ from l2o_gym.agents.bptt import BPTT, world
 from l2o_gym.agents.common import Agent, RunFolder, fit, load_run_state, state_path
 from l2o_gym.agents.lstm.policy import KIND, LSTMConfig, LSTMPolicy
 from l2o_gym.checkpoint import CheckpointError
-from l2o_gym.checks import resolve_device
+from l2o_gym.checks import NestedValueError, resolve_device
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import run_policy
 from l2o_gym.registry import env_family
@@ -153,7 +153,7 @@ class TrainConfig:
         try:
             env_family(self.env_id, **self.family_kwargs)
         except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"env_id {self.env_id!r} with family_kwargs {self.family_kwargs!r}: {exc}") from None
+            raise NestedValueError(f"env_id {self.env_id!r} with family_kwargs {self.family_kwargs!r}", str(exc)) from None
         self.kinds = tuple(self.kinds)
         if self.assign and not self.kinds:
             raise ValueError("assign needs kinds (the LSTM names of a multi-LSTM policy)")

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from l2o_gym.checks import one_line
+from l2o_gym.checks import NestedValueError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +245,11 @@ class ConfigArgs:
         try:
             return _instantiate(self.cls, (), values, overrides)
         except (ValueError, TypeError) as exc:
-            msg = str(exc)
+            nested = isinstance(exc, NestedValueError)  # its detail is in the inner object's names: kept
+            msg = exc.where if nested else str(exc)
             for a in self.args:  # name the flags, not the fields
-                msg = re.sub(rf"(?<![\w-]){re.escape(a.field)}(?![\w-])", a.flag, msg, count=1)
-            raise UsageError(msg) from None
+                msg = re.sub(rf"(?<![\w'\"-]){re.escape(a.field)}(?![\w'\"-])", a.flag, msg, count=1)  # not a quoted key
+            raise UsageError(f"{msg}: {exc.detail}" if nested else msg) from None
 
 
 _UNSET = object()
