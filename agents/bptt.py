@@ -100,9 +100,11 @@ class BPTT:
         with_grad = [p for p in params if p.grad is not None]
         flat = torch.cat([p.grad.reshape(-1) for p in with_grad]) if finite and with_grad else None
         rank, size = world()
-        if size > 1:  # every rank must join the collective, even one whose loss is NaN
-            buf = flat if flat is not None else torch.full(
-                (sum(p.numel() for p in params),), float("nan"), device=params[0].device)
+        if size > 1:  # every rank must join the collective, even one whose loss is NaN, with a buffer laid out over
+            # every parameter (zeros where this rank's loss did not reach one: another rank's may have)
+            buf = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]) \
+                if flat is not None else torch.full((sum(p.numel() for p in params),), float("nan"),
+                                                    device=params[0].device)
             dist.all_reduce(buf)
             buf /= size
             flat = buf

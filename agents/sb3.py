@@ -12,7 +12,7 @@ episode return, with the statistics synced), and the **validation metric** — t
 deterministic policy's mean final objective ``f(θ_T)`` on a fixed set of ``n_val`` ``val`` problems at the
 training horizon, computed with the library's rollout (:func:`l2o_gym.policy.run_policy`) every
 ``eval_every`` env steps. The best tuned baseline's ``val`` objective (any of ``baselines``) and the best
-first-order one (SGD/momentum) are the sample-efficiency targets: the run records the env steps at which
+first-order one (:data:`~l2o_gym.agents.baselines.FIRST_ORDER`) are the sample-efficiency targets: the run records the env steps at which
 the policy first reaches each (``"training"`` record, :func:`l2o_gym.agents.common.training_record`).
 
 Training runs through the common lifecycle (:func:`l2o_gym.agents.common.fit`, :class:`SB3Agent`); files written

@@ -102,7 +102,7 @@ ASYNC_SCRIPT = textwrap.dedent("""
 
 
 def test_async_vectorisation_after_torch_work_in_the_parent():
-    # Forked workers used to deadlock on torch's thread pool for 4 of the 7 ids; a regression must fail
+    # Forked workers used to deadlock on torch's thread pool for some of the ids; a regression must fail
     # (timeout), not hang the suite. One process for every id: one import of torch.
     try:
         out = subprocess.run([sys.executable, "-c", ASYNC_SCRIPT, *ENV_IDS], capture_output=True, text=True,

@@ -166,6 +166,41 @@ def test_bptt_trains_any_module_policy_and_skips_non_finite_updates(caplog):
     assert not r.updated and torch.equal(before, policy.net.weight) and "update skipped" in caplog.text
 
 
+def test_bptt_all_reduce_lays_the_gradient_over_every_parameter(monkeypatch):
+    """With several processes the all-reduced buffer covers every parameter, in order, also one this rank's loss
+    did not reach (another rank's may have): each gradient lands on its own parameter, the unused one gets 0."""
+    from l2o_gym import core, make_family
+    from torch import nn
+
+    from l2o_gym.agents import bptt as bptt_mod
+    from l2o_gym.policy import Policy
+
+    class Step(Policy):
+        def __init__(self) -> None:
+            self.unused = nn.Parameter(torch.ones(5))  # listed first, larger than the used one
+            self.lr = nn.Parameter(torch.tensor([0.01]))
+
+        def act(self, state, memory):
+            return -self.lr * state.grad, memory
+
+    policy = Step()
+    state = core.reset(make_family("quadratic", dim=3).sample(4, "train", 0), core.CoreConfig(horizon=5, history=1))
+    expected = torch.autograd.grad(bptt_mod.rollout(policy, state, 5).costs.mean(), policy.lr)[0]
+    sizes = []
+
+    def all_reduce(buf):  # the other rank sent the same gradient: the mean is this rank's
+        sizes.append(buf.numel())
+        buf.mul_(2)
+
+    monkeypatch.setattr(bptt_mod, "world", lambda: (0, 2))
+    monkeypatch.setattr(bptt_mod.dist, "all_reduce", all_reduce)
+    opt = torch.optim.SGD([policy.unused, policy.lr], lr=1.0)
+    r = bptt_mod.BPTT(policy, [policy.unused, policy.lr], opt).step(state, None, 5)
+    assert r.updated and sizes == [6]
+    torch.testing.assert_close(policy.lr.grad, expected)
+    assert torch.equal(policy.unused.grad, torch.zeros(5)) and torch.equal(policy.unused.detach(), torch.ones(5))
+
+
 def test_checkpoint_every_thins_the_state_writes(tmp_path):
     agent = Toy([3.0, 2.0, 1.0, 0.5, 0.2], interrupt_at=4)
     agent.checkpoint_every = 2

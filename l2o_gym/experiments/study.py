@@ -6,8 +6,8 @@ coordinatewise LSTM (supervised, BPTT) — against the tuned hand-designed basel
 ``T`` its learned policies were trained for **and at 10·T** (Li & Malik's claim: the supervised optimizer
 degrades past its training horizon, the RL one does not), plus the MLP transfer runs of Andrychowicz et al.
 (the checkpoint trained on the 20-unit sigmoid MLP applied to 40 units, two layers and ReLU), and the neural-art
-runs of Andrychowicz et al. §3.4 (4 held-out 64×64 images at T = 128, with PNG grids of the images each optimizer
-reaches; preset ``art-full``: 20 images, 10·T, 128×128 and the second style — see docs/neural-art.md).
+runs of Andrychowicz et al. §3.4 (8 held-out 64×64 images at T = 32, with PNG grids of the images each optimizer
+reaches; preset ``art-full``: 100 images, 20 of them to 10·T, 128×128 and the second style — see docs/neural-art.md).
 
 On top of the per-section tables of :func:`l2o_gym.experiments.compare.write_report`, the report starts with
 
