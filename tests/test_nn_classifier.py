@@ -205,3 +205,75 @@ def test_env_info_objective_is_what_the_reward_uses_and_the_observed_one_the_min
     _, rew, _, _, vinfo = venv.step(np.zeros(venv.action_space.shape, dtype=np.float32))
     np.testing.assert_allclose(np.asarray(rew), -np.asarray(vinfo["objective"]), rtol=1e-6)
     assert vinfo["observed_objective"].shape == (2,)
+
+
+@pytest.mark.parametrize("dataset, split_examples", [("mnist", None), ("digits", True), ("lfw_subset", True),
+                                                     ("photo_patches", True)])
+def test_split_examples_are_disjoint_between_splits(dataset, split_examples):
+    # the promise of docs/nn-benchmark.md: held-out (test) instances use *other* examples than train ones — for
+    # mnist by default, for every dataset with split_examples=True; checked on the instances' example indices
+    # (photo_patches: disjoint *patches*, but patches of one photo overlap in pixels across the partition)
+    from l2o_gym import data
+
+    f = NNClassifier(dataset=dataset, split_examples=split_examples, inputs=4, hidden=3, batch_size=8,
+                     n_examples=15)
+    assert f.split_examples
+    X_all, y_all = data.load_dataset(dataset)
+    parts = example_partitions(len(y_all))
+    used = {}
+    for split in ("train", "val", "test"):
+        b = f.sample(4, split, 3)
+        idx = b.data["index"]
+        assert torch.equal(b.data["y"], torch.from_numpy(np.array(y_all))[idx])  # labels are the indexed examples'
+        assert all(len(set(row.tolist())) == 15 for row in idx)  # drawn without replacement
+        used[split] = set(idx.flatten().tolist())
+        assert used[split] <= set(parts[split].tolist())
+    assert not used["train"] & used["test"] and not used["train"] & used["val"] and not used["val"] & used["test"]
+
+
+def test_mnist_test_digits_are_not_copies_of_train_digits():
+    # disjoint indices would not help if the same image appeared twice in the set: compare the pixels
+    from l2o_gym import data
+
+    X, _ = data.load_dataset("mnist")
+    parts = example_partitions(len(X))
+    train = {X[i].tobytes() for i in parts["train"]}
+    assert not any(X[i].tobytes() in train for i in np.concatenate([parts["val"], parts["test"]]))
+
+
+def test_transfer_datasets_are_not_split_by_default():
+    # documented: the transfer datasets are never trained on, so every split draws from all their examples
+    for ds in ("digits", "lfw_subset", "breast_cancer", "photo_patches"):
+        assert not NNClassifier(dataset=ds, inputs=4, hidden=3).split_examples, ds
+    f = NNClassifier(dataset="lfw_subset", inputs=4, hidden=3)  # M = all 200 examples in every split
+    assert f.examples_per_instance("test") == 200 and len(f.available("test")) == 200
+
+
+def test_features_are_the_standardised_projection_of_the_indexed_examples():
+    # X[k] = (X_raw[index[k]] P - mu) / sigma for some P: an exact affine function of the raw examples
+    from l2o_gym import data
+
+    f = NNClassifier(dataset="breast_cancer", inputs=6, hidden=3, batch_size=8, n_examples=80)
+    b = f.sample(2, "test", 5, dtype=torch.float64)
+    X_all, _ = data.load_dataset("breast_cancer")
+    for k in range(2):
+        raw = X_all[b.data["index"][k].numpy()]
+        A = np.c_[raw, np.ones(len(raw))]
+        target = b.data["X"][k].numpy()
+        coef = np.linalg.lstsq(A, target, rcond=None)[0]
+        np.testing.assert_allclose(A @ coef, target, atol=1e-5)
+
+
+def test_instances_do_not_depend_on_the_thread_count():
+    f = NNClassifier(dataset="digits", inputs=8, hidden=3, batch_size=8, n_examples=200)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = f.sample(2, "test", 0, dtype=torch.float64)
+        torch.set_num_threads(2)
+        b = f.sample(2, "test", 0, dtype=torch.float64)
+    finally:
+        torch.set_num_threads(old)
+    for key in a.data:
+        assert torch.equal(a.data[key], b.data[key]), key
+    assert torch.equal(a.x0, b.x0) and torch.equal(a.seeds, b.seeds)

@@ -157,6 +157,28 @@ def test_nn_verdict_table_counts_each_learned_optimizer():
     assert "- gps: 0 stable, 2 recovers, 0 grows, 0 diverges of 2 settings." in text
 
 
+def test_summary_tables_keep_a_learned_policy_given_with_its_checkpoint():
+    # `--preset nn-small --policies gps=CKPT adam` (or `GPS=CKPT`: names are case-insensitive) leaves the entry as
+    # given in the section while the results are labelled `gps`: every table must still find them
+    for entry in ("gps=runs/new/gps_best.safetensors", "GPS=runs/new/gps_best.safetensors"):
+        sec = nn_section("mnist", 3, oracle=False)
+        sec.policies[:] = ["adam", entry]
+
+        def res(policy, h, f):
+            c = [f] * (h + 1)
+            return EvalResult(sec.env, policy, h, 3, 0, f, f, 0.0, f, 0.0, h, 0.0, c, c, c,
+                              extra={"section": sec.name, "variant": sec.variant}, final_values=[f] * 3)
+
+        results = [res(p, h, f) for h in (400, 800) for p, f in (("adam", 0.5), ("gps", 0.3))]
+        (nn,) = [r for r in nn_rows(results, [sec]) if r["T"] == 400]
+        assert set(nn["learned"]) == {"gps"} and nn["learned"]["gps"]["beats"] == 1
+        assert [r["policy"] for r in long_horizon_rows(results, [sec])] == ["gps"]
+        assert [r["policy"] for r in paired_rows(results, [sec])] == ["gps"]
+        lines, data = summary_lines(results, [sec])
+        assert data["versus"][0]["gps@400"] == 0.3
+        assert "- gps: 1 stable, 0 recovers, 0 grows, 0 diverges of 1 settings." in lines
+
+
 def test_paired_table_differences_the_learned_optimizer_with_the_best_baseline_problem_by_problem():
     sec = Section("l2o/Quadratic-v0", ["sgd", "adam", "lstm"], 10, None, n_problems=4)
 

@@ -50,7 +50,9 @@ def art_pictures(section: Section, cfg: CompareConfig, out: str | Path, n_images
     jobs = [j for j in plan(sub) if j.horizon == section.horizon]
     family = env_family(section.env, **jobs[0].family_kwargs)
     assert isinstance(family, NeuralArt)
-    problems = family.sample(n_images, "test", cfg.seed, cfg.device)
+    # the section's own problems, then its first n_images (a sample of n_images would be other problems: instance i
+    # of a sample depends on its size)
+    problems = family.sample(max(n_images, jobs[0].n_problems), "test", cfg.seed, cfg.device).index(slice(0, n_images))
     s = family.size
 
     def show(flat: torch.Tensor) -> list:

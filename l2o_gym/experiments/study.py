@@ -157,7 +157,8 @@ def nn_target_sections(n_problems: int = 100) -> list[Section]:
 
 def art_sections(n_problems: int = 100, n_long: int = 20) -> list[Section]:
     """The complete neural-art study (preset ``art-full``): ``n_problems`` held-out images (the paper used 100)
-    at 64×64 with the training style at T; the long-horizon check at 10·T on the first ``n_long`` of them;
+    at 64×64 with the training style at T; the long-horizon check at 10·T on ``n_long`` of them (a sample of that size:
+    instance ``i`` of a sample depends on its size, so not the first ``n_long`` of the ``n_problems``);
     then the paper's transfer tests at T — 128×128 images (4× the pixels), the second style, and both —
     against the same baselines (tuned on 64×64 with the training style), as in the paper."""
     return [
@@ -261,6 +262,12 @@ def _ratio(r: float | None) -> str:
     return "∞" if r is None else f"{r:.2f}"
 
 
+def _label(entry: str) -> str:
+    """The result label of a section's policy entry (``NAME``, ``NAME=CKPT``, ``NAME:oracle``; any case):
+    ``--policies GPS=CKPT`` is labelled ``gps`` (:class:`~l2o_gym.experiments.compare.PolicySpec`)."""
+    return PolicySpec.parse(entry).label
+
+
 def _index(results: list[EvalResult]) -> dict[tuple[str, str, int], EvalResult]:
     return {(r.extra.get("section", r.env), r.policy, r.horizon): r for r in results}
 
@@ -273,7 +280,7 @@ def long_horizon_rows(results: list[EvalResult], sections: list[Section]) -> lis
         if not sec.long_horizon:
             continue
         for name in sec.policies:
-            kind = name.partition("=")[0]
+            kind = _label(name)
             if kind not in LEARNED_KIND:
                 continue
             short, long = idx.get((sec.name, kind, sec.horizon)), idx.get((sec.name, kind, sec.long_horizon))
@@ -293,7 +300,8 @@ def long_horizon_rows(results: list[EvalResult], sections: list[Section]) -> lis
 
 def _baselines(idx: dict[tuple[str, str, int], EvalResult], sec: Section, h: int) -> list[EvalResult]:
     """The tuned baselines' results of ``sec`` at horizon ``h`` (no learned policy, no oracle row)."""
-    return [idx[(sec.name, p, h)] for p in sec.policies
+    labels = [_label(p) for p in sec.policies]
+    return [idx[(sec.name, p, h)] for p in labels
             if p not in LEARNED_KIND and not is_oracle(p) and (sec.name, p, h) in idx]
 
 
@@ -310,7 +318,7 @@ def versus_rows(results: list[EvalResult], sections: list[Section]) -> list[dict
                 best = min(base, key=lambda r: r.final_mean)
                 row[f"best_baseline@{h}"] = (best.policy, best.final_mean)
             for p in sec.policies:
-                kind = p.partition("=")[0]
+                kind = _label(p)
                 if kind in LEARNED_KIND and (sec.name, kind, h) in idx:
                     row[f"{kind}@{h}"] = idx[(sec.name, kind, h)].final_mean
         rows.append(row)
@@ -331,7 +339,7 @@ def paired_rows(results: list[EvalResult], sections: list[Section], n_boot: int 
             continue
         best = min(base, key=lambda r: r.final_mean)
         for p in sec.policies:
-            kind = p.partition("=")[0]
+            kind = _label(p)
             mine = idx.get((sec.name, kind, t))
             if kind not in LEARNED_KIND or mine is None or not mine.final_values or len(mine.final_values) != len(
                     best.final_values):  # results without per-problem values (older files) are not paired
@@ -415,11 +423,12 @@ def nn_rows(results: list[EvalResult], sections: list[Section]) -> list[dict[str
             continue
         for h in [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else []):
             base = _baselines(idx, sec, h)
-            learned = {p: idx[(sec.name, p, h)] for p in sec.policies if p in LEARNED_KIND and (sec.name, p, h) in idx}
+            labels = [_label(p) for p in sec.policies]
+            learned = {p: idx[(sec.name, p, h)] for p in labels if p in LEARNED_KIND and (sec.name, p, h) in idx}
             if not learned or not base:
                 continue
             best = min(base, key=lambda r: r.final_mean)
-            oracle = [idx[(sec.name, p, h)] for p in sec.policies if is_oracle(p) and (sec.name, p, h) in idx]
+            oracle = [idx[(sec.name, p, h)] for p in labels if is_oracle(p) and (sec.name, p, h) in idx]
             best_oracle = min(oracle, key=lambda r: r.final_mean) if oracle else None
             rows.append({
                 "section": sec.name, "variant": sec.variant, "T": h,

@@ -354,7 +354,10 @@ class ProblemFamily(ABC):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str = torch.float32,
     ) -> ProblemBatch:
-        """The first ``n`` instances of the (split, seed) stream."""
+        """The first ``n`` instances of the (split, seed) stream: ``sampler(split, seed).sample(n)``.
+
+        Instance ``i`` depends on ``n`` (families draw each kind of data for all ``n`` instances at once), so
+        ``sample(3)`` is *not* the first 3 instances of ``sample(5)``: compare results only at equal ``n``."""
         return self.sampler(split, seed, device, dtype).sample(n)
 
     def config(self) -> dict[str, Any]:
