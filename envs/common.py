@@ -177,6 +177,8 @@ class BatchedOptimizee:
             self.sampler = self.family.sampler(self.split, 0 if seed is None else seed, self.device, self.dtype)
         if problems is None:
             problems = self.sampler.sample(self.num)
+        elif not isinstance(problems, ProblemBatch):
+            raise TypeError(f'options["problems"] must be a ProblemBatch (family.sample(...)), got {type(problems).__name__}')
         elif problems.n != self.num or problems.dim != self.dim:
             raise ValueError(
                 f"problems have n={problems.n}, dim={problems.dim}; this environment needs n={self.num}, dim={self.dim}"

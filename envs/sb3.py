@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
@@ -36,6 +37,11 @@ class SB3VecEnv(VecEnv):
         base = venv.unwrapped if hasattr(venv, "unwrapped") else venv
         if not isinstance(base, L2OVectorEnv):
             raise TypeError(f"SB3VecEnv wraps an L2OVectorEnv, got {type(base).__name__}")
+        if base.autoreset_mode != AutoresetMode.SAME_STEP:
+            # SB3's VecEnv contract: a finished sub-env restarts in the same step, its last observation in
+            # ``terminal_observation`` (built from ``info["final_obs"]``, which only SAME_STEP provides).
+            raise ValueError(f"SB3VecEnv needs a vector env with autoreset_mode=SAME_STEP (SB3's convention), "
+                             f"got autoreset_mode={base.autoreset_mode.name}")
         self.venv = base
         obs_space = gym.spaces.Box(-np.inf, np.inf, shape=base.single_observation_space.shape, dtype=np.float32)
         super().__init__(base.num_envs, obs_space, base.single_action_space)

@@ -11,7 +11,7 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from l2o_gym.envs import ENV_IDS, L2OEnv, L2OVectorEnv, SB3VecEnv
+from l2o_gym.envs import ENV_IDS, L2OEnv, L2OVectorEnv, SB3VecEnv, TorchToNumpy
 
 from conftest import requires_cuda
 
@@ -187,6 +187,8 @@ def test_reset_with_given_problems():
     assert info["objective"] == pytest.approx(float(pb.loss(pb.x0)[0]))
     with pytest.raises(ValueError, match="dim"):
         env.reset(options={"problems": make_family("quadratic", dim=3).sample(1)})
+    with pytest.raises(TypeError, match=r'options\["problems"\] must be a ProblemBatch .*got str'):
+        env.reset(options={"problems": "x"})
 
 
 def test_render_modes():
@@ -247,3 +249,44 @@ def test_vector_env_on_cuda():
     assert obs.device.type == "cuda"
     obs, rew, term, trunc, info = venv.step(torch.zeros(32, 10, device="cuda"))
     assert rew.device.type == "cuda" and torch.isfinite(obs).all()
+
+
+def _edit_obs_in_place_changes_later_obs(reset, step):
+    """Whether zeroing every returned observation in place (user code normalising ``obs -= mean``) changes the
+    observations that follow: it must not, the caller owns what it is given."""
+    def run(edit):
+        obs, out = reset(), []
+        for _ in range(3):
+            if edit:
+                obs[...] = 0
+            obs = step()
+            out.append(obs.clone().numpy() if isinstance(obs, torch.Tensor) else obs.copy())
+        return np.stack(out)
+
+    return not np.array_equal(run(False), run(True))
+
+
+@pytest.mark.parametrize("kind", ["single", "vector", "numpy_vector", "sb3"])
+def test_returned_observations_do_not_alias_env_state(kind):
+    kw = {"horizon": 5, "dim": 2, "history": 3}
+    a1, a2 = np.full(2, 0.1, np.float32), np.full((2, 2), 0.1, np.float32)
+    if kind == "single":
+        env = gym.make("l2o/Quadratic-v0", **kw)
+        reset, step = (lambda: env.reset(seed=0)[0]), (lambda: env.step(a1)[0])
+    elif kind == "sb3":
+        env = SB3VecEnv("l2o/Quadratic-v0", num_envs=2, **kw)
+        reset, step = (lambda: (env.seed(0), env.reset())[1]), (lambda: env.step(a2)[0])
+    else:
+        env = gym.make_vec("l2o/Quadratic-v0", 2, **kw)
+        if kind == "numpy_vector":
+            env = TorchToNumpy(env)
+        reset, step = (lambda: env.reset(seed=0)[0]), (lambda: env.step(a2)[0])
+    assert not _edit_obs_in_place_changes_later_obs(reset, step)
+
+
+@pytest.mark.parametrize("mode", ["next_step", "disabled"])
+def test_sb3_adapter_refuses_autoreset_modes_it_cannot_serve(mode):
+    # SB3's VecEnv contract is same-step autoreset with ``terminal_observation``; other modes used to fail
+    # with KeyError('final_obs') at the first episode end (or, disabled, never restart).
+    with pytest.raises(ValueError, match="autoreset_mode"):
+        SB3VecEnv("l2o/Quadratic-v0", num_envs=2, horizon=2, autoreset_mode=mode)
