@@ -16,6 +16,7 @@ episode over the whole horizon.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -103,8 +104,8 @@ class BPTT:
         if size > 1:  # every rank must join the collective, even one whose loss is NaN, with a buffer laid out over
             # every parameter (zeros where this rank's loss did not reach one: another rank's may have)
             buf = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]) \
-                if flat is not None else torch.full((sum(p.numel() for p in params),), float("nan"),
-                                                    device=params[0].device)
+                if flat is not None else torch.full((sum(p.numel() for p in params),), float("nan"), device=params[0].device,
+                                                    dtype=functools.reduce(torch.promote_types, (p.dtype for p in params)))
             dist.all_reduce(buf)
             buf /= size
             flat = buf

@@ -439,8 +439,37 @@ def test_two_torchrun_processes_train_the_same_policy_as_one(tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     assert a.keys() == b.keys()
+    from l2o_gym.checkpoint import read_policy_config
+
+    steps = [read_policy_config(tmp_path / f"{n}.safetensors")["env_steps"] for n in ("one", "two")]
+    assert steps == [2 * 2 * 3 * 8, 2 * 2 * 3 * 8]  # 2 iterations x 2 conditions x 3 samples x T, on both
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_conv_gps_env_steps_count_every_process_s_trajectories_and_too_many_processes_are_refused(monkeypatch):
+    """Simulated ranks of 2 processes (5 trajectories: 3 and 2): each rank's env_steps is the iteration's total,
+    as with one process (it was this rank's share: half the steps in the record, ranks disagreeing); more processes
+    than trajectories is refused on every rank alike (the empty rank crashed alone, the others waited in
+    all_reduce)."""
+    import dataclasses
+
+    from l2o_gym.agents.gps import conv as conv_mod
+
+    _, train, cfg = _tiny_setup(T=4)
+    cfg = dataclasses.replace(cfg, n_samples=1, init_lr=0.01)
+    train = train.index(torch.tensor([0, 1, 0, 1, 0]))  # M = 5 conditions x 1 sample
+    steps = []
+    for rank in (0, 1):
+        tr = conv_mod.ConvGPSTrainer(train, cfg)
+        monkeypatch.setattr(conv_mod, "_world", lambda rank=rank: (rank, 2))
+        *_, ids = tr.sample(tr.local)
+        assert len(ids) == (3, 2)[rank]
+        steps.append(tr.env_steps)
+    assert steps == [5 * 4, 5 * 4]
+    monkeypatch.setattr(conv_mod, "_world", lambda: (0, 6))
+    with pytest.raises(ValueError, match="5 trajectories .* 6 processes"):
+        tr.sample(tr.local)
 
 
 def test_train_conv_gps_script_trains_resumes_and_compare_loads_the_checkpoint(tmp_path):

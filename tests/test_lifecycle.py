@@ -201,6 +201,34 @@ def test_bptt_all_reduce_lays_the_gradient_over_every_parameter(monkeypatch):
     assert torch.equal(policy.unused.grad, torch.zeros(5)) and torch.equal(policy.unused.detach(), torch.ones(5))
 
 
+def test_bptt_non_finite_rank_joins_the_all_reduce_with_a_buffer_of_the_gradients_dtype(monkeypatch):
+    """A rank whose loss is NaN sends a NaN buffer of the parameters' dtype (float64 here), not the default dtype:
+    the other rank's buffer of gradients is float64, and a collective over mismatched dtypes fails."""
+    from l2o_gym import core, make_family
+    from torch import nn
+
+    from l2o_gym.agents import bptt as bptt_mod
+    from l2o_gym.policy import Policy
+
+    class Step(Policy):
+        def __init__(self) -> None:
+            self.lr = nn.Parameter(torch.tensor([0.01], dtype=torch.float64))
+
+        def act(self, state, memory):
+            return -self.lr * state.grad, memory
+
+    policy = Step()
+    state = core.reset(make_family("quadratic", dim=3).sample(4, "train", 0, dtype=torch.float64),
+                       core.CoreConfig(horizon=5, history=1))
+    sent = []
+    monkeypatch.setattr(bptt_mod, "world", lambda: (0, 2))
+    monkeypatch.setattr(bptt_mod.dist, "all_reduce", lambda buf: sent.append((buf.dtype, buf.numel())))
+    opt = torch.optim.SGD([policy.lr], lr=1.0)
+    for loss_fn in (lambda c, t0: c.mean(), lambda c, t0: c.mean() * float("nan")):
+        bptt_mod.BPTT(policy, [policy.lr], opt, loss_fn).step(state, None, 5)
+    assert sent == [(torch.float64, 1), (torch.float64, 1)]
+
+
 def test_checkpoint_every_thins_the_state_writes(tmp_path):
     agent = Toy([3.0, 2.0, 1.0, 0.5, 0.2], interrupt_at=4)
     agent.checkpoint_every = 2

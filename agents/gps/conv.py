@@ -265,7 +265,11 @@ class ConvGPSTrainer:
         """
         cfg, T, G = self.cfg, self.T, self.G
         rank, world = _world()
-        ids = torch.arange(self.M * cfg.n_samples)[rank::world]
+        n_traj = self.M * cfg.n_samples
+        if n_traj < world:  # checked alike on every rank: an empty rank would fail alone, the others wait in all_reduce
+            raise ValueError(f"{self.M} conditions x {cfg.n_samples} samples = {n_traj} trajectories cannot be split "
+                             f"over {world} processes: every process needs at least one (use at most {n_traj})")
+        ids = torch.arange(n_traj)[rank::world]
         cond = ids // cfg.n_samples
         ccond = torch.zeros_like(cond) if cfg.share_conditions else cond  # controller set of each trajectory
         B = len(ids)
@@ -323,7 +327,7 @@ class ConvGPSTrainer:
             obs.reshape(B * S_b, T, -1), loc.reshape(B * S_b, T, -1), cg_rows.reshape(-1),
             sub_group.to(dev).repeat(B), alive[:, None].expand(B, S_b).reshape(-1, 1).expand(-1, T).clone(),
         )
-        self.env_steps += B * T
+        self.env_steps += self.M * cfg.n_samples * T  # every process's trajectories (this one ran B of them)
         return moments, cmoments, reg, torch.stack(objs, 1), ids
 
     def _gather(self, reg: _Regression, objs: Tensor, ids: Tensor) -> tuple[_Regression, Tensor]:
