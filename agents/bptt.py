@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from l2o_gym.core import State
+from l2o_gym.distributed import world
 from l2o_gym.policy import Policy, rollout
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,6 @@ def detach_memory(memory: Any) -> Any:
     if isinstance(memory, (tuple, list)):
         return type(memory)(detach_memory(h) for h in memory)
     return memory
-
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the initialised ``torch.distributed`` group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def mean_cost(costs: Tensor, t0: int) -> Tensor:

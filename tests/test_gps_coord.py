@@ -462,12 +462,12 @@ def test_conv_gps_env_steps_count_every_process_s_trajectories_and_too_many_proc
     steps = []
     for rank in (0, 1):
         tr = conv_mod.ConvGPSTrainer(train, cfg)
-        monkeypatch.setattr(conv_mod, "_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(conv_mod, "world", lambda rank=rank: (rank, 2))
         *_, ids = tr.sample(tr.local)
         assert len(ids) == (3, 2)[rank]
         steps.append(tr.env_steps)
     assert steps == [5 * 4, 5 * 4]
-    monkeypatch.setattr(conv_mod, "_world", lambda: (0, 6))
+    monkeypatch.setattr(conv_mod, "world", lambda: (0, 6))
     with pytest.raises(ValueError, match="5 trajectories .* 6 processes"):
         tr.sample(tr.local)
 

@@ -239,3 +239,36 @@ def test_checkpoint_every_thins_the_state_writes(tmp_path):
     agent.checkpoint_every = 2
     fit(agent, tmp_path / "b", progress=False, tensorboard=False)
     assert read_run_state(tmp_path / "b" / "state.pt", "toy")["k"] == 3  # and always after the last one
+
+
+@pytest.mark.parametrize("device, local_rank, backend, selected", [
+    ("cpu", "1", "gloo", None), ("cuda", "1", "nccl", 1), ("cuda:0", "1", "nccl", None), ("cuda", None, "nccl", None),
+])
+def test_init_group_picks_the_backend_and_each_ranks_gpu(monkeypatch, device, local_rank, backend, selected):
+    """Under torchrun: gloo on CPU, nccl on CUDA, and ``device="cuda"`` selects the GPU of ``LOCAL_RANK`` first
+    (every rank on GPU 0 would be refused by nccl); an explicit index is the user's choice."""
+    from l2o_gym import distributed
+
+    calls = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: bool(calls and calls[-1][0] == "init"))
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda b: calls.append(("init", b)))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    assert distributed.init_group(device) == (1, 2)
+    assert calls == ([("set_device", selected)] if selected is not None else []) + [("init", backend)]
+    assert distributed.init_group(device) == (1, 2) and len(calls) == (2 if selected is not None else 1)  # once
+
+
+def test_init_group_outside_torchrun_is_one_process(monkeypatch):
+    from l2o_gym import distributed
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_group("cpu") == (0, 1) and not distributed.launched()

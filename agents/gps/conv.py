@@ -59,6 +59,7 @@ from l2o_gym.agents.gps.dynamics import GaussianPrior, GPSFitError, dynamics_fro
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
 from l2o_gym.agents.gps.lqr import solve_kl_step
 from l2o_gym.core import CoreConfig
+from l2o_gym.distributed import world
 from l2o_gym.policy import run_policy
 from l2o_gym.problems.base import ProblemBatch
 
@@ -148,12 +149,6 @@ class ConvGPSConfig(BADMMLoopConfig):
 
 #: learning rates tried for the initial controller when ``init_lr`` is None.
 INIT_LR_GRID: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _objective(state: core.State) -> Tensor:
@@ -264,12 +259,12 @@ class ConvGPSTrainer:
         between) and the trajectory indices ``[K_r]`` of this process.
         """
         cfg, T, G = self.cfg, self.T, self.G
-        rank, world = _world()
+        rank, size = world()
         n_traj = self.M * cfg.n_samples
-        if n_traj < world:  # checked alike on every rank: an empty rank would fail alone, the others wait in all_reduce
+        if n_traj < size:  # checked alike on every rank: an empty rank would fail alone, the others wait in all_reduce
             raise ValueError(f"{self.M} conditions x {cfg.n_samples} samples = {n_traj} trajectories cannot be split "
-                             f"over {world} processes: every process needs at least one (use at most {n_traj})")
-        ids = torch.arange(n_traj)[rank::world]
+                             f"over {size} processes: every process needs at least one (use at most {n_traj})")
+        ids = torch.arange(n_traj)[rank::size]
         cond = ids // cfg.n_samples
         ccond = torch.zeros_like(cond) if cfg.share_conditions else cond  # controller set of each trajectory
         B = len(ids)
@@ -332,10 +327,10 @@ class ConvGPSTrainer:
 
     def _gather(self, reg: _Regression, objs: Tensor, ids: Tensor) -> tuple[_Regression, Tensor]:
         """All processes' regression subsets and objectives, ordered by trajectory index (step 2)."""
-        rank, world = _world()
-        if world == 1:
+        rank, size = world()
+        if size == 1:
             return reg, objs
-        per = [None] * world
+        per = [None] * size
         dist.all_gather_object(per, {"reg": {k: getattr(reg, k).cpu() for k in reg.__dataclass_fields__},
                                      "objs": objs.cpu(), "ids": ids.cpu()})
         ids_all = torch.cat([p["ids"] for p in per])

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,12 +43,13 @@ from torch import Tensor
 
 from l2o_gym import core
 from l2o_gym.agents.baselines import check_baseline_names
-from l2o_gym.agents.bptt import BPTT, world
+from l2o_gym.agents.bptt import BPTT
 from l2o_gym.agents.common import Agent, RunFolder, fit, load_run_state, state_path
 from l2o_gym.agents.lstm.policy import KIND, LSTMConfig, LSTMPolicy
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.checks import NestedValueError, resolve_device
 from l2o_gym.core import CoreConfig
+from l2o_gym.distributed import init_group, world
 from l2o_gym.policy import run_policy
 from l2o_gym.registry import env_family
 
@@ -337,17 +337,8 @@ def train(cfg: TrainConfig, resume: bool = False, reset_best: bool = False) -> L
     return Trainer(cfg).train(resume=resume, reset_best=reset_best)
 
 
-def init_distributed(device: str = "cpu") -> tuple[int, int]:
-    """Initialise ``torch.distributed`` from torchrun's environment (gloo on CPU, NCCL on CUDA).
-
-    Returns ``(rank, world_size)``; ``(0, 1)`` without torchrun's variables.
-    """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1
-    if not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
+#: initialise ``torch.distributed`` from torchrun's environment (:func:`l2o_gym.distributed.init_group`).
+init_distributed = init_group
 
 
 # ---- benchmark -----------------------------------------------------------------------------------

@@ -203,17 +203,19 @@ def conv_gps_iteration(
 
     from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
     from l2o_gym.checks import resolve_device
+    from l2o_gym.distributed import world as process_world
     from l2o_gym.registry import env_family
 
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    problems = env_family("l2o/NNClassifier-v0").sample(conditions, "train", 0, resolve_device(device), torch.float64)
+    _, world = process_world()
+    dev = resolve_device(device)
+    problems = env_family("l2o/NNClassifier-v0").sample(conditions, "train", 0, dev, torch.float64)
     trainer = ConvGPSTrainer(problems, ConvGPSConfig(horizon=horizon, n_samples=samples, hidden=hidden, init_lr=init_lr,
                                                      init_std=0.01, kl_step=0.05, regression_epochs=3))
     times = []
     for _ in range(iters):
         start = time.perf_counter()
         trainer.iteration()
-        elapsed = torch.tensor([time.perf_counter() - start])
+        elapsed = torch.tensor([time.perf_counter() - start], device=dev)  # nccl reduces CUDA tensors only
         if world > 1:
             dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
         times.append(float(elapsed))

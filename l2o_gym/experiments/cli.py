@@ -444,9 +444,11 @@ def torchrun_group(device: str) -> Iterator[bool]:
     gloo on CPU — destroyed afterwards; yields whether there is one. Also :func:`is_rank0` for printing."""
     import torch.distributed as dist
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    from l2o_gym.distributed import init_group, launched
+
+    distributed = launched()
     if distributed:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        init_group(device)
     try:
         yield distributed
         if distributed:  # every rank finished (rank 0 may still be writing files) before the group is torn down
