@@ -26,7 +26,7 @@ _script = load_script
         ("compare", ["--preset", "study", "--env", "l2o/Quadratic-v0", "--out", "{tmp}"], "exclusive"),
         ("compare", ["--preset", "nope", "--out", "{tmp}"], "invalid choice: 'nope'"),
         ("compare", ["--env", "l2o/Quadratic-v0", "--policies", "newton", "--out", "{tmp}"], "unknown policy 'newton'"),
-        ("compare", ["--env", "l2o/Quadratic-v0", "--horizon", "0", "--out", "{tmp}"], "must be positive"),
+        ("compare", ["--env", "l2o/Quadratic-v0", "--horizon", "0", "--out", "{tmp}"], "argument --horizon: expected a positive integer, got '0'"),
         ("tune_baselines", ["--env", "l2o/MLP-v0", "--variant", "tanh", "--out", "{tmp}/t.json"], "unknown variant 'tanh'"),
         ("tune_baselines", ["--env", "l2o/Quadratic-v0", "--horizon", "-1"], "argument --horizon: expected a positive integer, got '-1'"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--episodes", "0"], "episodes"),
