@@ -70,7 +70,9 @@ class SB3VecEnv(VecEnv):
         dones = (terminated | truncated).cpu().numpy()
         term_np = terminated.cpu().numpy()
         objective = info["objective"].detach().cpu().numpy()
-        infos: list[dict[str, Any]] = [{"objective": float(objective[i])} for i in range(self.num_envs)]
+        diverged = info["diverged"].detach().cpu().numpy()
+        infos: list[dict[str, Any]] = [{"objective": float(objective[i]), "diverged": bool(diverged[i])}
+                                       for i in range(self.num_envs)]
         if dones.any():
             final = self._np(info["final_obs"])
             for i in np.flatnonzero(dones):

@@ -134,14 +134,14 @@ class L2OVectorEnv(VectorEnv):
             terminated, truncated = terminated & ~restart, truncated & ~restart
             if self.render_mode and bool(restart[0]):
                 self._losses = []
-        info: dict[str, Any] = self._info()
+        info: dict[str, Any] = self._info(terminated)
         done = terminated | truncated
         if self.render_mode:
             self._losses.append(self.driver.state.objective[0])
         if mode == AutoresetMode.SAME_STEP and bool(done.any()):
             info["final_obs"] = obs
             info["_final_obs"] = done
-            info["final_info"] = self._info()
+            info["final_info"] = self._info(terminated)
             info["_final_info"] = done
             if self.render_mode and bool(done[0]):
                 self._losses = []
@@ -154,8 +154,12 @@ class L2OVectorEnv(VectorEnv):
         # built from): return a copy, so a caller editing it in place cannot change the env's dynamics.
         return obs.clone(), reward, terminated, truncated, info
 
-    def _info(self) -> dict[str, Any]:
-        return self.driver.objectives()
+    def _info(self, diverged: Tensor | None = None) -> dict[str, Any]:
+        """``objective``, ``observed_objective`` (``[N]``) and ``diverged`` (``[N]`` bool: the step ended the
+        episode by divergence, as the single env's ``info["diverged"]``; all False after a reset)."""
+        if diverged is None:
+            diverged = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        return {**self.driver.objectives(), "diverged": diverged.clone()}
 
     def render(self) -> tuple[Any, ...] | None:
         """The first sub-environment's loss curve (``ansi`` text or ``rgb_array`` image), as a 1-tuple."""

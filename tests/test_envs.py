@@ -290,3 +290,24 @@ def test_sb3_adapter_refuses_autoreset_modes_it_cannot_serve(mode):
     # with KeyError('final_obs') at the first episode end (or, disabled, never restart).
     with pytest.raises(ValueError, match="autoreset_mode"):
         SB3VecEnv("l2o/Quadratic-v0", num_envs=2, horizon=2, autoreset_mode=mode)
+
+
+def test_vector_info_marks_diverged_instances_like_the_single_env():
+    """``info["diverged"]`` (``[N]`` bool) is the divergence flag of the step, as the single env's; after a reset
+    all False; SB3VecEnv passes it on per sub-env."""
+    venv = L2OVectorEnv("quadratic", num_envs=3, horizon=10, history=2, blowup=1.0)
+    _, info = venv.reset(seed=0)
+    assert info["diverged"].dtype == torch.bool and not bool(info["diverged"].any())
+    action = torch.zeros(3, venv.single_action_space.shape[0])
+    action[1] = 1e3  # far past the divergence threshold blowup·(|f0| + 1)
+    _, _, terminated, _, info = venv.step(action)
+    assert info["diverged"].tolist() == [False, True, False] and torch.equal(info["diverged"], terminated)
+    assert info["final_info"]["diverged"].tolist() == [False, True, False]
+    env = L2OEnv("quadratic", horizon=10, history=2, blowup=1.0)
+    env.reset(seed=0)
+    assert env.step(np.full(env.action_space.shape, 1e3, dtype=np.float32))[4]["diverged"] is True
+    sb3 = SB3VecEnv(L2OVectorEnv("quadratic", num_envs=2, horizon=10, history=2, blowup=1.0))
+    sb3.reset()
+    sb3.step_async(np.stack([np.zeros(sb3.action_space.shape), np.full(sb3.action_space.shape, 1e3)]))
+    infos = sb3.step_wait()[3]
+    assert [i["diverged"] for i in infos] == [False, True]

@@ -26,6 +26,7 @@ from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy
 from l2o_gym.agents.gps.train import SelectedGPSAgent
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.checks import check_positive_int
+from l2o_gym.distributed import world
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ def train_conv_gps(
     cfg: ConvGPSTrainConfig, out_dir: str | Path | None, *, resume: bool = False, progress: bool = True,
     tensorboard: bool = True, device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train convolutional GPS through the common lifecycle; returns the summary (``out_dir/summary.json``)."""
-    return fit(ConvGPSAgent(cfg, device), out_dir, resume=resume, progress=progress, tensorboard=tensorboard,
+    """Train convolutional GPS through the common lifecycle; returns the summary (``out_dir/summary.json``).
+    Under ``torchrun`` only rank 0 shows the progress bar."""
+    return fit(ConvGPSAgent(cfg, device), out_dir, resume=resume, progress=progress and world()[0] == 0,
+               tensorboard=tensorboard,
                desc=f"conv GPS {cfg.env_id}")
