@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--out", type=cli.out_dir, required=True, help="output folder, e.g. runs/NAME")
     p.add_argument("--tuned", default=None, help="tuned-hyperparameter JSON (default: the shipped one)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress log lines (warnings still show)")
     cli.deprecated_alias(p, "--no-progress", "--quiet", "quiet", store_const=True)
     p.add_argument("--workers", type=cli.positive_int, default=None,
                    help="parallel worker processes, one thread each; results do not depend on it "

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Main job (for now): run gradient descent through registered envs, print and plot the loss curves."""
+"""A first look at the envs: gradient descent as an agent of registered envs; prints and plots the loss curves."""
 
 from __future__ import annotations
 
@@ -24,14 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--out", type=cli.out_dir, default="runs/demo", help="output folder for the plots (default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true", help="warnings-only logging")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings-only logging")
     return cli.run(parser, _body, argv)
 
 
 def _body(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     for env_id in args.env:
-        res = gradient_descent_demo(env_id, args.n_problems, args.horizon, tuple(args.lrs), args.seed, args.out, args.device)
+        res = gradient_descent_demo(env_id, args.n_problems, args.horizon, tuple(args.lrs), args.seed, args.out, args.device,
+                                   progress=not args.quiet)
         print(f"\n{env_id}: mean objective over {args.n_problems} test problems")
         print(f"{'t':>5} " + " ".join(f"{k:>14}" for k in res.curves))
         for t in sorted({0, 1, 5, 10, 25, 50, args.horizon} & set(range(args.horizon + 1))):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the convolutional-GPS learned optimizer (Li & Malik 2017) on an l2o-gym env; argument parsing only.
+r"""Train the convolutional-GPS learned optimizer (Li & Malik 2017) on an l2o-gym env; argument parsing only.
 
     python scripts/train_conv_gps.py --env l2o/MLP-v0 --family-kwargs '{"dataset": "digits", "hidden": [48]}' \
         --horizon 100 --iterations 10 --out runs/cgps

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the GPS learned optimizer (Li & Malik) on an l2o-gym env; argument parsing only.
+r"""Train the GPS learned optimizer (Li & Malik) on an l2o-gym env; argument parsing only.
 
     python scripts/train_gps.py --env l2o/LogisticRegression-v0 --conditions 20 --horizon 20 --iterations 10 \
         --out runs/gps_lr --export agents/pretrained/gps_LogisticRegression.safetensors
@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = train_gps(cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet,
                             tensorboard=not a.no_tensorboard)
         gps_val = "none selected" if summary["best_val"] is None else f"{summary['best_val']:.5g}"
-        print(f"best val objective at T={cfg.horizon}: GPS {gps_val} (iteration {summary['best_iteration']}) after "
-              f"{summary['env_steps_total']} env steps; mean GPS iteration wall time {summary['mean_iteration_wall_s']:.2f} s")
+        print(f"best val objective at T={cfg.horizon}: GPS {gps_val} (iteration {summary['best_iteration']}, at "
+              f"{summary['best_env_steps']:,} env steps of {summary['env_steps_total']:,}); mean GPS iteration wall time "
+              f"{summary['mean_iteration_wall_s']:.2f} s")
         print("\n".join(cli.target_lines(summary)))
-        print("tuned baselines on val: " + ", ".join(
-            f"{k} {v['hparams']} {v['val_final']:.5g}" for k, v in summary["tuned_baselines"].items()))
+        if summary["tuned_baselines"]:
+            print("tuned baselines on val: " + ", ".join(
+                f"{k} {v['hparams']} {v['val_final']:.5g}" for k, v in summary["tuned_baselines"].items()))
         return cli.export_best(summary, a.export, "train_gps.py", "gps", a.out)
 
     return cli.run(parser, body, argv, interrupted=(

@@ -15,6 +15,7 @@ TensorBoard scalars in ``<out>/tb``. With ``--export PATH`` the best checkpoint 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, cli.ConfigArgs]:
         choices={"weighting": WEIGHTINGS, "objective": OBJECTIVES, "preprocessing": PREPROCESSING,
                  "dtype": ("float32", "float64")})
     cli.deprecated_alias(p, "--val-problems", "--n-val", "cfg__val_problems", type=cli.positive_int)
-    cli.add_run_args(p)
+    cli.add_run_args(p, out_default="runs/lstm")
     p.add_argument("--reset-best", action="store_true",
                    help="with --resume: forget the best val value (fine-tuning on another family)")
     return p, cfg_args
@@ -51,9 +52,15 @@ def main(argv: list[str] | None = None) -> int:
             policy = train(cfg, resume=a.resume, reset_best=a.reset_best)
             if rank == 0:
                 print(f"done: {cfg.episodes} episodes on {world} process(es); out={a.out}")
+                summary_file = Path(a.out) / "summary.json"
+                if summary_file.is_file():  # the run's result, as the other trainers print it
+                    summary = json.loads(summary_file.read_text())
+                    val = "none selected" if summary.get("best_val") is None else f"{summary['best_val']:.5g}"
+                    print(f"best val objective at T={cfg.horizon}: LSTM {val} (episode {summary.get('best_iteration')})")
+                    print("\n".join(cli.target_lines(summary)))
                 if a.export:
-                    best = Path(a.out or "") / f"{'mlstm' if cfg.kinds else 'lstm'}_best.safetensors"  # multi-LSTM: mlstm_
-                    if a.out and best.is_file():
+                    best = Path(a.out) / f"{'mlstm' if cfg.kinds else 'lstm'}_best.safetensors"  # multi-LSTM: mlstm_
+                    if best.is_file():
                         atomic_write(a.export, lambda tmp: shutil.copyfile(best, tmp))
                     else:
                         policy.save(a.export, {"train_config": cfg.as_dict()})

@@ -1,4 +1,4 @@
-"""Train a stable-baselines3 learned optimizer (PPO, SAC, RecurrentPPO) on an l2o-gym env; argument parsing only.
+r"""Train a stable-baselines3 learned optimizer (PPO, SAC, RecurrentPPO) on an l2o-gym env; argument parsing only.
 
     python scripts/train_sb3.py --algo ppo --env l2o/LogisticRegression-v0 --horizon 20 --history 5 \
         --timesteps 2000000 --n-envs 64 --out runs/ppo_lr --export agents/pretrained/ppo_LogisticRegression.safetensors

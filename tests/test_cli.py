@@ -31,7 +31,7 @@ _script = load_script
         ("tune_baselines", ["--env", "l2o/Quadratic-v0", "--horizon", "-1"], "argument --horizon: expected a positive integer, got '-1'"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--episodes", "0"], "episodes"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--family-kwargs", "[1]"], "JSON object"),
-        ("train_lstm", ["--env", "l2o/Quadratic-v0", "--resume"], "--resume needs --out"),
+        ("train_lstm", ["--env", "l2o/Quadratic-v0", "--resume", "--out", "{tmp}/none"], "--resume: no training state"),
         ("bench", ["lstm", "--iters", "0"], "argument --iters: expected a positive integer, got '0'"),
         ("bench", ["env", "--sizes", "0"], "argument --sizes: expected a positive integer, got '0'"),
         ("bench", ["eval", "--env", "l2o/Nope-v0"], "unknown env id 'l2o/Nope-v0'"),

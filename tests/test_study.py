@@ -76,7 +76,7 @@ def test_tiny_study_writes_a_complete_report(tiny_study):
     # one plot per section and horizon, the MLP variants included
     for name in ("Quadratic_T10.png", "Quadratic_T20.png", "LogisticRegression_T2.png", "MLP-relu_T10.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert "## l2o/MLP-v0 + relu — T = 10" in report
+    assert "## l2o/MLP-v0 + relu — T = 10," in report
     # NN benchmark (Li & Malik 2017): true objective; baselines tuned on MNIST-48 only, applied to every setting
     assert "## NN benchmark (Li & Malik 2017)" in report
     nn = [r for r in data["runs"] if r["env"] == "l2o/NNClassifier-v0"]

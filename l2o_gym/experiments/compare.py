@@ -388,7 +388,7 @@ def write_report(
         f"- command: `{cfg.command or 'l2o_gym.experiments.compare.run_comparison'}`",
         f"- date: {_dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, device {cfg.device}",
-        f"- held-out `test` problems (seed {cfg.seed}; {cfg.n_problems} per env unless a section says otherwise); "
+        f"- held-out `test` problems (seed {cfg.seed}; how many: each section's heading); "
         "baselines tuned on `train` at the section's T (see `agents/tuned_baselines.json`) and run unchanged at "
         "the long horizon. Best mean final objective in **bold**.",
         "- columns: mean f(θ_T) with 95% bootstrap CI, median f(θ_T), log10 of the mean, AUC (mean objective "
@@ -416,7 +416,7 @@ def write_report(
         )
         best = min(rows, key=lambda r: r.final_mean).policy
         lines += [
-            f"## {section} — T = {horizon}",
+            f"## {section} — T = {horizon}, {rows[0].n_problems} problems",
             "",
             "| policy | mean f(θ_T) [95% CI] | median | log10 mean | AUC | diverged | grad evals | wall s |",
             "|---|---|---|---|---|---|---|---|",

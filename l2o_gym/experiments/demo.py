@@ -32,11 +32,13 @@ def gradient_descent_demo(
     seed: int = 0,
     out: str | Path = "runs/demo",
     device: str = "cpu",
+    progress: bool = True,
 ) -> DemoResult:
     """Run gradient descent as an agent of ``gymnasium.make_vec(env_id)`` on ``test`` problems.
 
     The agent reads the newest gradient from the observation (its last ``d`` entries) and acts
-    ``a = clip(−lr · ∇f / action_scale, −1, 1)``. Writes ``out/gd_<env>.png`` and returns the curves.
+    ``a = clip(−lr · ∇f / action_scale, −1, 1)``. Writes ``out/gd_<env>.png`` and returns the curves; ``progress``:
+    a tqdm bar per step size.
     """
     curves: dict[str, list[float]] = {}
     for lr in lrs:
@@ -45,7 +47,7 @@ def gradient_descent_demo(
         d, scale = base.single_action_space.shape[0], base.driver.action_scale
         obs, info = venv.reset(seed=seed)
         means = [float(info["objective"].mean())]
-        for _ in trange(horizon, desc=f"GD lr={lr:g}", leave=False):
+        for _ in trange(horizon, desc=f"GD lr={lr:g}", leave=False, disable=not progress):
             grad = obs[:, -d:]
             action = (-lr * grad / scale).clamp(-1.0, 1.0)
             obs, _, term, trunc, info = venv.step(action)

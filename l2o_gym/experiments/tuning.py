@@ -330,6 +330,10 @@ def load_val_references(path: str | Path | None = None) -> dict[str, Any]:
     return _read(path).get("val_references", {})
 
 
+#: the horizon fallbacks of :func:`tuned_entry` already logged in this process.
+_FALLBACKS_SAID: set[tuple[Any, ...]] = set()
+
+
 def tuned_entry(
     tuned: dict[str, Any], env_id: str, name: str, horizon: int = DEFAULT_TUNING_HORIZON, variant: str | None = None
 ) -> dict[str, Any] | None:
@@ -346,8 +350,10 @@ def tuned_entry(
     for key in keys:
         entry = tuned.get(key, {}).get(name)
         if entry is not None:
-            log.warning("%s on %s: no hyperparameters tuned at T=%d, using those tuned at T=%s", name, prefix, horizon,
-                        entry.get("horizon"))
+            said = (name, prefix, horizon, entry.get("horizon"))
+            if said not in _FALLBACKS_SAID:  # once per process, not once per section and job
+                _FALLBACKS_SAID.add(said)
+                log.warning("%s on %s: no hyperparameters tuned at T=%d, using those tuned at T=%s", *said)
             return entry
     return None
 
