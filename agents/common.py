@@ -20,7 +20,7 @@ completed validation stay (an iteration half done is never saved). ``summary.jso
 ``"interrupted": true`` and the interrupt is re-raised (scripts exit 130, see ``l2o_gym.experiments.cli``).
 
 Run folder ``OUT``: ``{kind}_best.safetensors``, ``{kind}_last.safetensors`` (policy checkpoints, loaded by
-the kind's ``load_policy``), ``state.pt`` (``{"kind", "run_format", "problem", <agent state>, <run record>}``;
+the kind's ``load_policy``), ``state.pt`` (``{"kind", "run_format", "problem", "train_config", <agent state>, <run record>}``;
 ``problem`` is the config's ``env_id`` and ``family_kwargs``: resuming on other problems is refused unless
 ``reset_best``), ``summary.json``, ``tb/``. Every checkpoint's config holds ``train_config``, ``iteration``, ``env_steps`` and,
 once the run ends, the same ``"training"`` record (:func:`training_record`) for every kind.
@@ -345,6 +345,29 @@ def _problem_of(agent: Agent) -> dict[str, Any]:
     return _json_form({k: cfg[k] for k in ("env_id", "family_kwargs") if k in cfg})
 
 
+#: settings a resumed run may change without the saved state stopping to fit (its length, where it writes).
+_RUN_SETTINGS = frozenset({"episodes", "iterations", "total_timesteps", "out", "progress", "tensorboard", "device",
+                           "threads", "checkpoint_every", "eval_every", "val_every"})
+
+
+def _settings_diff(saved: Any, now: dict[str, Any], limit: int = 8) -> str:
+    """The training settings (dotted keys for nested ones) in which ``now`` differs from the ``saved`` JSON form,
+    as ``"hidden (saved 20, now 7), …"``; ``""`` if ``saved`` is not a dict (states from before the field)."""
+    if not isinstance(saved, dict):
+        return ""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(saved), flat(now)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k.rpartition(".")[2] not in _RUN_SETTINGS]
+    parts = [f"{k} (saved {a.get(k, '—')!r}, now {b.get(k, '—')!r})" for k in keys[:limit]]
+    return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def _json_form(value: Any) -> Any:
     """``value`` as JSON would give it back (tuples → lists), so that equal settings compare equal however they
     were written (a tuple from Python, a list from ``--family-kwargs``)."""
@@ -375,7 +398,9 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
         agent.load_state_dict(state)
         agent.record.load_state_dict(state["record"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"training state {str(path)!r} does not fit this {agent.kind} run: "
+        diff = _settings_diff(state.get("train_config"), _json_form(agent.config_dict()))
+        said = f"; settings that differ from the saved run: {diff}" if diff else ""
+        raise CheckpointError(f"training state {str(path)!r} does not fit this {agent.kind} run{said}: "
                               f"{type(exc).__name__}: {one_line(str(exc), limit=400)}") from None
     if reset_best:
         agent.record = RunRecord()
@@ -462,7 +487,8 @@ def fit(
             return
         agent.save_policy(folder.last, extra())
         save_state(folder.state, {**agent.state_dict(), "kind": agent.kind, "run_format": RUN_FORMAT,
-                                  "problem": _problem_of(agent), "record": rec.state_dict()})
+                                  "problem": _problem_of(agent), "train_config": _json_form(agent.config_dict()),
+                                  "record": rec.state_dict()})
         last_saved = agent.iterations_done
 
     def validation(metrics: dict[str, Any]) -> None:

@@ -345,7 +345,8 @@ def test_resume_on_other_problems_is_refused_unless_reset_best(tmp_path):
                       unroll=2, n_problems=2, val_problems=2)).train()
     assert Trainer(_tiny_cfg(mlp, env_id="l2o/MLP-v0", family_kwargs={"dataset": "digits", "hidden": [4]}, horizon=4,
                              unroll=2, n_problems=2, val_problems=2, episodes=3)).resume()
-    with pytest.raises(CheckpointError, match="does not fit this lstm run: RuntimeError: [^\n]*size mismatch"):
+    with pytest.raises(CheckpointError, match=r"does not fit this lstm run; settings that differ from the saved run: "
+                                              r"arch\.hidden \(saved 20, now 7\): RuntimeError: [^\n]*size mismatch"):
         Trainer(_tiny_cfg(tmp_path, arch=LSTMConfig(hidden=7), episodes=3)).resume()
 
 
