@@ -377,3 +377,16 @@ def test_load_pretrained_knows_every_shipped_single_lstm_checkpoint():
     assert load_pretrained("l2o/NNClassifier-v0").checkpoint_config["env_id"] == "l2o/NNClassifier-v0"
     with pytest.raises(ValueError, match="no pretrained LSTM for 'l2o/Rosenbrock-v0': available for"):
         load_pretrained("l2o/Rosenbrock-v0")
+
+
+def test_env_steps_are_counted_per_episode_across_a_resume_on_more_processes(tmp_path, monkeypatch):
+    """A run resumed on another number of processes keeps the steps it made before (they used to be rescaled)."""
+    t = Trainer(_tiny_cfg(tmp_path))
+    t.train()
+    assert t.env_steps == 2 * 8 * 10
+    monkeypatch.setattr(trainer_mod, "world", lambda: (0, 2))  # the resumed run counts 2 processes' problems
+    monkeypatch.setattr(trainer_mod.dist, "broadcast", lambda *a, **k: None)  # (no second process to hear it)
+    t2 = Trainer(_tiny_cfg(tmp_path, episodes=3))
+    assert t2.resume() and t2.env_steps == 2 * 8 * 10
+    t2.run_episode()
+    assert t2.env_steps == 2 * 8 * 10 + 8 * 10 * 2

@@ -229,6 +229,7 @@ class Trainer(Agent):
         self.core_config = CoreConfig(horizon=cfg.horizon, history=1, second_order=cfg.second_order, validate=False)
         self.val_set = self.family.sample(cfg.val_problems, "val", cfg.seed, self.device, cfg.dtype)
         self.episode = 0
+        self._env_steps = 0
 
     # ---- one meta-iteration -----------------------------------------------------------------------
     def meta_step(self, state: core.State, memory: Any, t0: int) -> tuple[core.State, Any, float, bool]:
@@ -250,6 +251,7 @@ class Trainer(Agent):
             losses.append(loss)
             skipped += not ok
         self.episode += 1
+        self._env_steps += cfg.n_problems * cfg.horizon * self.world  # every process's problems
         return {"episode": self.episode, "meta_loss": sum(losses), "skipped": skipped,
                 "final": float(state.loss.mean())}
 
@@ -272,7 +274,9 @@ class Trainer(Agent):
 
     @property
     def env_steps(self) -> int:
-        return self.episode * self.cfg.n_problems * self.cfg.horizon * self.world
+        """Optimizee steps of all processes so far (counted per episode: a run resumed on another number of
+        processes keeps the steps it made before)."""
+        return self._env_steps
 
     def baseline_problems(self) -> tuple[Any, int]:
         return self.val_set, self.cfg.horizon
@@ -290,6 +294,7 @@ class Trainer(Agent):
             "net": self.policy.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "episode": self.episode,
+            "env_steps": self._env_steps,
             "best_val": self.record.best_val,
             "torch_rng": torch.get_rng_state(),
         }
@@ -298,6 +303,8 @@ class Trainer(Agent):
         self.policy.net.load_state_dict(sd["net"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.episode = int(sd["episode"])
+        # states from before the counter: the steps as they were counted then
+        self._env_steps = int(sd.get("env_steps", self.episode * self.cfg.n_problems * self.cfg.horizon * self.world))
         torch.set_rng_state(sd["torch_rng"])
 
     def resume(self, path: str | Path | None = None, reset_best: bool = False) -> bool:
