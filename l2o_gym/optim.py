@@ -18,18 +18,21 @@ with ``needs_problems``) are refused at construction: use ``torch.optim.LBFGS(..
 "strong_wolfe")``. A policy restricted to one problem dimension (``policy.dim``: GPS and SB3 policies fit only
 the ``d`` they were trained on) must get exactly that many optimized entries, checked at construction.
 
-Precision: the MDP state and the policy run in the parameters' dtype, but in float32 for float16/bfloat16
-parameters (their ``eps`` and feature ranges underflow/overflow in half precision); the step is cast back
-to the parameter's dtype. An update that would overflow a parameter's dtype (e.g. a large ``lr`` on
+Precision: the MDP state and the policy run in the parameters' dtype (with mixed dtypes: the first optimized
+parameter's, so put a float64 parameter first to keep float64 gradients and steps), but in float32 for
+float16/bfloat16 parameters (their ``eps`` and feature ranges underflow/overflow in half precision); the step is
+cast back to the parameter's dtype. An update that would overflow a parameter's dtype (e.g. a large ``lr`` on
 float16 weights) is skipped for that parameter with a ``RuntimeWarning``, like a non-finite gradient.
 
 Conventions, as in ``torch.optim``: parameters with ``requires_grad=False`` are not optimized; one whose
 ``grad`` is ``None`` at a step is left unchanged (its gradient is fed to the policy as zero); sparse
-gradients raise ``RuntimeError``. A parameter with a non-finite gradient is skipped at that step with a
-warning (its gradient is fed as zero), so weights never become NaN. Without a closure the objective is
-unknown to the policy and is recorded as the last known value (0 at first); policies that read only the
-gradient (the first-order baselines, the LSTMs: ``Policy.reads_objective`` false) do not need it, and the others
-(GPS, conv GPS, PPO) warn once when stepped without one.
+gradients raise ``RuntimeError``, complex parameters ``TypeError``. A parameter with a non-finite gradient is
+skipped at that step with a warning (its gradient is fed as zero), so weights never become NaN. Without a
+closure the objective is unknown to the policy and is recorded as the last known value (0 at first); policies
+that read only the gradient (the first-order baselines, the LSTMs: ``Policy.reads_objective`` false) do not need
+it, and the others (GPS, conv GPS, PPO) warn once when stepped without one. When the number of optimized entries
+changes (``add_param_group``, a parameter's ``requires_grad`` toggled), the policy memory and history restart,
+with a warning.
 
 Policies with one network per parameter kind (the multi-LSTM of ``l2o_gym.agents.lstm.multi``) need each
 parameter's kind: give param groups with a ``"kind"`` key — :func:`param_groups_by_kind` builds them from a
@@ -220,6 +223,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         device = first.device
         thetas, grads, usable = [], [], []
         for _, p in params:
+            if p.is_complex():
+                raise TypeError(
+                    f"LearnedOptimizer does not support complex parameters (shape {tuple(p.shape)}): the policy steps "
+                    "a real θ; optimize torch.view_as_real(p) as a real parameter instead"
+                )
             thetas.append(p.detach().reshape(-1).to(device=device, dtype=dtype))
             g = p.grad
             if g is None:
@@ -278,7 +286,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if prev is not None and prev.theta.shape != theta.shape:
             warnings.warn("LearnedOptimizer: the set of parameters changed; the policy memory is reset", stacklevel=_CALLER)
             prev = None
-        if prev is None and self.policy.binds_layout:
+        if self.policy.binds_layout:  # at every step: another optimizer may share the policy object
             self.policy.bind(self._param_specs(params))
         f_val = float(loss.detach()) if isinstance(loss, Tensor) and loss.numel() == 1 else None
         if f_val is None and self.policy.reads_objective and not getattr(self, "_warned_objective", False):
@@ -355,6 +363,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             sd["l2o"] = {
                 "mdp": {k: getattr(self._mdp, k) for k in core.STATE_TENSORS},
                 "memory": _pack_memory(self._memory),
+                "shapes": [list(p.shape) for _, p in self._params()],
             }
         return sd
 
@@ -372,6 +381,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if mdp["theta"].shape[1] != expected:
             raise ValueError(
                 f"optimizer state is for {mdp['theta'].shape[1]} parameters, this optimizer has {expected}"
+            )
+        shapes = [list(p.shape) for _, p in params]
+        if "shapes" in extra and [list(s) for s in extra["shapes"]] != shapes:  # absent from older states
+            raise ValueError(
+                f"optimizer state is for parameter shapes {[list(s) for s in extra['shapes']]}, this optimizer's "
+                f"are {shapes} (another model, or the parameters in another order)"
             )
         if mdp["obs"].shape[1] != core.obs_dim(self.core_config, expected):
             raise ValueError("optimizer state was saved with another CoreConfig (history/include_steps)")

@@ -158,3 +158,59 @@ def test_torch_optimizers_deepcopy_the_same_way():
         warnings.simplefilter("error")
         lc = copy.deepcopy(LearnedOptimizer(m.parameters(), GradientDescent(0.1)))
     assert lc.param_groups[0]["params"][0] is not m.weight and torch.equal(lc.param_groups[0]["params"][0], m.weight)
+
+
+def test_state_for_other_parameter_shapes_is_refused_on_load():
+    # Linear(4, 2) and Linear(1, 5) both have 10 entries in two parameters: torch's group-size check passes, and
+    # the flat policy memory would be applied to the wrong coordinates; so would a reordering of the parameters.
+    m = nn.Linear(4, 2)
+    opt = LearnedOptimizer(m.parameters(), Adam(0.05))
+    m(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    for params in (nn.Linear(1, 5).parameters(), list(nn.Linear(4, 2).parameters())[::-1]):
+        with pytest.raises(ValueError, match=r"parameter shapes \[\[2, 4\], \[2\]\]"):
+            LearnedOptimizer(params, Adam(0.05)).load_state_dict(sd)
+    LearnedOptimizer(nn.Linear(4, 2).parameters(), Adam(0.05)).load_state_dict(sd)  # same shapes: loads
+
+
+def test_a_layout_policy_shared_by_two_optimizers_serves_both():
+    # The multi-LSTM keeps the bound layout on the policy object: the second optimizer's bind must not leave
+    # the first one stepping with the other model's layout.
+    from l2o_gym.agents.lstm import load_pretrained_multi
+    from l2o_gym.optim import param_groups_by_kind
+
+    def nets():
+        torch.manual_seed(0)
+        a = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+        b = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+        return a, b
+
+    x = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+
+    def run(shared: bool) -> list[torch.Tensor]:
+        a, b = nets()
+        pa = load_pretrained_multi("mlstm")
+        pb = pa if shared else load_pretrained_multi("mlstm")
+        opts = [(a, LearnedOptimizer(param_groups_by_kind(a), pa)), (b, LearnedOptimizer(param_groups_by_kind(b), pb))]
+        for _ in range(2):
+            for m, o in opts:
+                o.zero_grad()
+                m(x).pow(2).mean().backward()
+                o.step()
+        return [p.detach().clone() for m, _ in opts for p in m.parameters()]
+
+    for p, q in zip(run(True), run(False)):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_complex_parameters_are_a_clear_error():
+    # torch's optimizers step complex parameters as (real, imag) pairs; casting them to the real θ would
+    # silently drop the imaginary part, so they are refused.
+    p = nn.Parameter(torch.tensor([1 + 1j, 2 - 1j]))
+    frozen = nn.Parameter(torch.tensor([1j]), requires_grad=False)  # not optimized: accepted
+    opt = LearnedOptimizer([p, frozen], GradientDescent(0.1))
+    (p.abs() ** 2).sum().backward()
+    with pytest.raises(TypeError, match="complex"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.tensor([1 + 1j, 2 - 1j]))
