@@ -9,7 +9,9 @@ sample-efficiency reference of every training run (:func:`best_baseline` on the 
 **Grid** (:data:`GRIDS`, one line per baseline): the learning rate over ``10^(k/4)``, ``k = −20…4``
 (``1e-5 … 10``, 25 values, :data:`LR_GRID`); momentum and NAG over learning rate × momentum *jointly*,
 ``μ ∈ {0, 0.5, 0.9, 0.95, 0.99}`` (:data:`MOMENTUM_GRID`; 125 pairs). ``μ = 0`` makes both plain gradient
-descent, so their grids hold SGD's (their selection score is never worse than SGD's); 0.95 fills the gap
+descent, so their grids hold SGD's (their selection score is never worse than SGD's while SGD's selection lies
+inside the grid; the edge extension walks only the selection's own scan, so an SGD selection beyond the grid can
+beat them: ``l2o/NeuralArt-v0@T32``); 0.95 fills the gap
 between 0.9 and 0.99 where the heavy-ball optimum ``((√κ−1)/(√κ+1))²`` of a quadratic with condition
 number ``κ`` lies: over 1,000 ``l2o/Quadratic-v0`` train problems its 10/50/90 % quantiles are 0.90 / 0.95 /
 0.99 (``log10 κ`` 3.1 / 3.9 / 5.4), and the tuner does pick μ = 0.95 there for both momentum and NAG. Adam and RMSprop keep torch's defaults for their other constants; CG and L-BFGS have no
@@ -232,13 +234,15 @@ def tune_baseline(name: str, problems: ProblemBatch, horizon: int, *, search: st
 
     Args:
         name: a baseline with a line in :data:`GRIDS`.
-        problems: the ``N`` tuning problems (``train`` or ``val``; the caller never passes ``test``).
+        problems: the ``N`` tuning problems (``train`` or ``val``; a ``test`` batch is refused).
         horizon: iterations ``T`` of each run.
         search: ``"grid"`` (every configuration) or ``"coarse"`` (coarse-to-fine along the learning rate).
 
     Raises:
-        ValueError: unknown baseline or search, or a horizon that is not a positive integer.
+        ValueError: unknown baseline or search, a horizon that is not a positive integer, or ``test`` problems.
     """
+    if getattr(problems, "split", None) == "test":
+        raise ValueError("tuning must not read the test split: use split='train' or 'val'")
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
     if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:

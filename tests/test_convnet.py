@@ -190,6 +190,17 @@ def test_checkpoint_stores_kinds_and_mismatch_lists_both(tmp_path):
         MultiLSTMPolicy(("conv",)).bind(ConvNet(**SMALL).param_specs())
 
 
+def test_multi_lstm_with_one_network_object_under_several_names_saves_and_loads(tmp_path):
+    # `nets` may hold one shared network under several names; save() failed (safetensors refuses shared tensors)
+    torch.manual_seed(0)
+    net = LSTMPolicy(LSTMConfig(hidden=4)).net
+    shared = MultiLSTMPolicy(("conv", "fc"), nets={"conv": net, "fc": net}, assign={"*": "fc"})
+    back = MultiLSTMPolicy.load(shared.save(tmp_path / "shared.safetensors"))
+    problems = ConvNet(**SMALL, image_size=16).sample(2, "train", seed=0)
+    for a, b in zip(_run(shared, problems, 2), _run(back, problems, 2)):
+        assert torch.equal(a, b)
+
+
 def test_trainer_trains_all_lstms_jointly(tmp_path):
     cfg = TrainConfig(env_id="l2o/ConvNet-v0", family_kwargs={**SMALL, "image_size": 16}, arch=LSTMConfig(hidden=4),
                       n_problems=2, horizon=4, unroll=2, episodes=1, val_every=1, val_problems=2, progress=False,

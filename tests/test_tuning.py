@@ -13,6 +13,7 @@ import torch
 from l2o_gym.agents import tuning
 from l2o_gym.agents.tuning import GRIDS, LR_GRID, MOMENTUM_GRID, grid_configs, penalized_final, tune_baseline
 from l2o_gym.core import CoreConfig
+from l2o_gym.experiments.tuning import tune_setting
 from l2o_gym.policy import run_policy
 from l2o_gym.agents.baselines import FIRST_ORDER, GradientDescent
 from l2o_gym.problems import ProblemBatch
@@ -168,6 +169,15 @@ def test_tune_never_reads_test_and_the_script_writes_the_protocol(monkeypatch, t
         assert envs[key]["sgd"]["search"] == "coarse" and envs[key]["sgd"]["n_evaluated"] < len(LR_GRID)
     assert envs["l2o/MLP-v0+relu@T2"]["sgd"]["variant"] == "relu"
     assert "l2o/Quadratic-v0@T5" in envs  # merged, not replaced
+
+
+def test_a_test_split_batch_is_refused_even_when_passed_in():
+    # the refusal reads the batch's own split, not only the split argument (tune_setting(problems=...) trusted it)
+    test_problems = env_family("l2o/Quadratic-v0").sample(2, "test", 0)
+    with pytest.raises(ValueError, match="must not read the test split"):
+        tune_baseline("sgd", test_problems, 3)
+    with pytest.raises(ValueError, match="must not read the test split"):
+        tune_setting("sgd", "l2o/Quadratic-v0", problems=test_problems, horizon=3)
 
 
 def test_study_sample_efficiency_uses_the_protocol_targets():

@@ -203,7 +203,8 @@ class MultiLSTMPolicy(Policy):
         """Write a safetensors checkpoint (``kind = "mlstm"``) storing the LSTM names and the assignment."""
         config = {"kind": KIND, "env_id": self.env_id, "dim": None, "arch": asdict(self.config),
                   "kinds": list(self.kinds), "assign": self.assign, **(extra or {})}
-        tensors = {k: v.detach().contiguous() for k, v in self.nets.state_dict().items()}
+        # cloned: one network object shared by several names (``nets=``) must not reach safetensors as shared memory
+        tensors = {k: v.detach().clone() for k, v in self.nets.state_dict().items()}
         return save_policy(path, tensors, config)
 
     @classmethod
