@@ -20,7 +20,8 @@ whole dataset while ``f`` is a minibatch loss) the cost is the true objective in
 evaluated at θ₀ and after every step whose new counter ``t`` is a multiple of ``CoreConfig.true_every``
 or reaches the horizon, and held in between (so with ``true_every = k > 1`` the cost is the true
 objective of the last evaluated iterate; ``k = 1``, the default, is exact every step). Observations (and
-the divergence test) use the minibatch values only. For the other families ``State.true_loss`` is
+the divergence test) use the minibatch values, except that a non-finite true objective where it is evaluated
+is divergence too (and one at θ₀ a ``ValueError``). For the other families ``State.true_loss`` is
 ``None`` and nothing changes.
 
 **Episode end.** ``truncated`` once ``t ≥ horizon``. ``terminated`` only for divergence: if ``f(θ_{t+1})``
@@ -237,7 +238,12 @@ def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
         raise ValueError(f"{problems.family.name}: non-finite objective or gradient at x0 for instances {idx}")
     state = initial_state(theta, f0, g0, config, problems)
     if problems.has_true_loss:
-        state = replace(state, true_loss=problems.true_loss(theta))
+        true0 = problems.true_loss(theta)
+        bad = ~torch.isfinite(true0)
+        if bool(bad.any()):
+            idx = bad.nonzero().flatten().tolist()[:10]
+            raise ValueError(f"{problems.family.name}: non-finite true objective at x0 for instances {idx}")
+        state = replace(state, true_loss=true0)
     return state
 
 
@@ -327,6 +333,8 @@ def transition(
     # NaN compares False, so this also rejects NaN objectives; -inf and inf (or overflowing scaled)
     # gradients are checked explicitly.
     ok = (f <= state.threshold) & (f > float("-inf")) & torch.isfinite(g_feat).all(-1) & ~state.terminated
+    if true_f is not None:  # a true objective that overflows where it is evaluated diverges too (never a NaN cost)
+        ok = ok & ~(true_due(t, cfg) & ~torch.isfinite(true_f.detach()))
     if cfg.include_steps:
         ok = ok & torch.isfinite(action.detach() * scale).all(-1)
     ok_col = ok[:, None]

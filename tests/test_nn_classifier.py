@@ -277,3 +277,28 @@ def test_instances_do_not_depend_on_the_thread_count():
     for key in a.data:
         assert torch.equal(a.data[key], b.data[key]), key
     assert torch.equal(a.x0, b.x0) and torch.equal(a.seeds, b.seeds)
+
+
+def test_a_non_finite_true_objective_is_divergence_never_a_nan_cost(monkeypatch):
+    """The cost reads the true objective: where it overflows (evaluated there) the step counts as divergence and
+    costs the finite penalty; non-finite at θ₀ is a ValueError naming the instances."""
+    import torch
+
+    from l2o_gym import core, make_family
+
+    fam = make_family("nn_classifier", dataset="digits", inputs=8, hidden=4)
+    problems = fam.sample(3, "test", 0)
+    cfg = core.CoreConfig(horizon=4, history=1)
+    state = core.reset(problems, cfg)
+    real = type(problems).true_loss
+
+    def overflowing(self, theta):
+        out = real(self, theta)
+        return torch.where(torch.arange(out.shape[0]) == 1, torch.full_like(out, float("nan")), out)
+
+    monkeypatch.setattr(type(problems), "true_loss", overflowing)
+    nxt, cost, terminated, _ = core.step(state, torch.zeros_like(state.theta))
+    assert terminated.tolist() == [False, True, False] and torch.isfinite(cost).all()
+    assert float(cost[1]) == float(state.threshold[1])
+    with pytest.raises(ValueError, match=r"non-finite true objective at x0 for instances \[1\]"):
+        core.reset(problems, cfg)
