@@ -333,8 +333,9 @@ def transition(
     # NaN compares False, so this also rejects NaN objectives; -inf and inf (or overflowing scaled)
     # gradients are checked explicitly.
     ok = (f <= state.threshold) & (f > float("-inf")) & torch.isfinite(g_feat).all(-1) & ~state.terminated
-    if true_f is not None:  # a true objective that overflows where it is evaluated diverges too (never a NaN cost)
-        ok = ok & ~(true_due(t, cfg) & ~torch.isfinite(true_f.detach()))
+    true_now = true_due(t, cfg) if true_f is not None else None  # where true_f is this step's true objective
+    if true_now is not None:  # a true objective that overflows where it is evaluated diverges too (never a NaN cost)
+        ok = ok & ~(true_now & ~torch.isfinite(true_f.detach()))
     if cfg.include_steps:
         ok = ok & torch.isfinite(action.detach() * scale).all(-1)
     ok_col = ok[:, None]
@@ -343,8 +344,8 @@ def transition(
     grad = torch.where(ok_col, g, state.grad)
     true_loss = state.true_loss
     if true_loss is not None:
-        if true_f is not None:
-            true_loss = torch.where(ok & true_due(t, cfg), true_f, true_loss)
+        if true_now is not None:
+            true_loss = torch.where(ok & true_now, true_f, true_loss)
         cost = torch.where(ok, true_loss, state.threshold)
     else:
         cost = torch.where(ok, f, state.threshold)
