@@ -448,8 +448,8 @@ class ConvGPSTrainer:
         emp = outer / cnt[..., None, None] - torch.einsum("cti,ctj->ctij", mean, mean)
         prior = GaussianPrior(pm, pc + 1e-6 * torch.eye(dS + 1, dtype=pc.dtype, device=pc.device), 1.0)
         x0 = torch.zeros(self.MG, 1, dtype=z.dtype, device=z.device)
-        fit = dynamics_from_moments(cnt.min(1).values, mean, emp, x0, torch.zeros(self.MG, 1, 1, dtype=z.dtype),
-                                    1, prior, self.cfg.dyn_reg)
+        x0_cov = torch.zeros(self.MG, 1, 1, dtype=z.dtype, device=z.device)
+        fit = dynamics_from_moments(cnt.min(1).values, mean, emp, x0, x0_cov, 1, prior, self.cfg.dyn_reg)
         K = fit.F[..., :, :dS]  # [MG, T, 1, dS]
         k = fit.f  # [MG, T, 1]
         g_of = torch.arange(self.MG) % self.G
