@@ -311,3 +311,24 @@ def test_vector_info_marks_diverged_instances_like_the_single_env():
     sb3.step_async(np.stack([np.zeros(sb3.action_space.shape), np.full(sb3.action_space.shape, 1e3)]))
     infos = sb3.step_wait()[3]
     assert [i["diverged"] for i in infos] == [False, True]
+
+
+def test_spec_max_episode_steps_is_the_horizon_so_time_aware_wrappers_work():
+    from gymnasium.wrappers import TimeAwareObservation
+
+    env = gym.make("l2o/Quadratic-v0", horizon=7, dim=3)
+    assert env.spec.max_episode_steps == 7
+    wrapped = TimeAwareObservation(env)
+    obs, _ = wrapped.reset(seed=0)
+    assert obs.shape == (env.observation_space.shape[0] + 1,) and obs[-1] == 0
+    for t in range(1, 8):
+        obs, _, term, trunc, _ = wrapped.step(np.zeros(3, dtype=np.float32))
+        assert obs[-1] == t and not term
+        assert trunc == (t == 7)
+    # the spec re-creates the env, truncating at the same step (TimeLimit and the env agree)
+    again = gym.make(env.spec)
+    again.reset(seed=0)
+    truncs = [again.step(np.zeros(3, dtype=np.float32))[3] for _ in range(7)]
+    assert truncs == [False] * 6 + [True]
+    # an explicit max_episode_steps is kept
+    assert gym.make("l2o/Quadratic-v0", horizon=7, dim=3, max_episode_steps=5).spec.max_episode_steps == 5

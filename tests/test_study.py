@@ -201,6 +201,30 @@ def test_paired_table_differences_the_learned_optimizer_with_the_best_baseline_p
     assert paired_rows(results, [sec]) == []
 
 
+
+def test_summary_tables_flag_diverged_optimizers():
+    sec = Section("l2o/Quadratic-v0", ["sgd", "adam", "lstm", "gps"], 10, 100, n_problems=2)
+
+    def res(policy, h, m, diverged=0.0):
+        c = [m] * (h + 1)
+        return EvalResult(sec.env, policy, h, 2, 0, m, m, 0.0, m, diverged, h, 0.0, c, c, c,
+                          extra={"section": sec.name}, final_values=[m, m])
+
+    results = [res("sgd", 10, 2.0), res("adam", 10, 1.0, diverged=0.5), res("lstm", 10, 0.9),
+               res("gps", 10, 0.8, diverged=0.5), res("sgd", 100, 2.0), res("adam", 100, 1.0),
+               res("lstm", 100, 5.0, diverged=1.0), res("gps", 100, 0.5)]
+    lines, data = summary_lines(results, [sec])
+    text = "\n".join(lines)
+    (vs,) = data["versus"]
+    assert vs["diverged"] == {"best_baseline@10": 0.5, "gps@10": 0.5, "lstm@10": 0.0, "best_baseline@100": 0.0,
+                              "gps@100": 0.0, "lstm@100": 1.0}
+    assert "| 10 / 100 | adam 1 ⚠ → adam 1 | 0.8 ⚠ → 0.5 | 0.9 → 5 ⚠ |" in text
+    paired = {r["policy"]: r for r in data["paired"]}
+    assert paired["gps"]["diverged_fraction"] == 0.5 and paired["lstm"]["diverged_fraction"] == 0.0
+    assert paired["lstm"]["baseline_diverged_fraction"] == 0.5
+    assert "| l2o/Quadratic-v0 | 10 | gps ⚠ | adam ⚠ |" in text and "| l2o/Quadratic-v0 | 10 | lstm | adam ⚠ |" in text
+
+
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown preset 'big'.*study"):
         preset_config("big")

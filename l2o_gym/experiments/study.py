@@ -306,21 +306,24 @@ def _baselines(idx: dict[tuple[str, str, int], EvalResult], sec: Section, h: int
 
 
 def versus_rows(results: list[EvalResult], sections: list[Section]) -> list[dict[str, Any]]:
-    """Per section: the best tuned baseline and every learned policy at ``T`` (and the long horizon)."""
+    """Per section: the best tuned baseline and every learned policy at ``T`` (and the long horizon);
+    ``row["diverged"]`` maps the same keys to the fraction of problems that diverged."""
     idx = _index(results)
     rows = []
     for sec in sections:
         horizons = [sec.horizon] + ([sec.long_horizon] if sec.long_horizon else [])
-        row: dict[str, Any] = {"section": sec.name, "T": sec.horizon, "long_T": sec.long_horizon}
+        row: dict[str, Any] = {"section": sec.name, "T": sec.horizon, "long_T": sec.long_horizon, "diverged": {}}
         for h in horizons:
             base = _baselines(idx, sec, h)
             if base:
                 best = min(base, key=lambda r: r.final_mean)
                 row[f"best_baseline@{h}"] = (best.policy, best.final_mean)
+                row["diverged"][f"best_baseline@{h}"] = best.diverged_fraction
             for p in sec.policies:
                 kind = _label(p)
                 if kind in LEARNED_KIND and (sec.name, kind, h) in idx:
                     row[f"{kind}@{h}"] = idx[(sec.name, kind, h)].final_mean
+                    row["diverged"][f"{kind}@{h}"] = idx[(sec.name, kind, h)].diverged_fraction
         rows.append(row)
     return rows
 
@@ -349,7 +352,9 @@ def paired_rows(results: list[EvalResult], sections: list[Section], n_boot: int 
             rows.append({"section": sec.name, "T": t, "policy": kind, "baseline": best.policy,
                          "mean_diff": float(diff.mean()), "ci_low": float(low[0]), "ci_high": float(high[0]),
                          "lower": int((diff < 0).sum()), "n": int(diff.size),
-                         "relative": float(diff.mean() / best.final_mean) if best.final_mean else None})
+                         "relative": float(diff.mean() / best.final_mean) if best.final_mean else None,
+                         "diverged_fraction": mine.diverged_fraction,
+                         "baseline_diverged_fraction": best.diverged_fraction})
     return rows
 
 
@@ -533,7 +538,8 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
         "## RL vs supervised: mean final objective on held-out problems",
         "",
         "Each learned optimizer runs with the checkpoint shipped for that problem family (the MLP variants use the "
-        "20-unit sigmoid MLP's). `f(T) → f(10T)`; lower is better; — : no checkpoint for that problem.",
+        "20-unit sigmoid MLP's). `f(T) → f(10T)`; lower is better; — : no checkpoint for that problem; ⚠: some "
+        "problems diverged (a diverged problem keeps its last finite objective).",
         "",
         "| problem | T | best tuned baseline | " + " | ".join(f"{k} — {LEARNED_KIND[k]}" for k in learned) + " |",
         "|---|---|---|" + "---|" * len(learned),
@@ -541,14 +547,18 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
     for row in vs:
         t, lt = row["T"], row["long_T"]
 
+        def warn(key: str) -> str:
+            return " ⚠" if row["diverged"].get(key, 0.0) > 0 else ""
+
         def cell(key: str) -> str:
             a, b = row.get(f"{key}@{t}"), row.get(f"{key}@{lt}") if lt else None
             if a is None:
                 return "—"
             if isinstance(a, tuple):
-                s = f"{a[0]} {fmt_number(a[1])}"
-                return s + (f" → {b[0]} {fmt_number(b[1])}" if b else "")
-            return fmt_number(a) + (f" → {fmt_number(b)}" if b is not None else "")
+                s = f"{a[0]} {fmt_number(a[1])}{warn(f'{key}@{t}')}"
+                return s + (f" → {b[0]} {fmt_number(b[1])}{warn(f'{key}@{lt}')}" if b else "")
+            return (fmt_number(a) + warn(f"{key}@{t}")
+                    + (f" → {fmt_number(b)}{warn(f'{key}@{lt}')}" if b is not None else ""))
 
         lines.append(f"| {row['section']} | {t}" + (f" / {lt}" if lt else "") + " | " + cell("best_baseline") + " | "
                      + " | ".join(cell(k) for k in learned) + " |")
@@ -560,7 +570,7 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
             "",
             "Mean over the problems of f_learned(θ_T) − f_baseline(θ_T) with a 95% bootstrap CI (negative: the learned "
             "optimizer ends lower), and on how many problems it ends lower. Pairing removes the spread between "
-            "problems that makes the CIs of two close means overlap.",
+            "problems that makes the CIs of two close means overlap. ⚠: some problems of that optimizer diverged.",
             "",
             "| problem | T | policy | best baseline | mean difference [95% CI] | relative | lower on |",
             "|---|---|---|---|---|---|---|",
@@ -569,7 +579,9 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
             rel = row["relative"]
             # next to a baseline at ~0 (L-BFGS at 1e-12) a percentage is meaningless: the ratio of the means instead
             rel = "—" if rel is None else f"{100 * rel:+.2f}%" if abs(rel) <= 10 else f"{1 + rel:.3g}× the baseline"
-            lines.append(f"| {row['section']} | {row['T']} | {row['policy']} | {row['baseline']} | "
+            pol = row["policy"] + (" ⚠" if row["diverged_fraction"] > 0 else "")
+            base = row["baseline"] + (" ⚠" if row["baseline_diverged_fraction"] > 0 else "")
+            lines.append(f"| {row['section']} | {row['T']} | {pol} | {base} | "
                          f"{row['mean_diff']:+.3g} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}] | {rel} | "
                          f"{row['lower']}/{row['n']} |")
     lh = long_horizon_rows(results, sections)
