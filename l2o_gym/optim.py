@@ -172,7 +172,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     Args:
         params: an iterable of parameters or of param-group dicts, as for any torch optimizer.
-        policy: the optimizer's brain; moved to the parameters' device when it has a ``to`` method.
+        policy: the optimizer's brain; moved to the parameters' device when it has a ``to`` method. A model
+            spread over several devices works: θ, the policy and its memory live on the first parameter's device
+            and each parameter's share of the step is moved to that parameter's device.
         lr: multiplier of the policy's step (per group; what learning-rate schedulers change).
         config: the MDP constants of the internal state. The default keeps a history of 1 iterate
             (memory ``O(P)``), no action validation; there is never a divergence termination (``blowup`` is
@@ -328,14 +330,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if ok and group["lr"] != 0:
                 delta = step[0, off : off + n].view_as(p)
                 if p.dtype in _LOW_PRECISION:  # add in float32, round once
-                    new = torch.add(p.float(), delta.float(), alpha=group["lr"]).to(p.dtype)
+                    new = torch.add(p.float(), delta.to(p.device, torch.float32), alpha=group["lr"]).to(p.dtype)
                 else:
-                    new = torch.add(p, delta.to(p.dtype), alpha=group["lr"])
+                    new = torch.add(p, delta.to(p.device, p.dtype), alpha=group["lr"])
                 updates.append((p, new))
             off += n
         if not updates:
             return
-        finite = torch.stack([torch.isfinite(new).all() for _, new in updates]).tolist()
+        here = step.device  # a model spread over devices: the checks meet on θ's device (one sync)
+        finite = torch.stack([torch.isfinite(new).all().to(here) for _, new in updates]).tolist()
         for (p, new), ok in zip(updates, finite):
             if ok:
                 p.copy_(new)

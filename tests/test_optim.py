@@ -207,6 +207,33 @@ def test_runs_on_cuda():
     assert sd["l2o"]["mdp"]["theta"].is_cuda
 
 
+
+@requires_cuda
+@pytest.mark.cuda
+def test_a_model_spread_over_cpu_and_cuda_steps_like_torch_sgd():
+    class Split(nn.Module):  # first layer on the GPU, second on the CPU
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8).cuda(), nn.Linear(8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x.cuda())).cpu())
+
+    torch.manual_seed(0)
+    ours, ref = Split(), Split()
+    ref.load_state_dict(ours.state_dict())
+    opt = LearnedOptimizer(ours.parameters(), GradientDescent(lr=0.1))
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    for _ in range(5):
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            o.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            o.step()
+    assert ours.a.weight.is_cuda and not ours.b.weight.is_cuda
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
 def test_core_initial_state_matches_reset():
     from l2o_gym import core, make_family
     from l2o_gym.core import CoreConfig
