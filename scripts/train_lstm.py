@@ -21,9 +21,10 @@ import sys
 from pathlib import Path
 
 from l2o_gym.agents.lstm import TrainConfig, train
-from l2o_gym.agents.lstm.trainer import OBJECTIVES, WEIGHTINGS, init_distributed
+from l2o_gym.agents.lstm.trainer import OBJECTIVES, WEIGHTINGS
 from l2o_gym.agents.lstm.policy import PREPROCESSING
 from l2o_gym.checkpoint import atomic_write
+from l2o_gym.distributed import world as process_world
 from l2o_gym.experiments import cli
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.UsageError("--reset-best needs --resume")
         cfg = cli.prepare(a, cfg_args, out=a.out, progress=not a.quiet)
         with cli.torchrun_group(cfg.device):
-            rank, world = init_distributed(cfg.device)
+            rank, world = process_world()  # the group torchrun_group made (0, 1 without torchrun)
             policy = train(cfg, resume=a.resume, reset_best=a.reset_best)
             if rank == 0:
                 print(f"done: {cfg.episodes} episodes on {world} process(es); out={a.out}")

@@ -49,7 +49,7 @@ from l2o_gym.agents.lstm.policy import KIND, LSTMConfig, LSTMPolicy
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.checks import NestedValueError, resolve_device
 from l2o_gym.core import CoreConfig
-from l2o_gym.distributed import init_group, world
+from l2o_gym.distributed import world
 from l2o_gym.policy import run_policy
 from l2o_gym.registry import env_family
 
@@ -343,9 +343,6 @@ def train(cfg: TrainConfig, resume: bool = False, reset_best: bool = False) -> L
     ``reset_best``: see :meth:`Trainer.resume`)."""
     return Trainer(cfg).train(resume=resume, reset_best=reset_best)
 
-
-#: initialise ``torch.distributed`` from torchrun's environment (:func:`l2o_gym.distributed.init_group`).
-init_distributed = init_group
 
 
 # ---- benchmark -----------------------------------------------------------------------------------
