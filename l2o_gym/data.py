@@ -137,7 +137,10 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataUnavailableError("dataset 'digits' needs the package 'scikit-learn' (sklearn.datasets.load_digits)") from None
 
     d = load_digits()
     return np.asarray(d.data, dtype=np.float64) / 16.0, d.target
@@ -155,7 +158,12 @@ def _lfw_subset() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _breast_cancer() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_breast_cancer
+    try:
+        from sklearn.datasets import load_breast_cancer
+    except ImportError:
+        raise DataUnavailableError(
+            "dataset 'breast_cancer' needs the package 'scikit-learn' (sklearn.datasets.load_breast_cancer)"
+        ) from None
 
     d = load_breast_cancer()
     X = np.asarray(d.data, dtype=np.float64)

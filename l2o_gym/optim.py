@@ -362,7 +362,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
     # ---- state dict ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        if self._mdp is not None:
+        # A memory for another set of entries (add_param_group or requires_grad toggled since the last step) is
+        # reset at the next step anyway: it is not saved, so the state loads into an optimizer built with the
+        # current param groups and continues exactly as this one would.
+        if self._mdp is not None and self._mdp.theta.shape[1] == sum(p.numel() for _, p in self._params()):
             sd["l2o"] = {
                 "mdp": {k: getattr(self._mdp, k) for k in core.STATE_TENSORS},
                 "memory": _pack_memory(self._memory),
@@ -373,17 +376,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("l2o", None)
-        super().load_state_dict(state_dict)
         if extra is None:
+            super().load_state_dict(state_dict)
             self._mdp, self._memory = None, None
             return
-        params = self._params()
+        params = self._params()  # the checks come first: a refused state leaves this optimizer as it was
         device = params[0][1].device if params else torch.device("cpu")
         mdp = {k: extra["mdp"][k].to(device) for k in core.STATE_TENSORS}
         expected = sum(p.numel() for _, p in params)
         if mdp["theta"].shape[1] != expected:
             raise ValueError(
-                f"optimizer state is for {mdp['theta'].shape[1]} parameters, this optimizer has {expected}"
+                f"optimizer state is for {mdp['theta'].shape[1]} optimized parameter entries, this optimizer has "
+                f"{expected}"
             )
         shapes = [list(p.shape) for _, p in params]
         if "shapes" in extra and [list(s) for s in extra["shapes"]] != shapes:  # absent from older states
@@ -392,11 +396,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"are {shapes} (another model, or the parameters in another order)"
             )
         if mdp["obs"].shape[1] != core.obs_dim(self.core_config, expected):
-            raise ValueError("optimizer state was saved with another CoreConfig (history/include_steps)")
+            raise ValueError(
+                f"optimizer state was saved with another CoreConfig (history/include_steps): its observation has "
+                f"{mdp['obs'].shape[1]} entries, this optimizer's config gives {core.obs_dim(self.core_config, expected)}"
+            )
+        memory = _unpack_memory(extra["memory"] if "memory" in extra else extra.get("hidden"), device)  # "hidden": before 0.2
+        super().load_state_dict(state_dict)
         self._mdp = State(problems=None, config=self.core_config, **mdp)  # type: ignore[arg-type]
         if self.policy.binds_layout:
-            self.policy.bind(self._param_specs(params))
-        self._memory = _unpack_memory(extra["memory"] if "memory" in extra else extra.get("hidden"), device)  # "hidden": before 0.2
+            self.policy.bind(self._param_specs(self._params()))  # the loaded groups (their "kind")
+        self._memory = memory
 
 
 def _replace_theta(state: State, theta: Tensor) -> State:

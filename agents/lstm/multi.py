@@ -38,12 +38,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2o_gym.checkpoint import CheckpointError, check_compatible, load_policy_file, save_policy
+from l2o_gym.checkpoint import CheckpointError, check_compatible, check_shapes, load_policy_file, save_policy
 from l2o_gym.core import State
 from l2o_gym.policy import Policy
 from l2o_gym.problems.base import ParamSpec
 
-from l2o_gym.agents.lstm.policy import PRETRAINED_DIR, CoordinateLSTM, LSTMConfig
+from l2o_gym.agents.lstm.policy import PRETRAINED_DIR, CoordinateLSTM, LSTMConfig, expected_shapes
 
 #: ``kind`` of multi-LSTM checkpoints.
 KIND = "mlstm"
@@ -185,7 +185,8 @@ class MultiLSTMPolicy(Policy):
             off = 0
             for s in slices:
                 w = s.stop - s.start
-                pieces[s.start] = out[:, off : off + w]
+                if w:  # a zero-size parameter shares its offset with the next one: it must not replace that one's piece
+                    pieces[s.start] = out[:, off : off + w]
                 off += w
             new_memory.append(mem)
         step = torch.cat([pieces[k] for k in sorted(pieces)], dim=1)
@@ -226,7 +227,19 @@ class MultiLSTMPolicy(Policy):
         check_compatible(config, path, env_id=env_id)
         try:
             arch = LSTMConfig(**config["arch"])
-            policy = cls(config["kinds"], arch, assign=config.get("assign") or {}, env_id=config.get("env_id"))
+            kinds = config["kinds"]
+            if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+                raise ValueError(f"kinds must be a list of LSTM names, got {kinds!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} has an invalid multi-LSTM configuration: {exc}") from None
+        # shapes first (as LSTMPolicy.load): an edited header must never allocate networks larger than the file
+        expected = {f"{k}.{name}": shape for k in kinds for name, shape in expected_shapes(arch).items()}
+        try:
+            check_shapes(path, tensors, expected)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (does not match its LSTMs {kinds} / {arch})") from None
+        try:
+            policy = cls(kinds, arch, assign=config.get("assign") or {}, env_id=config.get("env_id"))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} has an invalid multi-LSTM configuration: {exc}") from None
         try:

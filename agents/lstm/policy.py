@@ -40,6 +40,9 @@ from l2o_gym.policy import Policy, preprocess, rowwise
 KIND = "lstm"
 PREPROCESSING: tuple[str, ...] = ("log", "none")
 
+#: Largest preprocessing parameter ``p``: ``e^p`` (the small-gradient branch's factor) must be finite in float32.
+MAX_P: float = math.log(torch.finfo(torch.float32).max)
+
 #: LSTM memory: ``(h_1, c_1, …, h_L, c_L)``, each ``[N·d, hidden]``.
 Hidden = tuple[Tensor, ...]
 
@@ -52,7 +55,7 @@ class LSTMConfig:
         hidden: hidden units per layer (paper: 20).
         layers: number of stacked LSTM layers (paper: 2).
         preprocessing: ``"log"`` (log/sign scheme with parameter ``p``) or ``"none"`` (raw gradient).
-        p: the preprocessing parameter (PyTorch reproductions: 10).
+        p: the preprocessing parameter (PyTorch reproductions: 10); at most :data:`MAX_P` ≈ 88.7 with ``"log"``.
         output_scale: multiplier of the network output (DM: 0.01 on MNIST, reproductions: 0.1).
         global_cells: hidden units per layer averaged across coordinates each step (0 = none).
         input_scale: multiplier applied to the raw gradient before preprocessing.
@@ -77,6 +80,9 @@ class LSTMConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {v!r}")
+        if self.preprocessing == "log" and self.p > MAX_P:
+            # the small-gradient branch multiplies by e^p: above ~88.7 that is inf in float32 and 0·inf = NaN
+            raise ValueError(f"p must be at most {MAX_P:.4g} (e^p must be finite in float32), got {self.p!r}")
         if not (isinstance(self.global_cells, int) and 0 <= self.global_cells <= self.hidden):
             raise ValueError(f"global_cells must be an integer in [0, hidden={self.hidden}], got {self.global_cells!r}")
 

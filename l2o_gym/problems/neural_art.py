@@ -226,11 +226,12 @@ class NeuralArt(ProblemFamily):
                 f"size {self.size} is too small for the feature network with {len(self.widths)} layers "
                 f"(widths {self.widths}, {len(self.widths) - 1} 2×2 poolings): need size >= {self.net.min_size}"
             )
-        # Fail at construction, naming the package and file, if an image is missing.
-        self._style_img = _resize(self._center_square(_photo_chw(self.style)), self.size)
+        # Fail at construction, naming the package and file, if an image is missing; check the size against the
+        # content photos before resizing the style to it (a huge size would otherwise fail in the allocator).
         max_size = min(min(data.photo(p).shape[:2]) for names in CONTENT_PHOTOS.values() for p in names)
         if self.size > max_size:
             raise ValueError(f"size {self.size} exceeds the smallest content photo side {max_size}")
+        self._style_img = _resize(self._center_square(_photo_chw(self.style)), self.size)
         self._style_cache: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
         g = [gram(f) for f in self.net(self._style_img[None])]
         self._style_grams64 = [x[0] for x in g]
