@@ -118,3 +118,16 @@ def test_a_refused_state_dict_leaves_the_optimizer_unchanged():
     with pytest.raises(ValueError, match="parameter"):
         o2.load_state_dict(o1.state_dict())
     assert o2.param_groups[0]["lr"] == 1.0  # was 0.5: param_groups were loaded before the state was refused
+
+
+def test_param_kind_calls_every_bias_a_bias():
+    from torch import nn
+
+    from l2o_gym.optim import param_kind
+
+    lstm, attn = nn.LSTM(3, 4), nn.MultiheadAttention(4, 2)
+    assert {n: param_kind(lstm, n) for n, _ in lstm.named_parameters()} == {
+        "weight_ih_l0": "other", "weight_hh_l0": "other", "bias_ih_l0": "bias", "bias_hh_l0": "bias"}
+    assert param_kind(attn, "in_proj_bias") == "bias" and param_kind(attn, "in_proj_weight") == "other"
+    assert param_kind(nn.Linear(2, 2), "bias") == "bias" and param_kind(nn.Conv2d(1, 1, 3), "weight") == "conv"
+    assert param_kind(nn.LayerNorm(3), "bias") == "bn"
