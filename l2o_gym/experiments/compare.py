@@ -304,7 +304,9 @@ def plan(cfg: CompareConfig) -> list[_Job]:
     for sec in sections:
         if sec.env not in ENV_TABLE:
             raise ValueError(f"unknown env id {sec.env!r}: expected one of {', '.join(ENV_TABLE)}")
-        n = sec.n_problems or cfg.n_problems
+        n = sec.n_problems if sec.n_problems is not None else cfg.n_problems  # 0 is refused, not the default
+        if isinstance(sec.true_every, bool) or not isinstance(sec.true_every, int) or sec.true_every < 1:
+            raise ValueError(f"true_every must be a positive integer, got {sec.true_every!r} in {sec.name}")
         if n < 1 or sec.horizon < 1 or (sec.long_horizon is not None and sec.long_horizon < 1):
             raise ValueError(f"n_problems, horizon and long_horizon must be positive, got {n}, {sec.horizon}, {sec.long_horizon}")
         if sec.long_horizon is not None and sec.long_horizon < sec.horizon:

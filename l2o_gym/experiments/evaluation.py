@@ -44,7 +44,7 @@ from l2o_gym.core import CoreConfig
 from l2o_gym.policy import Policy, rollout
 from l2o_gym import core
 from l2o_gym.registry import env_family
-from l2o_gym.checks import check_split, resolve_device, resolve_dtype
+from l2o_gym.checks import check_positive_int, check_split, resolve_device, resolve_dtype
 from l2o_gym.threads import check_threads, torch_threads
 
 
@@ -81,6 +81,9 @@ class EvalResult:
 
 def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap CI of the mean over axis 1 of ``values`` ``[T, n]``; returns ``(low[T], high[T])``."""
+    check_positive_int("n_boot", n_boot)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
     t, n = values.shape
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # [B, n]
@@ -105,7 +108,7 @@ def evaluation_config(policy: Policy, horizon: int, true_every: int = 1) -> Core
 
 
 def evaluate(policy: Policy, env_id: str, *, horizon: int = 100, **kwargs: Any) -> EvalResult:
-    """Run ``policy`` on the first ``n_problems`` instances of the ``(split, seed)`` stream of ``env_id`` for
+    """Run ``policy`` on the ``n_problems`` instances of one draw from the ``(split, seed)`` stream of ``env_id`` for
     ``horizon`` iterations ``T``: :func:`evaluate_horizons` at the one horizon, with the same keyword arguments
     (``n_problems=100``, ``seed=0``, ``split="test"``, ``device``, ``dtype``, ``family_kwargs``, ``label``,
     ``progress``, ``n_boot``, ``threads=1``, ``true_every=1``)."""
@@ -130,9 +133,11 @@ def evaluate_horizons(
     true_every: int = 1,
     record_cpu: bool = False,
 ) -> list[EvalResult]:
-    """Run ``policy`` on the first ``n_problems`` instances of the ``(split, seed)`` stream of ``env_id`` and report
-    it at several horizons from **one** rollout: one :class:`EvalResult` per distinct horizon (ascending), each equal to
-    ``evaluate(..., horizon=h)`` — the study's T and 10·T jobs cost one run of 10·T, not 11·T.
+    """Run ``policy`` on the ``n_problems`` instances that one draw of that size from the ``(split, seed)`` stream of
+    ``env_id`` gives (instance ``i`` depends on the size: the 10 problems of ``n_problems=10`` are not the first 10
+    of ``n_problems=100``), and report it at several horizons from **one** rollout: one :class:`EvalResult` per
+    distinct horizon (ascending), each equal to ``evaluate(..., horizon=h)`` — the study's T and 10·T jobs cost one
+    run of 10·T, not 11·T.
 
     The rollout is run in segments ending at each horizon (the memory carried on, :func:`~l2o_gym.policy.rollout`),
     so the state, memory, evaluation count and wall time at ``h`` are those of a run of ``h`` steps. In the core
@@ -162,8 +167,8 @@ def evaluate_horizons(
             each result's segment (the comparison harness moves it to ``timings.json``).
 
     Raises:
-        ValueError: no horizons, a horizon that is not a positive integer, or a shorter horizon that is not a
-            multiple of ``true_every``.
+        ValueError: no horizons, a horizon, ``true_every`` or ``n_boot`` that is not a positive integer, or a
+            shorter horizon that is not a multiple of ``true_every``.
     """
     check_split(split)
     if check_threads(threads) == "auto":
@@ -171,6 +176,8 @@ def evaluate_horizons(
     hs = sorted(set(horizons))
     if not hs or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hs):
         raise ValueError(f"horizons must be positive integers, got {horizons!r}")
+    check_positive_int("true_every", true_every)
+    check_positive_int("n_boot", n_boot)  # before the rollout, not after it
     bad = [h for h in hs[:-1] if h % true_every]
     if bad:
         raise ValueError(f"horizons {bad} are not multiples of true_every={true_every}: the true objective is exact "

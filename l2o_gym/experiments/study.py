@@ -122,7 +122,7 @@ def nn_section(variant: str, n_problems: int, long_horizon: int | None = 2 * NN_
 
 def nn_sections(n_problems: int = 100, datasets: tuple[str, ...] | None = None) -> list[Section]:
     """Every test setting × dataset of the benchmark (:data:`l2o_gym.registry.VARIANTS`) at T and 2T, plus the
-    10·T long-horizon check on held-out MNIST (a tenth of the problems)."""
+    10·T long-horizon check on held-out MNIST (on a separate draw of a tenth as many problems)."""
     from l2o_gym.registry import NN_DATASETS, NN_SETTINGS
 
     out = [nn_section(ds + (f"-{s}" if s else ""), n_problems)
@@ -204,7 +204,8 @@ def convnet_tiny_sections() -> list[Section]:
 
 
 def tiny_sections() -> list[Section]:
-    """The study's structure at toy size (3 problems, T/10, 2·T/10): for tests and smoke runs (seconds)."""
+    """The study's structure at toy size (3 problems, 2 where the section sets its own count; T/10, 2·T/10): for
+    tests and smoke runs (seconds)."""
     out = []
     for sec in study_sections():
         t = max(2, sec.horizon // 10)
@@ -288,7 +289,7 @@ def long_horizon_rows(results: list[EvalResult], sections: list[Section]) -> lis
                 continue
             v = stability(short.final_mean, long.curve_mean[sec.horizon:], long.diverged_fraction, STABLE_RATIO)
             ratio = None if math.isinf(v.ratio) else v.ratio  # None: grew from exactly 0
-            peak = v.peak_ratio if short.final_mean > 0 else None
+            peak = None if math.isinf(v.peak_ratio) else v.peak_ratio  # as ratio: 0/0 is 1, x/0 (x > 0) is ∞
             finite, verdict = v.finite, v.verdict
             rows.append({"section": sec.name, "policy": kind, "kind": LEARNED_KIND[kind], "T": sec.horizon,
                          "long_T": sec.long_horizon, "f_T": short.final_mean, "f_long": long.final_mean,
@@ -417,10 +418,10 @@ def sample_efficiency_rows(results: list[EvalResult], references: dict[str, Any]
 
 
 def nn_rows(results: list[EvalResult], sections: list[Section]) -> list[dict[str, Any]]:
-    """Per NN-benchmark section and horizon (T, 2T): the best MNIST-tuned baseline (mean true objective at the
-    horizon and over the run), the best oracle row, and for every learned optimizer run there its mean true
-    objective at the horizon and over the run, how many baselines it is at or below (at the horizon) and its
-    diverged fraction (``"learned"``)."""
+    """Per NN-benchmark section and horizon (T, 2T): the best MNIST-tuned baseline (its mean true objective at the
+    horizon; ``best_baseline_auc`` is the lowest mean over the run of *any* baseline), the best oracle row, and for
+    every learned optimizer run there its mean true objective at the horizon and over the run, how many baselines it
+    is at or below (at the horizon) and its diverged fraction (``"learned"``)."""
     idx = _index(results)
     rows = []
     for sec in sections:
@@ -618,8 +619,8 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
         "|---|---|---|---|---|---|---|",
     ]
 
-    def steps(v: Any) -> str:
-        return "not reached" if v is None else f"{int(v):,}"
+    def steps(v: Any, b: dict[str, Any]) -> str:  # no target (val_final None): nothing to reach, not "not reached"
+        return "—" if b.get("val_final") is None else "not reached" if v is None else f"{int(v):,}"
 
     def target(b: dict[str, Any]) -> str:  # val_final None: the run tuned no baselines
         return "—" if b.get("val_final") is None else f"{b.get('name', '?')} {fmt_number(float(b['val_final']))}"
@@ -630,8 +631,8 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
             mark = " (checkpoint)" if row.get("reference") == "checkpoint" else ""
             lines.append(
                 f"| {row['env']} | {row['policy']}{mark} | {int(row['env_steps_total']):,} | {target(b)} | "
-                f"{steps(row.get('env_steps_to_reach_baseline'))} | {target(fo)} | "
-                f"{steps(row.get('env_steps_to_reach_first_order'))} |")
+                f"{steps(row.get('env_steps_to_reach_baseline'), b)} | {target(fo)} | "
+                f"{steps(row.get('env_steps_to_reach_first_order'), fo)} |")
         elif "optimizee_steps_to_checkpoint" in row:
             lines.append(f"| {row['env']} | {row['policy']} | {row['optimizee_steps_to_checkpoint']:,} (BPTT) | — | — | — | — |")
     ratios = _gps_ppo_ratio(se)

@@ -95,7 +95,8 @@ def tuning_problems(
     dtype: torch.dtype | str = torch.float32,
     family_kwargs: dict[str, Any] | None = None,
 ) -> ProblemBatch:
-    """The ``n_problems`` tuning problems of a setting: the first instances of the ``(split, seed)`` stream.
+    """The ``n_problems`` tuning problems of a setting: one draw of that size from the ``(split, seed)`` stream
+    (instance ``i`` depends on the size: these are not the first ``n_problems`` of a larger draw).
 
     Raises:
         ValueError: ``split="test"`` (tuning never reads the test split), or a bad size, split, device or dtype.
