@@ -101,6 +101,8 @@ BAD: list[tuple[str, list[str], str]] = [
     ("tune_baselines", ["--out", "{tmp}"], "is a folder, not a file"),
     ("bench", ["env", "--json", "{tmp}"], "is a folder, not a file"),
     ("compare", ["--env", "l2o/Quadratic-v0", "--long-horizon", "5", "--out", "{tmp}/o"], "long_horizon=5 is shorter"),
+    ("compare", ["--env", "l2o/Quadratic-v0", "--horizon", "5", "--long-horizon", "5", "--out", "{tmp}/o"],
+     "long_horizon=5 equals the horizon"),
     ("train_conv_gps", ["--grad-average", "mean", "--out", "{tmp}/o"], "--grad-average must be one of ('last3', 'ema')"),
     ("tune_baselines", ["--device", "bogus", "--out", "{tmp}/t.json"], "'bogus'"),
     ("bench", ["env", "--seconds", "inf"], "--seconds"),

@@ -309,8 +309,9 @@ def plan(cfg: CompareConfig) -> list[_Job]:
             raise ValueError(f"true_every must be a positive integer, got {sec.true_every!r} in {sec.name}")
         if n < 1 or sec.horizon < 1 or (sec.long_horizon is not None and sec.long_horizon < 1):
             raise ValueError(f"n_problems, horizon and long_horizon must be positive, got {n}, {sec.horizon}, {sec.long_horizon}")
-        if sec.long_horizon is not None and sec.long_horizon < sec.horizon:
-            raise ValueError(f"long_horizon={sec.long_horizon} is shorter than the horizon T={sec.horizon} of {sec.name}: "
+        if sec.long_horizon is not None and sec.long_horizon <= sec.horizon:
+            what = "equals" if sec.long_horizon == sec.horizon else "is shorter than"
+            raise ValueError(f"long_horizon={sec.long_horizon} {what} the horizon T={sec.horizon} of {sec.name}: "
                              "the long-horizon check runs past T (e.g. 10·T)")
     defaults = not all(sec.policies for sec in sections)  # no policies given: the baselines tuned for every env
     need_tuned = defaults or any(PolicySpec.parse(p).name in BASELINES for sec in sections for p in sec.policies)
