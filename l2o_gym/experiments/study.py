@@ -472,8 +472,8 @@ def nn_summary_lines(rows: list[dict[str, Any]]) -> list[str]:
         "Baselines were tuned on the MNIST-48 training objective at T = 400 only and applied unchanged; the learned "
         "optimizers were meta-trained on MNIST-48. Per learned optimizer: mean true objective at the iteration, mean "
         "over the run (in brackets; the best baseline's bracket is the lowest of any baseline), and `≤ n/m`: at or "
-        "below n of the m baselines at the iteration; ⚠: some problems diverged. `oracle`: the best first-order "
-        "baseline re-tuned on that setting itself (`NAME:oracle` rows; — : not run).",
+        "below n of the m baselines at the iteration; ⚠: some problems diverged. `oracle`: the best of the first-order "
+        "baselines and AdaGrad re-tuned on that setting itself (`NAME:oracle` rows; — : not run).",
         ["setting", "iteration", "problems", "best baseline", "oracle", *kinds])
     for r in rows:
         oracle = _oracle_cell(r)
