@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -46,3 +47,16 @@ def load_script(name: str) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def full_batch_losses(opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor], steps: int) -> list[float]:
+    """``steps`` full-batch steps of ``opt`` on ``loss_fn()`` (the loss also reaches it through ``step``);
+    returns the loss before each step."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step(lambda: loss)
+        losses.append(loss.item())
+    return losses

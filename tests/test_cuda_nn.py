@@ -10,7 +10,7 @@ import torch
 from l2o_gym import make_family, run_policy
 from l2o_gym.experiments.compare import PolicySpec, _load_learned
 
-from conftest import requires_cuda
+from conftest import full_batch_losses, requires_cuda
 
 pytestmark = [pytest.mark.cuda, requires_cuda]
 
@@ -75,13 +75,7 @@ def test_conv_gps_policy_steps_a_cuda_model_through_learned_optimizer():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).to(DEV)
     x, y = torch.randn(128, 8, device=DEV), torch.randint(0, 3, (128,), device=DEV)
     opt = LearnedOptimizer(model.parameters(), policy)
-    losses = []
-    for _ in range(40):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step(lambda: loss)
-        losses.append(loss.item())
+    losses = full_batch_losses(opt, lambda: torch.nn.functional.cross_entropy(model(x), y), 40)
     assert all(p.device.type == DEV for p in model.parameters())
     assert losses[-1] < 0.9 * losses[0], losses
 

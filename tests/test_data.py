@@ -37,21 +37,31 @@ def test_photos_are_rgb_unit_range():
         assert img.ndim == 3 and img.shape[2] == 3 and 0.0 <= img.min() and img.max() <= 1.0
 
 
-def test_missing_package_is_a_clear_error(monkeypatch):
+@pytest.mark.parametrize("package, load, cache, name", [
+    ("skimage", lambda: data.photo("coffee"), data.photo, "scikit-image"),
+    ("sklearn", lambda: data.load_dataset("digits"), data.load_dataset, "digits.*scikit-learn"),
+    ("sklearn", lambda: data.load_dataset("breast_cancer"), data.load_dataset, "breast_cancer.*scikit-learn"),
+])
+def test_missing_package_is_a_clear_error(monkeypatch, package, load, cache, name):
+    """A missing wheel is a ``DataUnavailableError`` naming the package (the scikit-learn sets once raised a bare
+    ``ModuleNotFoundError``)."""
     import builtins
 
     real = builtins.__import__
 
     def fake(name, *a, **k):
-        if name.startswith("skimage"):
-            raise ImportError("no skimage")
+        if name.startswith(package):
+            raise ImportError(f"no {package}")
         return real(name, *a, **k)
 
-    data.photo.cache_clear()
+    cache.cache_clear()
     monkeypatch.setattr(builtins, "__import__", fake)
-    with pytest.raises(data.DataUnavailableError, match="scikit-image"):
-        data.photo("coffee")
-    data.photo.cache_clear()
+    try:
+        with pytest.raises(data.DataUnavailableError, match=name):
+            load()
+    finally:
+        monkeypatch.undo()
+        cache.cache_clear()
 
 
 def test_unknown_photo_lists_choices():

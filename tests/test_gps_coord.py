@@ -24,6 +24,8 @@ from l2o_gym.agents.gps.lingauss import LinearGaussianDynamics, LinearGaussianPo
 from l2o_gym.agents.gps.lqr import backward, solve_kl_step
 from l2o_gym.problems import make_family
 
+from conftest import full_batch_losses
+
 DT = torch.float64
 
 
@@ -513,13 +515,7 @@ def test_conv_gps_policy_runs_in_learned_optimizer_on_a_users_model():
     model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
     x, y = torch.randn(64, 3), torch.randn(64, 1)
     opt = LearnedOptimizer(model.parameters(), ConvGPSPolicy(net))  # one coordinate group per parameter tensor
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step(lambda: loss)
-        losses.append(loss.item())
+    losses = full_batch_losses(opt, lambda: torch.nn.functional.mse_loss(model(x), y), 30)
     assert losses[-1] < 0.9 * losses[0]
     assert [kind for _, kind in (net.groups[j] for j in net.group_map(opt.policy.specs))] == ["weight", "bias"] * 2
 

@@ -204,3 +204,10 @@ def test_art_pictures_show_the_sections_first_test_problems(tmp_path) -> None:
     assert f"adam {sum(ref.final_values[:2]) / 2:.3g}" in " ".join(lines)  # the section's first 2 of its 4
     with pytest.raises(ValueError, match="not a neural-art env"):
         art_pictures(Section("l2o/Quadratic-v0", ["sgd"], 5), cfg, tmp_path)
+
+
+def test_huge_size_is_a_value_error_before_allocating() -> None:
+    """A size above the smallest content photo is a ``ValueError`` naming it, raised before the style image is
+    resized to that size (which asked the allocator for 24 TB at size 10**6 and failed with a RuntimeError)."""
+    with pytest.raises(ValueError, match="size 1000000 exceeds the smallest content photo side 300"):
+        NeuralArt(size=10**6)
