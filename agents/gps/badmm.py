@@ -334,14 +334,15 @@ class BADMMTrainer:
         return out
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.local = LinearGaussianPolicy(sd["K"], sd["k"], sd["cov"])
+        dev = self.lam.device  # state.pt is read onto the CPU: keep this run's device (a CUDA run resumes on CUDA)
+        self.local = LinearGaussianPolicy(*(sd[k].to(dev) for k in ("K", "k", "cov")))
         self.local_new = self.local
-        self.lam, self.nu, self.mult, self.eta = sd["lam"], sd["nu"], sd["mult"], sd["eta"]
+        self.lam, self.nu, self.mult, self.eta = (sd[k].to(dev) for k in ("lam", "nu", "mult", "eta"))
         self.model.load_state_dict(sd["model"])
         self.generator.set_state(sd["generator"])
         self.iteration_count, self.env_steps, self.n_dropped = int(sd["iteration"]), int(sd["env_steps"]), int(sd["n_dropped"])
         self._model_fitted = bool(sd["model_fitted"])
         p = sd.get("pred")
         if p is not None:
-            self._pred = Prediction.from_state_dict(p)
+            self._pred = Prediction.from_state_dict({k: v.to(dev) for k, v in p.items()})
 

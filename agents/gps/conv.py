@@ -567,12 +567,15 @@ class ConvGPSTrainer:
         if tuple(loc["K"].shape) != tuple(self.local.K.shape):
             raise ValueError(f"controllers of shape {tuple(loc['K'].shape)} do not fit this run's "
                              f"{tuple(self.local.K.shape)} (groups, horizon or share_conditions differ)")
-        self.local = self.local_new = LinearGaussianPolicy(loc["K"], loc["k"], loc["cov"])
-        self.lam, self.nu, self.mult, self.eta = sd["lam"], sd["nu"], sd["mult"], sd["eta"]
+        # state.pt is read onto the CPU (l2o_gym.checkpoint.load_state): the controllers, multipliers and the
+        # prediction go where this run's problems are (a CUDA run resumes on CUDA).
+        dev = self.problems.device
+        self.local = self.local_new = LinearGaussianPolicy(*(loc[k].to(dev) for k in ("K", "k", "cov")))
+        self.lam, self.nu, self.mult, self.eta = (sd[k].to(dev) for k in ("lam", "nu", "mult", "eta"))
         self.net.load_state_dict(sd["net"])
         self.opt.load_state_dict(sd["opt"])
         self.iteration_count, self.env_steps = int(sd["iteration"]), int(sd["env_steps"])
         self.n_dropped, self._fitted, self.init_lr = int(sd["n_dropped"]), bool(sd["fitted"]), float(sd["init_lr"])
         p = sd.get("pred")
-        self._pred = None if p is None else Prediction.from_state_dict(p)
+        self._pred = None if p is None else Prediction.from_state_dict({k: v.to(dev) for k, v in p.items()})
 

@@ -275,9 +275,9 @@ class ConvGPSPolicy(Policy):
             hidden = int(config["hidden"])
             step_unit = check_step_unit(str(config.get("step_unit", "sign")))
             grad_average = check_grad_average(str(config.get("grad_average", "last3")))
+            net = CoordinateLSTMNet(groups, hidden, obs_dim(grad_average))  # no groups, hidden ≤ 0: ValueError
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: bad conv-GPS header field ({exc})") from None
-        net = CoordinateLSTMNet(groups, hidden, obs_dim(grad_average))
         expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != got:
