@@ -213,6 +213,13 @@ class SB3TrainConfig:
             raise ValueError(f"log_std_init must be finite or None, got {self.log_std_init!r}")
         if isinstance(self.learning_starts, bool) or not isinstance(self.learning_starts, int) or self.learning_starts < 0:
             raise ValueError(f"learning_starts must be a non-negative integer, got {self.learning_starts!r}")
+        if self.algo != "sac":  # SB3's PPO asserts both (advantages are normalised per minibatch)
+            if self.batch_size < 2:
+                raise ValueError(f"batch_size must be at least 2 for {self.algo} (SB3 normalises advantages per "
+                                 f"minibatch), got {self.batch_size!r}")
+            if self.n_steps * self.n_envs < 2:
+                raise ValueError(f"n_steps * n_envs must be at least 2 for {self.algo}, got n_steps={self.n_steps!r}, "
+                                 f"n_envs={self.n_envs!r}")
         if self.gradient_steps < 1 and self.gradient_steps != -1:
             raise ValueError(f"gradient_steps must be >= 1 or -1, got {self.gradient_steps!r}")
         if not self.net_arch or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1
@@ -533,7 +540,11 @@ class SB3Policy(Policy):
 
     def normalize(self, obs: Tensor) -> Tensor:
         """VecNormalize's observation transform, in torch (float32, on the policy's device)."""
-        x = obs.detach().to(self.device, torch.float32)
+        x = obs.detach()
+        if x.dtype == torch.float64:  # as SB3VecEnv: values beyond float32's range saturate instead of becoming inf
+            big = float(torch.finfo(torch.float32).max)
+            x = x.clamp(-big, big)
+        x = x.to(self.device, torch.float32)
         if self.obs_mean is None:
             return x
         return ((x - self.obs_mean) / self.obs_std).clamp(-self.clip_obs, self.clip_obs)
@@ -658,8 +669,14 @@ def load_policy(
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: {exc}") from None
     module.set_training_mode(False)  # type: ignore[operator]
-    policy = SB3Policy(module, found, core_config, d, float(action_scale), mean, var, clip_obs, eps, cfg.get("env_id"),
-                       train_config=train_config)
+    if core.obs_dim(core_config, d) != obs_dim:
+        raise CheckpointError(f"checkpoint {str(path)!r}: its 'core_config' gives observations of length "
+                              f"{core.obs_dim(core_config, d)} for d = {d}, its 'obs_dim' is {obs_dim}")
+    try:
+        policy = SB3Policy(module, found, core_config, d, float(action_scale), mean, var, clip_obs, eps,
+                           cfg.get("env_id"), train_config=train_config)
+    except ValueError as exc:  # e.g. observation statistics of another length
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match its stored architecture: {exc}") from None
     policy.checkpoint_config = cfg
     return policy
 
@@ -807,6 +824,24 @@ class SB3Agent(Agent):
         self.chunks += 1
         wall = time.perf_counter() - t0
         return {"env_steps": float(model.num_timesteps), "env_steps_per_s": (model.num_timesteps - start) / wall if wall > 0 else 0.0}
+
+    def _continue_eval_log(self) -> None:
+        """On a resumed run, start EvalCallback's record from ``out/eval/evaluations.npz`` (it rewrites the whole
+        file at each evaluation: a fresh callback would drop the evaluations made before the resume)."""
+        path = self.out / "eval" / "evaluations.npz" if self.out is not None else None
+        if self.chunks == 0 or path is None or not path.is_file():
+            return
+        try:
+            with np.load(path, allow_pickle=False) as old:
+                steps, results, lengths = old["timesteps"], old["results"], old["ep_lengths"]
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("could not read %s (%s): EvalCallback's record restarts at this resume", path, exc)
+            return
+        keep = steps <= self.model.num_timesteps  # evaluations after the saved state's steps were not resumed
+        cb = self._callback
+        cb.evaluations_timesteps = [int(t) for t in steps[keep]]
+        cb.evaluations_results = [list(map(float, r)) for r in results[keep]]
+        cb.evaluations_length = [list(map(int, n)) for n in lengths[keep]]
 
     def _check_finite_weights(self) -> None:
         """Raise a clear ``FloatingPointError`` if an update made the policy's weights non-finite (the best

@@ -24,7 +24,9 @@ class SB3VecEnv(VecEnv):
     bootstrap values correctly. ``infos[i]["objective"]`` is the optimizee's current objective.
 
     Args:
-        venv: the native vector env, or an env id / kwargs to build one with ``gymnasium.make_vec``.
+        venv: the native vector env (bare: a gymnasium wrapper around it is refused, as the adapter would bypass
+            it), or an env id / kwargs to build one with ``gymnasium.make_vec``. ``set_options(dict)`` before
+            ``reset()`` passes the options to the batched reset (e.g. ``{"problems": batch}``).
 
     Example:
         >>> venv = SB3VecEnv(gymnasium.make_vec("l2o/LogisticRegression-v0", num_envs=8))
@@ -37,6 +39,11 @@ class SB3VecEnv(VecEnv):
         base = venv.unwrapped if hasattr(venv, "unwrapped") else venv
         if not isinstance(base, L2OVectorEnv):
             raise TypeError(f"SB3VecEnv wraps an L2OVectorEnv, got {type(base).__name__}")
+        if base is not venv:
+            # The adapter steps the native env itself: a gymnasium wrapper around it would be silently bypassed.
+            raise TypeError(f"SB3VecEnv needs the bare L2OVectorEnv, got it inside {type(venv).__name__}, which "
+                            "SB3VecEnv would bypass; pass the unwrapped env and wrap the SB3 side instead "
+                            "(stable_baselines3.common.vec_env.VecEnvWrapper, e.g. VecNormalize)")
         if base.autoreset_mode != AutoresetMode.SAME_STEP:
             # SB3's VecEnv contract: a finished sub-env restarts in the same step, its last observation in
             # ``terminal_observation`` (built from ``info["final_obs"]``, which only SAME_STEP provides).
@@ -48,11 +55,30 @@ class SB3VecEnv(VecEnv):
         self._actions: np.ndarray | None = None
 
     def reset(self) -> VecEnvObs:
+        """Restart every instance: with the seed of :meth:`seed` (``seed[0]`` seeds the whole batch's stream) and
+        the options of :meth:`set_options` (one dict for the batch: e.g. ``{"problems": batch}``), if set."""
         seed = self._seeds[0]
-        obs, _ = self.venv.reset(seed=seed)
+        obs, _ = self.venv.reset(seed=seed, options=self._batch_options())
         self._reset_seeds()
         self._reset_options()
         return self._np(obs)
+
+    def _batch_options(self) -> dict[str, Any] | None:
+        """The one options dict of the batched reset (``set_options`` stores one per sub-env)."""
+        first = self._options[0]
+        for i, other in enumerate(self._options[1:], 1):
+            if other is first:
+                continue
+            try:
+                same = other.keys() == first.keys() and all(
+                    other[k] is first[k] or bool(other[k] == first[k]) for k in first)
+            except (TypeError, ValueError, RuntimeError):  # e.g. tensors inside the options
+                same = False
+            if not same:
+                raise ValueError(f"SB3VecEnv resets its {self.num_envs} instances in one batch and needs one options "
+                                 f"dict for all of them (set_options(dict)); sub-env 0 has options {sorted(first)}, "
+                                 f"sub-env {i} has other ones ({sorted(other)})")
+        return dict(first) if first else None
 
     @staticmethod
     def _np(x: Any) -> np.ndarray:

@@ -12,13 +12,10 @@ minibatch, ``--sac-batch-size`` SAC's. See docs/sb3.md.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.agents.sb3 import ACTIVATIONS, ALGOS, SB3TrainConfig, train_sb3
-from l2o_gym.checkpoint import atomic_write
 from l2o_gym.envs.common import REWARD_MODES
 from l2o_gym.experiments import cli
 
@@ -52,12 +49,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(at {summary['best_env_steps']} env steps of {summary['env_steps_total']}); "
               f"{summary['env_steps_per_s']:.0f} env steps/s")
         print("\n".join(cli.target_lines(summary)))
-        if a.export:
-            atomic_write(a.export, lambda tmp: shutil.copyfile(summary["best_checkpoint"], tmp))
-            print(f"exported {a.export}")
-        print(json.dumps({k: v for k, v in summary.items() if k not in ("training", "train_config", "history")},
-                         default=str))
-        return 0
+        # no best checkpoint (no finite validation value): an error naming the last one, not a missing-file usage error
+        return cli.export_best(summary, a.export, "train_sb3.py", cfg.algo, a.out)
 
     return cli.run(parser, body, argv,
                    interrupted="interrupted; the last checkpoint is in --out (continue with --resume)")

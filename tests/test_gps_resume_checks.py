@@ -1,4 +1,4 @@
-"""Review findings on guided policy search (agents/gps): each test failed before its fix."""
+"""Conv-GPS and BADMM resume checks (structural settings, device) and conv-GPS checkpoint header errors."""
 
 from __future__ import annotations
 
