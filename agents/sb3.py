@@ -811,6 +811,7 @@ class SB3Agent(Agent):
                 self.eval_env, n_eval_episodes=cfg.n_eval_envs, eval_freq=max(1, cfg.eval_every // cfg.n_envs),
                 log_path=str(self.out / "eval") if self.out is not None else None, deterministic=True, verbose=0,
                 warn=False)
+            self._continue_eval_log()
         start = int(model.num_timesteps)
         chunk = min(cfg.eval_every, cfg.total_timesteps - start)
         t0 = time.perf_counter()
