@@ -178,6 +178,7 @@ class SB3TrainConfig:
     STRUCTURAL = (
         "algo", "env_id", "n_envs", "horizon", "history", "include_steps", "action_scale", "reward_mode",
         "net_arch", "activation", "norm_obs", "norm_reward", "lstm_hidden_size",
+        "seed", "n_val",  # the val problems: the best value so far is compared across the resume
     )
 
     def __post_init__(self) -> None:

@@ -42,6 +42,10 @@ def test_resume_continues_bit_identically(tmp_path):
     train_gps(dataclasses.replace(cfg, iterations=1), tmp_path / "b", progress=False, tensorboard=False)
     resumed = train_gps(cfg, tmp_path / "b", resume=True, progress=False, tensorboard=False)
     assert [h["val_final"] for h in resumed["history"]] == [h["val_final"] for h in straight["history"]]
+    # another val set or problem layout would mix two runs: refused, naming each setting
+    with pytest.raises(CheckpointError, match=r"n_val \(8, now 4\), seed \(0, now 5\)"):
+        train_gps(dataclasses.replace(cfg, iterations=3, n_val=4, seed=5), tmp_path / "b", resume=True,
+                  progress=False, tensorboard=False)
 
 
 def _policy(history=3, d=3):

@@ -12,7 +12,6 @@ processes (gloo on CPU, nccl on GPU): every rank holds the same policy; rank 0 w
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +95,7 @@ class ConvGPSAgent(SelectedGPSAgent):
     """Convolutional GPS's part of the run lifecycle (module docstring)."""
 
     kind = FILE_KIND
+    structural = STRUCTURAL
 
     @property
     def horizon(self) -> int:
@@ -133,21 +133,6 @@ class ConvGPSAgent(SelectedGPSAgent):
         super().check_resume(state, path)
         if "trainer" not in state or "local" not in state["trainer"]:
             raise CheckpointError(f"training state {str(path)!r} is not a convolutional-GPS state")
-        saved = state.get("train_config")
-        if isinstance(saved, dict):  # states from before the field are not checked
-            now = json.loads(json.dumps(self.config.to_dict(), sort_keys=True, default=str))
-
-            def get(d: dict[str, Any], key: str) -> Any:
-                for part in key.split("."):
-                    d = d.get(part) if isinstance(d, dict) else None
-                return d
-
-            diff = [k for k in STRUCTURAL if get(saved, k) != get(now, k)]
-            if diff:
-                raise CheckpointError(
-                    f"cannot resume: the run in {str(path)!r} was made with other "
-                    + ", ".join(f"{k} ({get(saved, k)!r}, now {get(now, k)!r})" for k in diff)
-                    + ": its controllers, policy and best validation value would mix two runs' settings")
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"init_lr": self.trainer.init_lr}
