@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import requires_cuda
+
 DT = torch.float64
 ROOT = Path(__file__).resolve().parents[1]
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _script():
@@ -52,7 +53,8 @@ def test_conv_gps_header_with_no_groups_or_bad_hidden_is_a_checkpoint_error_nami
             ConvGPSPolicy.load(path)
 
 
-@cuda
+@pytest.mark.cuda
+@requires_cuda
 def test_conv_gps_trainer_resumes_on_cuda_from_a_cpu_loaded_state():
     """state.pt is read onto the CPU; a CUDA run's trainer indexed CPU controllers with CUDA indices (crash)."""
     from l2o_gym.agents.gps.conv import ConvGPSConfig, ConvGPSTrainer
@@ -78,7 +80,8 @@ def test_conv_gps_trainer_resumes_on_cuda_from_a_cpu_loaded_state():
     assert torch.allclose(a.local.K, c.local.K) and torch.allclose(a.lam, c.lam)
 
 
-@cuda
+@pytest.mark.cuda
+@requires_cuda
 def test_badmm_trainer_keeps_its_device_when_loading_a_cpu_state():
     from l2o_gym.agents.gps.badmm import BADMMConfig, BADMMTrainer
     from l2o_gym.agents.gps.global_policy import GaussianMLP
