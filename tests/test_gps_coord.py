@@ -616,7 +616,7 @@ def test_ema_policy_round_trips_and_refuses_a_net_of_the_other_input_size(tmp_pa
         ConvGPSConfig(grad_average="mean")
     net = CoordinateLSTMNet([(s.name, s.kind) for s in fam.param_specs()], hidden=4)
     with pytest.raises(ValueError, match="reads 4 observation entries per coordinate, got 5"):
-        net.step(torch.zeros(1, fam.dim, 5), net.zero_memory(1, fam.dim, torch.device("cpu"), torch.float32),
+        net.step(torch.zeros(1, fam.dim, 5), net.zero_memory(1, fam.param_specs(), torch.device("cpu"), torch.float32),
                  fam.param_specs(), net.group_map(fam.param_specs()))
 
 
@@ -723,3 +723,30 @@ def test_the_small_problem_gps_loader_names_the_loader_of_a_conv_gps_checkpoint(
     with pytest.raises(CheckpointError, match="convolutional-GPS policy.*agents.gps.load_policy"):
         load_gps_policy(path)
     assert isinstance(load_policy(path), ConvGPSPolicy)
+
+
+def test_conv_gps_memory_is_per_tensor_and_a_one_block_memory_still_reads():
+    """The LSTM memory is kept per parameter tensor ([N·numel, hidden] each: no copies per step); an optimizer
+    state saved with the earlier single [N, d, hidden] block acts identically."""
+    import copy
+
+    from l2o_gym import core
+    from l2o_gym.agents.gps.coord_policy import ConvGPSPolicy, CoordinateLSTMNet, _Memory
+    from l2o_gym.core import CoreConfig
+
+    fam = make_family("mlp", hidden=(4,), dataset="digits", batch_size=16)
+    specs = fam.param_specs()
+    torch.manual_seed(0)
+    pol = ConvGPSPolicy(CoordinateLSTMNet([(s.name, s.kind) for s in specs], hidden=5), step_unit="sqrt",
+                        grad_average="last3")
+    state = core.reset(fam.sample(3, "test", 0), CoreConfig(horizon=10, history=1))
+    mem = pol.reset(state)
+    assert [tuple(h.shape) for h, _ in mem.lstm] == [(3 * s.numel, 5) for s in specs]
+    for _ in range(2):
+        a, mem = pol.act(state, mem)
+        state, *_ = core.step(state, a)
+    block = tuple(torch.cat([m[i].view(3, s.numel, 5) for m, s in zip(mem.lstm, specs)], 1) for i in (0, 1))
+    legacy = _Memory(copy.deepcopy(mem.features), block, True)
+    new, _ = pol.act(state, copy.deepcopy(mem))
+    old, _ = pol.act(state, legacy)
+    assert torch.equal(new, old)

@@ -43,6 +43,9 @@ from l2o_gym.core import State
 from l2o_gym.policy import Policy, rowwise
 from l2o_gym.problems.base import ParamSpec
 
+#: LSTM memory of :class:`CoordinateLSTMNet`: per parameter tensor (θ order) ``(h, c)``, each ``[N·numel, hidden]``.
+GroupMemory = tuple[tuple[Tensor, Tensor], ...]
+
 KIND = "conv_gps"
 
 #: parameter kinds of other layouts served by a trained kind when the policy has no group of their own kind
@@ -101,32 +104,45 @@ class CoordinateLSTMNet(nn.Module):
         return out
 
     def step(
-        self, obs: Tensor, memory: tuple[Tensor, Tensor], specs: tuple[ParamSpec, ...], gmap: list[int]
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Mean steps ``[N, d]`` for observations ``obs[N, d, n_obs]`` and memory ``(h, c)`` ``[N, d, hidden]``."""
+        self, obs: Tensor, memory: GroupMemory, specs: tuple[ParamSpec, ...], gmap: list[int]
+    ) -> tuple[Tensor, GroupMemory]:
+        """Mean steps ``[N, d]`` for observations ``obs[N, d, n_obs]`` and the memory of :meth:`zero_memory`.
+
+        The memory is kept per parameter tensor, ``(h, c)`` each ``[N·numel, hidden]`` with rows problem-major —
+        the rows each tensor's LSTM reads — so a step copies no memory in or out of a ``[N, d, hidden]`` block.
+        """
         if obs.shape[-1] != self.n_obs:
             raise ValueError(f"the net reads {self.n_obs} observation entries per coordinate, got {obs.shape[-1]}")
-        h, c = memory
+        if len(memory) != len(specs):
+            raise ValueError(f"memory holds {len(memory)} parameter tensors, the layout has {len(specs)}")
         n = obs.shape[0]
-        means, hs, cs = [], [], []
-        for spec, j in zip(specs, gmap):
-            sl = spec.slice
+        means, new = [], []
+        for spec, j, (h, c) in zip(specs, gmap, memory):
 
             def rows(x: Tensor, h0: Tensor, c0: Tensor, j: int = j) -> tuple[Tensor, Tensor, Tensor]:
                 h1, c1 = self.cells[j](x, (h0, c0))
                 return self.out_scale[j] * self.heads[j](h1), h1, c1
 
             # coordinatewise: without gradients in chunks of coordinates (rowwise: the same, less memory traffic)
-            mean, hj, cj = rowwise(rows, obs[:, sl].reshape(-1, self.n_obs), h[:, sl].reshape(-1, self.hidden),
-                                   c[:, sl].reshape(-1, self.hidden))
+            mean, hj, cj = rowwise(rows, obs[:, spec.slice].reshape(-1, self.n_obs), h, c)
             means.append(mean.view(n, -1))
-            hs.append(hj.view(n, -1, self.hidden))
-            cs.append(cj.view(n, -1, self.hidden))
-        return torch.cat(means, 1), (torch.cat(hs, 1), torch.cat(cs, 1))
+            new.append((hj, cj))
+        return torch.cat(means, 1), tuple(new)
 
-    def zero_memory(self, n: int, d: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        z = torch.zeros(n, d, self.hidden, device=device, dtype=dtype)
-        return z, z.clone()
+    def zero_memory(self, n: int, specs: tuple[ParamSpec, ...], device: torch.device, dtype: torch.dtype) -> GroupMemory:
+        """The initial memory of ``n`` problems with parameter layout ``specs`` (see :meth:`step`)."""
+        return tuple((torch.zeros(n * s.numel, self.hidden, device=device, dtype=dtype),
+                      torch.zeros(n * s.numel, self.hidden, device=device, dtype=dtype)) for s in specs)
+
+
+def _per_tensor(memory: Any, specs: tuple[ParamSpec, ...]) -> GroupMemory:
+    """``memory`` in :meth:`CoordinateLSTMNet.step`'s layout; an optimizer state saved before that layout holds one
+    ``(h, c)`` pair of ``[N, d, hidden]`` blocks, split here into the per-tensor rows."""
+    if (isinstance(memory, (tuple, list)) and len(memory) == 2 and all(isinstance(m, Tensor) and m.dim() == 3
+                                                                        for m in memory)):
+        h, c = memory
+        return tuple((h[:, s.slice].reshape(-1, h.shape[-1]), c[:, s.slice].reshape(-1, c.shape[-1])) for s in specs)
+    return tuple(memory)
 
 
 def _check_tracker(features: CoordinateFeatures, step_unit: str, grad_average: str) -> None:
@@ -141,7 +157,7 @@ def _check_tracker(features: CoordinateFeatures, step_unit: str, grad_average: s
 @dataclass
 class _Memory:
     features: CoordinateFeatures
-    lstm: tuple[Tensor, Tensor]
+    lstm: GroupMemory | tuple[Tensor, Tensor]  # ControllerPolicy: an unused pair of empty tensors
     started: bool
 
 
@@ -238,10 +254,10 @@ class ConvGPSPolicy(Policy):
         return specs
 
     def reset(self, state: State) -> _Memory:
-        self._specs(state)
+        specs = self._specs(state)
         p = next(self.net.parameters())
         return _Memory(CoordinateFeatures(self.step_unit, self.grad_average),
-                       self.net.zero_memory(state.n, state.dim, p.device, p.dtype), False)
+                       self.net.zero_memory(state.n, specs, p.device, p.dtype), False)
 
     def act(self, state: State, memory: _Memory) -> tuple[Tensor, _Memory]:
         specs = self._specs(state)
@@ -254,7 +270,7 @@ class ConvGPSPolicy(Policy):
             memory.features.reset(theta, loss, grad)
         p = next(self.net.parameters())
         with torch.no_grad():
-            mean, lstm = self.net.step(memory.features.obs.to(p.dtype), memory.lstm, specs, gmap)
+            mean, lstm = self.net.step(memory.features.obs.to(p.dtype), _per_tensor(memory.lstm, specs), specs, gmap)
         step = memory.features.unit * mean.to(state.theta.dtype)  # frame step -> step (coord module docstring)
         return step, _Memory(memory.features, lstm, True)
 
