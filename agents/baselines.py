@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,18 +34,28 @@ from l2o_gym.policy import Policy
 log = logging.getLogger(__name__)
 
 
+def _is_real(value: Any) -> bool:
+    """A real number (Python or NumPy, not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_lr(lr: float | Tensor) -> float | Tensor:
     if isinstance(lr, Tensor):
         return lr
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if not (_is_real(lr) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite positive number, got {lr!r}")
     return float(lr)
 
 
 def _check_unit(name: str, value: float, allow_zero: bool = True) -> float:
-    lo_ok = value >= 0 if allow_zero else value > 0
-    if not (isinstance(value, (int, float)) and lo_ok and value < 1):
+    if not (_is_real(value) and (value >= 0 if allow_zero else value > 0) and value < 1):
         raise ValueError(f"{name} must be in {'[0, 1)' if allow_zero else '(0, 1)'}, got {value!r}")
+    return float(value)
+
+
+def _check_positive(name: str, value: float) -> float:
+    if not (_is_real(value) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return float(value)
 
 
@@ -87,7 +98,9 @@ class Momentum(Policy):
     def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False) -> None:
         self.lr = _check_lr(lr)
         self.momentum = _check_unit("momentum", momentum)
-        self.nesterov = nesterov
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
+        self.nesterov = bool(nesterov)
 
     def reset(self, state: State) -> Tensor | None:
         return None
@@ -128,10 +141,12 @@ class Adam(Policy):
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.lr = _check_lr(lr)
-        self.betas = (_check_unit("beta1", betas[0]), _check_unit("beta2", betas[1]))
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        self.eps = float(eps)
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (_check_unit("beta1", beta1), _check_unit("beta2", beta2))
+        self.eps = _check_positive("eps", eps)
 
     def reset(self, state: State) -> _AdamMemory:
         z = torch.zeros_like(state.theta)
@@ -158,9 +173,7 @@ class RMSprop(Policy):
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8) -> None:
         self.lr = _check_lr(lr)
         self.alpha = _check_unit("alpha", alpha)
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = _check_positive("eps", eps)
 
     def reset(self, state: State) -> Tensor:
         return torch.zeros_like(state.theta)
@@ -183,12 +196,11 @@ class Adagrad(Policy):
 
     def __init__(self, lr: float = 1e-2, eps: float = 1e-10, initial_accumulator_value: float = 0.0) -> None:
         self.lr = _check_lr(lr)
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        if not (isinstance(initial_accumulator_value, (int, float)) and initial_accumulator_value >= 0):
-            raise ValueError(f"initial_accumulator_value must be >= 0, got {initial_accumulator_value!r}")
-        self.eps = float(eps)
-        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.eps = _check_positive("eps", eps)
+        iav = initial_accumulator_value
+        if not (_is_real(iav) and math.isfinite(iav) and iav >= 0):
+            raise ValueError(f"initial_accumulator_value must be a finite number >= 0, got {iav!r}")
+        self.initial_accumulator_value = float(iav)
 
     def reset(self, state: State) -> Tensor:
         return torch.full_like(state.theta, self.initial_accumulator_value)
@@ -312,6 +324,8 @@ class LBFGS(_ScipyPath):
     method = "L-BFGS-B"
 
     def __init__(self, history: int = 10, options: dict[str, Any] | None = None) -> None:
+        if not (isinstance(history, numbers.Integral) and not isinstance(history, (bool, np.bool_)) and history >= 1):
+            raise ValueError(f"history must be a positive integer, got {history!r}")
         super().__init__({"maxcor": int(history), **(options or {})})
 
     def _default_options(self) -> dict[str, Any]:
