@@ -2,8 +2,9 @@
 
 A policy maps the MDP state to a step Δθ. Learned policies read only :func:`l2o_gym.core.features` or
 :func:`l2o_gym.core.coordinate_features` of the state (never θ itself); hand-designed ones read the current
-gradient ``state.grad``, and line-search methods may evaluate ``state.problems`` (each call is counted in
-``state.problems.n_evals``).
+gradient ``state.grad``, and line-search methods may evaluate ``state.problems`` (CG and L-BFGS evaluate
+per-instance copies, which ``state.problems.n_evals`` does not count: they report their evaluations through
+:meth:`Policy.evals`).
 
     memory = policy.reset(state)
     step, memory = policy.act(state, memory)   # step: [N, d]
@@ -135,6 +136,19 @@ class FeatureView:
 ROW_CHUNK = 8192
 
 
+def row_chunks(m: int, device: torch.device | str, chunk: int | None = None) -> list[tuple[int, int]]:
+    """The ``[start, end)`` row ranges :func:`rowwise` evaluates ``m`` rows in: ``chunk`` rows each (default
+    :data:`ROW_CHUNK`, read at each call), the last taking the remainder too; one range with gradients enabled, under
+    ``2·chunk`` rows or off the CPU."""
+    chunk = ROW_CHUNK if chunk is None else chunk
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    if torch.is_grad_enabled() or m < 2 * chunk or torch.device(device).type != "cpu":
+        return [(0, m)]
+    starts = list(range(0, m - chunk + 1, chunk))
+    return list(zip(starts, starts[1:] + [m]))
+
+
 def rowwise(fn: Callable[..., tuple[Tensor, ...]], *rows: Tensor, chunk: int | None = None) -> tuple[Tensor, ...]:
     """``fn(*rows)`` computed ``chunk`` rows at a time when no gradient is being recorded.
 
@@ -145,29 +159,59 @@ def rowwise(fn: Callable[..., tuple[Tensor, ...]], *rows: Tensor, chunk: int | N
     Every chunk has ``chunk`` rows but the last, which takes the remainder as well (between ``chunk`` and
     ``2·chunk − 1`` rows): small matrices take other GEMM kernels, so no chunk is small. With gradients enabled
     (BPTT training), under ``2·chunk`` rows, or off the CPU (a GPU's bandwidth makes the argument moot and the
-    chunks would multiply its kernel launches), ``fn`` runs once on everything.
+    chunks would multiply its kernel launches), ``fn`` runs once on everything (:func:`row_chunks`).
 
     Args:
         fn: ``fn(*rows) -> tuple of [M, ...] tensors``.
         rows: ``[M, ...]`` inputs with the same first dimension ``M``.
         chunk: rows per chunk (default :data:`ROW_CHUNK`, read at each call).
     """
-    chunk = ROW_CHUNK if chunk is None else chunk
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     m = rows[0].shape[0]
-    if torch.is_grad_enabled() or m < 2 * chunk or rows[0].device.type != "cpu":
+    bounds = row_chunks(m, rows[0].device, chunk)
+    if len(bounds) == 1:
         return fn(*rows)
-    starts = list(range(0, m - chunk + 1, chunk))
-    ends = starts[1:] + [m]
     outs: tuple[Tensor, ...] = ()
-    for s, e in zip(starts, ends):
+    for s, e in bounds:
         part = fn(*(r[s:e] for r in rows))
         if not outs:
             outs = tuple(t.new_empty((m, *t.shape[1:])) for t in part)
         for o, t in zip(outs, part):
             o[s:e] = t
     return outs
+
+
+#: A recurrent state kept in :func:`row_chunks` pieces: one tuple of tensors per chunk (``[rows of the chunk, ...]``).
+Chunked = tuple[tuple[Tensor, ...], ...]
+
+
+def chunk_rows(state: tuple[Tensor, ...] | Chunked, bounds: list[tuple[int, int]]) -> Chunked:
+    """``state`` — whole ``[M, ...]`` tensors or already chunked — as pieces for ``bounds`` (views where it can)."""
+    if state and isinstance(state[0], Tensor):  # whole tensors
+        whole = tuple(state)  # type: ignore[arg-type]
+    elif [p[0].shape[0] for p in state] == [e - s for s, e in bounds]:  # type: ignore[index]
+        return tuple(state)  # type: ignore[arg-type]
+    else:
+        whole = tuple(torch.cat([p[i] for p in state]) for i in range(len(state[0])))  # type: ignore[index]
+    return tuple(tuple(t[s:e] for t in whole) for s, e in bounds)
+
+
+def rowwise_carry(fn: Callable[..., tuple[Tensor, ...]], inputs: tuple[Tensor, ...],
+                  carry: tuple[Tensor, ...] | Chunked, chunk: int | None = None) -> tuple[tuple[Tensor, ...], Chunked]:
+    """:func:`rowwise` for a recurrent ``fn(*inputs, *carry) -> (*outputs, *new_carry)`` whose carry (e.g. LSTM
+    ``h, c``) stays in chunks between calls: the same chunks and the same numbers as :func:`rowwise`, without
+    copying the carry out of and back into one ``[M, ...]`` block every call. Returns the outputs (whole ``[M, ...]``)
+    and the new carry (:data:`Chunked`; a carry in other chunks, e.g. made with gradients enabled, is re-split)."""
+    m = inputs[0].shape[0]
+    bounds = row_chunks(m, inputs[0].device, chunk)
+    pieces = chunk_rows(carry, bounds)
+    k = len(pieces[0]) if pieces else 0
+    outs, new = [], []
+    for (s, e), c in zip(bounds, pieces):
+        part = fn(*(x[s:e] for x in inputs), *c)
+        outs.append(part[: len(part) - k])
+        new.append(tuple(part[len(part) - k:]))
+    whole = tuple(torch.cat([o[i] for o in outs]) if len(outs) > 1 else outs[0][i] for i in range(len(outs[0])))
+    return whole, tuple(new)
 
 
 def preprocess(g: Tensor, preprocessing: str, p: float) -> Tensor:

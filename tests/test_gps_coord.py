@@ -741,11 +741,13 @@ def test_conv_gps_memory_is_per_tensor_and_a_one_block_memory_still_reads():
                         grad_average="last3")
     state = core.reset(fam.sample(3, "test", 0), CoreConfig(horizon=10, history=1))
     mem = pol.reset(state)
-    assert [tuple(h.shape) for h, _ in mem.lstm] == [(3 * s.numel, 5) for s in specs]
+    assert [[tuple(t.shape) for piece in carry for t in piece] for carry in mem.lstm] == [[(3 * s.numel, 5)] * 2
+                                                                                          for s in specs]
     for _ in range(2):
         a, mem = pol.act(state, mem)
         state, *_ = core.step(state, a)
-    block = tuple(torch.cat([m[i].view(3, s.numel, 5) for m, s in zip(mem.lstm, specs)], 1) for i in (0, 1))
+    whole = [tuple(torch.cat([piece[i] for piece in carry]) for i in (0, 1)) for carry in mem.lstm]
+    block = tuple(torch.cat([m[i].view(3, s.numel, 5) for m, s in zip(whole, specs)], 1) for i in (0, 1))
     legacy = _Memory(copy.deepcopy(mem.features), block, True)
     new, _ = pol.act(state, copy.deepcopy(mem))
     old, _ = pol.act(state, legacy)

@@ -66,3 +66,28 @@ def test_conv_gps_policy_takes_the_same_steps_in_chunks(monkeypatch):
         monkeypatch.setattr(policy_mod, "ROW_CHUNK", chunk)
         runs.append(evaluate(policy, "l2o/NNClassifier-v0", horizon=6, n_problems=2, n_boot=20))
     torch.testing.assert_close(torch.tensor(runs[1].curve_mean), torch.tensor(runs[0].curve_mean), rtol=1e-5, atol=1e-7)
+
+
+def test_rowwise_carry_keeps_the_recurrent_state_in_chunks_and_equals_rowwise():
+    from l2o_gym.policy import rowwise_carry
+
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(3, 4)
+    x = [torch.randn(300, 3) for _ in range(3)]
+    h, c = torch.zeros(300, 4), torch.zeros(300, 4)
+    carry = (h, c)  # whole tensors: split at the first call
+    with torch.no_grad():
+        for xt in x:
+            def fn(xi, hi, ci):
+                h1, c1 = cell(xi, (hi, ci))
+                return h1.sum(1), h1, c1
+
+            ref, h, c = rowwise(fn, xt, h, c, chunk=64)
+            (out,), carry = rowwise_carry(fn, (xt,), carry, chunk=64)
+            assert [p[0].shape[0] for p in carry] == [64, 64, 64, 108]  # the chunks rowwise evaluates
+            assert torch.equal(out, ref)
+            assert torch.equal(torch.cat([p[0] for p in carry]), h) and torch.equal(torch.cat([p[1] for p in carry]), c)
+        # a carry in other chunks (e.g. made with gradients enabled: one chunk) is re-split, same numbers
+        (out,), again = rowwise_carry(fn, (x[0],), tuple((p[0], p[1]) for p in carry), chunk=100)
+        ref, *_ = rowwise(fn, x[0], h, c, chunk=100)
+        assert [p[0].shape[0] for p in again] == [100, 100, 100] and torch.equal(out, ref)

@@ -40,11 +40,12 @@ from l2o_gym.agents.gps.coord import (
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
 from l2o_gym.checkpoint import CheckpointError, load_policy_file, save_policy
 from l2o_gym.core import State
-from l2o_gym.policy import Policy, rowwise
+from l2o_gym.policy import Chunked, Policy, rowwise_carry
 from l2o_gym.problems.base import ParamSpec
 
-#: LSTM memory of :class:`CoordinateLSTMNet`: per parameter tensor (θ order) ``(h, c)``, each ``[N·numel, hidden]``.
-GroupMemory = tuple[tuple[Tensor, Tensor], ...]
+#: LSTM memory of :class:`CoordinateLSTMNet`: per parameter tensor (θ order) its ``(h, c)`` rows, ``[N·numel, hidden]``
+#: each, in the chunks of :func:`~l2o_gym.policy.rowwise_carry` (:meth:`CoordinateLSTMNet.step`).
+GroupMemory = tuple[Chunked, ...]
 
 KIND = "conv_gps"
 
@@ -108,8 +109,9 @@ class CoordinateLSTMNet(nn.Module):
     ) -> tuple[Tensor, GroupMemory]:
         """Mean steps ``[N, d]`` for observations ``obs[N, d, n_obs]`` and the memory of :meth:`zero_memory`.
 
-        The memory is kept per parameter tensor, ``(h, c)`` each ``[N·numel, hidden]`` with rows problem-major —
-        the rows each tensor's LSTM reads — so a step copies no memory in or out of a ``[N, d, hidden]`` block.
+        The memory is kept per parameter tensor — the ``N·numel`` rows (problem-major) its group's LSTM reads — and
+        within a tensor in the chunks :func:`~l2o_gym.policy.rowwise_carry` evaluates it in, so a step copies no
+        memory (the same numbers as one ``[N, d, hidden]`` block evaluated by :func:`~l2o_gym.policy.rowwise`).
         """
         if obs.shape[-1] != self.n_obs:
             raise ValueError(f"the net reads {self.n_obs} observation entries per coordinate, got {obs.shape[-1]}")
@@ -117,32 +119,32 @@ class CoordinateLSTMNet(nn.Module):
             raise ValueError(f"memory holds {len(memory)} parameter tensors, the layout has {len(specs)}")
         n = obs.shape[0]
         means, new = [], []
-        for spec, j, (h, c) in zip(specs, gmap, memory):
+        for spec, j, carry in zip(specs, gmap, memory):
 
             def rows(x: Tensor, h0: Tensor, c0: Tensor, j: int = j) -> tuple[Tensor, Tensor, Tensor]:
                 h1, c1 = self.cells[j](x, (h0, c0))
                 return self.out_scale[j] * self.heads[j](h1), h1, c1
 
-            # coordinatewise: without gradients in chunks of coordinates (rowwise: the same, less memory traffic)
-            mean, hj, cj = rowwise(rows, obs[:, spec.slice].reshape(-1, self.n_obs), h, c)
+            (mean,), carry = rowwise_carry(rows, (obs[:, spec.slice].reshape(-1, self.n_obs),), carry)
             means.append(mean.view(n, -1))
-            new.append((hj, cj))
+            new.append(carry)
         return torch.cat(means, 1), tuple(new)
 
     def zero_memory(self, n: int, specs: tuple[ParamSpec, ...], device: torch.device, dtype: torch.dtype) -> GroupMemory:
         """The initial memory of ``n`` problems with parameter layout ``specs`` (see :meth:`step`)."""
-        return tuple((torch.zeros(n * s.numel, self.hidden, device=device, dtype=dtype),
-                      torch.zeros(n * s.numel, self.hidden, device=device, dtype=dtype)) for s in specs)
+        return tuple(((torch.zeros(n * s.numel, self.hidden, device=device, dtype=dtype),
+                       torch.zeros(n * s.numel, self.hidden, device=device, dtype=dtype)),) for s in specs)
 
 
 def _per_tensor(memory: Any, specs: tuple[ParamSpec, ...]) -> GroupMemory:
     """``memory`` in :meth:`CoordinateLSTMNet.step`'s layout; an optimizer state saved before that layout holds one
-    ``(h, c)`` pair of ``[N, d, hidden]`` blocks, split here into the per-tensor rows."""
+    ``(h, c)`` pair of ``[N, d, hidden]`` blocks, split here into the per-tensor rows (one chunk each)."""
     if (isinstance(memory, (tuple, list)) and len(memory) == 2 and all(isinstance(m, Tensor) and m.dim() == 3
                                                                         for m in memory)):
         h, c = memory
-        return tuple((h[:, s.slice].reshape(-1, h.shape[-1]), c[:, s.slice].reshape(-1, c.shape[-1])) for s in specs)
-    return tuple(memory)
+        return tuple(((h[:, s.slice].reshape(-1, h.shape[-1]), c[:, s.slice].reshape(-1, c.shape[-1])),)
+                     for s in specs)
+    return tuple(memory)  # per tensor: chunks, or whole (h, c) rows (rowwise_carry splits them)
 
 
 def _check_tracker(features: CoordinateFeatures, step_unit: str, grad_average: str) -> None:
