@@ -96,14 +96,20 @@ class BPTT:
         flat = torch.cat([p.grad.reshape(-1) for p in with_grad]) if finite and with_grad else None
         rank, size = world()
         if size > 1:  # every rank must join the collective, even one whose loss is NaN, with a buffer laid out over
-            # every parameter (zeros where this rank's loss did not reach one: another rank's may have)
-            buf = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]) \
-                if flat is not None else torch.full((sum(p.numel() for p in params),), float("nan"), device=params[0].device,
-                                                    dtype=functools.reduce(torch.promote_types, (p.dtype for p in params)))
+            # every parameter (zeros where this rank's loss did not reach one: another rank's may have), followed by
+            # one flag per parameter: 1 where this rank has a gradient. A parameter with a gradient on no rank is
+            # left out of the step, as with one process (Adam neither creates its state nor advances its counter)
+            dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+            n = sum(p.numel() for p in params)
+            has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device, dtype=dtype)
+            buf = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params] + [has]) \
+                if flat is not None else torch.full((n + len(params),), float("nan"), device=params[0].device, dtype=dtype)
             dist.all_reduce(buf)
             buf /= size
-            flat = buf
-            with_grad = params
+            keep = [f != 0 for f in buf[n:].tolist()]  # NaN (a rank's non-finite loss) keeps all: the step is skipped
+            pieces = buf[:n].split([p.numel() for p in params])
+            with_grad = [p for p, k in zip(params, keep) if k]
+            flat = torch.cat([g for g, k in zip(pieces, keep) if k]) if with_grad else buf[:0]
         ok = flat is not None and bool(torch.isfinite(flat).all())
         if ok:
             off = 0

@@ -28,12 +28,16 @@ once the run ends, the same ``"training"`` record (:func:`training_record`) for 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -418,6 +422,33 @@ def _writer(out: Path | None) -> Any:
     return SummaryWriter(str(out / "tb"))
 
 
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) back until the block is done, then raise ``KeyboardInterrupt``: a new best value and its
+    ``{kind}_best`` file (or ``{kind}_last`` and ``state.pt``) are updated together, never the one without the other.
+    A second Ctrl-C during the block interrupts at once. Only in the main thread with Python's default handler
+    (elsewhere, or under a handler of the caller's, the block runs unguarded)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        log.warning("Ctrl-C: finishing the checkpoint being written first (press again to stop at once)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _tune(agent: Agent) -> dict[str, tuple[dict[str, float], float]]:
     from l2o_gym.agents.tuning import FIRST_ORDER, tune_baselines
 
@@ -485,11 +516,12 @@ def fit(
         nonlocal last_saved
         if folder is None:
             return
-        agent.save_policy(folder.last, extra())
-        save_state(folder.state, {**agent.state_dict(), "kind": agent.kind, "run_format": RUN_FORMAT,
-                                  "problem": _problem_of(agent), "train_config": _json_form(agent.config_dict()),
-                                  "record": rec.state_dict()})
-        last_saved = agent.iterations_done
+        with _interrupt_after():
+            agent.save_policy(folder.last, extra())
+            save_state(folder.state, {**agent.state_dict(), "kind": agent.kind, "run_format": RUN_FORMAT,
+                                      "problem": _problem_of(agent), "train_config": _json_form(agent.config_dict()),
+                                      "record": rec.state_dict()})
+            last_saved = agent.iterations_done
 
     def validation(metrics: dict[str, Any]) -> None:
         v = agent.validate()
@@ -506,10 +538,11 @@ def fit(
         if math.isfinite(base_val) and value <= base_val and all(c[1] > base_val for c in rec.curve[:-1]):
             log.info("%s reached the best baseline's val objective after %d env steps", agent.kind, steps)
         if v.eligible and value < rec.best_val:
-            rec.best_val, rec.best_iteration, rec.best_env_steps = value, agent.iterations_done, steps
-            agent.on_best()
-            if folder is not None:
-                agent.save_policy(folder.best, extra(val_final=value))
+            with _interrupt_after():  # a Ctrl-C here would leave a best value recorded whose file was never written
+                rec.best_val, rec.best_iteration, rec.best_env_steps = value, agent.iterations_done, steps
+                agent.on_best()
+                if folder is not None:
+                    agent.save_policy(folder.best, extra(val_final=value))
         if writer is not None:
             for k, x in metrics.items():
                 if k.startswith("val"):

@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -49,14 +50,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: what follows ``.{name}.`` in a temporary file of :func:`atomic_write`: ``{pid}.{mkstemp's random part}.tmp``.
+_TMP_TAIL = re.compile(r"(\d+)\.[a-z0-9_]+\.tmp")
+
+
 def _remove_stale_temps(path: Path) -> list[Path]:
     """Delete temporary files ``.{name}.{pid}.*.tmp`` of ``path`` left by writers that no longer run (a
     SIGKILL or power loss during :func:`atomic_write`); files of live processes are kept. Returns the removed."""
     prefix = f".{path.name}."
     removed = []
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid = tmp.name[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+        m = _TMP_TAIL.fullmatch(tmp.name[len(prefix):])  # not a temporary of another file ".{name}.{digits}…"
+        if m is None or int(m[1]) == os.getpid() or _pid_alive(int(m[1])):
             continue
         try:
             tmp.unlink()

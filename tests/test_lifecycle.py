@@ -168,7 +168,8 @@ def test_bptt_trains_any_module_policy_and_skips_non_finite_updates(caplog):
 
 def test_bptt_all_reduce_lays_the_gradient_over_every_parameter(monkeypatch):
     """With several processes the all-reduced buffer covers every parameter, in order, also one this rank's loss
-    did not reach (another rank's may have): each gradient lands on its own parameter, the unused one gets 0."""
+    did not reach (another rank's may have), then one has-gradient flag per parameter: each gradient lands on its own
+    parameter; one with a gradient on no rank is left out of the step (grad None), as with one process."""
     from l2o_gym import core, make_family
     from torch import nn
 
@@ -196,9 +197,9 @@ def test_bptt_all_reduce_lays_the_gradient_over_every_parameter(monkeypatch):
     monkeypatch.setattr(bptt_mod.dist, "all_reduce", all_reduce)
     opt = torch.optim.SGD([policy.unused, policy.lr], lr=1.0)
     r = bptt_mod.BPTT(policy, [policy.unused, policy.lr], opt).step(state, None, 5)
-    assert r.updated and sizes == [6]
+    assert r.updated and sizes == [5 + 1 + 2]  # the gradients of both parameters, then their two flags
     torch.testing.assert_close(policy.lr.grad, expected)
-    assert torch.equal(policy.unused.grad, torch.zeros(5)) and torch.equal(policy.unused.detach(), torch.ones(5))
+    assert policy.unused.grad is None and torch.equal(policy.unused.detach(), torch.ones(5))
 
 
 def test_bptt_non_finite_rank_joins_the_all_reduce_with_a_buffer_of_the_gradients_dtype(monkeypatch):
@@ -226,7 +227,7 @@ def test_bptt_non_finite_rank_joins_the_all_reduce_with_a_buffer_of_the_gradient
     opt = torch.optim.SGD([policy.lr], lr=1.0)
     for loss_fn in (lambda c, t0: c.mean(), lambda c, t0: c.mean() * float("nan")):
         bptt_mod.BPTT(policy, [policy.lr], opt, loss_fn).step(state, None, 5)
-    assert sent == [(torch.float64, 1), (torch.float64, 1)]
+    assert sent == [(torch.float64, 2), (torch.float64, 2)]  # the gradient and its has-gradient flag
 
 
 def test_checkpoint_every_thins_the_state_writes(tmp_path):
