@@ -307,10 +307,14 @@ class RunFolder:
         except OSError as exc:
             raise CheckpointError(f"cannot create the run folder {str(self.out)!r}: {exc}") from None
         for path in (self.best, self.last):
-            if path.is_file():
-                kept = path.with_name(path.name.replace(".safetensors", ".previous.safetensors"))
-                log.warning("new run in %s: the previous run's %s is moved to %s", self.out, path.name, kept.name)
-                path.replace(kept)
+            self.set_aside(path, "new run")
+
+    def set_aside(self, path: Path, why: str) -> None:
+        """Move ``path``, if it exists, to ``*.previous.safetensors``."""
+        if path.is_file():
+            kept = path.with_name(path.name.replace(".safetensors", ".previous.safetensors"))
+            log.warning("%s in %s: the previous run's %s is moved to %s", why, self.out, path.name, kept.name)
+            path.replace(kept)
 
 
 def state_path(out: str | Path) -> Path:
@@ -495,6 +499,8 @@ def fit(
             folder.prepare()
         else:
             folder.out.mkdir(parents=True, exist_ok=True)
+            if reset_best:  # the earlier phase's best is not this run's: never relabel it with this run's record
+                folder.set_aside(folder.best, "resumed with reset_best")
     tuned = _tune(agent)
     base_name, base_hp, base_val = _best_of(tuned, tuple(agent.baselines) if tuned else ())
     fo_name, fo_hp, fo_val = _best_of(tuned, FIRST_ORDER if tuned else ())

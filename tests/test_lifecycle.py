@@ -92,6 +92,15 @@ def test_a_new_run_moves_the_previous_checkpoints_aside_and_resume_continues(tmp
     assert agent.k == 3 and [c[1] for c in s["training"]["curve"]] == [5.0, 4.0, 3.5]
 
 
+def test_resume_with_reset_best_moves_the_earlier_phases_best_aside(tmp_path):
+    """Fine-tuning (reset_best) whose iterates never qualify must not leave the earlier phase's best file as this
+    run's best, relabelled with this run's record."""
+    fit(Toy([3.0, 1.0]), tmp_path, progress=False, tensorboard=False)
+    s = fit(Toy([3.0, 1.0, 9.0, 8.0], ineligible=(3, 4)), tmp_path, resume=True, reset_best=True, progress=False,
+            tensorboard=False)
+    assert s["best_val"] is None and not (tmp_path / "toy_best.safetensors").exists()
+    assert load_policy_file(tmp_path / "toy_best.previous.safetensors")[1]["val_final"] == 1.0
+
 def test_ctrl_c_keeps_the_last_completed_state_unless_the_agent_is_consistent(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(Toy([3.0, 2.0, 1.0], interrupt_at=3), tmp_path / "a", progress=False, tensorboard=False)
