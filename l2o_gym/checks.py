@@ -67,6 +67,8 @@ def check_positive_int(name: str, value: Any) -> int:
 def check_positive(name: str, value: Any) -> float:
     """Raise ``ValueError`` naming ``value`` unless it is a finite positive number."""
     try:
+        if isinstance(value, (bool, np.bool_, str, bytes)):  # float() would take True as 1 and "1e-3" as a number
+            raise TypeError
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a positive number, got {value!r}") from None
@@ -79,6 +81,8 @@ def check_positive(name: str, value: Any) -> float:
 def check_nonnegative(name: str, value: Any) -> float:
     """Raise ``ValueError`` naming ``value`` unless it is a finite number ``>= 0``."""
     try:
+        if isinstance(value, (bool, np.bool_, str, bytes)):  # float() would take True as 1 and "1e-3" as a number
+            raise TypeError
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a non-negative number, got {value!r}") from None

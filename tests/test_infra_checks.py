@@ -110,3 +110,16 @@ def test_atomic_write_never_deletes_the_temporary_file_of_another_file_being_wri
     stale.write_text("left by a killed writer")
     atomic_write(tmp_path / "x", lambda tmp: Path(tmp).write_text("ok"))
     assert live.exists() and not stale.exists() and (tmp_path / "x").read_text() == "ok"
+
+
+def test_number_checks_refuse_bools_and_strings():
+    import pytest
+
+    from l2o_gym.checks import check_nonnegative, check_positive
+
+    for bad in (True, "1e-3", b"1"):
+        with pytest.raises(ValueError, match="must be a positive number, got"):
+            check_positive("lr", bad)
+        with pytest.raises(ValueError, match="must be a non-negative number, got"):
+            check_nonnegative("penalty", bad)
+    assert check_positive("lr", 0.5) == 0.5 and check_nonnegative("penalty", 0) == 0.0
