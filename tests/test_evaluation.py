@@ -242,12 +242,13 @@ def test_one_rollout_per_policy_never_mixes_two_jobs(tiny_tuned, tmp_path):
     from l2o_gym.experiments.compare import run_jobs
 
     base = dict(envs=["l2o/Quadratic-v0"], n_problems=3, horizon=5, tuned=str(tiny_tuned), workers=1)
-    # the same policy twice, and a long horizon equal to T: every job gets its own result at its own horizon
+    # the same policy twice: every job gets its own result at its own horizon
     twice = run_jobs(CompareConfig(policies=["sgd", "sgd"], long_horizon=8, out=str(tmp_path / "a"), **base))
     assert [(r.policy, r.horizon) for r in twice] == [("sgd", 5), ("sgd", 8), ("sgd", 5), ("sgd", 8)]
     assert twice[0].final_mean == twice[2].final_mean and twice[1].final_mean == twice[3].final_mean
-    same = run_jobs(CompareConfig(policies=["sgd"], long_horizon=5, out=str(tmp_path / "b"), **base))
-    assert [r.horizon for r in same] == [5, 5] and same[0].final_mean == same[1].final_mean
+    # a long horizon equal to T would run every job twice and list every row twice: refused before any work
+    with pytest.raises(ValueError, match="long_horizon=5 equals the horizon T=5"):
+        run_jobs(CompareConfig(policies=["sgd"], long_horizon=5, out=str(tmp_path / "b"), **base))
     # two checkpoints of one kind (one label): one rollout each, never one for both
     a, b = str(PRETRAINED_DIR / "lstm_Quadratic.safetensors"), str(tmp_path / "other.safetensors")
     other = LSTMPolicy.load(a)
