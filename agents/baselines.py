@@ -286,11 +286,18 @@ class _ScipyPath(Policy):
 
     def reset(self, state: State) -> _PathMemory:
         horizon = int(state.config.horizon)
+        # Each problem's path goes straight into one [T+1, N, d] tensor of θ's dtype: never all N float64 paths at
+        # once (100 wide nets at 2T held 14 GB twice over, in the list and in its np.stack). Same values.
+        path = torch.empty(horizon + 1, state.n, state.dim, dtype=state.theta.dtype)
+        evals = []
         with _single_threaded():
-            paths, evals = zip(*(self._solve_one(state, i, horizon) for i in range(state.n)))
-        path = torch.from_numpy(np.stack(paths, axis=1)).to(state.theta.device, state.theta.dtype)
+            for i in range(state.n):
+                xs, ev_i = self._solve_one(state, i, horizon)
+                path[:, i] = torch.from_numpy(xs).to(state.theta.dtype)
+                evals.append(ev_i)
+                del xs
         ev = torch.from_numpy(np.stack(evals, axis=1)).to(state.theta.device)
-        return _PathMemory(path, ev, 1)
+        return _PathMemory(path.to(state.theta.device), ev, 1)
 
     def act(self, state: State, memory: _PathMemory) -> tuple[Tensor, _PathMemory]:
         k = min(memory.k, memory.path.shape[0] - 1)
