@@ -136,6 +136,10 @@ def test_tuned_entry_prefers_the_horizon_and_falls_back(caplog, monkeypatch):
         assert tuned_entry(tuned, "l2o/Quadratic-v0", "sgd", 50)["hparams"] == {"lr": 0.1}
         assert tuned_entry(tuned, "l2o/Quadratic-v0", "sgd", 50)["hparams"] == {"lr": 0.1}
     assert caplog.text.count("no hyperparameters tuned at T=50") == 1  # said once per process
+    # without a T=100 entry: the closest horizon (T=300 takes T400's, not T1000's, which sorts first as text)
+    art = {f"l2o/NeuralArt-v0@T{t}": {"sgd": {"hparams": {"lr": t}, "horizon": t}} for t in (20, 400, 1000)}
+    assert [tuned_entry(art, "l2o/NeuralArt-v0", "sgd", t)["hparams"]["lr"] for t in (300, 900, 210, 1)] == \
+        [400, 1000, 20, 20]
     assert tuned_entry(tuned, "l2o/MLP-v0", "adam", 100, "relu")["hparams"] == {"lr": 0.01}
     assert tuned_entry(tuned, "l2o/MLP-v0", "adam", 100) is None  # a variant never stands in for the base env
     assert setting_key("l2o/MLP-v0", 20, "relu") == "l2o/MLP-v0+relu@T20"

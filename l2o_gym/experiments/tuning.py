@@ -341,13 +341,20 @@ def tuned_entry(
     """The tuned entry of baseline ``name`` for a setting, or ``None`` if that env (variant) was never tuned.
 
     Prefers the exact setting; falls back to the same env (variant) tuned at another horizon, the default
-    ``T = 100`` first, with a logged warning (the entry's ``"horizon"`` says what it was tuned for).
+    ``T = 100`` first, then the closest horizon (the shorter on a tie), with a logged warning (the entry's
+    ``"horizon"`` says what it was tuned for).
     """
     exact = tuned.get(setting_key(env_id, horizon, variant), {}).get(name)
     if exact is not None:
         return exact
     prefix = env_id + (f"+{variant}" if variant else "")
-    keys = [prefix] + sorted(k for k in tuned if k.startswith(prefix + "@T"))
+
+    def tuned_at(key: str) -> int:
+        tail = key[len(prefix) + 2:]
+        return int(tail) if tail.isdigit() else -1  # not a horizon key of this setting: never matches below
+
+    others = [k for k in tuned if k.startswith(prefix + "@T") and tuned_at(k) > 0]
+    keys = [prefix] + sorted(others, key=lambda k: (abs(tuned_at(k) - horizon), tuned_at(k)))
     for key in keys:
         entry = tuned.get(key, {}).get(name)
         if entry is not None:
