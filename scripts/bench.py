@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--reps", type=cli.positive_int, default=5, help="timed repetitions, interleaved (default: %(default)s)")
     c.add_argument("--unroll", type=cli.positive_int, default=10, help="meta-iteration truncation length (default: %(default)s)")
     c.add_argument("--no-meta", action="store_true", help="skip the multi-LSTM meta-iteration")
-    c.add_argument("--family-kwargs", default="{}", help="JSON ConvNet arguments, e.g. '{\"dataset\": \"mnist\"}'")
+    c.add_argument("--family-kwargs", type=cli.json_object, default={},
+                   help="JSON ConvNet arguments, e.g. '{\"dataset\": \"mnist\"}'")
     c.add_argument("--threads", type=cli.positive_int, default=1, help="torch intra-op threads (default: %(default)s)")
     c.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     nn = sub.add_parser("nn", help="NN-classifier step vs bare forward+backward; LSTM meta-iteration")
@@ -150,8 +151,11 @@ def _body(args: argparse.Namespace) -> int:
         print(f"{'total':9s} {sum(times.values()):6.2f} s")
         return 0
 
+    from l2o_gym.threads import SMALL_WORK
+
     print(f"# {args.env}, H={args.history}, device={args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+          f"{torch.get_num_threads()} threads (the envs step under their 'auto' thread policy: 1 thread below "
+          f"N·F = {SMALL_WORK:,}), {platform.processor() or platform.machine()}")
     print(f"{'N':>7} {'native steps/s':>16} {'sync steps/s':>14} {'ratio':>8}")
     rows = []
     for n in args.sizes:
@@ -195,7 +199,9 @@ def _bench_busy(args: argparse.Namespace) -> int:
 def _bench_step(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     fkw = args.family_kwargs
-    r = step_overhead(args.env, args.n, args.history, args.reps, device=args.device, **fkw)
+    # threads=None: the env steps with --threads too (its "auto" policy would use 1 thread while the bare pass,
+    # printed beside it, used --threads)
+    r = step_overhead(args.env, args.n, args.history, args.reps, device=args.device, threads=None, **fkw)
     print(f"# {args.env} {fkw or ''}: N={args.n}, H={args.history}, device={args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"env step {r['env_step_s'] * 1e3:.1f} ms, bare forward+backward {r['bare_forward_backward_s'] * 1e3:.1f} ms, "
@@ -234,17 +240,16 @@ def _bench_nn(args: argparse.Namespace) -> int:
 def _bench_convnet(args: argparse.Namespace) -> int:
     from l2o_gym.experiments.benchmark import convnet_speed
 
+    kw = args.family_kwargs
     try:
-        kw = json.loads(args.family_kwargs)
-        if not isinstance(kw, dict):
-            raise ValueError("not a JSON object")
         from l2o_gym.problems import ConvNet
 
         ConvNet(**kw)
     except (ValueError, TypeError) as exc:
         raise cli.UsageError(f"--family-kwargs: {exc}") from None
     torch.set_num_threads(args.threads)
-    r = convnet_speed(args.n_problems, args.reps, args.unroll, kw, meta=not args.no_meta, device=args.device)
+    r = convnet_speed(args.n_problems, args.reps, args.unroll, kw, meta=not args.no_meta, device=args.device,
+                      threads=None)  # every variant, the env step included, on --threads
     print(f"# ConvNet {kw or '(default)'}: N = {args.n_problems} nets, d = {r['dim']}, device={args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.reps} interleaved reps")
     for k, v in r.items():

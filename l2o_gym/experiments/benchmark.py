@@ -304,6 +304,7 @@ def step_overhead(
     warmup: int = 3,
     device: str = "cpu",
     seed: int = 0,
+    threads: int | str | None = "auto",
     **family_kwargs,
 ) -> dict[str, float]:
     """Seconds of one native vector-env step against a bare batched forward + backward of the same objective.
@@ -312,10 +313,12 @@ def step_overhead(
     ``torch.autograd.grad(f.sum(), θ)`` and nothing else — the least any optimizer step must compute. The
     two are timed *interleaved* (env step, bare, env step, …), so load on a shared machine affects both
     alike; the medians over ``reps`` and their ratio are returned (goal for the heavy families: ≤ 1.3×).
+    ``threads``: the env's thread argument (``None``: the caller's torch setting, as the bare pass runs with; the
+    default ``"auto"`` policy may step on 1 thread while the bare pass uses the caller's count).
     """
     from l2o_gym.registry import env_family
 
-    venv = gym.make_vec(env_id, num_envs, device=device, history=history, **family_kwargs)
+    venv = gym.make_vec(env_id, num_envs, device=device, history=history, threads=threads, **family_kwargs)
     venv.reset(seed=seed)
     rng = np.random.default_rng(seed)
     shape = (num_envs,) + venv.single_action_space.shape
@@ -353,7 +356,7 @@ def step_overhead(
 
 def convnet_speed(
     n_problems: int = 8, reps: int = 5, unroll: int = 10, family_kwargs: dict | None = None,
-    meta: bool = True, device: str = "cpu",
+    meta: bool = True, device: str = "cpu", threads: int | str | None = "auto",
 ) -> dict[str, float]:
     """Seconds per call (median of ``reps``, measured *interleaved* so that a contended machine slows every
     variant alike) of, for ``n_problems`` conv nets of :class:`l2o_gym.problems.ConvNet`:
@@ -368,7 +371,8 @@ def convnet_speed(
     * ``meta_iteration`` (``meta``): one multi-LSTM (conv/fc/bn/bias) truncated-BPTT meta-iteration of
       ``unroll`` steps (forward, backward, Adam).
 
-    Ratios ``env_step / bare_grouped`` etc. are added as ``*_ratio``.
+    Ratios ``env_step / bare_grouped`` etc. are added as ``*_ratio``. ``threads``: the env's thread argument
+    (``None``: the caller's torch setting, which every other variant runs with).
     """
     import statistics
 
@@ -398,7 +402,7 @@ def convnet_speed(
             net.zero_grad()
             F.cross_entropy(net(X[pos[i]]), y[pos[i]]).backward()
 
-    venv = gym.make_vec("l2o/ConvNet-v0", n_problems, device=device, **kw)
+    venv = gym.make_vec("l2o/ConvNet-v0", n_problems, device=device, threads=threads, **kw)
     venv.reset(seed=0)
     zero = torch.zeros((n_problems,) + venv.single_action_space.shape, device=device)
     cc = core.CoreConfig(horizon=10**6, history=1, validate=False)

@@ -446,9 +446,9 @@ def torchrun_group(device: str) -> Iterator[bool]:
 
     from l2o_gym.distributed import init_group, launched
 
-    distributed = launched()
-    if distributed:
-        init_group(device)
+    # WORLD_SIZE > 1 without torchrun's RANK (another launcher's variable) makes no group: nothing to wait for or
+    # destroy then (a barrier would fail after the work is done)
+    distributed = launched() and init_group(device)[1] > 1
     try:
         yield distributed
         if distributed:  # every rank finished (rank 0 may still be writing files) before the group is torn down
@@ -497,7 +497,8 @@ def finite_check(name: str, value: float) -> None:
 
 def export_best(summary: dict[str, Any], export: str | None, script: str, kind: str, out: str | None) -> int:
     """The end of a training script: copy the run's best checkpoint to ``export`` (atomically) and print the
-    summary's scalars as JSON. Returns 1 (an error on stderr) if no iteration was selected as best."""
+    summary's scalars as JSON. Returns 1 (an error on stderr) if ``export`` is given and no iteration was selected
+    as best; without ``export`` that case returns 0 (the warning was logged by the training lifecycle)."""
     import shutil
 
     from l2o_gym.checkpoint import atomic_write
