@@ -175,6 +175,9 @@ class Agent(ABC):
     writes: bool = True
     #: baselines whose tuned ``val`` objective is the sample-efficiency target (``()``: none).
     baselines: tuple[str, ...] = ("sgd", "momentum", "cg", "lbfgs")
+    #: ``train_config`` fields (dotted for nested ones) a resumed run must keep: its training and ``val`` problems
+    #: (the best value so far is compared across the resume) and what its state means (:func:`load_run_state`).
+    structural: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.record = RunRecord()
@@ -382,6 +385,26 @@ def _json_form(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def _check_structural(agent: Agent, state: dict[str, Any], path: Path) -> None:
+    """Refuse to resume when a setting of ``agent.structural`` differs from the saved ``train_config``, naming each."""
+    saved = state.get("train_config")
+    if not isinstance(saved, dict) or not agent.structural:  # states from before the field are not checked
+        return
+    now = _json_form(agent.config_dict())
+
+    def get(d: Any, key: str) -> Any:
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
+    diff = [k for k in agent.structural if get(saved, k) != get(now, k)]
+    if diff:
+        raise CheckpointError(
+            f"cannot resume: the run in {str(path)!r} was made with other "
+            + ", ".join(f"{k} ({get(saved, k)!r}, now {get(now, k)!r})" for k in diff)
+            + ": its state, policy and best validation value would mix two runs' settings")
+
+
 def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> None:
     """Restore ``agent`` and its run record from ``path`` (:func:`read_run_state`).
 
@@ -401,6 +424,7 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
             "is not comparable. Resume with the same env and family settings or start a new run"
             + (", or fine-tune with reset_best (train_lstm.py --reset-best), which forgets the best value and the "
                "history" if agent.kind == "lstm" else ""))
+    _check_structural(agent, state, path)
     agent.check_resume(state, path)
     try:
         agent.load_state_dict(state)

@@ -765,6 +765,8 @@ class SB3Agent(Agent):
         tensorboard: SB3's TensorBoard scalars in ``out/tb``.
     """
 
+    structural = SB3TrainConfig.STRUCTURAL  # refused to change on resume (agents.common.load_run_state)
+
     validate_first = True
     interrupt_safe = True  # SB3's state is consistent between any two env steps
 
@@ -898,11 +900,7 @@ class SB3Agent(Agent):
             saved = SB3TrainConfig.from_dict(state["config"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"training state {str(path)!r}: entry 'config' is missing or invalid: {exc}") from None
-        cfg = self.cfg
-        diff = [k for k in SB3TrainConfig.STRUCTURAL if getattr(saved, k) != getattr(cfg, k)]
-        if diff:
-            raise CheckpointError("cannot resume: the run in {} was made with other {}".format(
-                path, ", ".join(f"{k} ({getattr(saved, k)!r}, now {getattr(cfg, k)!r})" for k in diff)))
+        del saved  # valid; the settings a resume must keep are compared by the lifecycle (``structural``)
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         model = self.model

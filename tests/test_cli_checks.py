@@ -79,3 +79,20 @@ def test_bench_convnet_runs_the_env_step_on_the_printed_thread_count(monkeypatch
     assert rc == 0
     assert "2 threads" in capsys.readouterr().out
     assert seen and set(seen) == {2}
+
+
+def test_gps_policy_bound_resume_with_another_horizon_is_refused(tmp_path):
+    """A finished run at T=2 resumed at T=3 reported its T=2 best value as the T=3 one; now refused, naming it."""
+    import pytest
+
+    from l2o_gym.agents.gps.bound import BoundAgent, BoundConfig
+    from l2o_gym.agents.common import fit
+    from l2o_gym.checkpoint import CheckpointError
+
+    cfg = BoundConfig(horizon=2, history=2, hidden=(4,), episodes=2, batch=4, n_val=4, val_every=1)
+    fit(BoundAgent(cfg), tmp_path, progress=False, tensorboard=False)
+    import dataclasses
+
+    with pytest.raises(CheckpointError, match=r"horizon \(2, now 3\)"):
+        fit(BoundAgent(dataclasses.replace(cfg, horizon=3, episodes=3)), tmp_path, resume=True, progress=False,
+            tensorboard=False)

@@ -107,3 +107,20 @@ def test_resume_keeps_the_eval_callback_record(tmp_path):
               tensorboard=False)
     after = np.load(tmp_path / "eval" / "evaluations.npz")["timesteps"].tolist()
     assert after[: len(before)] == before and len(after) > len(before)  # before: only the resumed part's
+
+
+def test_resume_with_another_seed_or_horizon_is_refused_naming_them(tmp_path):
+    import dataclasses
+
+    from l2o_gym.agents.sb3 import train_sb3
+    from l2o_gym.checkpoint import CheckpointError
+
+    cfg = SB3TrainConfig(algo="ppo", env_id="l2o/LogisticRegression-v0", total_timesteps=128, n_envs=4, horizon=8,
+                         history=3, n_steps=16, batch_size=32, n_epochs=1, net_arch=(8,), n_val=4, n_eval_envs=2,
+                         eval_every=64, checkpoint_every=64, baselines=())
+    train_sb3(cfg, tmp_path, progress_bar=False, tensorboard=False)
+    with pytest.raises(CheckpointError, match=r"horizon \(8, now 6\), seed \(0, now 3\)"):
+        train_sb3(dataclasses.replace(cfg, total_timesteps=256, horizon=6, seed=3), tmp_path, resume=True,
+                  progress_bar=False, tensorboard=False)
+    train_sb3(dataclasses.replace(cfg, total_timesteps=192), tmp_path, resume=True, progress_bar=False,
+              tensorboard=False)  # more timesteps: allowed

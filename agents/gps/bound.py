@@ -120,6 +120,7 @@ class BoundAgent(Agent):
 
     kind = "bound"
     baselines = ("sgd",)
+    structural = ("env_id", "horizon", "history", "include_steps", "hidden", "activation", "n_val", "seed")
 
     def __init__(self, cfg: BoundConfig) -> None:
         from l2o_gym.registry import env_family

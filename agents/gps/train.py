@@ -163,9 +163,6 @@ class SelectedGPSAgent(Agent):
     """
 
     val_every = 1
-    #: ``train_config`` fields (dotted for nested ones) a resumed run must keep: the training and ``val`` problems
-    #: (the best validation value is compared across the resume) and what the controllers and policy mean.
-    structural: tuple[str, ...] = ()
 
     @property
     def horizon(self) -> int:
@@ -203,21 +200,6 @@ class SelectedGPSAgent(Agent):
             raise CheckpointError(
                 f"{path} was trained with stable_factor={selection[0]}, long_factor={selection[1]}; resuming with "
                 f"stable_factor={cfg.stable_factor}, long_factor={cfg.long_factor} would mix two selection rules")
-        saved = state.get("train_config")
-        if isinstance(saved, dict):  # states from before the field are not checked
-            now = json.loads(json.dumps(self.config_dict(), sort_keys=True, default=str))
-
-            def get(d: Any, key: str) -> Any:
-                for part in key.split("."):
-                    d = d.get(part) if isinstance(d, dict) else None
-                return d
-
-            diff = [k for k in self.structural if get(saved, k) != get(now, k)]
-            if diff:
-                raise CheckpointError(
-                    f"cannot resume: the run in {str(path)!r} was made with other "
-                    + ", ".join(f"{k} ({get(saved, k)!r}, now {get(now, k)!r})" for k in diff)
-                    + ": its controllers, policy and best validation value would mix two runs' settings")
 
     def selection_state(self) -> list[float]:
         """The selection rule as stored in ``state.pt`` (checked by :meth:`check_resume`)."""
