@@ -215,7 +215,10 @@ class BatchedOptimizee:
     def objectives(self) -> dict[str, Tensor]:
         """The envs' ``info`` entries, ``[N]`` each: ``objective`` — what the reward uses (the true objective where
         the family has one) — and ``observed_objective`` — what the observation sees (the minibatch loss there)."""
-        return {"objective": self.state.objective, "observed_objective": self.state.loss}
+        # Copies: the state's own tensors feed the next step (the ``improvement`` reward's f(θ_t), a rejected step's
+        # loss), so a caller editing an info entry in place must not change the env's dynamics.
+        state = self.state
+        return {"objective": state.objective.detach().clone(), "observed_objective": state.loss.detach().clone()}
 
     def _check_started(self) -> None:
         if self.state is None:
@@ -229,7 +232,9 @@ class BatchedOptimizee:
         prev = self.state.objective  # the true objective where the family has one (core.State.objective)
         self.state, cost, terminated, truncated = core.step(self.state, delta)
         reward = reward_from_cost(cost, prev, self.reward_mode)
-        return core.features(self.state), reward, terminated, truncated
+        # ``terminated`` is the new state's own tensor (it freezes diverged instances at the next step): a copy, so
+        # a caller editing it in place (``terminated |= truncated``) cannot freeze or revive an instance.
+        return core.features(self.state), reward, terminated.clone(), truncated
 
     @_under_thread_policy
     def reset_done(self, done: Tensor) -> Tensor:
