@@ -53,6 +53,11 @@ def test_bench_convnet_bad_family_kwargs_name_the_value(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--family-kwargs" in err and "'notjson'" in err
+    with pytest.raises(SystemExit) as exc:  # JSON, but not an object: refused before any work, naming it
+        _bench().main(["convnet", "--family-kwargs", "[1]"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--family-kwargs" in err and "'[1]'" in err and "not a JSON object" in err
 
 
 def test_torchrun_group_with_world_size_but_no_rank_is_not_distributed(monkeypatch):

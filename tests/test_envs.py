@@ -332,3 +332,10 @@ def test_spec_max_episode_steps_is_the_horizon_so_time_aware_wrappers_work():
     assert truncs == [False] * 6 + [True]
     # an explicit max_episode_steps is kept
     assert gym.make("l2o/Quadratic-v0", horizon=7, dim=3, max_episode_steps=5).spec.max_episode_steps == 5
+    # (gymnasium.make keeps that on its TimeLimit; a spec that already names a length is kept by the env itself too)
+    import dataclasses
+
+    env.unwrapped.spec = dataclasses.replace(env.unwrapped.spec, max_episode_steps=5)
+    assert env.unwrapped.spec.max_episode_steps == 5
+    env.unwrapped.spec = dataclasses.replace(env.unwrapped.spec, max_episode_steps=None)
+    assert env.unwrapped.spec.max_episode_steps == 7

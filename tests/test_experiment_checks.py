@@ -24,11 +24,20 @@ def test_evaluate_horizons_names_a_bad_true_every_instead_of_dividing_by_it():
                           true_every=0)
 
 
-def test_evaluate_refuses_zero_bootstrap_resamples_before_the_rollout():
+def test_evaluate_refuses_zero_bootstrap_resamples_before_the_rollout(monkeypatch):
+    from l2o_gym.experiments import evaluation
+
+    def no_rollout(*args, **kwargs):
+        raise AssertionError("the rollout ran before n_boot was checked")
+
+    monkeypatch.setattr(evaluation, "rollout", no_rollout)
     with pytest.raises(ValueError, match="n_boot must be a positive integer, got 0"):
         evaluate_horizons(make_baseline("sgd", lr=0.01), "l2o/Quadratic-v0", horizons=(3,), n_problems=2, n_boot=0)
     with pytest.raises(ValueError, match="n_boot must be a positive integer, got 0"):
         bootstrap_mean_ci(np.ones((2, 3)), n_boot=0)
+    for level in (0.0, 1.0, 95):
+        with pytest.raises(ValueError, match="level must be in \\(0, 1\\)"):
+            bootstrap_mean_ci(np.ones((2, 3)), level=level)
 
 
 def test_plan_checks_a_sections_true_every_and_problem_count(tmp_path):

@@ -752,3 +752,8 @@ def test_conv_gps_memory_is_per_tensor_and_a_one_block_memory_still_reads():
     new, _ = pol.act(state, copy.deepcopy(mem))
     old, _ = pol.act(state, legacy)
     assert torch.equal(new, old)
+    # the memory carried between steps is the updated one (not the zero memory of reset)
+    p = next(pol.net.parameters())
+    zero = _Memory(copy.deepcopy(mem.features), pol.net.zero_memory(3, specs, p.device, p.dtype), True)
+    fresh, _ = pol.act(state, zero)
+    assert not torch.equal(new, fresh)

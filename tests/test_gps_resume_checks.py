@@ -33,12 +33,17 @@ def test_conv_gps_resume_refuses_other_problems_units_or_cost(tmp_path, capsys):
             "--out", str(tmp_path / "run"), "--quiet", "--no-tensorboard"]
     assert mod.main([*args, "--iterations", "1"]) == 0
     for extra, name in ((["--seed", "5"], "seed"), (["--n-val", "3"], "n_val"),
-                        (["--step-unit", "decay"], "gps.step_unit"), (["--cost", "area"], "gps.cost")):
+                        (["--step-unit", "decay"], "gps.step_unit"), (["--cost", "area"], "gps.cost"),
+                        (["--conditions", "2"], "n_conditions"), (["--horizon", "5"], "gps.horizon"),
+                        (["--grad-average", "last3"], "gps.grad_average"), (["--area-weight", "0.5"], "gps.area_weight"),
+                        (["--cost-scale", "2"], "gps.cost_scale"), (["--action-penalty", "0.5"], "gps.action_penalty"),
+                        (["--no-share-conditions"], "gps.share_conditions"), (["--lstm-hidden", "5"], "gps.hidden")):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exc:
             mod.main([*args, *extra, "--iterations", "2", "--resume"])
         assert exc.value.code == 2
-        assert name in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "cannot resume" in err and f"other {name} (" in err, err  # the usage text names "seed" too
     assert mod.main([*args, "--iterations", "2", "--resume"]) == 0  # the same settings still resume
 
 
@@ -49,7 +54,7 @@ def test_conv_gps_header_with_no_groups_or_bad_hidden_is_a_checkpoint_error_nami
     net = CoordinateLSTMNet([("w", "weight")], 4)
     for i, hdr in enumerate(({"groups": [], "hidden": 4}, {"groups": [["w", "weight"]], "hidden": 0})):
         path = save_policy(tmp_path / f"p{i}.safetensors", net.state_dict(), {"kind": "conv_gps", "env_id": None, **hdr})
-        with pytest.raises(CheckpointError, match=f"p{i}.safetensors"):
+        with pytest.raises(CheckpointError, match=f"p{i}.safetensors: bad conv-GPS header field"):
             ConvGPSPolicy.load(path)
 
 

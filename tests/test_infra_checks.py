@@ -123,3 +123,32 @@ def test_number_checks_refuse_bools_and_strings():
         with pytest.raises(ValueError, match="must be a non-negative number, got"):
             check_nonnegative("penalty", bad)
     assert check_positive("lr", 0.5) == 0.5 and check_nonnegative("penalty", 0) == 0.0
+
+
+def test_ctrl_c_while_the_last_checkpoint_is_written_keeps_last_and_state_together(tmp_path):
+    """The same for ``{kind}_last`` and ``state.pt``: a Ctrl-C during the last checkpoint's write waits until both are
+    written (one iteration's policy file and training state, never one of them a step behind)."""
+    import signal
+
+    import pytest
+
+    from l2o_gym.agents.common import fit, read_run_state
+    from l2o_gym.checkpoint import load_policy_file
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from test_lifecycle import Toy
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+
+    class Interrupted(Toy):
+        def save_policy(self, path, extra):
+            if path.name == "toy_last.safetensors" and self.k == 2:
+                signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, in the middle of the write
+            return super().save_policy(path, extra)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(Interrupted([3.0, 2.0, 1.0]), tmp_path, progress=False, tensorboard=False)
+    assert read_run_state(tmp_path / "state.pt", "toy")["k"] == 2
+    assert load_policy_file(tmp_path / "toy_last.safetensors")[1]["iteration"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

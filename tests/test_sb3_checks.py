@@ -71,6 +71,7 @@ def test_float64_observations_saturate_at_test_time_as_in_training():
     obs = torch.zeros(2, 12, dtype=torch.float64)
     obs[0, -1], obs[1, -2] = 1e39, -1e300
     train_input = torch.as_tensor(SB3VecEnv._np(obs))
+    assert torch.isfinite(train_input).all()  # saturated, not inf, on both sides
     torch.testing.assert_close(policy.normalize(obs), train_input, rtol=0, atol=0)
 
 
@@ -103,10 +104,18 @@ def test_resume_keeps_the_eval_callback_record(tmp_path):
     train_sb3(cfg, tmp_path, progress_bar=False, tensorboard=False)
     before = np.load(tmp_path / "eval" / "evaluations.npz")["timesteps"].tolist()
     assert before
+    # an evaluation written after the saved state (e.g. interrupted before the state write) is not resumed
+    with np.load(tmp_path / "eval" / "evaluations.npz") as old:
+        rec = {k: old[k] for k in old.files}
+    rec["timesteps"] = np.append(rec["timesteps"], 10**6)
+    rec["results"] = np.concatenate([rec["results"], rec["results"][-1:]])
+    rec["ep_lengths"] = np.concatenate([rec["ep_lengths"], rec["ep_lengths"][-1:]])
+    np.savez(tmp_path / "eval" / "evaluations.npz", **rec)
     train_sb3(dataclasses.replace(cfg, total_timesteps=512), tmp_path, resume=True, progress_bar=False,
               tensorboard=False)
     after = np.load(tmp_path / "eval" / "evaluations.npz")["timesteps"].tolist()
     assert after[: len(before)] == before and len(after) > len(before)  # before: only the resumed part's
+    assert 10**6 not in after and after == sorted(after)
 
 
 def test_resume_with_another_seed_or_horizon_is_refused_naming_them(tmp_path):
