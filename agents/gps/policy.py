@@ -54,6 +54,8 @@ class GPSPolicy(Policy):
         self.view = FeatureView(core_config)
         self.dim = dim
         self.env_id = env_id
+        if max_step is not None and not max_step > 0:  # a negative clip would make every step -|max_step|
+            raise ValueError(f"max_step must be None or a positive number, got {max_step!r}")
         self.max_step = max_step
         expect = core.obs_dim(core_config, dim)
         if model.obs_dim != expect:
@@ -118,6 +120,9 @@ def load_gps_policy(
     activation = config_field(cfg, path, "activation", str)
     core_d = config_field(cfg, path, "core_config", dict)
     max_step = config_field(cfg, path, "max_step", float, optional=True)
+    if max_step is not None and not max_step > 0:
+        raise CheckpointError(f"checkpoint {str(path)!r}: config field 'max_step' must be null or a positive number, "
+                              f"got {max_step!r}")
     if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden) or obs_dim < 1 or d < 1:
         raise CheckpointError(f"checkpoint {str(path)!r}: config fields 'obs_dim', 'dim', 'hidden' must be positive "
                               f"integers, got {obs_dim!r}, {d!r}, {hidden!r}")

@@ -367,7 +367,9 @@ def evaluate_on_test(
     for name, (pol, hp) in policies.items():
         cfg = gps.core_config if name == "gps" else None
         traj = run_policy(pol, test, long, cfg)
-        losses = traj.losses.double()  # [long+1, n]
+        # The reported objective (``Trajectory.objectives``): the true objective for families with one (minibatch
+        # families such as NNClassifier), as ``val_final`` and the baselines' tuning; else the loss itself.
+        losses = traj.objectives.double()  # [long+1, n]
         if pol.evals(traj.memory, long) is None:  # one evaluation per iteration
             f_evals, evals_t = losses[horizon].mean(), float(horizon)
         else:
