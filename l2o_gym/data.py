@@ -113,6 +113,8 @@ def photo_patches(
     """
     if size < 1 or per_class < 1:
         raise ValueError(f"size and per_class must be positive, got size={size!r}, per_class={per_class!r}")
+    if not photos:
+        raise ValueError(f"photos must name at least one photo (one class each), got {photos!r}")
     xs, ys = [], []
     for c, name in enumerate(photos):
         img = photo(name)

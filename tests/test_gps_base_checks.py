@@ -58,3 +58,19 @@ def test_checkpoint_with_a_negative_max_step_is_refused_naming_the_field(tmp_pat
     update_policy_config(path, {"max_step": -1.0}, kind="gps")
     with pytest.raises(CheckpointError, match="max_step.*-1.0"):
         load_gps_policy(path)
+
+
+def test_problem_counts_accept_numpy_integers_and_refuse_bools_and_patches_need_a_photo():
+    import numpy as np
+    import pytest
+
+    from l2o_gym import data
+    from l2o_gym.problems import make_family
+
+    fam = make_family("quadratic", dim=3)
+    assert fam.sample(np.int64(2), "test", 0).n == 2
+    assert torch.equal(fam.sample(np.int64(2), "test", 0).x0, fam.sample(2, "test", 0).x0)
+    with pytest.raises(ValueError, match="number of problems must be a positive integer, got True"):
+        fam.sample(True, "test", 0)
+    with pytest.raises(ValueError, match=r"photos must name at least one photo.*\(\)"):
+        data.photo_patches(photos=())

@@ -196,7 +196,7 @@ def linearize(model: GaussianMLP, X: Tensor, valid: Tensor, obs_slice: slice) ->
 
 
 def sample_kl(local: LinearGaussianPolicy, model: GaussianMLP, X: Tensor, obs_slice: slice) -> Tensor:
-    """``KL(p_i(·|x_s) ‖ π(·|o_s))`` averaged over samples → ``[M, N, T]`` (per sample and time step)."""
+    """``KL(p_i(·|x_s) ‖ π(·|o_s))`` per sample and time step, ``[M, N, T]`` (the caller averages over samples)."""
     m, n, t_len, dx = X.shape
     du = local.K.shape[-2]
     dtype = next(model.parameters()).dtype

@@ -244,8 +244,9 @@ class ProblemSampler:
 
     def sample(self, n: int) -> ProblemBatch:
         """The next ``n`` instances of the stream, on the sampler's device and dtype."""
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"number of problems must be a positive integer, got {n!r}")
+        n = int(n)
         data, x0 = self.family.sample_instances(n, self.generator, self.split)
         seeds = torch.randint(0, 2**31 - 1, (n,), generator=self.generator, dtype=torch.int64)
         for k, v in data.items():
