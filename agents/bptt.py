@@ -109,7 +109,7 @@ class BPTT:
             keep = [f != 0 for f in buf[n:].tolist()]  # NaN (a rank's non-finite loss) keeps all: the step is skipped
             pieces = buf[:n].split([p.numel() for p in params])
             with_grad = [p for p, k in zip(params, keep) if k]
-            flat = torch.cat([g for g, k in zip(pieces, keep) if k]) if with_grad else buf[:0]
+            flat = torch.cat([g for g, k in zip(pieces, keep) if k]) if with_grad else None  # none: as one process
         ok = flat is not None and bool(torch.isfinite(flat).all())
         if ok:
             off = 0
@@ -122,5 +122,6 @@ class BPTT:
                 torch.nn.utils.clip_grad_norm_(with_grad, self.clip)
             self.optimizer.step()
         else:
-            log.warning("%s t=%d: non-finite meta-loss or meta-gradient; update skipped", label or "BPTT", t0)
+            log.warning("%s t=%d: non-finite meta-loss or meta-gradient, or no parameter reached; update skipped",
+                        label or "BPTT", t0)
         return BPTTStep(traj.state.detach(), detach_memory(traj.memory), float(loss.detach()), ok)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import gymnasium as gym
@@ -60,24 +59,13 @@ class L2OEnv(gym.Env):
     families that have one, e.g. the full-dataset loss of ``l2o/NNClassifier-v0``), ``"observed_objective"``: the
     value the observation sees (the minibatch loss there; equal to ``"objective"`` elsewhere), and ``"diverged"``.
 
-    ``env.spec.max_episode_steps`` is the env's ``horizon`` (the env truncates there itself, so ``gymnasium.make``
-    adds no ``TimeLimit``), so wrappers that need the episode length, e.g.
-    ``gymnasium.wrappers.TimeAwareObservation``, work on it.
+    The env truncates at ``horizon`` itself and registers no ``max_episode_steps`` (a ``TimeLimit`` from the spec would
+    keep its length when the env is re-made from ``env.spec`` with another ``horizon``); wrappers that read the
+    episode length, e.g. ``gymnasium.wrappers.TimeAwareObservation``, need
+    ``gymnasium.make(id, horizon=T, max_episode_steps=T)`` (the ``TimeLimit`` then ends episodes with the env).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 10}
-    _spec: gym.envs.registration.EnvSpec | None = None
-
-    @property
-    def spec(self) -> gym.envs.registration.EnvSpec | None:  # type: ignore[override]
-        """The registered spec, with ``max_episode_steps`` = ``horizon`` unless ``gymnasium.make`` was given one."""
-        return self._spec
-
-    @spec.setter
-    def spec(self, value: gym.envs.registration.EnvSpec | None) -> None:
-        if value is not None and value.max_episode_steps is None:
-            value = dataclasses.replace(value, max_episode_steps=self.driver.config.horizon)
-        self._spec = value
 
     def __init__(
         self,

@@ -79,7 +79,7 @@ def param_kind(module: torch.nn.Module, name: str) -> str:
     norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
     if isinstance(module, norms):
         return "bn"
-    if name == "bias" or name.startswith("bias") or name.endswith("_bias"):  # bias_ih_l0 (RNNs), in_proj_bias
+    if name.startswith("bias") or name.endswith("_bias"):  # bias, bias_ih_l0 (RNNs), in_proj_bias
         return "bias"
     if isinstance(module, nn.modules.conv._ConvNd):
         return "conv"

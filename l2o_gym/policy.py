@@ -186,7 +186,9 @@ Chunked = tuple[tuple[Tensor, ...], ...]
 
 def chunk_rows(state: tuple[Tensor, ...] | Chunked, bounds: list[tuple[int, int]]) -> Chunked:
     """``state`` — whole ``[M, ...]`` tensors or already chunked — as pieces for ``bounds`` (views where it can)."""
-    if state and isinstance(state[0], Tensor):  # whole tensors
+    if not state or (not isinstance(state[0], Tensor) and not state[0]):  # no carry (or chunks of none)
+        return tuple(() for _ in bounds)
+    if isinstance(state[0], Tensor):  # whole tensors
         whole = tuple(state)  # type: ignore[arg-type]
     elif [p[0].shape[0] for p in state] == [e - s for s, e in bounds]:  # type: ignore[index]
         return tuple(state)  # type: ignore[arg-type]

@@ -313,11 +313,13 @@ def test_vector_info_marks_diverged_instances_like_the_single_env():
     assert [i["diverged"] for i in infos] == [False, True]
 
 
-def test_spec_max_episode_steps_is_the_horizon_so_time_aware_wrappers_work():
+def test_time_aware_wrappers_work_with_max_episode_steps_and_a_spec_remakes_with_another_horizon():
+    """The env truncates at its horizon itself and its spec names no length, so re-making it from ``env.spec`` with
+    another horizon runs that horizon (a spec length would keep the old one through a TimeLimit); wrappers that read
+    the length get it from ``max_episode_steps`` given to gymnasium.make, which then ends episodes with the env."""
     from gymnasium.wrappers import TimeAwareObservation
 
-    env = gym.make("l2o/Quadratic-v0", horizon=7, dim=3)
-    assert env.spec.max_episode_steps == 7
+    env = gym.make("l2o/Quadratic-v0", horizon=7, dim=3, max_episode_steps=7)
     wrapped = TimeAwareObservation(env)
     obs, _ = wrapped.reset(seed=0)
     assert obs.shape == (env.observation_space.shape[0] + 1,) and obs[-1] == 0
@@ -325,17 +327,9 @@ def test_spec_max_episode_steps_is_the_horizon_so_time_aware_wrappers_work():
         obs, _, term, trunc, _ = wrapped.step(np.zeros(3, dtype=np.float32))
         assert obs[-1] == t and not term
         assert trunc == (t == 7)
-    # the spec re-creates the env, truncating at the same step (TimeLimit and the env agree)
-    again = gym.make(env.spec)
+    plain = gym.make("l2o/Quadratic-v0", horizon=5, dim=3)
+    assert plain.spec.max_episode_steps is None
+    again = gym.make(plain.spec, horizon=8)
     again.reset(seed=0)
-    truncs = [again.step(np.zeros(3, dtype=np.float32))[3] for _ in range(7)]
-    assert truncs == [False] * 6 + [True]
-    # an explicit max_episode_steps is kept
-    assert gym.make("l2o/Quadratic-v0", horizon=7, dim=3, max_episode_steps=5).spec.max_episode_steps == 5
-    # (gymnasium.make keeps that on its TimeLimit; a spec that already names a length is kept by the env itself too)
-    import dataclasses
-
-    env.unwrapped.spec = dataclasses.replace(env.unwrapped.spec, max_episode_steps=5)
-    assert env.unwrapped.spec.max_episode_steps == 5
-    env.unwrapped.spec = dataclasses.replace(env.unwrapped.spec, max_episode_steps=None)
-    assert env.unwrapped.spec.max_episode_steps == 7
+    truncs = [again.step(np.zeros(3, dtype=np.float32))[3] for _ in range(8)]
+    assert truncs == [False] * 7 + [True]
