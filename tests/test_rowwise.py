@@ -91,3 +91,18 @@ def test_rowwise_carry_keeps_the_recurrent_state_in_chunks_and_equals_rowwise():
         (out,), again = rowwise_carry(fn, (x[0],), tuple((p[0], p[1]) for p in carry), chunk=100)
         ref, *_ = rowwise(fn, x[0], h, c, chunk=100)
         assert [p[0].shape[0] for p in again] == [100, 100, 100] and torch.equal(out, ref)
+
+
+def test_rowwise_carry_with_an_empty_carry_is_rowwise():
+    # ``carry: tuple[Tensor, ...]`` admits ``()`` (a stateless fn); it raised IndexError in chunk_rows
+    x = torch.randn(20, 3)
+
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (2 * x,)
+
+    with torch.no_grad():
+        (out,), carry = policy_mod.rowwise_carry(fn, (x,), (), chunk=4)
+        assert torch.equal(out, rowwise(fn, x, chunk=4)[0])
+        assert len(carry) == 5 and all(c == () for c in carry)
+        (again,), carry = policy_mod.rowwise_carry(fn, (x,), carry, chunk=4)  # chunks of no carry, passed back in
+        assert torch.equal(again, out) and all(c == () for c in carry)
