@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,14 +9,11 @@ import torch
 from l2o_gym import core
 from l2o_gym.experiments import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench")
 
 
 @pytest.fixture
@@ -28,9 +23,9 @@ def keep_threads():
     torch.set_num_threads(before)
 
 
-def test_bench_step_runs_the_env_step_on_the_printed_thread_count(monkeypatch, capsys, keep_threads):
-    """``bench.py step --threads 2`` printed "2 threads" and ran the bare pass on 2, the env step on 1 (its "auto"
-    thread policy): the ratio compared different thread counts."""
+@pytest.fixture
+def step_threads(monkeypatch, keep_threads) -> list[int]:
+    """The torch thread count at every ``core.step`` call (filled as the test runs)."""
     seen: list[int] = []
     step = core.step
 
@@ -39,6 +34,13 @@ def test_bench_step_runs_the_env_step_on_the_printed_thread_count(monkeypatch, c
         return step(*args, **kwargs)
 
     monkeypatch.setattr(core, "step", spy)
+    return seen
+
+
+def test_bench_step_runs_the_env_step_on_the_printed_thread_count(capsys, step_threads):
+    """``bench.py step --threads 2`` printed "2 threads" and ran the bare pass on 2, the env step on 1 (its "auto"
+    thread policy): the ratio compared different thread counts."""
+    seen = step_threads
     rc = _bench().main(["step", "--env", "l2o/Quadratic-v0", "--n", "2", "--reps", "1", "--history", "2",
                         "--threads", "2"])
     assert rc == 0
@@ -69,17 +71,10 @@ def test_torchrun_group_with_world_size_but_no_rank_is_not_distributed(monkeypat
         assert distributed is False
 
 
-def test_bench_convnet_runs_the_env_step_on_the_printed_thread_count(monkeypatch, capsys, keep_threads):
+def test_bench_convnet_runs_the_env_step_on_the_printed_thread_count(capsys, step_threads):
     """As for ``step``: ``bench.py convnet --threads 2`` timed its ``env_step`` on 1 thread beside 2-thread
     variants (seen on a loaded 2-core machine: ``env_step_ratio`` 0.07x)."""
-    seen: list[int] = []
-    step = core.step
-
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return step(*args, **kwargs)
-
-    monkeypatch.setattr(core, "step", spy)
+    seen = step_threads
     rc = _bench().main(["convnet", "--n-problems", "1", "--reps", "1", "--no-meta", "--threads", "2"])
     assert rc == 0
     assert "2 threads" in capsys.readouterr().out

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import requires_cuda
+from conftest import load_script, requires_cuda
 
 DT = torch.float64
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_conv_gps", ROOT / "scripts" / "train_conv_gps.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_conv_gps")
 
 
 def test_conv_gps_resume_refuses_other_problems_units_or_cost(tmp_path, capsys):

@@ -67,6 +67,25 @@ def test_bptt_parameters_without_gradient_on_every_rank_are_skipped_as_with_one_
     assert two == one
 
 
+def _toy_interrupted_while_writing(name: str, at: int = 2):
+    """``test_lifecycle.Toy`` that receives a SIGINT (the user's Ctrl-C) while writing file ``name`` at iteration ``at``."""
+    import signal
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from test_lifecycle import Toy
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+
+    class Interrupted(Toy):
+        def save_policy(self, path, extra):
+            if path.name == name and self.k == at:
+                signal.raise_signal(signal.SIGINT)
+            return super().save_policy(path, extra)
+
+    return Interrupted
+
+
 def test_ctrl_c_while_the_new_best_is_written_keeps_the_best_file_and_the_record_together(tmp_path):
     """A Ctrl-C arriving while ``{kind}_best`` is being written must not leave a best value recorded (in
     ``state.pt`` of an interrupt-safe agent, in ``summary.json``) whose file was never written: after a resume
@@ -78,17 +97,7 @@ def test_ctrl_c_while_the_new_best_is_written_keeps_the_best_file_and_the_record
     from l2o_gym.agents.common import fit, read_run_state
     from l2o_gym.checkpoint import load_policy_file
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from test_lifecycle import Toy
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
-
-    class Interrupted(Toy):
-        def save_policy(self, path, extra):
-            if path.name == "toy_best.safetensors" and self.k == 2:
-                signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, in the middle of the write
-            return super().save_policy(path, extra)
+    Interrupted = _toy_interrupted_while_writing("toy_best.safetensors")
 
     with pytest.raises(KeyboardInterrupt):
         fit(Interrupted([3.0, 1.0, 2.0], interrupt_safe=True), tmp_path, progress=False, tensorboard=False)
@@ -135,17 +144,7 @@ def test_ctrl_c_while_the_last_checkpoint_is_written_keeps_last_and_state_togeth
     from l2o_gym.agents.common import fit, read_run_state
     from l2o_gym.checkpoint import load_policy_file
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from test_lifecycle import Toy
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
-
-    class Interrupted(Toy):
-        def save_policy(self, path, extra):
-            if path.name == "toy_last.safetensors" and self.k == 2:
-                signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, in the middle of the write
-            return super().save_policy(path, extra)
+    Interrupted = _toy_interrupted_while_writing("toy_last.safetensors")
 
     with pytest.raises(KeyboardInterrupt):
         fit(Interrupted([3.0, 2.0, 1.0]), tmp_path, progress=False, tensorboard=False)
