@@ -409,7 +409,8 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
     """Restore ``agent`` and its run record from ``path`` (:func:`read_run_state`).
 
     ``reset_best`` forgets the best value, the curve and the history (fine-tuning on another family, whose
-    validation objective is not comparable).
+    validation objective is not comparable) and moves the earlier phase's ``{kind}_best`` aside
+    (``*.previous.safetensors``).
 
     Raises:
         CheckpointError: see :func:`read_run_state`; also when the state does not fit the agent (missing or
@@ -436,6 +437,9 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
                               f"{type(exc).__name__}: {one_line(str(exc), limit=400)}") from None
     if reset_best:
         agent.record = RunRecord()
+        if agent.writes:  # the earlier phase's best is not this run's: never relabel it with this run's record
+            folder = RunFolder(path.parent, agent.kind)
+            folder.set_aside(folder.best, "resumed with reset_best")
     log.info("resumed from %s after %d iterations (best val %.4g)", path, agent.iterations_done, agent.record.best_val)
 
 
@@ -523,8 +527,6 @@ def fit(
             folder.prepare()
         else:
             folder.out.mkdir(parents=True, exist_ok=True)
-            if reset_best:  # the earlier phase's best is not this run's: never relabel it with this run's record
-                folder.set_aside(folder.best, "resumed with reset_best")
     tuned = _tune(agent)
     base_name, base_hp, base_val = _best_of(tuned, tuple(agent.baselines) if tuned else ())
     fo_name, fo_hp, fo_val = _best_of(tuned, FIRST_ORDER if tuned else ())

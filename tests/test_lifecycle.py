@@ -100,6 +100,11 @@ def test_resume_with_reset_best_moves_the_earlier_phases_best_aside(tmp_path):
             tensorboard=False)
     assert s["best_val"] is None and not (tmp_path / "toy_best.safetensors").exists()
     assert load_policy_file(tmp_path / "toy_best.previous.safetensors")[1]["val_final"] == 1.0
+    # the same through the agent's own resume (as Trainer.resume(reset_best=True) before train())
+    fit(Toy([3.0, 1.0]), tmp_path / "b", progress=False, tensorboard=False)
+    Toy([3.0, 1.0]).resume(tmp_path / "b" / "state.pt", reset_best=True)
+    assert not (tmp_path / "b" / "toy_best.safetensors").exists()
+    assert (tmp_path / "b" / "toy_best.previous.safetensors").is_file()
 
 def test_ctrl_c_keeps_the_last_completed_state_unless_the_agent_is_consistent(tmp_path):
     with pytest.raises(KeyboardInterrupt):
