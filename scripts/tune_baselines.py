@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=cli.out_file, default=str(default_tuned_path()),
                         help="JSON file to merge into (default: the shipped one)")
     parser.add_argument("--quiet", action="store_true", help="warnings-only logging")
-    return cli.run(parser, lambda args: _body(args, argv), argv, interrupted="interrupted: nothing was saved")
+    return cli.run(parser, lambda args: _body(args, argv), argv,
+                   interrupted="interrupted: the settings tuned before it are saved in --out (written after each env); "
+                               "the one being tuned is not")
 
 
 def _body(args: argparse.Namespace, argv: list[str] | None) -> int:

@@ -303,7 +303,9 @@ def val_reference_key(env_id: str, horizon: int, n_val: int, seed: int, baseline
 
 
 def record_val_references(out: str | Path, checkpoints: list[str | Path], command: str = "") -> dict[str, Any]:
-    """Re-derive and store (``"val_references"``) the targets of every learned checkpoint with a training record."""
+    """Re-derive and store (``"val_references"``) the targets of every learned checkpoint with a training record
+    whose ``train_config`` names the ``val`` set :func:`val_reference` re-draws (``n_val``, ``seed``, ``baselines``:
+    the GPS and SB3 runs); the others (LSTM runs) are skipped, as the study's look-up skips them."""
     from l2o_gym.checkpoint import read_policy_config
 
     out_path = Path(out)
@@ -314,7 +316,12 @@ def record_val_references(out: str | Path, checkpoints: list[str | Path], comman
         tc = cfg.get("train_config", {})
         if not isinstance(cfg.get("training"), dict) or not tc:
             continue
-        args = (tc["env_id"], int(tc["horizon"]), int(tc["n_val"]), int(tc["seed"]), tuple(tc["baselines"]))
+        try:  # the same fields as the study's look-up (study._retarget): a run without them is never looked up
+            args = (tc["env_id"], int(tc["horizon"]), int(tc["n_val"]), int(tc["seed"]), tuple(tc["baselines"]))
+        except (KeyError, TypeError, ValueError):
+            # e.g. an LSTM run (``val_problems`` in its own dtype): its training record keeps its own targets
+            log.info("%s: no n_val/seed/baselines of a val_reference in its train_config; skipped", path)
+            continue
         key = val_reference_key(*args)
         if key not in refs:
             refs[key] = {**val_reference(*args), "protocol": PROTOCOL["id"], "command": command}
