@@ -425,7 +425,8 @@ def load_run_state(agent: Agent, path: str | Path, reset_best: bool = False) -> 
             "is not comparable. Resume with the same env and family settings or start a new run"
             + (", or fine-tune with reset_best (train_lstm.py --reset-best), which forgets the best value and the "
                "history" if agent.kind == "lstm" else ""))
-    _check_structural(agent, state, path)
+    if not reset_best:  # reset_best forgets the best value: a fine-tuning phase may change the val set
+        _check_structural(agent, state, path)
     agent.check_resume(state, path)
     try:
         agent.load_state_dict(state)

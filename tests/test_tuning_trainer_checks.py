@@ -50,3 +50,19 @@ def test_tune_baselines_interrupt_message_is_true(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "nothing was saved" not in err  # ... so the message must not deny it
     assert "saved" in err
+
+
+def test_lstm_resume_with_another_val_set_is_refused_unless_reset_best(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from l2o_gym.agents.lstm.trainer import TrainConfig, train
+    from l2o_gym.checkpoint import CheckpointError
+
+    cfg = TrainConfig(env_id="l2o/Quadratic-v0", family_kwargs={"dim": 2}, n_problems=2, horizon=4, unroll=2,
+                      episodes=1, val_every=1, val_problems=3, out=str(tmp_path), progress=False)
+    train(cfg)
+    with pytest.raises(CheckpointError, match=r"val_problems \(3, now 5\), seed \(0, now 1\)"):
+        train(dataclasses.replace(cfg, episodes=2, val_problems=5, seed=1), resume=True)
+    train(dataclasses.replace(cfg, episodes=2, val_problems=5, seed=1), resume=True, reset_best=True)  # fine-tuning

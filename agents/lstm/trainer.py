@@ -205,6 +205,8 @@ class Trainer(Agent):
     """
 
     kind = KIND
+    #: the val set and the horizon its objective is read at (refused to change on resume unless ``reset_best``)
+    structural = ("horizon", "val_problems", "seed", "dtype")
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
