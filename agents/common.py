@@ -361,19 +361,20 @@ _RUN_SETTINGS = frozenset({"episodes", "iterations", "total_timesteps", "out", "
                            "threads", "checkpoint_every", "eval_every", "val_every"})
 
 
+def _flat_settings(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A ``train_config`` JSON form with dotted keys for nested settings (``{"gps.horizon": 400, …}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat_settings(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
 def _settings_diff(saved: Any, now: dict[str, Any], limit: int = 8) -> str:
     """The training settings (dotted keys for nested ones) in which ``now`` differs from the ``saved`` JSON form,
     as ``"hidden (saved 20, now 7), …"``; ``""`` if ``saved`` is not a dict (states from before the field)."""
     if not isinstance(saved, dict):
         return ""
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(saved), flat(now)
+    a, b = _flat_settings(saved), _flat_settings(now)
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k.rpartition(".")[2] not in _RUN_SETTINGS]
     parts = [f"{k} (saved {a.get(k, '—')!r}, now {b.get(k, '—')!r})" for k in keys[:limit]]
     return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
@@ -390,18 +391,12 @@ def _check_structural(agent: Agent, state: dict[str, Any], path: Path) -> None:
     saved = state.get("train_config")
     if not isinstance(saved, dict) or not agent.structural:  # states from before the field are not checked
         return
-    now = _json_form(agent.config_dict())
-
-    def get(d: Any, key: str) -> Any:
-        for part in key.split("."):
-            d = d.get(part) if isinstance(d, dict) else None
-        return d
-
-    diff = [k for k in agent.structural if get(saved, k) != get(now, k)]
+    a, b = _flat_settings(saved), _flat_settings(_json_form(agent.config_dict()))
+    diff = [k for k in agent.structural if a.get(k) != b.get(k)]
     if diff:
         raise CheckpointError(
             f"cannot resume: the run in {str(path)!r} was made with other "
-            + ", ".join(f"{k} ({get(saved, k)!r}, now {get(now, k)!r})" for k in diff)
+            + ", ".join(f"{k} ({a.get(k)!r}, now {b.get(k)!r})" for k in diff)
             + ": its state, policy and best validation value would mix two runs' settings")
 
 
