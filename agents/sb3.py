@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from l2o_gym import core
 from l2o_gym.agents.common import Agent, fit
-from l2o_gym.checkpoint import CheckpointError, check_compatible, config_field, load_policy_file, save_policy
+from l2o_gym.checkpoint import CheckpointError, check_compatible, config_field, keeps_rng_state, load_policy_file, save_policy
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import FeatureView, Policy, preprocess, run_policy
 
@@ -605,6 +605,7 @@ def save_sb3_policy(
     return save_policy(path, tensors, config)
 
 
+@keeps_rng_state
 def load_policy(
     path: str | Path,
     *,

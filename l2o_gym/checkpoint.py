@@ -11,6 +11,7 @@ target, so an interrupted write never leaves a truncated checkpoint behind.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -71,6 +72,22 @@ def _remove_stale_temps(path: Path) -> list[Path]:
     if removed:
         logger.info("removed %d stale temporary file(s) of %s left by interrupted writes", len(removed), path)
     return removed
+
+
+def keeps_rng_state(load: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for policy loaders: restore torch's global random state (the CPU generator, and every CUDA
+    device's when CUDA is initialised) after ``load``. A loader builds its modules, whose default initialisation
+    draws from those generators, before overwriting every weight with the checkpoint's; without this, loading a
+    policy would shift the random stream of the user's script (``torch.manual_seed(0)``; load; ``torch.randn``
+    would not give what it gives without the load)."""
+
+    @functools.wraps(load)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            return load(*args, **kwargs)
+
+    return wrapper
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:

@@ -38,7 +38,7 @@ from l2o_gym.agents.gps.coord import (
     obs_dim,
 )
 from l2o_gym.agents.gps.lingauss import LinearGaussianPolicy
-from l2o_gym.checkpoint import CheckpointError, load_policy_file, save_policy
+from l2o_gym.checkpoint import CheckpointError, keeps_rng_state, load_policy_file, save_policy
 from l2o_gym.core import State
 from l2o_gym.policy import Chunked, Policy, rowwise_carry
 from l2o_gym.problems.base import ParamSpec
@@ -283,6 +283,7 @@ class ConvGPSPolicy(Policy):
         return save_policy(path, self.net.state_dict(), config)
 
     @classmethod
+    @keeps_rng_state
     def load(cls, path: str | Path, device: torch.device | str = "cpu", env_id: str | None = None) -> ConvGPSPolicy:
         """Rebuild the policy of :meth:`save`. It is coordinatewise, so it runs on any env whose parameter
         tensors map to its groups (``env_id`` is not required to match the training env; a tensor that maps

@@ -20,7 +20,8 @@ from torch import Tensor
 from l2o_gym import core
 from l2o_gym.agents.gps.global_policy import GaussianMLP
 from l2o_gym.checkpoint import (
-    CheckpointError, check_compatible, check_shapes, config_field, load_policy_file, save_policy,
+    CheckpointError, check_compatible, check_shapes, config_field, keeps_rng_state, load_policy_file,
+    save_policy,
 )
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import FeatureView, Policy
@@ -95,6 +96,7 @@ class GPSPolicy(Policy):
         return save_policy(path, dict(self.model.state_dict()), {**self.config_dict(), **(extra or {})})
 
 
+@keeps_rng_state
 def load_gps_policy(
     path: str | Path, *, env_id: str | None = None, dim: int | None = None, device: str | torch.device = "cpu"
 ) -> GPSPolicy:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2o_gym.checkpoint import CheckpointError, check_compatible, check_shapes, load_policy_file, save_policy
+from l2o_gym.checkpoint import CheckpointError, check_compatible, check_shapes, keeps_rng_state, load_policy_file, save_policy
 from l2o_gym.core import State
 from l2o_gym.policy import Policy
 from l2o_gym.problems.base import ParamSpec
@@ -209,6 +209,7 @@ class MultiLSTMPolicy(Policy):
         return save_policy(path, tensors, config)
 
     @classmethod
+    @keeps_rng_state
     def load(
         cls, path: str | Path, device: torch.device | str = "cpu", env_id: str | None = None,
         model_kinds: Iterable[str] | None = None,

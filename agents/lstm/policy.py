@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from l2o_gym.agents.common import pretrained_dir
 from l2o_gym.checkpoint import (
-    CheckpointError, check_compatible, check_shapes, config_field, load_policy_file, save_policy,
+    CheckpointError, check_compatible, check_shapes, config_field, keeps_rng_state, load_policy_file,
+    save_policy,
 )
 from l2o_gym.core import State
 from l2o_gym.policy import Policy, preprocess, rowwise
@@ -213,6 +214,7 @@ class LSTMPolicy(Policy):
         return save_policy(path, self.net.state_dict(), config)
 
     @classmethod
+    @keeps_rng_state
     def load(
         cls, path: str | Path, device: torch.device | str = "cpu", env_id: str | None = None
     ) -> LSTMPolicy:

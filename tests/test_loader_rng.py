@@ -1,0 +1,44 @@
+"""Loading a policy does not move torch's global random stream (``l2o_gym.checkpoint.keeps_rng_state``)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from l2o_gym.agents.common import pretrained_dir
+from l2o_gym.experiments.compare import LEARNED
+
+# one shipped checkpoint per loader (every kind LEARNED names goes through one of these four functions)
+CASES = [
+    ("lstm", "lstm_Quadratic.safetensors", "l2o/Quadratic-v0"),
+    ("mlstm", "mlstm_ConvNet.safetensors", "l2o/ConvNet-v0"),
+    ("gps", "gps_LogisticRegression.safetensors", "l2o/LogisticRegression-v0"),  # small-problem GPS
+    ("gps", "gps_NNClassifier.safetensors", "l2o/NNClassifier-v0"),  # conv GPS
+    ("ppo", "ppo_LogisticRegression.safetensors", "l2o/LogisticRegression-v0"),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "env_id"), CASES, ids=[c[1] for c in CASES])
+def test_loading_keeps_the_global_random_stream(kind: str, name: str, env_id: str) -> None:
+    module, _, fn = LEARNED[kind].partition(":")
+    loader = getattr(importlib.import_module(module), fn)
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    policy = loader(pretrained_dir() / name, env_id=env_id)
+    assert policy is not None
+    assert torch.equal(torch.rand(5), expected)  # before the fix: the modules' initialisation drew from it
+
+
+def test_a_failing_load_keeps_it_too(tmp_path) -> None:
+    from l2o_gym.agents.lstm import load_policy
+    from l2o_gym.checkpoint import CheckpointError
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    with pytest.raises(CheckpointError):
+        load_policy(pretrained_dir() / "gps_LogisticRegression.safetensors")  # another kind
+    assert torch.equal(torch.rand(3), expected)
