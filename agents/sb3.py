@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from l2o_gym import core
 from l2o_gym.agents.common import Agent, fit
+from l2o_gym.agents.tuning import final_objective
 from l2o_gym.checkpoint import CheckpointError, check_compatible, config_field, keeps_rng_state, load_policy_file, save_policy
 from l2o_gym.core import CoreConfig, State
 from l2o_gym.policy import FeatureView, Policy, preprocess, run_policy
@@ -868,7 +869,7 @@ class SB3Agent(Agent):
         policy = self.policy()
         t0 = time.perf_counter()
         config = dataclasses.replace(policy.core_config, horizon=self.cfg.horizon)
-        value = float(run_policy(policy, self.val, self.cfg.horizon, config).objectives[-1].mean())
+        value = final_objective(policy, self.val, self.cfg.horizon, config)  # a diverged problem: the penalty
         self.model.policy.set_training_mode(was_training)
         log.info("%d env steps: val final objective %.5g, %.2f s", self.model.num_timesteps, value,
                  time.perf_counter() - t0)

@@ -374,9 +374,12 @@ def tune_baselines(names: tuple[str, ...], problems: ProblemBatch, horizon: int)
 
 
 def final_objective(policy: Policy, problems: ProblemBatch, horizon: int, config: CoreConfig | None = None) -> float:
-    """Mean objective after ``horizon`` steps of ``policy`` (a diverged instance counts its last finite objective)."""
+    """Mean objective after ``horizon`` steps of ``policy``, a diverged instance counting the core's divergence
+    penalty ``threshold`` as in the protocol's score (:func:`penalized_final`), not its last finite objective: the
+    ``val`` value every trainer selects its best policy by, comparable with the tuned baselines' targets. Equal to
+    the plain mean when nothing diverged."""
     traj = run_policy(policy, problems, horizon, config)
-    return float(traj.objectives[-1].mean())
+    return float(torch.where(traj.state.terminated, traj.state.threshold, traj.objectives[-1]).mean())
 
 
 def tuned_gd_step(problems: ProblemBatch, horizon: int) -> tuple[float, float]:

@@ -46,11 +46,11 @@ from l2o_gym.agents.baselines import check_baseline_names
 from l2o_gym.agents.bptt import BPTT
 from l2o_gym.agents.common import Agent, RunFolder, fit, load_run_state, state_path
 from l2o_gym.agents.lstm.policy import KIND, LSTMConfig, LSTMPolicy
+from l2o_gym.agents.tuning import final_objective
 from l2o_gym.checkpoint import CheckpointError
 from l2o_gym.checks import NestedValueError, resolve_device
 from l2o_gym.core import CoreConfig
 from l2o_gym.distributed import world
-from l2o_gym.policy import run_policy
 from l2o_gym.registry import env_family
 
 from l2o_gym.agents.lstm.multi import KIND as MULTI_KIND, MultiLSTMPolicy, init_from_checkpoint
@@ -262,9 +262,9 @@ class Trainer(Agent):
         return self.run_episode()
 
     def validate(self) -> float:
-        """Mean final objective of the policy on the fixed val problems after ``horizon`` steps."""
-        traj = run_policy(self.policy, self.val_set, self.cfg.horizon, replace(self.core_config, second_order=False))
-        return float(traj.objectives[-1].mean())
+        """Mean final objective of the policy on the fixed val problems after ``horizon`` steps (a diverged problem
+        counts the divergence penalty: :func:`~l2o_gym.agents.tuning.final_objective`)."""
+        return final_objective(self.policy, self.val_set, self.cfg.horizon, replace(self.core_config, second_order=False))
 
     @property
     def iterations_done(self) -> int:
