@@ -175,7 +175,9 @@ class CoordinateFeatures:
         grad_average: one of :data:`GRAD_AVERAGES` (module docstring, *Averaged gradient*): how ``ḡ`` is formed.
 
     Attributes (after reset):
-        state: ``[N, d, STATE_DIM]`` Φ (local side, training only).
+        state: ``[N, d, STATE_DIM]`` Φ (local side, training only): built when first read after each update,
+            so evaluation, which reads only Ψ, never allocates it (it is ``STATE_DIM / obs_dim`` ≈ 6× Ψ's size;
+            building it was a fifth of a conv-GPS rollout step on the wide net).
         obs: ``[N, d, obs_dim(grad_average)]`` Ψ (global side, train and test).
         frame: ``σ[N, d]``, the sign of the current gradient (+1 at 0).
         scale: ``ρ[N, d]`` in ``[0, 1]``: ``(rms / max_{s≤t} rms)^p``, ``p`` = :data:`UNIT_POWER` of the unit
@@ -186,9 +188,17 @@ class CoordinateFeatures:
     def __init__(self, step_unit: str = "sign", grad_average: str = "last3") -> None:
         self.step_unit = check_step_unit(step_unit)
         self.grad_average = check_grad_average(grad_average)
+        self._phi: Tensor | None = None  # Φ of the current step once built (:attr:`state`)
 
     #: attributes every :meth:`update` recomputes before anything reads them (not saved by :meth:`memory_state`).
-    _DERIVED = ("state", "obs", "frame", "scale", "unit")
+    _DERIVED = ("_phi", "_gnorm", "obs", "frame", "scale", "unit")
+
+    @property
+    def state(self) -> Tensor:
+        """Φ ``[N, d, STATE_DIM]`` of the current step (built on first access after each update)."""
+        if self._phi is None:
+            self._phi = self._build_state()
+        return self._phi
 
     def memory_state(self) -> dict[str, Any]:
         """What the tracker carries from step to step (tensors, lists of tensors, numbers, the two option
@@ -254,12 +264,30 @@ class CoordinateFeatures:
                 self.scale = self.scale.pow(power)
         else:
             self.scale = torch.ones_like(grad)
-        s = grad.new_zeros(n, d, STATE_DIM)
-        s[..., OBJ] = (self._fbar[-1] / self._f0)[:, None]
         sigma = torch.where(grad < 0, -1.0, 1.0).to(grad.dtype)
         self.frame = sigma
         self.unit = sigma * self.scale
-        s[..., GRAD] = sigma * gbar / (rms + _EPS)
+        self._gnorm = sigma * gbar / (rms + _EPS)  # Φ's GRAD entry; also Ψ's last one with "ema"
+        self._phi = None
+        o = grad.new_zeros(n, d, obs_dim(self.grad_average))
+        o[..., 0] = ((loss - self._prev_loss) / self._prev_loss.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
+        o[..., 1] = grad.abs() / (rms + _EPS)
+        if len(self._steps) == 2:
+            o[..., 2] = torch.log((self._steps[-1].abs() + _EPS) / (self._steps[-2].abs() + _EPS)).clamp(-10.0, 10.0)
+        if self._steps:
+            o[..., 3] = sigma * torch.sign(self._steps[-1])
+        if self.grad_average == "ema":
+            o[..., OBS_DIM] = self._gnorm
+        self.obs = o
+
+    def _build_state(self) -> Tensor:
+        """Φ of the current step from what the last :meth:`_build` left (the averaged iterates and objectives,
+        the normalised averaged gradient and the frame)."""
+        sigma = self.frame
+        n, d = sigma.shape
+        s = sigma.new_zeros(n, d, STATE_DIM)
+        s[..., OBJ] = (self._fbar[-1] / self._f0)[:, None]
+        s[..., GRAD] = self._gnorm
         if len(self._xbar) >= 2:
             s[..., AGREE] = sigma * torch.sign(self._xbar[-1] - self._xbar[-2])
         if len(self._xbar) >= 3:
@@ -272,17 +300,7 @@ class CoordinateFeatures:
                 break
             new, old = hist[(k - 1) * OBJ_STRIDE], hist[k * OBJ_STRIDE]
             s[..., OBJ_CHANGES.start + k - 1] = ((new - old) / old.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
-        self.state = s
-        o = grad.new_zeros(n, d, obs_dim(self.grad_average))
-        o[..., 0] = ((loss - self._prev_loss) / self._prev_loss.abs().clamp_min(_EPS)).clamp(-10.0, 10.0)[:, None]
-        o[..., 1] = grad.abs() / (rms + _EPS)
-        if len(self._steps) == 2:
-            o[..., 2] = torch.log((self._steps[-1].abs() + _EPS) / (self._steps[-2].abs() + _EPS)).clamp(-10.0, 10.0)
-        if self._steps:
-            o[..., 3] = sigma * torch.sign(self._steps[-1])
-        if self.grad_average == "ema":
-            o[..., OBS_DIM] = s[..., GRAD]
-        self.obs = o
+        return s
 
 
 @dataclass
