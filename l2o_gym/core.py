@@ -28,7 +28,8 @@ is divergence too (and one at θ₀ a ``ValueError``). For the other families ``
 or its gradient is non-finite, or ``f(θ_{t+1}) > threshold = blowup · (|f(θ₀)| + 1)``, the step is
 *rejected* (θ, f and ∇f keep their last finite values, so no NaN ever reaches an observation), the
 instance is marked terminated, and its cost is the finite penalty ``threshold``. A terminated instance
-stays frozen and keeps paying ``threshold`` per step until it is reset. The threshold is capped at
+stays frozen and keeps paying ``threshold`` per step until it is reset; the penalty is a constant, so a rejected
+step's gradient (meta-training through the core) is exactly zero for that instance, never NaN. The threshold is capped at
 :func:`penalty_cap` ``= √(largest finite value of the dtype)`` (≈ 1.8e19 in float32, 1.3e154 in float64), so
 the penalty, sums of it over any episode and differences of objectives never overflow, whatever ``blowup``
 is. A step whose scaled gradient (or, with ``include_steps``, scaled step) overflows the dtype is treated
@@ -306,11 +307,22 @@ def step(state: State, action: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
         raise ValueError("step() needs a state with its problems (this one was rebuilt from tensors alone); "
                          "advance it with transition(state, action, loss, grad)")
     cand = state.theta + action
+    accepted: list[Tensor] = []  # filled below; read by the hook during a later backward pass
+    if cand.requires_grad:
+        # A rejected instance's cost is the constant penalty, so its gradient is zero; but the family's backward
+        # pass at an overflowing iterate computes 0·inf = NaN there, and one such row made the whole meta-gradient
+        # NaN. Select (not multiply) zeros for the rejected rows where the objective's graph meets the step (not
+        # in the family's own gradient computation below, which runs before the step is judged).
+        cand.register_hook(lambda gr: torch.where(accepted[0][:, None], gr, torch.zeros((), dtype=gr.dtype,
+                                                                                      device=gr.device))
+                           if accepted else gr)
     f, g = state.problems.loss_and_grad(cand, state.t + 1, create_graph=cfg.second_order)
     true_f = None
     if state.true_loss is not None and bool(true_due(state.t + 1, cfg).any()):
         true_f = state.problems.true_loss(cand)
-    return transition(state, action, f, g, true_f)
+    out = transition(state, action, f, g, true_f)
+    accepted.append(~out[2])
+    return out
 
 
 def true_due(t: Tensor, config: CoreConfig) -> Tensor:
