@@ -6,6 +6,7 @@ families, the core, the env adapters and the agents can all use it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,31 +65,28 @@ def check_positive_int(name: str, value: Any) -> int:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
-def check_positive(name: str, value: Any) -> float:
-    """Raise ``ValueError`` naming ``value`` unless it is a finite positive number."""
+def _check_number(name: str, value: Any, what: str, allowed: Callable[[float], bool]) -> float:
+    """``float(value)`` if it is a real number (not a bool or a numeric string) that is finite and ``allowed``,
+    else ``ValueError`` naming ``name``, ``value`` and ``what`` it must be."""
     try:
         if isinstance(value, (bool, np.bool_, str, bytes)):  # float() would take True as 1 and "1e-3" as a number
             raise TypeError
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        raise ValueError(f"{name} must be a {what} number, got {value!r}") from None
+    if not np.isfinite(v) or not allowed(v):
+        raise ValueError(f"{name} must be a finite {what} number, got {value!r}")
     return v
 
+
+def check_positive(name: str, value: Any) -> float:
+    """Raise ``ValueError`` naming ``value`` unless it is a finite positive number."""
+    return _check_number(name, value, "positive", lambda v: v > 0)
 
 
 def check_nonnegative(name: str, value: Any) -> float:
     """Raise ``ValueError`` naming ``value`` unless it is a finite number ``>= 0``."""
-    try:
-        if isinstance(value, (bool, np.bool_, str, bytes)):  # float() would take True as 1 and "1e-3" as a number
-            raise TypeError
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}") from None
-    if not np.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-    return v
+    return _check_number(name, value, "non-negative", lambda v: v >= 0)
 
 
 def check_seed(value: Any) -> int:
