@@ -655,7 +655,7 @@ def _gps_ppo_ratio(rows: list[dict[str, Any]]) -> list[str]:
             for key, what in (("env_steps_to_reach_baseline", "best baseline"),
                               ("env_steps_to_reach_first_order", "best first-order baseline")):
                 g, p = pols["gps"].get(key), pols["ppo"].get(key)
-                if g is not None and p is not None:
+                if g is not None and p:  # p = 0: PPO's initial policy (validated first) already reached it
                     out.append(f"- {env}, {what}: GPS needed {g / p:.3g}× the env steps of PPO ({int(g):,} vs {int(p):,}).")
                 else:
                     out.append(f"- {env}, {what}: GPS {'not reached' if g is None else f'{int(g):,}'}, "
