@@ -250,7 +250,7 @@ class _ScipyPath(Policy):
         problem = state.problems.index(slice(i, i + 1)).to("cpu", torch.float64)
         d = problem.dim
         k = [int(state.t[i])]  # minibatch index of the current iteration (stochastic families)
-        count = [0]
+        count = [-1]  # scipy's first evaluation, at the start point, is the one the core makes too: not counted
 
         def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
             count[0] += 1
@@ -269,8 +269,6 @@ class _ScipyPath(Policy):
             evals.append(count[0])
             k[0] += 1
 
-        fun(xs[0])  # the evaluation at the start point, which the core makes too
-        count[0] = 0
         opts = {"maxiter": horizon, **self._default_options(), **self.options}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
