@@ -21,9 +21,11 @@ step size (line search) and are run once.
 where a problem whose episode diverged (:mod:`l2o_gym.core`: non-finite, or above ``blowup·(|f(θ₀)|+1)``)
 counts the core's divergence penalty ``threshold = blowup·(|f(θ₀)|+1)`` — the cost the MDP charges a
 terminated instance each step — instead of its last finite objective. A configuration that diverges on some
-tuning problems is therefore scored, never dropped: it loses to any configuration that keeps every problem
-below its starting objective, and among configurations that all diverge somewhere the one with the fewest
-(and least costly) divergences wins.
+tuning problems is therefore scored, never dropped: one diverged problem ``j`` adds
+``blowup·(|f_j(θ₀)|+1)/N`` to the mean, so it loses to any configuration that keeps every problem below its
+starting objective whenever ``Σ_i f_i(θ₀) < blowup·(|f_j(θ₀)|+1)`` — always unless the starting objectives
+differ by orders of magnitude across the problems — and among configurations that all diverge somewhere the one
+with the fewest (and least costly) divergences wins.
 
 **Selection score** (a margin of one learning-rate step at the edge of stability): a configuration is
 *stable* on the tuning problems when no problem diverged and every problem ended at or below its starting
