@@ -379,6 +379,13 @@ def fmt_number(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
+def fmt_percent(fraction: float) -> str:
+    """Table format of a fraction of problems: ``"0%"`` only when it is exactly 0 (one diverged problem in 1,000
+    is ``"0.1%"``, not ``"0%"``), whole percents from 1% up."""
+    pct = 100 * fraction
+    return f"{pct:.0f}%" if pct == 0 or pct >= 0.995 else f"{pct:.1g}%"
+
+
 def write_report(
     results: list[EvalResult], out: Path, cfg: CompareConfig, summary_lines: list[str] | None = None
 ) -> Path:
@@ -427,7 +434,7 @@ def write_report(
         for r in rows:
             mean = f"{fmt_number(r.final_mean)} [{fmt_number(r.curve_ci_low[-1])}, {fmt_number(r.curve_ci_high[-1])}]"
             cells = [r.policy, mean, fmt_number(r.final_median), f"{r.log10_final_mean:.2f}", fmt_number(r.auc_mean),
-                     f"{100 * r.diverged_fraction:.0f}%" + (" ⚠" if r.diverged_fraction > 0 else ""), f"{r.grad_evals:.0f}", f"{r.wall_s:.2f}"]
+                     fmt_percent(r.diverged_fraction) + (" ⚠" if r.diverged_fraction > 0 else ""), f"{r.grad_evals:.0f}", f"{r.wall_s:.2f}"]
             if r.policy == best:
                 cells = [f"**{c}**" for c in cells]
             lines.append("| " + " | ".join(cells) + " |")

@@ -35,7 +35,7 @@ from l2o_gym.agents.baselines import FIRST_ORDER as _FIRST_ORDER
 from l2o_gym.agents.common import steps_to_reach
 from l2o_gym.checkpoint import CheckpointError, read_policy_config
 from l2o_gym.experiments.compare import (
-    ORACLE_SUFFIX, CompareConfig, PolicySpec, Section, fmt_number, is_oracle, run_jobs, write_report, write_results,
+    ORACLE_SUFFIX, CompareConfig, PolicySpec, Section, fmt_number, fmt_percent, is_oracle, run_jobs, write_report, write_results,
 )
 from l2o_gym.experiments.evaluation import EvalResult, bootstrap_mean_ci
 from l2o_gym.stability import VERDICTS, stability
@@ -602,7 +602,7 @@ def summary_lines(results: list[EvalResult], sections: list[Section],
     for row in lh:
         lines.append(f"| {row['section']} | {row['policy']} — {row['kind']} | {row['T']} → {row['long_T']} | "
                      f"{fmt_number(row['f_T'])} | {fmt_number(row['f_long'])} | {_ratio(row['ratio'])} | {_ratio(row['worst_ratio'])} | "
-                     f"{100 * row['diverged_fraction']:.0f}% | **{row['verdict']}** |")
+                     f"{fmt_percent(row['diverged_fraction'])} | **{row['verdict']}** |")
     se = sample_efficiency_rows(results, references)
     lines += [
         "",
