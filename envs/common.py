@@ -135,6 +135,8 @@ class BatchedOptimizee:
             raise ValueError(f"unknown reward_mode {reward_mode!r}: expected one of {', '.join(REWARD_MODES)}")
         self.reward_mode = reward_mode
         self.action_scale = check_positive("action_scale", action_scale)
+        if not isinstance(include_steps, (bool, np.bool_)):  # bool("False") would be True
+            raise ValueError(f"include_steps must be True or False, got {include_steps!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         if self.action_scale > torch.finfo(self.dtype).max:
@@ -142,7 +144,7 @@ class BatchedOptimizee:
                              f"{torch.finfo(self.dtype).max:.3g})")
         # Actions are validated and clipped here, so the core need not re-check each step.
         self.config = CoreConfig(
-            horizon=horizon, history=history, include_steps=include_steps, blowup=blowup, validate=False
+            horizon=horizon, history=history, include_steps=bool(include_steps), blowup=blowup, validate=False
         )
         core.check_config_dtype(self.config, self.dtype)
         self.dim = self.family.dim

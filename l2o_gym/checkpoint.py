@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from l2o_gym.checks import resolve_device
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -139,6 +141,7 @@ def load_policy_file(
     Raises:
         CheckpointError: if the file is missing or unreadable, lacks the l2o-gym config, or its ``kind``
             differs from ``kind`` (when given).
+        ValueError: if ``device`` is unknown or not available on this machine (:func:`l2o_gym.checks.resolve_device`).
     """
     return _read_policy_file(path, kind, device, with_tensors=True)
 
@@ -154,6 +157,7 @@ def _read_policy_file(
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
+    device = resolve_device(device)  # a bad or absent device is named, not blamed on the file
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} " + ("is a folder, not a checkpoint file" if path.is_dir()

@@ -48,7 +48,9 @@ parameter (shape, kind, offset in θ) before the first step. A param group witho
 ``state_dict()`` holds, besides ``torch.optim``'s entries, the policy memory (tensors, numbers, tuples/lists
 and dataclasses of them, e.g. the Adam baseline's moments, and objects with ``memory_state()``, e.g. conv GPS's
 feature tracker) and the MDP history, so training resumes exactly
-after ``load_state_dict``; it loads with ``torch.load(weights_only=True)``. ``copy.deepcopy`` and pickling
+after ``load_state_dict``; it loads with ``torch.load(weights_only=True)``. It records the policy's class: loading
+it into an optimizer that runs another kind of policy (e.g. conv GPS's state into an LSTM optimizer) is a
+``ValueError``. ``copy.deepcopy`` and pickling
 keep the policy, its memory and the history (torch optimizers deep-copy; the copy's parameters are copies).
 """
 
@@ -57,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -159,6 +162,12 @@ def _unpack_memory(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def _check_lr(lr: Any, what: str) -> None:
+    """``ValueError`` naming ``what`` and the value unless ``lr`` is a finite real number ``>= 0`` (not a bool)."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"{what} must be a finite non-negative number, got {lr!r}")
+
+
 #: ``stacklevel`` of a warning issued in :meth:`LearnedOptimizer.step` that names the caller's line (``step`` is
 #: wrapped by ``torch.no_grad`` and by ``torch.optim.Optimizer``'s step hooks); helpers of ``step`` add one.
 _CALLER = 4
@@ -175,7 +184,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         policy: the optimizer's brain; moved to the parameters' device when it has a ``to`` method. A model
             spread over several devices works: θ, the policy and its memory live on the first parameter's device
             and each parameter's share of the step is moved to that parameter's device.
-        lr: multiplier of the policy's step (per group; what learning-rate schedulers change).
+        lr: multiplier of the policy's step (per group; what learning-rate schedulers change): a finite number
+            ``>= 0``, checked for every group at construction, in ``add_param_group`` and at each step
+            (``ValueError`` naming the group).
         config: the MDP constants of the internal state. The default keeps a history of 1 iterate
             (memory ``O(P)``), no action validation; there is never a divergence termination (``blowup`` is
             ignored: no episode is ever reset here); give a longer ``history``
@@ -197,9 +208,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 "LearnedOptimizer cannot do on a user's model; use torch.optim.LBFGS(params, "
                 "line_search_fn='strong_wolfe') (L-BFGS) or a first-order or learned policy"
             )
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
-        super().__init__(params, {"lr": float(lr)})
+        _check_lr(lr, "lr")
+        super().__init__(params, {"lr": float(lr)})  # add_param_group checks each group's own "lr"
         if policy.dim is not None:
             size = sum(p.numel() for _, p in self._params())
             if size != policy.dim:
@@ -214,6 +224,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._memory: Any = None
         self._moved = False
         self._warned_objective = False
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """``torch.optim.Optimizer.add_param_group``, with the group's ``"lr"`` checked (a finite number >= 0)."""
+        if isinstance(param_group, dict):  # checked first: a refused group is not added
+            _check_lr(param_group.get("lr", self.defaults["lr"]), f"the lr of param group {len(self.param_groups)}")
+        super().add_param_group(param_group)
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _params(self) -> list[tuple[dict[str, Any], Tensor]]:
@@ -280,6 +296,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params = self._params()
         if not params:
             return loss
+        for i, group in enumerate(self.param_groups):  # a scheduler or the user may have set it since
+            _check_lr(group["lr"], f"the lr of param group {i}")
         theta, grad, usable = self._flat(params)
         if not self._moved:
             self.policy.to(theta.device)
@@ -370,6 +388,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 "mdp": {k: getattr(self._mdp, k) for k in core.STATE_TENSORS},
                 "memory": _pack_memory(self._memory),
                 "shapes": [list(p.shape) for _, p in self._params()],
+                "policy": _policy_class(self.policy),
             }
         return sd
 
@@ -400,12 +419,25 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"optimizer state was saved with another CoreConfig (history/include_steps): its observation has "
                 f"{mdp['obs'].shape[1]} entries, this optimizer's config gives {core.obs_dim(self.core_config, expected)}"
             )
+        saved_policy, policy = extra.get("policy"), _policy_class(self.policy)  # absent from older states
+        if saved_policy is not None and saved_policy != policy:
+            raise ValueError(
+                f"optimizer state was saved with a {saved_policy} policy, this optimizer runs a {policy} policy: "
+                "its memory cannot continue in another kind of policy (load the state into an optimizer with the "
+                "same kind of policy, or start this one afresh)"
+            )
         memory = _unpack_memory(extra["memory"] if "memory" in extra else extra.get("hidden"), device)  # "hidden": before 0.2
         super().load_state_dict(state_dict)
         self._mdp = State(problems=None, config=self.core_config, **mdp)  # type: ignore[arg-type]
         if self.policy.binds_layout:
             self.policy.bind(self._param_specs(self._params()))  # the loaded groups (their "kind")
         self._memory = memory
+
+
+def _policy_class(policy: Policy) -> str:
+    """``module:qualname`` of ``policy``'s class: which policy an optimizer state's memory belongs to."""
+    cls = type(policy)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _replace_theta(state: State, theta: Tensor) -> State:

@@ -121,6 +121,8 @@ class NNClassifier(ProblemFamily):
             self.n_examples = check_positive_int("n_examples", self.n_examples)
         if self.split_examples is None:
             self.split_examples = self.dataset in SPLIT_BY_DEFAULT
+        if not isinstance(self.split_examples, (bool, np.bool_)):  # bool("False") would be True
+            raise ValueError(f"split_examples must be True, False or None, got {self.split_examples!r}")
         self.split_examples = bool(self.split_examples)
         for split in SPLITS:  # fail at construction, not in the middle of an evaluation
             avail = len(self.available(split))
@@ -129,6 +131,9 @@ class NNClassifier(ProblemFamily):
                 raise ValueError(
                     f"dataset {self.dataset!r} has {avail} examples for split {split!r}, fewer than n_examples={m}"
                 )
+            if self.batch_size > m and self.n_examples is not None:
+                raise ValueError(f"batch_size={self.batch_size} is larger than n_examples={m}, the examples of an "
+                                 "instance: use a smaller batch_size or more examples")
             if self.batch_size > m:
                 raise ValueError(
                     f"dataset {self.dataset!r} is too small for batch_size={self.batch_size}: an instance of split "
