@@ -28,9 +28,13 @@ import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.experiments import cli
-from l2o_gym.experiments.compare import LEARNED, CompareConfig, run_comparison
-from l2o_gym.registry import ENV_IDS
+from l2o_gym.experiments.compare import LEARNED, TUNED_ON, CompareConfig, run_comparison
+from l2o_gym.registry import ENV_IDS, VARIANTS
 from l2o_gym.experiments.study import PRESETS, preset_config, run_study
+
+
+def _variant_list() -> str:
+    return "; ".join(f"{env}: {', '.join(table)}" for env, table in VARIANTS.items() if table)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "its policies, e.g. --policies gps=runs/x/gps_best.safetensors to re-run it for one checkpoint)")
     p.add_argument("--env", action="extend", nargs="+", default=None, metavar="ID",
                    help=f"env id(s), repeatable; one of: {', '.join(ENV_IDS)}")
+    p.add_argument("--variant", action="extend", nargs="+", default=None, metavar="NAME",
+                   help="named problem variant(s) of every --env, e.g. photo_patches-wide for l2o/NNClassifier-v0 "
+                        f"(one section each); per env: {_variant_list()}")
+    p.add_argument("--tuned-on", choices=TUNED_ON, default="variant",
+                   help="with --variant, the baselines use the hyperparameters tuned on the variant itself "
+                        "(variant, the default) or on the plain env, applied unchanged (env: Li & Malik's protocol "
+                        "for the NN transfer settings)")
     p.add_argument("--policies", nargs="+", default=None, metavar="NAME[=CKPT]",
                    help=f"policies (default: every baseline tuned for all the envs): {', '.join(BASELINES)}, "
                         f"{', '.join(k + '[=CKPT]' for k in LEARNED)}")
@@ -77,7 +88,9 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     if not args.preset and not args.env:
         raise cli.UsageError("give --env ID [ID ...] or --preset NAME")
     given = [flag for flag, v in (("--n-problems", args.n_problems), ("--horizon", args.horizon),
-                                  ("--long-horizon", args.long_horizon)) if v is not None]
+                                  ("--long-horizon", args.long_horizon), ("--variant", args.variant)) if v is not None]
+    if args.tuned_on != "variant" and not args.variant:
+        raise cli.UsageError("--tuned-on applies to --variant sections: give --variant NAME")
     if args.preset and given:
         raise cli.UsageError(f"--preset and {', '.join(given)} are exclusive: a preset defines its own problems and "
                              "horizons")
@@ -88,7 +101,8 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
         results = run_study(cfg, progress=not args.quiet)
     else:
         cfg = CompareConfig(  # without --policies: every baseline tuned for all the envs (compare.plan)
-            envs=args.env, policies=args.policies or [], n_problems=args.n_problems or 100, horizon=args.horizon or 100,
+            envs=args.env, policies=args.policies or [], variants=args.variant or [], tuned_on=args.tuned_on,
+            n_problems=args.n_problems or 100, horizon=args.horizon or 100,
             long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
             command=command, workers=args.workers, portable=args.portable, resume=args.resume,
         )

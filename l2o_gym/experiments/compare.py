@@ -198,13 +198,20 @@ class Section:
         return env_short_name(self.env) + (f"-{self.variant}" if self.variant else "")
 
 
+#: :attr:`CompareConfig.tuned_on` choices.
+TUNED_ON = ("variant", "env")
+
+
 @dataclass
 class CompareConfig:
     """Arguments of a comparison run (``scripts/compare.py`` flags).
 
-    Either ``envs`` × ``policies`` at ``horizon`` (and ``long_horizon``; no ``policies``: every baseline tuned for
-    all the envs, :func:`tuned_baselines_for`), or explicit ``sections`` (the presets of
-    :mod:`l2o_gym.experiments.study`); ``n_problems`` is the default number of held-out problems.
+    Either ``envs`` (× ``variants``, named problem variants of :data:`l2o_gym.registry.VARIANTS`, each applied to
+    every env) × ``policies`` at ``horizon`` (and ``long_horizon``; no ``policies``: every baseline tuned for all
+    the envs, :func:`tuned_baselines_for`), or explicit ``sections`` (the presets of
+    :mod:`l2o_gym.experiments.study`); ``n_problems`` is the default number of held-out problems. ``tuned_on``:
+    whose tuned hyperparameters the baselines of a variant use — ``"variant"`` (its own) or ``"env"`` (the plain
+    env's, applied unchanged: Li & Malik's protocol for the NN transfer settings, :attr:`Section.tuned_as` ``""``).
     ``workers``: parallel worker processes for the independent evaluations (``None``: one per available CPU,
     :func:`l2o_gym.threads.available_cpus`); each evaluation runs on one thread, so results do not depend on it.
     ``portable``: run every job in spawned workers whose torch and MKL kernels are pinned to the AVX2 code paths
@@ -215,6 +222,8 @@ class CompareConfig:
 
     envs: list[str] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)
+    tuned_on: str = "variant"
     n_problems: int = 100
     horizon: int = 100
     long_horizon: int | None = None
@@ -240,7 +249,12 @@ class CompareConfig:
     def resolve_sections(self) -> list[Section]:
         if self.sections is not None:
             return list(self.sections)
-        return [Section(env, list(self.policies), self.horizon, self.long_horizon) for env in self.envs]
+        if self.tuned_on not in TUNED_ON:
+            raise ValueError(f"unknown tuned_on {self.tuned_on!r}: expected one of {', '.join(TUNED_ON)}")
+        tuned_as = None if self.tuned_on == "variant" else ""
+        return [Section(env, list(self.policies), self.horizon, self.long_horizon, variant=v,
+                        tuned_as=tuned_as if v else None)
+                for env in self.envs for v in (self.variants or [None])]
 
 
 def tuned_baselines_for(envs: list[str], horizon: int, tuned: str | None = None) -> list[str]:
