@@ -10,15 +10,16 @@ to the plots) and one PNG of mean objective vs iteration with 95% CI bands per e
 
 Reproducibility: every evaluation runs on one torch thread (and one BLAS thread), in the main process
 (``workers=1``) or in one of ``workers`` spawned worker processes; the evaluations are independent, so
-``results.json`` is byte-identical for any worker count and on any CPU machine with the same package versions and
-instruction set (``portable=True``: on any x86-64 CPU with AVX2, kernels pinned; see :data:`PORTABLE_ENV`).
+``results.json`` is byte-identical for any worker count; with ``portable=True`` (``scripts/compare.py``'s default)
+also on any x86-64 CPU with AVX2 — every kernel library pinned to its AVX2 path (:data:`PORTABLE_ENV`) — else only on
+machines with the same CPU (the numbers of MKL, oneDNN and OpenBLAS depend on the CPU's generation and vendor).
 Everything that may differ between two runs (wall times, date, machine) goes to ``timings.json`` and
 ``report.md`` only (``docs/threads.md``).
 
 Resume: every finished job is also written, atomically and as soon as it finishes, to ``out/jobs/<key>.json``
 (:func:`job_key`: a hash of everything its result depends on — env, policy, hyperparameters, the checkpoint's
-*bytes*, horizon, problems, seed, device, true-objective stride, ``portable``, and the torch and l2o-gym
-versions). A run with ``resume=True`` (``scripts/compare.py --resume``) into the same ``out`` takes those results
+*bytes*, horizon, problems, seed, device, true-objective stride, the kernels — pinned with ``portable``, else
+the machine's CPU — and the torch and l2o-gym versions). A run with ``resume=True`` (``scripts/compare.py --resume``) into the same ``out`` takes those results
 instead of re-running the jobs, so a multi-hour preset stopped by Ctrl-C, a crash or the end of a session loses
 at most its unfinished jobs; the ``results.json`` it writes is byte-identical to an uninterrupted run's. The key
 does not cover the library's source: after a change to the code that alters results, start a fresh ``out``.
@@ -505,11 +506,36 @@ def _evaluate_task(task: _Task, policy: Policy | None = None) -> list[EvalResult
     return results
 
 
-#: Environment of ``portable`` workers: torch's CPU kernels and MKL's code branch pinned to AVX2. Read once when
-#: torch (and MKL) load, so only freshly spawned processes can take them. Measured on the AVX-512 machine at one
-#: thread: the shipped quadratic LSTM's mean over 20 problems at T = 100 is 0.033025 with the machine's kernels,
-#: 0.032954 with ATen's AVX2 kernels, 0.032739 with MKL's AVX2 branch (docs/threads.md).
-PORTABLE_ENV: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+#: Environment of ``portable`` workers: every kernel library an evaluation reaches pinned to its AVX2 code path —
+#: torch's own CPU kernels (ATen), MKL (torch's GEMMs), oneDNN (torch's convolutions) and the OpenBLAS of NumPy
+#: and SciPy (CG and L-BFGS). Read once when each library loads, so only freshly spawned processes can take them.
+#: Each one matters, measured on AVX-512 machines at one thread: the shipped quadratic LSTM's mean over 20 problems
+#: at T = 100 is 0.033025 with the machine's kernels, 0.032954 with ATen's AVX2 kernels, 0.032739 with MKL's AVX2
+#: branch; Adam on two ConvNet problems 1.08338 with ATen + MKL pinned and 1.08973 with oneDNN pinned too; CG on
+#: LogisticRegression 0.0226513183 with OpenBLAS's SkylakeX kernels, 0.0226513177 with its Haswell ones
+#: (docs/threads.md).
+PORTABLE_ENV: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                "OPENBLAS_CORETYPE": "Haswell"}
+
+
+def kernel_fingerprint(portable: bool) -> dict[str, Any]:
+    """What decides the kernels a job runs with, part of its cache key (:func:`job_key`): the pinned environment
+    (:data:`PORTABLE_ENV`) when ``portable``; else this machine — CPU vendor and model, a hash of its instruction-set
+    flags and torch's kernel capability — so that a job saved on another machine (a folder carried between
+    sessions or machines) is run again rather than mixed with this machine's numbers."""
+    if portable:
+        return {"portable": dict(PORTABLE_ENV)}
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("vendor_id", "model name", "flags") and key not in info:
+                info[key] = value.strip()
+    except OSError:  # not Linux: the platform's own description
+        info["model name"] = platform.processor() or platform.machine()
+    flags = hashlib.sha256(" ".join(sorted(info.pop("flags", "").split())).encode()).hexdigest()[:16]
+    return {"portable": False, "cpu": info, "cpu_flags": flags, "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 @contextlib.contextmanager
@@ -540,14 +566,15 @@ def _sha256(path: str) -> str:
 
 
 def job_key(task: _Task, portable: bool = False) -> str:
-    """The cache key of one job: a hash of the task (the checkpoint by content, not path), ``portable`` and the
-    torch and l2o-gym versions — everything its :class:`EvalResult` depends on but the library's source."""
+    """The cache key of one job: a hash of the task (the checkpoint by content, not path), the kernels
+    (:func:`kernel_fingerprint`: the pinned ones, or this machine's) and the torch and l2o-gym versions — everything
+    its :class:`EvalResult` depends on but the library's source."""
     from importlib.metadata import version
 
     d = dataclasses.asdict(task)
     if task.checkpoint is not None:
         d["checkpoint"] = _sha256(task.checkpoint)
-    d.update(portable=portable, torch=torch.__version__, l2o_gym=version("l2o-gym"))
+    d.update(kernel_fingerprint(portable), torch=torch.__version__, l2o_gym=version("l2o-gym"))
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -573,6 +600,10 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     in a pool of spawned worker processes (spawn, not fork: a forked child of a process that has used torch's
     thread pool can deadlock), longest jobs first. Results come back in plan order whatever the worker count.
     """
+    if cfg.portable and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        log.warning("this CPU has no AVX2 (torch reports %s): the kernels cannot be pinned to their AVX2 paths, so "
+                    "the numbers are this CPU's own (as without portable)", torch.backends.cpu.get_cpu_capability())
+        cfg = dataclasses.replace(cfg, portable=False)
     jobs = plan(cfg)
     cache = Path(cfg.out) / JOBS_DIR
     cache.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,63 @@
+"""``portable`` pins every kernel library an evaluation reaches, and a job's cache key names the kernels: the
+pinned set (any machine) or this machine's CPU (so a jobs folder carried to another machine is not mixed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import load_script
+
+from l2o_gym.experiments import compare
+from l2o_gym.experiments.compare import PORTABLE_ENV, CompareConfig, Section, job_key, plan
+
+AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+@pytest.mark.skipif(not AVX2, reason="needs an x86-64 CPU with AVX2")
+def test_portable_environment_pins_torch_and_openblas() -> None:
+    code = ("import json, torch, numpy; from threadpoolctl import threadpool_info; "
+            "print(json.dumps([torch.backends.cpu.get_cpu_capability(), "
+            "sorted({i.get('architecture') for i in threadpool_info() if i['internal_api'] == 'openblas'})]))")
+    env = {**os.environ, **PORTABLE_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    capability, openblas = json.loads(out.strip().splitlines()[-1])
+    assert capability == "AVX2"
+    assert openblas in ([], ["Haswell"])  # NumPy/SciPy's OpenBLAS (CG, L-BFGS) on its AVX2 kernels
+    assert {"MKL_CBWR", "ONEDNN_MAX_CPU_ISA"} <= set(PORTABLE_ENV)  # torch's GEMMs and convolutions
+
+
+def _fake_cpu(monkeypatch: pytest.MonkeyPatch, model: str) -> None:
+    real = pathlib.Path.read_text
+
+    def read_text(self: pathlib.Path, *args, **kwargs) -> str:
+        if str(self) == "/proc/cpuinfo":
+            return f"vendor_id\t: Vendor\nmodel name\t: {model}\nflags\t\t: fpu sse2 avx2\n"
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+
+
+def test_native_keys_name_the_machine_portable_keys_do_not(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    cfg = CompareConfig(sections=[Section("l2o/Quadratic-v0", ["sgd"], 5, n_problems=2)], out=str(tmp_path))
+    (job,) = plan(cfg)
+    keys = {}
+    for model in ("CPU A", "CPU B"):
+        _fake_cpu(monkeypatch, model)
+        keys[model] = (job_key(job.task(cfg), portable=False), job_key(job.task(cfg), portable=True))
+        monkeypatch.undo()
+    assert keys["CPU A"][0] != keys["CPU B"][0]  # another machine's saved job is run again, not mixed in
+    assert keys["CPU A"][1] == keys["CPU B"][1]  # pinned kernels: the same numbers on both, so the same key
+    assert compare.kernel_fingerprint(True) == {"portable": PORTABLE_ENV}
+
+
+def test_compare_script_is_portable_by_default(tmp_path) -> None:
+    parser = load_script("compare").build_parser()
+    base = ["--env", "l2o/Quadratic-v0", "--out", str(tmp_path / "o")]
+    assert parser.parse_args(base).portable is True
+    assert parser.parse_args([*base, "--no-portable"]).portable is False
