@@ -16,6 +16,10 @@ configuration); under ``torchrun --nproc_per_node 2`` the trajectories are split
 ``busy``: native env-steps/s idle and beside CPU-bound competitor processes that the benchmark starts and stops
 itself, rounds alternating idle/busy; per thread mode (``auto``: the envs' thread policy, ``torch-default``: torch's
 global setting, ``1``) the medians and the busy/idle ratio (l2o_gym.threads, docs/threads.md).
+``kernels``: four small comparison jobs, each depending on one kernel library (torch's own kernels, MKL, oneDNN,
+OpenBLAS), run with the pinned kernels of ``--portable`` (or ``--no-portable``), printed beside the reference
+recorded in ``l2o_gym.experiments.benchmark.KERNEL_REFERENCE``: a machine that prints "DIFFERENT" does not
+reproduce the study's numbers (docs/threads.md).
 ``step``: one native vector-env step against a bare batched forward + backward of the same objective
 (interleaved medians and their ratio), e.g. ``python scripts/bench.py step --env l2o/NeuralArt-v0 --n 8``.
 """
@@ -98,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     nn.add_argument("--lstm-problems", type=cli.positive_int, default=4,
                     help="problems per LSTM meta-iteration (default: %(default)s)")
     nn.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
+    k = sub.add_parser("kernels", help="small comparison jobs whose numbers depend on each kernel library, pinned "
+                                       "(--portable) or not, against the recorded pinned reference")
+    k.add_argument("--no-portable", dest="portable", action="store_false",
+                   help="this machine's own kernels instead of the pinned ones")
     g = sub.add_parser("conv-gps", help="seconds per convolutional-GPS iteration on MNIST-48 (torchrun-aware)")
     g.add_argument("--iters", type=cli.positive_int, default=2, help="timed iterations (default: %(default)s)")
     g.add_argument("--horizon", type=cli.positive_int, default=400, help="T (default: %(default)s)")
@@ -105,6 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--samples", type=cli.positive_int, default=4, help="trajectories per condition (default: %(default)s)")
     g.add_argument("--device", type=cli.device, default="cpu", help="torch device (default: %(default)s)")
     return cli.run(parser, _body, argv)
+
+
+def _bench_kernels(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from l2o_gym.experiments.benchmark import kernel_check
+
+    with tempfile.TemporaryDirectory() as out:
+        rows = kernel_check(out, args.portable)
+    print(f"# kernels {'pinned (portable)' if args.portable else 'of this machine'}: {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}")
+    for r in rows:
+        ref = "" if r["reference"] is None else f"  reference {r['reference']!r}: {'same' if r['same'] else 'DIFFERENT'}"
+        print(f"{r['name']:16s} {r['library']:18s} {r['value']!r}{ref}")
+    return 0
 
 
 def _bench_conv_gps(args: argparse.Namespace) -> int:
@@ -133,6 +156,8 @@ def _body(args: argparse.Namespace) -> int:
         return _bench_lstm(args)
     if args.what == "conv-gps":
         return _bench_conv_gps(args)
+    if args.what == "kernels":
+        return _bench_kernels(args)
     if args.what == "convnet":
         return _bench_convnet(args)
     if args.what == "busy":

@@ -61,3 +61,20 @@ def test_compare_script_is_portable_by_default(tmp_path) -> None:
     base = ["--env", "l2o/Quadratic-v0", "--out", str(tmp_path / "o")]
     assert parser.parse_args(base).portable is True
     assert parser.parse_args([*base, "--no-portable"]).portable is False
+
+
+def test_kernel_check_compares_with_the_reference(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from l2o_gym.experiments import benchmark
+
+    monkeypatch.setattr(benchmark, "KERNEL_JOBS", (("tiny", "l2o/Quadratic-v0", "sgd", 3, 2, "ATen"),))
+    (row,) = benchmark.kernel_check(str(tmp_path / "a"), portable=False)
+    assert row["reference"] is None and row["same"] is None  # unpinned numbers are this machine's: no verdict
+    monkeypatch.setattr(benchmark, "KERNEL_REFERENCE", {"tiny": row["value"]})
+    (row2,) = benchmark.kernel_check(str(tmp_path / "b"), portable=False)
+    assert row2["same"] is None
+    if AVX2:
+        (pinned,) = benchmark.kernel_check(str(tmp_path / "c"), portable=True)
+        monkeypatch.setattr(benchmark, "KERNEL_REFERENCE", {"tiny": pinned["value"]})
+        assert benchmark.kernel_check(str(tmp_path / "d"), portable=True)[0]["same"] is True
+        monkeypatch.setattr(benchmark, "KERNEL_REFERENCE", {"tiny": pinned["value"] * (1 + 1e-12)})
+        assert benchmark.kernel_check(str(tmp_path / "e"), portable=True)[0]["same"] is False

@@ -443,3 +443,41 @@ def convnet_speed(
     out.update({"n_problems": n_problems, "reps": reps, "unroll": unroll, "dim": fam.dim,
                 "threads": torch.get_num_threads()})
     return out
+
+
+#: The kernel check's jobs: ``(name, env, policy, horizon, problems, library it exercises)``. Each is a small
+#: job of the comparison harness whose numbers depend on one kernel library (docs/threads.md).
+KERNEL_JOBS: tuple[tuple[str, str, str, int, int, str], ...] = (
+    ("quadratic-lstm", "l2o/Quadratic-v0", "lstm", 100, 20, "ATen + MKL"),
+    ("logreg-cg", "l2o/LogisticRegression-v0", "cg", 30, 5, "OpenBLAS (SciPy)"),
+    ("convnet-adam", "l2o/ConvNet-v0", "adam", 20, 2, "oneDNN"),
+    ("mnist48-adagrad", "l2o/NNClassifier-v0", "adagrad", 100, 20, "MKL batched GEMM"),
+)
+
+#: ``mean f(θ_T)`` of :data:`KERNEL_JOBS` with every kernel library pinned (``portable``), measured 2026-12-01 on a
+#: 2-core Intel Xeon VM (AVX-512), torch 2.13.0+cpu (``python scripts/bench.py kernels``): what any x86-64 CPU with
+#: AVX2 should reproduce exactly with the same package versions.
+KERNEL_REFERENCE: dict[str, float] = {
+    "quadratic-lstm": 0.032182621897663924,
+    "logreg-cg": 0.022651317669078706,
+    "convnet-adam": 1.0897293090820312,
+    "mnist48-adagrad": 0.2740450896158442,
+}
+
+
+def kernel_check(out: str, portable: bool = True) -> list[dict[str, Any]]:
+    """Run :data:`KERNEL_JOBS` through the comparison harness (``portable``: the pinned kernels of
+    ``compare.PORTABLE_ENV``, else this machine's) into ``out`` and compare with :data:`KERNEL_REFERENCE`:
+    one dict per job with ``name``, ``library``, ``value`` (mean final objective), ``reference`` and ``same``
+    (bitwise equal; ``None`` without a reference or unpinned)."""
+    from l2o_gym.experiments.compare import CompareConfig, Section, run_jobs
+
+    sections = [Section(env, [policy], horizon, n_problems=n, title=name)
+                for name, env, policy, horizon, n, _ in KERNEL_JOBS]
+    results = run_jobs(CompareConfig(sections=sections, out=out, workers=1, portable=portable), progress=False)
+    rows = []
+    for (name, _, _, _, _, library), res in zip(KERNEL_JOBS, results):
+        ref = KERNEL_REFERENCE.get(name) if portable else None
+        rows.append({"name": name, "library": library, "value": res.final_mean, "reference": ref,
+                     "same": None if ref is None else res.final_mean == ref})
+    return rows
