@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=cli.out_file, default=str(default_tuned_path()),
                         help="JSON file to merge into (default: the shipped one)")
     parser.add_argument("--quiet", action="store_true", help="warnings-only logging")
+    cli.add_portable_flag(parser)
     return cli.run(parser, lambda args: _body(args, argv), argv,
                    interrupted="interrupted: the settings tuned before it are saved in --out (written after each env); "
                                "the one being tuned is not")
@@ -52,6 +53,7 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     for env_id in args.env:
         for variant in args.variant:
             variant_kwargs(env_id, variant)
+    cli.pin_kernels(args)  # before any work: the process restarts with pinned kernels
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     command = "python scripts/tune_baselines.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for variant in args.variant:

@@ -78,3 +78,46 @@ def test_kernel_check_compares_with_the_reference(monkeypatch: pytest.MonkeyPatc
         assert benchmark.kernel_check(str(tmp_path / "d"), portable=True)[0]["same"] is True
         monkeypatch.setattr(benchmark, "KERNEL_REFERENCE", {"tiny": pinned["value"] * (1 + 1e-12)})
         assert benchmark.kernel_check(str(tmp_path / "e"), portable=True)[0]["same"] is False
+
+
+SCRIPT = """
+import argparse, os, sys
+import torch
+from l2o_gym.experiments import cli
+
+p = argparse.ArgumentParser()
+cli.add_portable_flag(p)
+
+def body(args):
+    cli.pin_kernels(args)
+    print(torch.backends.cpu.get_cpu_capability(), os.environ.get("OPENBLAS_CORETYPE"), os.environ.get("MKL_CBWR"))
+    return 0
+
+sys.exit(cli.run(p, body, None))
+"""
+
+
+@pytest.mark.skipif(not AVX2, reason="needs an x86-64 CPU with AVX2")
+def test_a_script_restarts_itself_with_pinned_kernels(tmp_path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in PORTABLE_ENV}
+    pinned = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+    assert pinned.stdout.split() == ["AVX2", "Haswell", "AVX2"]
+    native = subprocess.run([sys.executable, str(script), "--no-portable"], env=env, capture_output=True, text=True,
+                            check=True)
+    assert native.stdout.split() == [torch.backends.cpu.get_cpu_capability(), "None", "None"]
+
+
+def test_main_called_in_process_keeps_the_callers_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from l2o_gym import kernels
+    from l2o_gym.experiments import cli
+
+    monkeypatch.setattr(kernels.os, "execve", lambda *a: pytest.fail("main(argv) must not restart the caller"))
+    p = argparse.ArgumentParser()
+    cli.add_portable_flag(p)
+    seen = []
+    assert cli.run(p, lambda args: (cli.pin_kernels(args), seen.append(args.portable))[1] or 0, []) == 0
+    assert seen == [True]

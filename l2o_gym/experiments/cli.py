@@ -384,9 +384,11 @@ def add_run_args(
     threads: bool = True,
     quiet: bool = True,
     tensorboard: bool = False,
+    portable: bool = True,
 ) -> None:
-    """The flags every training script shares: ``--out``, ``--resume``, ``--export``, ``--threads``, ``--quiet``
-    (and the deprecated ``--save``/``--no-progress``); ``--no-tensorboard`` when the config has no such field."""
+    """The flags every training script shares: ``--out``, ``--resume``, ``--export``, ``--threads``, ``--quiet``,
+    ``--portable/--no-portable`` (and the deprecated ``--save``/``--no-progress``); ``--no-tensorboard`` when the
+    config has no such field."""
     g = parser.add_argument_group("run")
     g.add_argument("--out", type=out_dir, default=out_default, required=out_required,
                    help="run folder (checkpoints, state.pt, summary.json, tb/)"
@@ -405,6 +407,18 @@ def add_run_args(
         deprecated_alias(parser, "--no-progress", "--quiet", "quiet", store_const=True)
     if tensorboard:
         g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
+    if portable:
+        add_portable_flag(g)
+
+
+def add_portable_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--portable/--no-portable`` (default on): run with every kernel library pinned to its AVX2 code path
+    (:mod:`l2o_gym.kernels`; the script restarts itself with them in :func:`setup`)."""
+    parser.add_argument("--portable", action=argparse.BooleanOptionalAction, default=True,
+                        help="pin torch's, MKL's, oneDNN's and OpenBLAS's kernels to their AVX2 code paths (the script "
+                             "restarts itself with them): the same numbers on any x86-64 CPU with AVX2, for the same "
+                             "seed (the default); --no-portable: this machine's fastest kernels, its own numbers "
+                             "(docs/threads.md)")
 
 
 def prepare(args: argparse.Namespace, cfg_args: ConfigArgs, **overrides: Any) -> Any:
@@ -426,8 +440,20 @@ def check_resume(args: argparse.Namespace) -> None:
             raise UsageError(f"--resume: no training state {str(state)!r} to continue from")
 
 
+def pin_kernels(args: argparse.Namespace) -> None:
+    """With ``--portable`` in a script run from the command line, restart the process with pinned kernels
+    (:func:`l2o_gym.kernels.reexec_pinned`; nothing before this call survives, so call it before any work)."""
+    if getattr(args, "portable", False) and getattr(args, "command_line", False):
+        from l2o_gym.kernels import reexec_pinned
+
+        reexec_pinned()
+
+
 def setup(args: argparse.Namespace) -> None:
-    """Logging (``--quiet``: warnings only) and torch threads (``--threads``)."""
+    """Pinned kernels (``--portable``, from the command line: the process restarts itself with
+    :data:`l2o_gym.kernels.PORTABLE_ENV` unless it already runs with it; a call of ``main(argv)`` inside another
+    program keeps that program's kernels), logging (``--quiet``: warnings only) and torch threads (``--threads``)."""
+    pin_kernels(args)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")
     threads = getattr(args, "threads", None)
@@ -473,6 +499,7 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
     from l2o_gym.checkpoint import CheckpointError
 
     args = parser.parse_args(argv)
+    args.command_line = argv is None  # a script run from the shell (may restart itself: setup), not main(argv)
     try:
         return int(body(args) or 0)
     except (UsageError, CheckpointError) as exc:

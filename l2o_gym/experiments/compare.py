@@ -55,6 +55,7 @@ from l2o_gym.experiments.evaluation import EvalResult, evaluate_horizons
 from l2o_gym.plotting import plot_curves
 from l2o_gym.policy import Policy
 from l2o_gym.experiments.tuning import load_tuned, tuned_entry
+from l2o_gym.kernels import PORTABLE_ENV, can_pin
 from l2o_gym.registry import env_family, env_short_name, variant_kwargs
 from l2o_gym.threads import available_cpus
 
@@ -215,8 +216,8 @@ class CompareConfig:
     env's, applied unchanged: Li & Malik's protocol for the NN transfer settings, :attr:`Section.tuned_as` ``""``).
     ``workers``: parallel worker processes for the independent evaluations (``None``: one per available CPU,
     :func:`l2o_gym.threads.available_cpus`); each evaluation runs on one thread, so results do not depend on it.
-    ``portable``: run every job in spawned workers whose torch and MKL kernels are pinned to the AVX2 code paths
-    (:data:`PORTABLE_ENV`), so that ``results.json`` is also identical across x86-64 CPUs with and without
+    ``portable``: run every job in spawned workers whose kernel libraries are pinned to their AVX2 code paths
+    (:data:`l2o_gym.kernels.PORTABLE_ENV`), so that ``results.json`` is also identical across x86-64 CPUs with and without
     AVX-512 (slower on AVX-512 machines; the default uses the machine's best kernels). ``resume``: take the
     results of jobs a previous run into ``out`` finished (``out/jobs/``, module docstring) instead of re-running them.
     """
@@ -396,9 +397,18 @@ def fmt_number(x: float) -> str:
 
 def fmt_percent(fraction: float) -> str:
     """Table format of a fraction of problems: ``"0%"`` only when it is exactly 0 (one diverged problem in 1,000
-    is ``"0.1%"``, not ``"0%"``), whole percents from 1% up."""
+    is ``"0.1%"``, not ``"0%"``) and ``"100%"`` only when it is exactly 1 (199 of 200 is ``"99.5%"``), whole
+    percents in between, never in exponent notation."""
     pct = 100 * fraction
-    return f"{pct:.0f}%" if pct == 0 or pct >= 0.995 else f"{pct:.1g}%"
+    if 0 < pct < 0.995:
+        s = f"{pct:.1g}"
+        return (f"{pct:.{max(1, -int(s.split('e')[1]))}f}" if "e" in s else s) + "%"  # 1e-05 -> 0.00001
+    if 99 < pct < 100:
+        k = 0
+        while f"{pct:.{k}f}" == f"{100:.{k}f}":  # as many decimals as it takes not to read 100
+            k += 1
+        return f"{pct:.{k}f}%"
+    return f"{pct:.0f}%"
 
 
 def write_report(
@@ -506,16 +516,11 @@ def _evaluate_task(task: _Task, policy: Policy | None = None) -> list[EvalResult
     return results
 
 
-#: Environment of ``portable`` workers: every kernel library an evaluation reaches pinned to its AVX2 code path —
-#: torch's own CPU kernels (ATen), MKL (torch's GEMMs), oneDNN (torch's convolutions) and the OpenBLAS of NumPy
-#: and SciPy (CG and L-BFGS). Read once when each library loads, so only freshly spawned processes can take them.
-#: Each one matters, measured on AVX-512 machines at one thread: the shipped quadratic LSTM's mean over 20 problems
-#: at T = 100 is 0.033025 with the machine's kernels, 0.032954 with ATen's AVX2 kernels, 0.032739 with MKL's AVX2
-#: branch; Adam on two ConvNet problems 1.08338 with ATen + MKL pinned and 1.08973 with oneDNN pinned too; CG on
-#: LogisticRegression 0.0226513183 with OpenBLAS's SkylakeX kernels, 0.0226513177 with its Haswell ones
-#: (docs/threads.md).
-PORTABLE_ENV: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                                "OPENBLAS_CORETYPE": "Haswell"}
+#: /proc/cpuinfo fields that name the CPU in :func:`kernel_fingerprint`: x86's vendor and model, ARM's implementer,
+#: part and variant (its cpuinfo has no model name), POWER's ``cpu``, RISC-V's ``uarch``.
+_CPUINFO_CPU = ("vendor_id", "model name", "CPU implementer", "CPU part", "CPU variant", "cpu", "uarch")
+#: /proc/cpuinfo fields that list the instruction-set extensions (x86, ARM, s390x, RISC-V).
+_CPUINFO_FLAGS = ("flags", "Features", "features", "isa")
 
 
 def kernel_fingerprint(portable: bool) -> dict[str, Any]:
@@ -530,9 +535,12 @@ def kernel_fingerprint(portable: bool) -> dict[str, Any]:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
-            if key in ("vendor_id", "model name", "flags") and key not in info:
+            key = "flags" if key in _CPUINFO_FLAGS else key  # x86 "flags", ARM "Features", …
+            if (key == "flags" or key in _CPUINFO_CPU) and key not in info:
                 info[key] = value.strip()
-    except OSError:  # not Linux: the platform's own description
+    except OSError:  # not Linux
+        pass
+    if not any(k in info for k in _CPUINFO_CPU):  # not Linux, or a /proc/cpuinfo that names no CPU: the platform's
         info["model name"] = platform.processor() or platform.machine()
     flags = hashlib.sha256(" ".join(sorted(info.pop("flags", "").split())).encode()).hexdigest()[:16]
     return {"portable": False, "cpu": info, "cpu_flags": flags, "capability": torch.backends.cpu.get_cpu_capability()}
@@ -600,7 +608,7 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     in a pool of spawned worker processes (spawn, not fork: a forked child of a process that has used torch's
     thread pool can deadlock), longest jobs first. Results come back in plan order whatever the worker count.
     """
-    if cfg.portable and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+    if cfg.portable and not can_pin():
         log.warning("this CPU has no AVX2 (torch reports %s): the kernels cannot be pinned to their AVX2 paths, so "
                     "the numbers are this CPU's own (as without portable)", torch.backends.cpu.get_cpu_capability())
         cfg = dataclasses.replace(cfg, portable=False)
