@@ -29,7 +29,10 @@ or its gradient is non-finite, or ``f(θ_{t+1}) > threshold = blowup · (|f(θ�
 *rejected* (θ, f and ∇f keep their last finite values, so no NaN ever reaches an observation), the
 instance is marked terminated, and its cost is the finite penalty ``threshold``. A terminated instance
 stays frozen and keeps paying ``threshold`` per step until it is reset; the penalty is a constant, so a rejected
-step's gradient (meta-training through the core) is exactly zero for that instance, never NaN. The threshold is capped at
+step's gradient (meta-training through :func:`step`) is exactly zero for that instance, never NaN (:func:`transition`
+cannot ensure it: the objective and gradient it is given carry the caller's graph, whose backward pass at an
+overflowing iterate gives NaN; zero the rejected rows' gradient where that graph meets the step, as :func:`step`
+does). The threshold is capped at
 :func:`penalty_cap` ``= √(largest finite value of the dtype)`` (≈ 1.8e19 in float32, 1.3e154 in float64), so
 the penalty, sums of it over any episode and differences of objectives never overflow, whatever ``blowup``
 is. A step whose scaled gradient (or, with ``include_steps``, scaled step) overflows the dtype is treated

@@ -163,8 +163,11 @@ def _unpack_memory(obj: Any, device: torch.device) -> Any:
 
 
 def _check_lr(lr: Any, what: str) -> None:
-    """``ValueError`` naming ``what`` and the value unless ``lr`` is a finite real number ``>= 0`` (not a bool)."""
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr >= 0):
+    """``ValueError`` naming ``what`` and the value unless ``lr`` is a finite real number ``>= 0`` (not a bool), or a
+    0-d real tensor holding one (what a scheduler sets when its factor is a tensor, e.g. a ``LambdaLR``
+    lambda written with torch ops; ``torch.add(..., alpha=lr)`` takes it)."""
+    v = lr.item() if isinstance(lr, Tensor) and lr.dim() == 0 and not lr.is_complex() and lr.dtype != torch.bool else lr
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v >= 0):
         raise ValueError(f"{what} must be a finite non-negative number, got {lr!r}")
 
 
@@ -420,7 +423,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"{mdp['obs'].shape[1]} entries, this optimizer's config gives {core.obs_dim(self.core_config, expected)}"
             )
         saved_policy, policy = extra.get("policy"), _policy_class(self.policy)  # absent from older states
-        if saved_policy is not None and saved_policy != policy:
+        # compared by class name: the same class imported under another module path (e.g. ``agents.lstm.policy``
+        # from the repository root, or ``__main__``) is the same policy
+        if saved_policy is not None and saved_policy.rpartition(":")[2] != policy.rpartition(":")[2]:
             raise ValueError(
                 f"optimizer state was saved with a {saved_policy} policy, this optimizer runs a {policy} policy: "
                 "its memory cannot continue in another kind of policy (load the state into an optimizer with the "

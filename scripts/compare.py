@@ -13,9 +13,9 @@ training horizon T and at 10T, MLP transfer runs, sample-efficiency table) and `
 structure at toy size, seconds).
 Writes OUT/results.json, OUT/timings.json, OUT/report.md and OUT/<Env>_T<horizon>.png.
 Each evaluation runs on one thread; --workers N runs N of them in parallel processes (default: one per available
-CPU). results.json is byte-identical for any N and on any x86-64 CPU with AVX2: every kernel library is pinned to
-its AVX2 code path (--no-portable: this machine's fastest kernels, numbers this CPU's own); wall times go to
-timings.json (docs/threads.md).
+CPU). results.json is byte-identical for any N, and meant to be on any x86-64 CPU with AVX2: every kernel library
+is pinned to its AVX2 code path (checked on Intel only so far: scripts/bench.py kernels; --no-portable: this
+machine's fastest kernels, numbers this CPU's own); wall times go to timings.json (docs/threads.md).
 Every finished job is also saved in OUT/jobs/; after Ctrl-C or a crash, the same command with --resume runs only
 the jobs that had not finished.
 """
@@ -29,7 +29,7 @@ import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.experiments import cli
-from l2o_gym.experiments.compare import LEARNED, TUNED_ON, CompareConfig, run_comparison
+from l2o_gym.experiments.compare import LEARNED, TUNED_ON, CompareConfig, fmt_percent, run_comparison
 from l2o_gym.registry import ENV_IDS, VARIANTS
 from l2o_gym.experiments.study import PRESETS, preset_config, run_study
 
@@ -113,7 +113,7 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     width = max(len(r.policy) for r in results)
     for r in results:
         print(f"{r.extra.get('section', r.env):40s} T={r.horizon:<5d} {r.policy:{width}s} mean f(θ_T)={r.final_mean:10.4g} "
-              f"log10={r.log10_final_mean:6.2f} diverged={100 * r.diverged_fraction:3.0f}% evals={r.grad_evals:.0f}")
+              f"log10={r.log10_final_mean:6.2f} diverged={fmt_percent(r.diverged_fraction):>4s} evals={r.grad_evals:.0f}")
     print(f"report: {args.out}/report.md")
     return 0
 

@@ -11,7 +11,8 @@ to the plots) and one PNG of mean objective vs iteration with 95% CI bands per e
 Reproducibility: every evaluation runs on one torch thread (and one BLAS thread), in the main process
 (``workers=1``) or in one of ``workers`` spawned worker processes; the evaluations are independent, so
 ``results.json`` is byte-identical for any worker count; with ``portable=True`` (``scripts/compare.py``'s default)
-also on any x86-64 CPU with AVX2 — every kernel library pinned to its AVX2 path (:data:`PORTABLE_ENV`) — else only on
+meant to be on any x86-64 CPU with AVX2 too — every kernel library pinned to its AVX2 path (:data:`PORTABLE_ENV`;
+checked on Intel only so far: ``scripts/bench.py kernels``, docs/threads.md) — else only on
 machines with the same CPU (the numbers of MKL, oneDNN and OpenBLAS depend on the CPU's generation and vendor).
 Everything that may differ between two runs (wall times, date, machine) goes to ``timings.json`` and
 ``report.md`` only (``docs/threads.md``).
@@ -256,7 +257,7 @@ class CompareConfig:
         tuned_as = None if self.tuned_on == "variant" else ""
         return [Section(env, list(self.policies), self.horizon, self.long_horizon, variant=v,
                         tuned_as=tuned_as if v else None)
-                for env in self.envs for v in (self.variants or [None])]
+                for env in dict.fromkeys(self.envs) for v in dict.fromkeys(self.variants or [None])]
 
 
 def tuned_baselines_for(envs: list[str], horizon: int, tuned: str | None = None) -> list[str]:
