@@ -121,3 +121,12 @@ def test_main_called_in_process_keeps_the_callers_kernels(monkeypatch: pytest.Mo
     seen = []
     assert cli.run(p, lambda args: (cli.pin_kernels(args), seen.append(args.portable))[1] or 0, []) == 0
     assert seen == [True]
+
+
+def test_native_key_names_kernel_variables_set_in_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in PORTABLE_ENV:
+        monkeypatch.delenv(k, raising=False)
+    plain = compare.kernel_fingerprint(False)
+    assert "kernel_env" not in plain
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    assert compare.kernel_fingerprint(False) == {**plain, "kernel_env": {"MKL_CBWR": "AVX2"}}

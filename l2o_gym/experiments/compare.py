@@ -544,7 +544,9 @@ def kernel_fingerprint(portable: bool) -> dict[str, Any]:
     if not any(k in info for k in _CPUINFO_CPU):  # not Linux, or a /proc/cpuinfo that names no CPU: the platform's
         info["model name"] = platform.processor() or platform.machine()
     flags = hashlib.sha256(" ".join(sorted(info.pop("flags", "").split())).encode()).hexdigest()[:16]
-    return {"portable": False, "cpu": info, "cpu_flags": flags, "capability": torch.backends.cpu.get_cpu_capability()}
+    pins = {k: os.environ[k] for k in PORTABLE_ENV if k in os.environ}  # set by hand in the shell: they count too
+    return {"portable": False, "cpu": info, "cpu_flags": flags, "capability": torch.backends.cpu.get_cpu_capability(),
+            **({"kernel_env": pins} if pins else {})}
 
 
 @contextlib.contextmanager
