@@ -29,7 +29,7 @@ import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.experiments import cli
-from l2o_gym.experiments.compare import LEARNED, TUNED_ON, CompareConfig, fmt_percent, run_comparison
+from l2o_gym.experiments.compare import LEARNED, TUNED_ON, CompareConfig, fmt_percent, job_status, run_comparison
 from l2o_gym.registry import ENV_IDS, VARIANTS
 from l2o_gym.experiments.study import PRESETS, preset_config, run_study
 
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="take the results of the jobs an earlier run into the same --out finished (OUT/jobs/) instead "
                         "of re-running them: a stopped preset continues where it stopped")
+    p.add_argument("--status", action="store_true",
+                   help="run nothing: print how many jobs of each section already have a saved result in OUT/jobs/ "
+                        "(what --resume would take), e.g. for a preset run across sessions")
     p.add_argument("--portable", action=argparse.BooleanOptionalAction, default=True,
                    help="pin every kernel library (torch, MKL, oneDNN, OpenBLAS) to its AVX2 code path in the workers: "
                         "the same results.json on any x86-64 CPU with AVX2, AVX-512 or not, Intel or AMD (the "
@@ -97,10 +100,14 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.preset and given:
         raise cli.UsageError(f"--preset and {', '.join(given)} are exclusive: a preset defines its own problems and "
                              "horizons")
+    if args.status and args.resume:
+        raise cli.UsageError("--status runs nothing: it cannot be combined with --resume")
     if args.preset:
         cfg = preset_config(args.preset, policies=args.policies, seed=args.seed, device=args.device, out=args.out,
                             tuned=args.tuned, command=command, workers=args.workers, portable=args.portable,
                             resume=args.resume)
+        if args.status:
+            return _status(cfg)
         results = run_study(cfg, progress=not args.quiet)
     else:
         cfg = CompareConfig(  # without --policies: every baseline tuned for all the envs (compare.plan)
@@ -109,12 +116,25 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
             long_horizon=args.long_horizon, seed=args.seed, device=args.device, out=args.out, tuned=args.tuned,
             command=command, workers=args.workers, portable=args.portable, resume=args.resume,
         )
+        if args.status:
+            return _status(cfg)
         results = run_comparison(cfg, progress=not args.quiet)
     width = max(len(r.policy) for r in results)
     for r in results:
         print(f"{r.extra.get('section', r.env):40s} T={r.horizon:<5d} {r.policy:{width}s} mean f(θ_T)={r.final_mean:10.4g} "
               f"log10={r.log10_final_mean:6.2f} diverged={fmt_percent(r.diverged_fraction):>4s} evals={r.grad_evals:.0f}")
     print(f"report: {args.out}/report.md")
+    return 0
+
+
+def _status(cfg: CompareConfig) -> int:
+    rows = job_status(cfg)
+    width = max(len(name) for name, _, _ in rows)
+    for name, done, total in rows:
+        print(f"{name:{width}s} {done:4d} / {total:<4d}" + ("  complete" if done == total else ""))
+    done, total = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    print(f"{'all':{width}s} {done:4d} / {total:<4d} ({sum(r[1] == r[2] for r in rows)} of {len(rows)} sections complete; "
+          f"{cfg.out}/jobs)")
     return 0
 
 

@@ -713,6 +713,20 @@ def write_results(
     return atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(payload))
 
 
+def job_status(cfg: CompareConfig) -> list[tuple[str, int, int]]:
+    """``(section name, finished, total)`` per section of ``cfg``: how many of its jobs have a saved result in
+    ``cfg.out/jobs/`` under this config's keys (pinned or this machine's kernels, :func:`job_key`) — what a
+    ``resume`` run would take instead of running. Plans the jobs (loads the checkpoints) but runs nothing."""
+    portable = cfg.portable and can_pin()
+    cache = Path(cfg.out) / JOBS_DIR
+    counts: dict[str, list[int]] = {}
+    for job in plan(cfg):
+        c = counts.setdefault(job.section.name, [0, 0])
+        c[0] += (cache / f"{job_key(job.task(cfg), portable)}.json").is_file()
+        c[1] += 1
+    return [(name, done, total) for name, (done, total) in counts.items()]
+
+
 def run_comparison(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Plan, evaluate every job, write ``results.json``, ``report.md`` and plots into ``cfg.out``."""
     results = run_jobs(cfg, progress)
