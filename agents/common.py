@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from l2o_gym.checks import one_line
 from l2o_gym.checkpoint import CheckpointError, atomic_write, load_state, save_state, update_policy_config
+from l2o_gym.kernels import kernel_provenance
 from l2o_gym.problems import ProblemBatch
 
 log = logging.getLogger(__name__)
@@ -638,6 +639,7 @@ def fit(
         "env_steps_total": int(agent.env_steps),
         "env_steps_per_s": (agent.env_steps - start_steps) / wall if wall > 0 else 0.0,
         "wall_s": wall,
+        "kernels": kernel_provenance(),
         "interrupted": interrupted,
         "best_checkpoint": str(folder.best) if folder is not None else None,
         "last_checkpoint": str(folder.last) if folder is not None else None,

@@ -38,6 +38,14 @@ def can_pin() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
+def kernel_provenance() -> dict[str, object]:
+    """What a training summary records of the kernels it ran with: ``{"pinned": bool, "capability": str}``
+    (torch's CPU kernel set; ``"AVX2"`` when pinned on an AVX2 or AVX-512 CPU)."""
+    import torch
+
+    return {"pinned": pinned(), "capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def reexec_pinned() -> None:
     """Restart this process (same interpreter, same arguments: ``sys.orig_argv``) with :data:`PORTABLE_ENV` added
     to its environment, unless it already runs with it or the CPU has no AVX2 (then a warning: the numbers are

@@ -130,3 +130,16 @@ def test_native_key_names_kernel_variables_set_in_the_shell(monkeypatch: pytest.
     assert "kernel_env" not in plain
     monkeypatch.setenv("MKL_CBWR", "AVX2")
     assert compare.kernel_fingerprint(False) == {**plain, "kernel_env": {"MKL_CBWR": "AVX2"}}
+
+
+def test_training_summary_records_the_kernels(tmp_path) -> None:
+    import json
+
+    main = load_script("train_lstm").main
+    out = tmp_path / "run"
+    assert main(["--env", "l2o/Quadratic-v0", "--episodes", "1", "--n-problems", "2", "--horizon", "4", "--unroll", "2",
+                 "--n-val", "2", "--baselines", "--out", str(out), "--quiet"]) == 0
+    kernels = json.loads((out / "summary.json").read_text())["kernels"]
+    from l2o_gym.kernels import pinned
+
+    assert kernels == {"pinned": pinned(), "capability": torch.backends.cpu.get_cpu_capability()}
