@@ -73,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true",
                    help="run nothing: print how many jobs of each section already have a saved result in OUT/jobs/ "
                         "(what --resume would take), e.g. for a preset run across sessions")
-    p.add_argument("--portable", action=argparse.BooleanOptionalAction, default=True,
-                   help="pin every kernel library (torch, MKL, oneDNN, OpenBLAS) to its AVX2 code path in the workers: "
-                        "the same results.json on any x86-64 CPU with AVX2, AVX-512 or not, Intel or AMD (the "
-                        "default); --no-portable uses this machine's fastest kernels (up to 1.5x faster on AVX-512, "
-                        "numbers this CPU's own; docs/threads.md)")
+    cli.add_portable_flag(p, help="pin every kernel library (torch, MKL, oneDNN, OpenBLAS) to its AVX2 code path in "
+                                  "the workers: the same results.json on any x86-64 CPU with AVX2, AVX-512 or not (the "
+                                  "default; checked on Intel so far: scripts/bench.py kernels); --no-portable uses "
+                                  "this machine's fastest kernels (up to 1.5x faster on AVX-512, numbers this CPU's "
+                                  "own; docs/threads.md)")
     return p
 
 

@@ -411,14 +411,17 @@ def add_run_args(
         add_portable_flag(g)
 
 
-def add_portable_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+#: ``--portable``'s help in the scripts that restart themselves pinned (:func:`setup`).
+PORTABLE_HELP = ("pin torch's, MKL's, oneDNN's and OpenBLAS's kernels to their AVX2 code paths (the script restarts "
+                 "itself with them): the same numbers on any x86-64 CPU with AVX2, for the same seed (the default); "
+                 "--no-portable: this machine's fastest kernels, its own numbers (docs/threads.md)")
+
+
+def add_portable_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str = PORTABLE_HELP) -> None:
     """``--portable/--no-portable`` (default on): run with every kernel library pinned to its AVX2 code path
-    (:mod:`l2o_gym.kernels`; the script restarts itself with them in :func:`setup`)."""
-    parser.add_argument("--portable", action=argparse.BooleanOptionalAction, default=True,
-                        help="pin torch's, MKL's, oneDNN's and OpenBLAS's kernels to their AVX2 code paths (the script "
-                             "restarts itself with them): the same numbers on any x86-64 CPU with AVX2, for the same "
-                             "seed (the default); --no-portable: this machine's fastest kernels, its own numbers "
-                             "(docs/threads.md)")
+    (:mod:`l2o_gym.kernels`). ``help`` says how the script pins: by default it restarts itself with them in
+    :func:`setup`; ``scripts/compare.py`` instead pins the workers it spawns."""
+    parser.add_argument("--portable", action=argparse.BooleanOptionalAction, default=True, help=help)
 
 
 def prepare(args: argparse.Namespace, cfg_args: ConfigArgs, **overrides: Any) -> Any:

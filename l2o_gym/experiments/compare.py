@@ -603,6 +603,17 @@ def _load_job(path: Path) -> EvalResult | None:
         return None
 
 
+def _pinnable(cfg: CompareConfig, warn: bool = False) -> CompareConfig:
+    """``cfg`` with ``portable`` as it can hold on this CPU: pinning needs AVX2 (:func:`can_pin`); without it the
+    jobs run (and are keyed, :func:`job_key`) with this CPU's own kernels — logged when ``warn``."""
+    if not cfg.portable or can_pin():
+        return cfg
+    if warn:
+        log.warning("this CPU has no AVX2 (torch reports %s): the kernels cannot be pinned to their AVX2 paths, so "
+                    "the numbers are this CPU's own (as without portable)", torch.backends.cpu.get_cpu_capability())
+    return dataclasses.replace(cfg, portable=False)
+
+
 def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     """Plan and evaluate every job of ``cfg``; the only files written are the output-folder probe and the finished
     jobs' ``out/jobs/<key>.json`` (module docstring: resume).
@@ -611,10 +622,7 @@ def run_jobs(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
     in a pool of spawned worker processes (spawn, not fork: a forked child of a process that has used torch's
     thread pool can deadlock), longest jobs first. Results come back in plan order whatever the worker count.
     """
-    if cfg.portable and not can_pin():
-        log.warning("this CPU has no AVX2 (torch reports %s): the kernels cannot be pinned to their AVX2 paths, so "
-                    "the numbers are this CPU's own (as without portable)", torch.backends.cpu.get_cpu_capability())
-        cfg = dataclasses.replace(cfg, portable=False)
+    cfg = _pinnable(cfg, warn=True)
     jobs = plan(cfg)
     cache = Path(cfg.out) / JOBS_DIR
     cache.mkdir(parents=True, exist_ok=True)
@@ -717,12 +725,12 @@ def job_status(cfg: CompareConfig) -> list[tuple[str, int, int]]:
     """``(section name, finished, total)`` per section of ``cfg``: how many of its jobs have a saved result in
     ``cfg.out/jobs/`` under this config's keys (pinned or this machine's kernels, :func:`job_key`) — what a
     ``resume`` run would take instead of running. Plans the jobs (loads the checkpoints) but runs nothing."""
-    portable = cfg.portable and can_pin()
+    cfg = _pinnable(cfg)
     cache = Path(cfg.out) / JOBS_DIR
     counts: dict[str, list[int]] = {}
     for job in plan(cfg):
         c = counts.setdefault(job.section.name, [0, 0])
-        c[0] += (cache / f"{job_key(job.task(cfg), portable)}.json").is_file()
+        c[0] += (cache / f"{job_key(job.task(cfg), cfg.portable)}.json").is_file()
         c[1] += 1
     return [(name, done, total) for name, (done, total) in counts.items()]
 
