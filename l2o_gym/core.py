@@ -236,7 +236,7 @@ def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
     check_config_dtype(config, theta.dtype)
     zero_t = torch.zeros(problems.n, dtype=torch.int64, device=problems.device)
     f0, g0 = problems.loss_and_grad(theta, zero_t, create_graph=config.second_order)
-    bad = ~(torch.isfinite(f0) & torch.isfinite(g0 * config.grad_scale).all(-1))
+    bad = ~(torch.isfinite(f0) & rows_finite(g0 * config.grad_scale))
     if bool(bad.any()):
         idx = bad.nonzero().flatten().tolist()[:10]
         raise ValueError(f"{problems.family.name}: non-finite objective or gradient at x0 for instances {idx}")
@@ -290,7 +290,7 @@ def check_action(state: State, action: Any) -> None:
         raise TypeError(f"action has dtype {action.dtype}, expected {state.theta.dtype}")
     if action.device != state.theta.device:
         raise ValueError(f"action is on device {action.device}, expected {state.theta.device}")
-    finite = torch.isfinite(action).all(-1)
+    finite = rows_finite(action)
     if not bool(finite.all()):
         idx = (~finite).nonzero().flatten().tolist()[:10]
         raise ValueError(f"action contains NaN or inf (instances {idx}); steps must be finite")
@@ -323,9 +323,32 @@ def step(state: State, action: Tensor) -> tuple[State, Tensor, Tensor, Tensor]:
     true_f = None
     if state.true_loss is not None and bool(true_due(state.t + 1, cfg).any()):
         true_f = state.problems.true_loss(cand)
-    out = transition(state, action, f, g, true_f)
+    # the state's iterate: the hooked candidate itself without a graph; with one, a separate sum (the hook belongs
+    # to the objective's graph only)
+    out = _transition(state, action, state.theta + action if cand.requires_grad else cand, f, g, true_f)
     accepted.append(~out[2])
     return out
+
+
+def rows_finite(x: Tensor) -> Tensor:
+    """``[N]`` bool: whether every entry of each row of ``x[N, d]`` is finite (``torch.isfinite(x).all(-1)``).
+
+    On the CPU one cheap pass decides the common case: a row whose sum is finite has only finite entries (a NaN
+    or ±inf anywhere makes the sum NaN or ±inf); only when some row's sum is not finite (a non-finite entry, or
+    finite entries whose sum overflows) does the exact entrywise test run. Elsewhere (CUDA) the entrywise test
+    runs directly, without a host synchronisation.
+    """
+    if x.device.type == "cpu" and x.dim() == 2 and x.shape[1] > 1:
+        quick = torch.isfinite(x.sum(-1))
+        if bool(quick.all()):
+            return quick
+    return torch.isfinite(x).all(-1)
+
+
+def _all_on_cpu(mask: Tensor) -> bool:
+    """Whether ``mask`` is all true, asked only on the CPU (where asking costs nothing); ``False`` elsewhere, so
+    the caller takes its general ``torch.where`` path without a host synchronisation."""
+    return mask.device.type == "cpu" and bool(mask.all())
 
 
 def true_due(t: Tensor, config: CoreConfig) -> Tensor:
@@ -340,23 +363,33 @@ def transition(
     ``θ_t + action`` evaluated elsewhere (e.g. by :class:`l2o_gym.optim.LearnedOptimizer` from a user's
     closure): divergence check, history update, new observation. Same return value as :func:`step`.
     """
+    return _transition(state, action, state.theta + action, f, g, true_f)
+
+
+def _transition(
+    state: State, action: Tensor, cand: Tensor, f: Tensor, g: Tensor, true_f: Tensor | None
+) -> tuple[State, Tensor, Tensor, Tensor]:
+    """:func:`transition` given the candidate iterate ``cand = θ_t + action`` (computed once by :func:`step`)."""
     cfg = state.config
     t = state.t + 1
-    cand = state.theta + action
     scale = cfg.grad_scale
     g_feat = g.detach() * scale if scale != 1.0 else g.detach()
     # NaN compares False, so this also rejects NaN objectives; -inf and inf (or overflowing scaled)
     # gradients are checked explicitly.
-    ok = (f <= state.threshold) & (f > float("-inf")) & torch.isfinite(g_feat).all(-1) & ~state.terminated
+    ok = (f <= state.threshold) & (f > float("-inf")) & rows_finite(g_feat) & ~state.terminated
     true_now = true_due(t, cfg) if true_f is not None else None  # where true_f is this step's true objective
     if true_now is not None:  # a true objective that overflows where it is evaluated diverges too (never a NaN cost)
         ok = ok & ~(true_now & ~torch.isfinite(true_f.detach()))
     if cfg.include_steps:
-        ok = ok & torch.isfinite(action.detach() * scale).all(-1)
+        ok = ok & rows_finite(action.detach() * scale)
     ok_col = ok[:, None]
-    theta = torch.where(ok_col, cand, state.theta)
+    # Every instance accepted (the common case, asked on the CPU only) and no graph to keep: the new values are the
+    # candidates themselves — the same numbers as the selections below, without three passes over [N, d]. With a
+    # graph (meta-training) the selections stay, so the backward pass is the same whatever the instances did.
+    every = not (cand.requires_grad or g.requires_grad or action.requires_grad) and _all_on_cpu(ok)
+    theta = cand if every else torch.where(ok_col, cand, state.theta)
     loss = torch.where(ok, f, state.loss)
-    grad = torch.where(ok_col, g, state.grad)
+    grad = g if every else torch.where(ok_col, g, state.grad)
     true_loss = state.true_loss
     if true_loss is not None:
         if true_now is not None:
@@ -371,10 +404,10 @@ def transition(
     parts = [
         _loss_features(loss_hist, t, cfg),
         state.obs[:, h + d : h + h * d],
-        torch.where(ok_col, g_feat, state.obs[:, h + h * d - d : h + h * d]),
+        g_feat if every else torch.where(ok_col, g_feat, state.obs[:, h + h * d - d : h + h * d]),
     ]
     if cfg.include_steps:
-        taken = torch.where(ok_col, action, torch.zeros_like(action)).detach()
+        taken = action.detach() if every else torch.where(ok_col, action, torch.zeros_like(action)).detach()
         parts += [state.obs[:, h + h * d + d :], taken * scale]
     new = State(
         problems=state.problems,

@@ -129,7 +129,6 @@ def nn_step_time(
     problems = family.sample(n_problems, "test", 0, device)
     i, h, c = family.layer_sizes
     X, y, seeds = problems.data["X"], problems.data["y"], problems.seeds
-    rows = torch.arange(n_problems, device=problems.device)[:, None]
     big = 10**9
     states = {
         "core_minibatch": core.reset(problems, CoreConfig(horizon=big, history=1, validate=False, true_every=big)),
@@ -138,14 +137,15 @@ def nn_step_time(
     sync = torch.cuda.synchronize if problems.device.type == "cuda" else (lambda: None)
 
     def bare(theta: Tensor, t: int) -> None:
-        from l2o_gym.problems.base import counter_randint
+        from l2o_gym.problems.base import counter_randint, gather_rows
 
         leaf = theta.detach().requires_grad_(True)
         pos = counter_randint(seeds, torch.full_like(seeds, t), family.batch_size, X.shape[1])
+        xb, yb = gather_rows(pos, X, y)  # the fastest gather (an index_select), as the family's
         w1, b1, w2, b2 = torch.split(leaf, [i * h, h, h * c, c], dim=-1)
-        hid = torch.relu(torch.baddbmm(b1.unsqueeze(1), X[rows, pos], w1.reshape(-1, i, h)))
+        hid = torch.relu(torch.baddbmm(b1.unsqueeze(1), xb, w1.reshape(-1, i, h)))
         z = torch.baddbmm(b2.unsqueeze(1), hid, w2.reshape(-1, h, c))
-        loss = F.cross_entropy(z.reshape(-1, c), y[rows, pos].reshape(-1), reduction="none").reshape(pos.shape).mean(-1)
+        loss = F.cross_entropy(z.reshape(-1, c), yb.reshape(-1), reduction="none").reshape(pos.shape).mean(-1)
         torch.autograd.grad(loss.sum(), leaf)
 
     times: dict[str, list[float]] = {"bare": [], **{k: [] for k in states}}

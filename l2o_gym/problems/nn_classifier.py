@@ -12,7 +12,9 @@ from torch import Tensor
 
 from l2o_gym import data
 from l2o_gym.checks import SPLITS, check_positive_int, check_split
-from l2o_gym.problems.base import ParamSpec, ProblemBatch, ProblemFamily, check_memory, counter_randint, param_specs_from
+from l2o_gym.problems.base import (
+    ParamSpec, ProblemBatch, ProblemFamily, check_memory, counter_randint, gather_rows, param_specs_from,
+)
 from l2o_gym.problems.mlp import ACTIVATIONS, example_partitions
 
 #: default cap on the examples of one instance (the true objective costs one forward pass over them).
@@ -226,9 +228,8 @@ class NNClassifier(ProblemFamily):
         return counter_randint(batch.seeds, step, self.batch_size, batch.data["y"].shape[1])
 
     def loss(self, batch: ProblemBatch, theta: Tensor, step: Tensor) -> Tensor:
-        pos = self.minibatch_positions(batch, step)
-        rows = torch.arange(pos.shape[0], device=pos.device)[:, None]
-        return self._xent(theta, batch.data["X"][rows, pos], batch.data["y"][rows, pos])
+        x, y = gather_rows(self.minibatch_positions(batch, step), batch.data["X"], batch.data["y"])
+        return self._xent(theta, x, y)
 
     def true_loss(self, batch: ProblemBatch, theta: Tensor) -> Tensor:
         """Mean cross-entropy over all ``M`` examples of each instance, ``[N]`` (differentiable)."""
