@@ -96,9 +96,9 @@ class L2OEnv(gym.Env):
         self._losses: list[float] = []
 
     def _obs(self, obs: torch.Tensor) -> np.ndarray:
-        # A copy: ``obs`` is the core state's own observation tensor, which also holds the gradient history the
-        # next observation is built from, so editing a returned array in place must not reach the env.
-        return np.array(obs[0].detach().to("cpu").numpy(), dtype=self._np_dtype)
+        # ``obs`` is a new tensor at every call of core.features (the state keeps its histories apart), so the
+        # array may share its memory: editing it in place cannot reach the env.
+        return obs[0].detach().to("cpu").numpy().astype(self._np_dtype, copy=False)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)

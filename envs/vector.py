@@ -104,7 +104,7 @@ class L2OVectorEnv(VectorEnv):
         obs = self.driver.reset(seed, options.get("problems"))
         self._losses = [self.driver.state.objective[0]] if self.render_mode else []
         self._needs_reset.zero_()
-        return obs.clone(), self._info()
+        return obs, self._info()
 
     def _reset_masked(self, mask: Any, seed: int | None) -> tuple[Tensor, dict]:
         if seed is not None:
@@ -118,7 +118,7 @@ class L2OVectorEnv(VectorEnv):
         self._needs_reset &= ~m
         if self.render_mode and bool(m[0]):
             self._losses = [self.driver.state.objective[0]]
-        return obs.clone(), self._info()
+        return obs, self._info()
 
     def step(self, actions: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
         """One step of every instance: ``(obs[N, F], reward[N], terminated[N], truncated[N], info)`` as torch
@@ -150,9 +150,9 @@ class L2OVectorEnv(VectorEnv):
                 self._losses = [self.driver.state.objective[0]]
         elif mode == AutoresetMode.NEXT_STEP:
             self._needs_reset = done
-        # ``obs`` is the core state's own tensor (it also holds the gradient history the next observation is
-        # built from): return a copy, so a caller editing it in place cannot change the env's dynamics.
-        return obs.clone(), reward, terminated, truncated, info
+        # ``obs`` is the caller's: :func:`l2o_gym.core.features` assembles a new tensor from the state's histories at
+        # every call, so editing it in place cannot change the env's dynamics (and no second copy is made).
+        return obs, reward, terminated, truncated, info
 
     def _info(self, diverged: Tensor | None = None) -> dict[str, Any]:
         """``objective``, ``observed_objective`` (``[N]``) and ``diverged`` (``[N]`` bool: the step ended the

@@ -46,8 +46,10 @@ as divergence too, so every observation is finite.
   iterate-major (``[H, d]`` → ``H·d``);
 * optionally (``include_steps``) ``H·d`` past steps ``grad_scale · Δθ`` laid out the same way.
 
-Entries that refer to iterates before ``θ₀`` are zero (zero padding at the start of an episode).
-:func:`coordinate_features` gives the per-coordinate view ``[N, d, F_c]`` (``F_c = 2H`` or ``3H``) that
+Entries that refer to iterates before ``θ₀`` are zero (zero padding at the start of an episode). The state holds
+the histories as tuples of ``H`` per-iterate tensors (``State.grads``, ``State.steps``) and :func:`features`
+assembles the flat observation on request, a new tensor each call; policies that read only the gradient (the
+LSTM, the hand-designed optimizers) never pay for it. :func:`coordinate_features` gives the per-coordinate view ``[N, d, F_c]`` (``F_c = 2H`` or ``3H``) that
 coordinatewise policies (the LSTM) read: coordinate ``k``'s gradient and step histories plus the shared
 objective features.
 """
@@ -142,8 +144,12 @@ class State:
         loss: ``[N]`` current objective f(θ_t) (last finite value once terminated).
         grad: ``[N, d]`` current gradient ∇f(θ_t).
         loss_hist: ``[N, H+1]`` objectives f_{t−H}, …, f_t (oldest first; zero before θ₀).
-        obs: ``[N, F]`` the observation (:func:`features`); it also stores the gradient (and step)
-            histories, which :attr:`grad_hist` and :attr:`step_hist` view, so a step copies them once.
+        grads: the ``H`` last scaled gradients ``grad_scale · ∇f(θ_{t−j})``, ``j = H−1, …, 0`` (oldest first), a
+            tuple of ``[N, d]`` tensors (zero before θ₀). A step drops the oldest and appends the newest without
+            copying the others; :func:`features` assembles the observation from them on request (a new tensor
+            each call: the caller's to keep or edit).
+        steps: the ``H`` last scaled steps ``grad_scale · Δθ`` laid out the same way with ``include_steps``, else
+            ``()``.
         t: ``[N]`` int64 iteration counters.
         threshold: ``[N]`` divergence thresholds ``blowup · (|f(θ₀)| + 1)`` (also the penalty).
         terminated: ``[N]`` bool, diverged.
@@ -157,7 +163,8 @@ class State:
     loss: Tensor
     grad: Tensor
     loss_hist: Tensor
-    obs: Tensor
+    grads: tuple[Tensor, ...]
+    steps: tuple[Tensor, ...]
     t: Tensor
     threshold: Tensor
     terminated: Tensor
@@ -173,20 +180,21 @@ class State:
 
     @property
     def grad_hist(self) -> Tensor:
-        """``[N, H, d]`` view: ``grad_scale · ∇f`` at θ_{t−H+1}, …, θ_t (oldest first; zero before θ₀)."""
-        h, d = self.config.history, self.dim
-        return self.obs[:, h : h + h * d].view(self.n, h, d)
+        """``[N, H, d]``: ``grad_scale · ∇f`` at θ_{t−H+1}, …, θ_t (oldest first; zero before θ₀); a new tensor."""
+        return torch.stack(self.grads, 1)
 
     @property
     def step_hist(self) -> Tensor | None:
-        """``[N, H, d]`` view of the last ``H`` steps (``grad_scale · Δθ``), or ``None`` unless ``include_steps``."""
-        if not self.config.include_steps:
-            return None
-        h, d = self.config.history, self.dim
-        return self.obs[:, h + h * d :].view(self.n, h, d)
+        """``[N, H, d]``: the last ``H`` steps (``grad_scale · Δθ``), or ``None`` unless ``include_steps``."""
+        return torch.stack(self.steps, 1) if self.steps else None
+
+    @property
+    def obs(self) -> Tensor:
+        """The flat observation ``[N, F]`` (:func:`features`; a new tensor each time)."""
+        return features(self)
 
     def _tensor_fields(self) -> list[str]:
-        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), Tensor)]
+        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), (Tensor, tuple))]
 
     @property
     def objective(self) -> Tensor:
@@ -195,16 +203,26 @@ class State:
 
     def detach(self) -> State:
         """The same state cut from the autograd graph (truncated BPTT)."""
-        return replace(self, **{k: getattr(self, k).detach() for k in self._tensor_fields()})
+        return replace(self, **{k: _map(Tensor.detach, getattr(self, k)) for k in self._tensor_fields()})
 
     def scatter(self, idx: Tensor, other: State) -> State:
         """A new state whose instances ``idx`` (``[k]`` indices) are replaced by ``other`` (``k`` instances)."""
+
+        def put(a: Tensor, b: Tensor) -> Tensor:
+            a = a.clone()
+            a[idx] = b
+            return a
+
         out: dict[str, Any] = {}
         for k in self._tensor_fields():
-            a = getattr(self, k).clone()
-            a[idx] = getattr(other, k)
-            out[k] = a
+            a, b = getattr(self, k), getattr(other, k)
+            out[k] = tuple(put(x, y) for x, y in zip(a, b)) if isinstance(a, tuple) else put(a, b)
         return replace(self, problems=self.problems.scatter(idx, other.problems), **out)
+
+
+def _map(fn: Any, x: Tensor | tuple[Tensor, ...]) -> Any:
+    """``fn`` applied to a state field: a tensor, or each tensor of a history tuple."""
+    return tuple(fn(v) for v in x) if isinstance(x, tuple) else fn(x)
 
 
 def obs_dim(config: CoreConfig, dim: int) -> int:
@@ -223,6 +241,44 @@ def coordinate_feature_dim(config: CoreConfig) -> int:
 #: ``true_loss`` is not among them: states without problems have no true objective.
 STATE_TENSORS: tuple[str, ...] = tuple(
     f.name for f in fields(State) if f.name not in ("problems", "config", "true_loss"))
+
+#: The earlier layout of :data:`STATE_TENSORS` (l2o-gym up to 2026-11-30), when the gradient and step histories were
+#: stored inside one flat observation ``obs[N, F]``: what older ``LearnedOptimizer`` states hold
+#: (:func:`state_from_tensors` reads both).
+_STATE_TENSORS_OBS: tuple[str, ...] = ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated")
+
+
+def state_from_tensors(values: dict[str, Any] | tuple[Any, ...] | list[Any], config: CoreConfig) -> State:
+    """A state without problems (only :func:`transition` advances it) from its tensors: a dict by
+    :data:`STATE_TENSORS` name or a sequence in that order — or the older layout with one flat ``obs``, which is
+    split into the histories.
+
+    Raises:
+        ValueError: neither layout, or an ``obs`` whose width is not :func:`obs_dim` for ``config``.
+    """
+    if not isinstance(values, dict):
+        values = list(values)
+        names = STATE_TENSORS if len(values) == len(STATE_TENSORS) else _STATE_TENSORS_OBS
+        if len(values) != len(names):
+            raise ValueError(f"a state has {len(STATE_TENSORS)} tensors ({', '.join(STATE_TENSORS)}), got {len(values)}")
+        values = dict(zip(names, values))
+    values = dict(values)
+    if "obs" in values:
+        obs = values.pop("obs")
+        n, d, h = obs.shape[0], values["theta"].shape[1], config.history
+        if obs.shape[1] != obs_dim(config, d):
+            raise ValueError(f"a saved observation of width {obs.shape[1]} does not fit history {config.history}, "
+                             f"include_steps={config.include_steps} and dimension {d} (width {obs_dim(config, d)})")
+        hist = obs[:, h:].reshape(n, -1, d).unbind(1)
+        values["grads"], values["steps"] = tuple(hist[:h]), tuple(hist[h:])
+    missing = [k for k in STATE_TENSORS if k not in values]
+    if missing:
+        raise ValueError(f"a saved state lacks {', '.join(missing)}")
+    h, steps = config.history, config.history if config.include_steps else 0
+    if len(values["grads"]) != h or len(values["steps"]) != steps:
+        raise ValueError(f"the state's histories hold {len(values['grads'])} gradients and {len(values['steps'])} "
+                         f"steps, history {h} with include_steps={config.include_steps} needs {h} and {steps}")
+    return State(problems=None, config=config, **{k: values[k] for k in STATE_TENSORS})  # type: ignore[arg-type]
 
 
 def reset(problems: ProblemBatch, config: CoreConfig | None = None) -> State:
@@ -262,10 +318,7 @@ def initial_state(theta: Tensor, loss: Tensor, grad: Tensor, config: CoreConfig 
     check_config_dtype(config, theta.dtype)
     n, d, h = theta.shape[0], theta.shape[1], config.history
     loss_hist = torch.cat([loss.new_zeros(n, h), loss.detach()[:, None]], dim=1)
-    # At t = 0 every objective feature refers to an iterate before θ₀, hence zero.
-    parts = [grad.new_zeros(n, h + (h - 1) * d), grad.detach() * config.grad_scale]
-    if config.include_steps:
-        parts.append(grad.new_zeros(n, h * d))
+    zero = grad.new_zeros(n, d)  # every slot before θ₀ (shared: never written in place)
     return State(
         problems=problems,  # type: ignore[arg-type]
         config=config,
@@ -273,7 +326,8 @@ def initial_state(theta: Tensor, loss: Tensor, grad: Tensor, config: CoreConfig 
         loss=loss,
         grad=grad,
         loss_hist=loss_hist,
-        obs=torch.cat(parts, dim=1),
+        grads=(zero,) * (h - 1) + (grad.detach() * config.grad_scale,),
+        steps=(zero,) * h if config.include_steps else (),
         t=torch.zeros(n, dtype=torch.int64, device=theta.device),
         threshold=(config.blowup * (loss.detach().abs() + 1.0)).clamp_max(penalty_cap(loss.dtype)),
         terminated=torch.zeros(n, dtype=torch.bool, device=theta.device),
@@ -399,16 +453,12 @@ def _transition(
         cost = torch.where(ok, f, state.threshold)
     terminated = ~ok
     loss_hist = torch.cat([state.loss_hist[:, 1:], loss.detach()[:, None]], dim=1)
-    # The new observation, built in one copy: drop the oldest gradient (and step), append the newest.
-    h, d = cfg.history, state.dim
-    parts = [
-        _loss_features(loss_hist, t, cfg),
-        state.obs[:, h + d : h + h * d],
-        g_feat if every else torch.where(ok_col, g_feat, state.obs[:, h + h * d - d : h + h * d]),
-    ]
+    # The histories: drop the oldest gradient (and step), append the newest; nothing else is copied.
+    grads = state.grads[1:] + (g_feat if every else torch.where(ok_col, g_feat, state.grads[-1]),)
+    steps = state.steps
     if cfg.include_steps:
         taken = action.detach() if every else torch.where(ok_col, action, torch.zeros_like(action)).detach()
-        parts += [state.obs[:, h + h * d + d :], taken * scale]
+        steps = steps[1:] + (taken * scale,)
     new = State(
         problems=state.problems,
         config=cfg,
@@ -416,7 +466,8 @@ def _transition(
         loss=loss,
         grad=grad,
         loss_hist=loss_hist,
-        obs=torch.cat(parts, dim=1),
+        grads=grads,
+        steps=steps,
         t=t,
         threshold=state.threshold,
         terminated=terminated,
@@ -434,28 +485,29 @@ def _loss_features(loss_hist: Tensor, t: Tensor, cfg: CoreConfig) -> Tensor:
 
 
 def loss_features(state: State) -> Tensor:
-    """``[N, H]`` relative objective changes ``(f_t − f_{t−i}) / (|f_{t−i}| + eps)``, ``i = H…1`` (a view)."""
-    return state.obs[:, : state.config.history]
+    """``[N, H]`` relative objective changes ``(f_t − f_{t−i}) / (|f_{t−i}| + eps)``, ``i = H…1``."""
+    return _loss_features(state.loss_hist, state.t, state.config)
 
 
 def features(state: State) -> Tensor:
     """The flat observation ``[N, F]`` with ``F = obs_dim(config, d)`` (layout in the module docstring).
 
-    The returned tensor is part of the state: treat it as read-only (every step makes a new one).
+    Assembled from the state's histories in one copy on each call: the returned tensor is the caller's (editing
+    it changes nothing in the state).
     """
-    return state.obs
+    return torch.cat([loss_features(state), *state.grads, *state.steps], dim=1)
 
 
 def coordinate_features(state: State) -> Tensor:
     """Per-coordinate observation ``[N, d, F_c]``: gradient history, shared objective features, step history."""
     cfg = state.config
     n, d, h = state.n, state.dim, cfg.history
-    parts = [state.grad_hist.transpose(1, 2), loss_features(state)[:, None, :].expand(n, d, h)]
-    if state.step_hist is not None:
-        parts.append(state.step_hist.transpose(1, 2))
+    parts = [torch.stack(state.grads, 2), loss_features(state)[:, None, :].expand(n, d, h)]
+    if state.steps:
+        parts.append(torch.stack(state.steps, 2))
     return torch.cat(parts, dim=2)
 
 
 def full_state(state: State) -> Tensor:
     """The full state vector ``x = [θ, f(θ), features]``, ``[N, d + 1 + F]`` (GPS local policies act on it)."""
-    return torch.cat([state.theta, state.loss[:, None], features(state)], dim=1)
+    return torch.cat([state.theta, state.loss[:, None], loss_features(state), *state.grads, *state.steps], dim=1)

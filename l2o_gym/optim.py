@@ -404,7 +404,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return
         params = self._params()  # the checks come first: a refused state leaves this optimizer as it was
         device = params[0][1].device if params else torch.device("cpu")
-        mdp = {k: extra["mdp"][k].to(device) for k in core.STATE_TENSORS}
+        mdp = {k: tuple(x.to(device) for x in v) if isinstance(v, (tuple, list)) else v.to(device)
+               for k, v in extra["mdp"].items()}
         expected = sum(p.numel() for _, p in params)
         if mdp["theta"].shape[1] != expected:
             raise ValueError(
@@ -417,11 +418,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"optimizer state is for parameter shapes {[list(s) for s in extra['shapes']]}, this optimizer's "
                 f"are {shapes} (another model, or the parameters in another order)"
             )
-        if mdp["obs"].shape[1] != core.obs_dim(self.core_config, expected):
-            raise ValueError(
-                f"optimizer state was saved with another CoreConfig (history/include_steps): its observation has "
-                f"{mdp['obs'].shape[1]} entries, this optimizer's config gives {core.obs_dim(self.core_config, expected)}"
-            )
+        try:  # the earlier layout (one flat "obs") is converted
+            mdp_state = core.state_from_tensors(mdp, self.core_config)
+        except ValueError as exc:
+            raise ValueError(f"optimizer state was saved with another CoreConfig (history/include_steps): {exc}") from None
         saved_policy, policy = extra.get("policy"), _policy_class(self.policy)  # absent from older states
         # compared by class name: the same class imported under another module path (e.g. ``agents.lstm.policy``
         # from the repository root, or ``__main__``) is the same policy
@@ -433,7 +433,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             )
         memory = _unpack_memory(extra["memory"] if "memory" in extra else extra.get("hidden"), device)  # "hidden": before 0.2
         super().load_state_dict(state_dict)
-        self._mdp = State(problems=None, config=self.core_config, **mdp)  # type: ignore[arg-type]
+        self._mdp = mdp_state
         if self.policy.binds_layout:
             self.policy.bind(self._param_specs(self._params()))  # the loaded groups (their "kind")
         self._memory = memory

@@ -125,7 +125,7 @@ class FeatureView:
         if shadow is None:
             return core.features(state), None
         tensors, last_t = shadow
-        s = State(problems=None, config=self.config, **dict(zip(core.STATE_TENSORS, tensors)))
+        s = core.state_from_tensors(tensors, self.config)
         if not torch.equal(state.t, last_t):  # the state moved on since the last call: advance the shadow
             s, *_ = core.transition(s, state.theta.detach() - s.theta, state.loss.detach(), state.grad.detach())
         return core.features(s), (tuple(getattr(s, k) for k in core.STATE_TENSORS), state.t.clone())
