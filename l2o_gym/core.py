@@ -260,7 +260,8 @@ def state_from_tensors(values: dict[str, Any] | tuple[Any, ...] | list[Any], con
         values = list(values)
         names = STATE_TENSORS if len(values) == len(STATE_TENSORS) else _STATE_TENSORS_OBS
         if len(values) != len(names):
-            raise ValueError(f"a state has {len(STATE_TENSORS)} tensors ({', '.join(STATE_TENSORS)}), got {len(values)}")
+            raise ValueError(f"a state has {len(STATE_TENSORS)} tensors ({', '.join(STATE_TENSORS)}; earlier layout: "
+                             f"{len(_STATE_TENSORS_OBS)}, {', '.join(_STATE_TENSORS_OBS)}), got {len(values)}")
         values = dict(zip(names, values))
     values = dict(values)
     if "obs" in values:
@@ -274,6 +275,9 @@ def state_from_tensors(values: dict[str, Any] | tuple[Any, ...] | list[Any], con
     missing = [k for k in STATE_TENSORS if k not in values]
     if missing:
         raise ValueError(f"a saved state lacks {', '.join(missing)}")
+    # the histories as tuples whatever sequence they arrive in (a list from a deserialiser): transition appends with
+    # ``+ (new,)`` and detach/scatter recognise them as tuples
+    values["grads"], values["steps"] = tuple(values["grads"]), tuple(values["steps"])
     h, steps = config.history, config.history if config.include_steps else 0
     if len(values["grads"]) != h or len(values["steps"]) != steps:
         raise ValueError(f"the state's histories hold {len(values['grads'])} gradients and {len(values['steps'])} "
@@ -416,6 +420,8 @@ def transition(
     """The bookkeeping half of :func:`step`, given the objective ``f[N]`` and gradient ``g[N, d]`` at
     ``θ_t + action`` evaluated elsewhere (e.g. by :class:`l2o_gym.optim.LearnedOptimizer` from a user's
     closure): divergence check, history update, new observation. Same return value as :func:`step`.
+
+    ``f`` and ``g`` are taken over, not copied (the new state may hold them): do not edit them in place afterwards.
     """
     return _transition(state, action, state.theta + action, f, g, true_f)
 
@@ -440,7 +446,13 @@ def _transition(
     # Every instance accepted (the common case, asked on the CPU only) and no graph to keep: the new values are the
     # candidates themselves — the same numbers as the selections below, without three passes over [N, d]. With a
     # graph (meta-training) the selections stay, so the backward pass is the same whatever the instances did.
-    every = not (cand.requires_grad or g.requires_grad or action.requires_grad) and _all_on_cpu(ok)
+    # Only for operands of the state's own shapes and dtypes: the selections also broadcast (an action or gradient
+    # of shape [1, d] or [d], allowed with validate=False) and promote (a gradient of another dtype), which the
+    # candidates alone would not.
+    every = (not (cand.requires_grad or g.requires_grad or action.requires_grad)
+             and action.shape == cand.shape == g.shape == state.grad.shape
+             and g.dtype == state.grad.dtype == state.grads[-1].dtype
+             and _all_on_cpu(ok))
     theta = cand if every else torch.where(ok_col, cand, state.theta)
     loss = torch.where(ok, f, state.loss)
     grad = g if every else torch.where(ok_col, g, state.grad)
