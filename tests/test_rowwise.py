@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from l2o_gym import policy as policy_mod
-from l2o_gym.agents.lstm.policy import CoordinateLSTM, LSTMConfig
+from l2o_gym.agents.lstm.policy import CoordinateLSTM, LSTMConfig, _whole
 from l2o_gym.policy import rowwise
 
 
@@ -52,7 +52,8 @@ def test_the_lstm_takes_the_same_steps_in_chunks(monkeypatch, global_cells):
         monkeypatch.setattr(policy_mod, "ROW_CHUNK", 64)
         out = net(g, mem, n)
     torch.testing.assert_close(out[0], ref[0], rtol=1e-6, atol=1e-7)
-    for a, b in zip(out[1], ref[1]):
+    assert len(_whole(out[1])) == len(_whole(ref[1])) == 4
+    for a, b in zip(_whole(out[1]), _whole(ref[1])):  # the memory, chunked or not, as whole [M, hidden] tensors
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -106,3 +107,22 @@ def test_rowwise_carry_with_an_empty_carry_is_rowwise():
         assert len(carry) == 5 and all(c == () for c in carry)
         (again,), carry = policy_mod.rowwise_carry(fn, (x,), carry, chunk=4)  # chunks of no carry, passed back in
         assert torch.equal(again, out) and all(c == () for c in carry)
+
+
+def test_the_lstm_memory_stays_in_chunks_and_equals_the_whole_blocks_bitwise(monkeypatch):
+    """Several steps with the memory kept in row chunks give exactly the outputs and memory of the same chunks
+    copied back into whole ``[M, hidden]`` blocks after every step (the layout before)."""
+    torch.manual_seed(2)
+    net = CoordinateLSTM(LSTMConfig())
+    n, d = 3, 100
+    monkeypatch.setattr(policy_mod, "ROW_CHUNK", 64)
+    mem_c = mem_w = net.initial_hidden(n * d, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        for _ in range(4):
+            g = torch.randn(n * d)
+            out_c, mem_c = net(g, mem_c, n)
+            out_w, mem_w = net(g, mem_w, n)
+            mem_w = _whole(mem_w)  # re-split from whole tensors at every step
+            assert not isinstance(mem_c[0], torch.Tensor) and len(mem_c) == 4  # chunks: 64, 64, 64, 108 rows
+            assert torch.equal(out_c, out_w)
+            assert all(torch.equal(a, b) for a, b in zip(_whole(mem_c), mem_w))

@@ -35,7 +35,7 @@ from l2o_gym.checkpoint import (
     save_policy,
 )
 from l2o_gym.core import State
-from l2o_gym.policy import Policy, preprocess, rowwise
+from l2o_gym.policy import Chunked, Policy, preprocess, rowwise_carry
 
 #: ``kind`` of LSTM checkpoints.
 KIND = "lstm"
@@ -122,27 +122,31 @@ class CoordinateLSTM(nn.Module):
         z = torch.zeros(m, self.config.hidden, device=device, dtype=dtype)
         return tuple(z.clone() for _ in range(2 * self.config.layers))
 
-    def forward(self, g: Tensor, memory: Hidden, n: int) -> tuple[Tensor, Hidden]:
+    def forward(self, g: Tensor, memory: Hidden | Chunked, n: int) -> tuple[Tensor, Hidden | Chunked]:
         """One step for ``M = n·d`` coordinates.
 
         Args:
             g: ``[M]`` gradients (coordinate-major within each of the ``n`` problems).
-            memory: ``2·L`` tensors ``[M, hidden]``.
+            memory: ``2·L`` tensors ``[M, hidden]`` (:meth:`initial_hidden`), or the same rows in the chunks a
+                previous call returned.
             n: number of problems (for the global averaging cells).
 
         Returns:
-            ``(out[M], memory)``: the unscaled network output and the new memory. Without gradients (evaluation)
-            the coordinates run in chunks (:func:`~l2o_gym.policy.rowwise`), the same result at less memory traffic.
+            ``(out[M], memory)``: the unscaled network output and the new memory. The coordinates run in the chunks
+            of :func:`~l2o_gym.policy.rowwise_carry` (several without gradients on the CPU: the same result at less
+            memory traffic) and the memory stays in them (:data:`~l2o_gym.policy.Chunked`), so a step never copies
+            it into whole ``[M, hidden]`` blocks. With global averaging cells (not row-wise) it is ``2·L`` whole
+            tensors.
         """
         if self.config.global_cells:  # averages over each problem's coordinates: not row-wise
-            return self._step(g, memory, n)
+            return self._step(g, _whole(memory), n)
 
         def rows(g_: Tensor, *mem: Tensor) -> tuple[Tensor, ...]:
             out_, new_ = self._step(g_, mem, n)
             return (out_, *new_)
 
-        out, *new = rowwise(rows, g, *memory)
-        return out, tuple(new)
+        (out,), new = rowwise_carry(rows, (g,), memory)
+        return out, new
 
     def _step(self, g: Tensor, memory: Hidden, n: int) -> tuple[Tensor, Hidden]:
         """:meth:`forward` on all rows at once."""
@@ -168,7 +172,8 @@ class CoordinateLSTM(nn.Module):
 class LSTMPolicy(Policy):
     """Andrychowicz et al.'s coordinatewise LSTM optimizer.
 
-    ``act`` reads only ``state.grad`` (``[N, d]``), never θ. Its memory is ``2·L`` tensors ``[N·d, hidden]``.
+    ``act`` reads only ``state.grad`` (``[N, d]``), never θ. Its memory is the ``2·L`` LSTM tensors ``[N·d, hidden]``
+    (``h_1, c_1, …``), after the first step kept in row chunks (:meth:`CoordinateLSTM.forward`).
     The network runs in its own dtype (float32 by default); steps are cast to θ's dtype.
 
     Args:
@@ -240,6 +245,15 @@ class LSTMPolicy(Policy):
         policy.net.to(device)
         policy.checkpoint_config = config
         return policy
+
+
+def _whole(memory: Hidden | Chunked) -> Hidden:
+    """The memory as ``2·L`` whole ``[M, hidden]`` tensors (joining chunks a row-wise step left it in)."""
+    if not memory or isinstance(memory[0], Tensor):
+        return tuple(memory)  # type: ignore[arg-type]
+    if len(memory) == 1:
+        return tuple(memory[0])  # type: ignore[arg-type]
+    return tuple(torch.cat([c[i] for c in memory]) for i in range(len(memory[0])))  # type: ignore[index]
 
 
 def expected_shapes(arch: LSTMConfig) -> dict[str, tuple[int, ...]]:
