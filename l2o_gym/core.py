@@ -49,8 +49,8 @@ as divergence too, so every observation is finite.
 Entries that refer to iterates before ``θ₀`` are zero (zero padding at the start of an episode). The state holds
 the histories as tuples of ``H`` per-iterate tensors (``State.grads``, ``State.steps``) and :func:`features`
 assembles the flat observation on request, a new tensor each call; policies that read only the gradient (the
-LSTM, the hand-designed optimizers) never pay for it. :func:`coordinate_features` gives the per-coordinate view ``[N, d, F_c]`` (``F_c = 2H`` or ``3H``) that
-coordinatewise policies (the LSTM) read: coordinate ``k``'s gradient and step histories plus the shared
+LSTM, the hand-designed optimizers) never pay for it. :func:`coordinate_features` gives the per-coordinate view
+``[N, d, F_c]`` (``F_c = 2H`` or ``3H``) that coordinatewise policies (the LSTM) read: coordinate ``k``'s gradient and step histories plus the shared
 objective features.
 """
 
@@ -248,13 +248,19 @@ STATE_TENSORS: tuple[str, ...] = tuple(
 _STATE_TENSORS_OBS: tuple[str, ...] = ("theta", "loss", "grad", "loss_hist", "obs", "t", "threshold", "terminated")
 
 
+class HistoryMismatch(ValueError):
+    """A saved state whose histories do not fit the :class:`CoreConfig` it is loaded with (another ``history`` or
+    ``include_steps``)."""
+
+
 def state_from_tensors(values: dict[str, Any] | tuple[Any, ...] | list[Any], config: CoreConfig) -> State:
     """A state without problems (only :func:`transition` advances it) from its tensors: a dict by
     :data:`STATE_TENSORS` name or a sequence in that order — or the older layout with one flat ``obs``, which is
     split into the histories.
 
     Raises:
-        ValueError: neither layout, or an ``obs`` whose width is not :func:`obs_dim` for ``config``.
+        HistoryMismatch: histories (or an ``obs`` width) that do not fit ``config``.
+        ValueError: neither layout, or a field missing.
     """
     if not isinstance(values, dict):
         values = list(values)
@@ -268,8 +274,9 @@ def state_from_tensors(values: dict[str, Any] | tuple[Any, ...] | list[Any], con
         obs = values.pop("obs")
         n, d, h = obs.shape[0], values["theta"].shape[1], config.history
         if obs.shape[1] != obs_dim(config, d):
-            raise ValueError(f"a saved observation of width {obs.shape[1]} does not fit history {config.history}, "
-                             f"include_steps={config.include_steps} and dimension {d} (width {obs_dim(config, d)})")
+            raise HistoryMismatch(
+                f"a saved observation of width {obs.shape[1]} does not fit history {config.history}, "
+                f"include_steps={config.include_steps} and dimension {d} (width {obs_dim(config, d)})")
         hist = obs[:, h:].reshape(n, -1, d).unbind(1)
         values["grads"], values["steps"] = tuple(hist[:h]), tuple(hist[h:])
     missing = [k for k in STATE_TENSORS if k not in values]
@@ -280,8 +287,9 @@ def state_from_tensors(values: dict[str, Any] | tuple[Any, ...] | list[Any], con
     values["grads"], values["steps"] = tuple(values["grads"]), tuple(values["steps"])
     h, steps = config.history, config.history if config.include_steps else 0
     if len(values["grads"]) != h or len(values["steps"]) != steps:
-        raise ValueError(f"the state's histories hold {len(values['grads'])} gradients and {len(values['steps'])} "
-                         f"steps, history {h} with include_steps={config.include_steps} needs {h} and {steps}")
+        raise HistoryMismatch(
+            f"the state's histories hold {len(values['grads'])} gradients and {len(values['steps'])} steps, history "
+            f"{h} with include_steps={config.include_steps} needs {h} and {steps}")
     return State(problems=None, config=config, **{k: values[k] for k in STATE_TENSORS})  # type: ignore[arg-type]
 
 
@@ -501,13 +509,18 @@ def loss_features(state: State) -> Tensor:
     return _loss_features(state.loss_hist, state.t, state.config)
 
 
+def _feature_parts(state: State) -> list[Tensor]:
+    """The pieces of the flat observation, in its layout: objective features, gradient history, step history."""
+    return [loss_features(state), *state.grads, *state.steps]
+
+
 def features(state: State) -> Tensor:
     """The flat observation ``[N, F]`` with ``F = obs_dim(config, d)`` (layout in the module docstring).
 
     Assembled from the state's histories in one copy on each call: the returned tensor is the caller's (editing
     it changes nothing in the state).
     """
-    return torch.cat([loss_features(state), *state.grads, *state.steps], dim=1)
+    return torch.cat(_feature_parts(state), dim=1)
 
 
 def coordinate_features(state: State) -> Tensor:
@@ -522,4 +535,4 @@ def coordinate_features(state: State) -> Tensor:
 
 def full_state(state: State) -> Tensor:
     """The full state vector ``x = [θ, f(θ), features]``, ``[N, d + 1 + F]`` (GPS local policies act on it)."""
-    return torch.cat([state.theta, state.loss[:, None], loss_features(state), *state.grads, *state.steps], dim=1)
+    return torch.cat([state.theta, state.loss[:, None], *_feature_parts(state)], dim=1)  # one copy

@@ -420,10 +420,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             )
         try:  # the earlier layout (one flat "obs") is converted
             mdp_state = core.state_from_tensors(mdp, self.core_config)
-        except ValueError as exc:  # histories of another length: another CoreConfig; else a damaged state
-            why = "was saved with another CoreConfig (history/include_steps)" if "histor" in str(exc) or "width" in str(
-                exc) else "is incomplete"
-            raise ValueError(f"optimizer state {why}: {exc}") from None
+        except core.HistoryMismatch as exc:
+            raise ValueError(f"optimizer state was saved with another CoreConfig (history/include_steps): {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"optimizer state is incomplete: {exc}") from None
         saved_policy, policy = extra.get("policy"), _policy_class(self.policy)  # absent from older states
         # compared by class name: the same class imported under another module path (e.g. ``agents.lstm.policy``
         # from the repository root, or ``__main__``) is the same policy

@@ -184,16 +184,23 @@ def rowwise(fn: Callable[..., tuple[Tensor, ...]], *rows: Tensor, chunk: int | N
 Chunked = tuple[tuple[Tensor, ...], ...]
 
 
+def join_rows(state: tuple[Tensor, ...] | Chunked) -> tuple[Tensor, ...]:
+    """``state`` — whole ``[M, ...]`` tensors or :data:`Chunked` — as whole tensors (one chunk: no copy)."""
+    if not state or isinstance(state[0], Tensor):
+        return tuple(state)  # type: ignore[arg-type]
+    if len(state) == 1:
+        return tuple(state[0])  # type: ignore[arg-type]
+    return tuple(torch.cat([p[i] for p in state]) for i in range(len(state[0])))  # type: ignore[index]
+
+
 def chunk_rows(state: tuple[Tensor, ...] | Chunked, bounds: list[tuple[int, int]]) -> Chunked:
     """``state`` — whole ``[M, ...]`` tensors or already chunked — as pieces for ``bounds`` (views where it can)."""
     if not state or (not isinstance(state[0], Tensor) and not state[0]):  # no carry (or chunks of none)
         return tuple(() for _ in bounds)
-    if isinstance(state[0], Tensor):  # whole tensors
-        whole = tuple(state)  # type: ignore[arg-type]
-    elif [p[0].shape[0] for p in state] == [e - s for s, e in bounds]:  # type: ignore[index]
+    chunked = not isinstance(state[0], Tensor)
+    if chunked and [p[0].shape[0] for p in state] == [e - s for s, e in bounds]:  # type: ignore[index]
         return tuple(state)  # type: ignore[arg-type]
-    else:
-        whole = tuple(torch.cat([p[i] for p in state]) for i in range(len(state[0])))  # type: ignore[index]
+    whole = join_rows(state)
     return tuple(tuple(t[s:e] for t in whole) for s, e in bounds)
 
 

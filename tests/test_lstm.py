@@ -17,7 +17,7 @@ from l2o_gym import core, make_family, run_policy
 from l2o_gym.agents import GradientDescent
 from l2o_gym.agents.lstm import PRETRAINED, LSTMConfig, LSTMPolicy, TrainConfig, Trainer, load_pretrained, preprocess
 from l2o_gym.agents.lstm import trainer as trainer_mod
-from l2o_gym.agents.lstm.policy import _whole
+from l2o_gym.policy import join_rows
 from l2o_gym.checkpoint import CheckpointError, save_policy
 from l2o_gym.core import CoreConfig
 from l2o_gym.policy import rollout
@@ -119,7 +119,7 @@ def test_meta_step_backpropagates_through_the_unroll_and_first_order_detaches():
     assert ok and math.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in tr.policy.net.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(before, tr.policy.net.parameters()))
-    assert not s2.theta.requires_grad and not any(h.requires_grad for h in _whole(h2))
+    assert not s2.theta.requires_grad and not any(h.requires_grad for h in join_rows(h2))
     assert not s2.grad.requires_grad  # first-order: the optimizee gradient carries no graph
 
 

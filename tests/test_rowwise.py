@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from l2o_gym import policy as policy_mod
-from l2o_gym.agents.lstm.policy import CoordinateLSTM, LSTMConfig, _whole
+from l2o_gym.agents.lstm.policy import CoordinateLSTM, LSTMConfig
+from l2o_gym.policy import join_rows
 from l2o_gym.policy import rowwise
 
 
@@ -52,8 +53,8 @@ def test_the_lstm_takes_the_same_steps_in_chunks(monkeypatch, global_cells):
         monkeypatch.setattr(policy_mod, "ROW_CHUNK", 64)
         out = net(g, mem, n)
     torch.testing.assert_close(out[0], ref[0], rtol=1e-6, atol=1e-7)
-    assert len(_whole(out[1])) == len(_whole(ref[1])) == 4
-    for a, b in zip(_whole(out[1]), _whole(ref[1])):  # the memory, chunked or not, as whole [M, hidden] tensors
+    assert len(join_rows(out[1])) == len(join_rows(ref[1])) == 4
+    for a, b in zip(join_rows(out[1]), join_rows(ref[1])):  # the memory, chunked or not, as whole [M, hidden] tensors
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -122,7 +123,7 @@ def test_the_lstm_memory_stays_in_chunks_and_equals_the_whole_blocks_bitwise(mon
             g = torch.randn(n * d)
             out_c, mem_c = net(g, mem_c, n)
             out_w, mem_w = net(g, mem_w, n)
-            mem_w = _whole(mem_w)  # re-split from whole tensors at every step
+            mem_w = join_rows(mem_w)  # re-split from whole tensors at every step
             assert not isinstance(mem_c[0], torch.Tensor) and len(mem_c) == 4  # chunks: 64, 64, 64, 108 rows
             assert torch.equal(out_c, out_w)
-            assert all(torch.equal(a, b) for a, b in zip(_whole(mem_c), mem_w))
+            assert all(torch.equal(a, b) for a, b in zip(join_rows(mem_c), mem_w))

@@ -124,3 +124,6 @@ def test_learned_optimizer_loads_a_state_saved_in_the_old_layout():
     with pytest.raises(ValueError, match="another CoreConfig"):
         bad = dict(sd, l2o=dict(sd["l2o"], mdp=dict(sd["l2o"]["mdp"], grads=sd["l2o"]["mdp"]["grads"] * 2)))
         LearnedOptimizer(nn.Linear(5, 3).parameters(), policy).load_state_dict(bad)
+    with pytest.raises(ValueError, match="is incomplete: a saved state lacks steps"):
+        mdp = {k: v for k, v in sd["l2o"]["mdp"].items() if k != "steps"}
+        LearnedOptimizer(nn.Linear(5, 3).parameters(), policy).load_state_dict(dict(sd, l2o=dict(sd["l2o"], mdp=mdp)))

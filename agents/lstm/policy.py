@@ -35,7 +35,7 @@ from l2o_gym.checkpoint import (
     save_policy,
 )
 from l2o_gym.core import State
-from l2o_gym.policy import Chunked, Policy, preprocess, rowwise_carry
+from l2o_gym.policy import Chunked, Policy, join_rows, preprocess, rowwise_carry
 
 #: ``kind`` of LSTM checkpoints.
 KIND = "lstm"
@@ -139,7 +139,7 @@ class CoordinateLSTM(nn.Module):
             tensors.
         """
         if self.config.global_cells:  # averages over each problem's coordinates: not row-wise
-            return self._step(g, _whole(memory), n)
+            return self._step(g, join_rows(memory), n)
 
         def rows(g_: Tensor, *mem: Tensor) -> tuple[Tensor, ...]:
             out_, new_ = self._step(g_, mem, n)
@@ -245,15 +245,6 @@ class LSTMPolicy(Policy):
         policy.net.to(device)
         policy.checkpoint_config = config
         return policy
-
-
-def _whole(memory: Hidden | Chunked) -> Hidden:
-    """The memory as ``2·L`` whole ``[M, hidden]`` tensors (joining chunks a row-wise step left it in)."""
-    if not memory or isinstance(memory[0], Tensor):
-        return tuple(memory)  # type: ignore[arg-type]
-    if len(memory) == 1:
-        return tuple(memory[0])  # type: ignore[arg-type]
-    return tuple(torch.cat([c[i] for c in memory]) for i in range(len(memory[0])))  # type: ignore[index]
 
 
 def expected_shapes(arch: LSTMConfig) -> dict[str, tuple[int, ...]]:
