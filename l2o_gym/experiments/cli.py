@@ -329,6 +329,8 @@ def add_config_args(
             continue
         conv, nargs = _parser_for(tp, f.name)
         conv = types_.get(f.name, conv)
+        if _defaults is None and f.default is None:
+            default = None  # a field declared None and resolved by __post_init__ (e.g. from the env): say None
         shown = list(default) if isinstance(default, tuple) else default
         kw: dict[str, Any] = {"dest": dest, "type": conv, "default": _UNSET, "metavar": flag[2:].replace("-", "_").upper(),
                               "help": f"{help_} (default: {json.dumps(shown) if isinstance(shown, dict) else shown})"}
