@@ -29,7 +29,8 @@ import sys
 
 from l2o_gym.agents.baselines import BASELINES
 from l2o_gym.experiments import cli
-from l2o_gym.experiments.compare import LEARNED, TUNED_ON, CompareConfig, fmt_percent, job_status, run_comparison
+from l2o_gym.experiments.compare import (LEARNED, TUNED_ON, CompareConfig, fmt_percent, job_status, run_comparison,
+                                         saved_sections)
 from l2o_gym.registry import ENV_IDS, VARIANTS
 from l2o_gym.experiments.study import PRESETS, preset_config, run_study
 
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true",
                    help="run nothing: print how many jobs of each section already have a saved result in OUT/jobs/ "
                         "(what --resume would take), e.g. for a preset run across sessions")
+    p.add_argument("--saved-only", action="store_true",
+                   help="run nothing: write the report of the sections whose jobs all have a saved result in OUT/jobs/ "
+                        "(what a --resume run has finished so far; the report names the sections it leaves out)")
     cli.add_portable_flag(p, help="pin every kernel library (torch, MKL, oneDNN, OpenBLAS) to its AVX2 code path in "
                                   "the workers: the same results.json on any x86-64 CPU with AVX2, AVX-512 or not (the "
                                   "default; checked on Intel so far: scripts/bench.py kernels); --no-portable uses "
@@ -100,15 +104,15 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.preset and given:
         raise cli.UsageError(f"--preset and {', '.join(given)} are exclusive: a preset defines its own problems and "
                              "horizons")
-    if args.status and args.resume:
-        raise cli.UsageError("--status runs nothing: it cannot be combined with --resume")
+    if args.status and (args.resume or args.saved_only):
+        raise cli.UsageError(f"--status runs nothing: it cannot be combined with {'--resume' if args.resume else '--saved-only'}")
     if args.preset:
         cfg = preset_config(args.preset, policies=args.policies, seed=args.seed, device=args.device, out=args.out,
                             tuned=args.tuned, command=command, workers=args.workers, portable=args.portable,
                             resume=args.resume)
         if args.status:
             return _status(cfg)
-        results = run_study(cfg, progress=not args.quiet)
+        results = run_study(_saved_only(cfg) if args.saved_only else cfg, progress=not args.quiet)
     else:
         cfg = CompareConfig(  # without --policies: every baseline tuned for all the envs (compare.plan)
             envs=args.env, policies=args.policies or [], variants=args.variant or [], tuned_on=args.tuned_on,
@@ -118,13 +122,20 @@ def _body(args: argparse.Namespace, argv: list[str] | None) -> int:
         )
         if args.status:
             return _status(cfg)
-        results = run_comparison(cfg, progress=not args.quiet)
+        results = run_comparison(_saved_only(cfg) if args.saved_only else cfg, progress=not args.quiet)
     width = max(len(r.policy) for r in results)
     for r in results:
         print(f"{r.extra.get('section', r.env):40s} T={r.horizon:<5d} {r.policy:{width}s} mean f(θ_T)={r.final_mean:10.4g} "
               f"log10={r.log10_final_mean:6.2f} diverged={fmt_percent(r.diverged_fraction):>4s} evals={r.grad_evals:.0f}")
     print(f"report: {args.out}/report.md")
     return 0
+
+
+def _saved_only(cfg: CompareConfig) -> CompareConfig:
+    try:
+        return saved_sections(cfg)
+    except ValueError as exc:
+        raise cli.UsageError(str(exc)) from None
 
 
 def _status(cfg: CompareConfig) -> int:

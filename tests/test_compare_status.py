@@ -49,3 +49,43 @@ def test_script_status_runs_nothing(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--status", "--resume"])
     assert exc.value.code == 2
+
+
+
+def test_saved_only_narrows_to_the_complete_sections(tmp_path: Path) -> None:
+    from l2o_gym.experiments.compare import saved_sections
+
+    cfg = _cfg(tmp_path / "o")
+    with pytest.raises(ValueError, match=r"no section .* complete .* \(0 of 5 jobs saved\)"):
+        saved_sections(cfg)
+    run_jobs(CompareConfig(sections=cfg.sections[:1], out=cfg.out, workers=1), progress=False)
+    part = saved_sections(cfg)
+    assert [s.name for s in part.sections] == ["quad"] and part.resume
+    assert part.note.startswith("partial report: 1 of 2 sections") and "logreg (0/1)" in part.note
+    assert [d == t for _, d, t in job_status(part)] == [True]  # a run of it evaluates nothing
+
+
+def test_script_saved_only_reports_what_is_saved_and_runs_nothing(tmp_path: Path, capsys) -> None:
+    import json
+
+    main = load_script("compare").main
+    out = tmp_path / "o"
+    common = ["--policies", "sgd", "adam", "--n-problems", "2", "--horizon", "3", "--long-horizon", "6",
+              "--out", str(out), "--workers", "1", "--quiet"]
+    both = ["--env", "l2o/Quadratic-v0", "l2o/LogisticRegression-v0", *common]
+    with pytest.raises(SystemExit) as exc:  # nothing saved yet
+        main([*both, "--saved-only"])
+    assert exc.value.code == 2 and "no section of this run is complete" in capsys.readouterr().err
+    assert main(["--env", "l2o/Quadratic-v0", *common]) == 0  # one section's jobs
+    full = json.loads((out / "results.json").read_text())["runs"]
+    n_jobs = len(list((out / "jobs").iterdir()))
+    capsys.readouterr()
+    assert main([*both, "--saved-only"]) == 0
+    assert len(list((out / "jobs").iterdir())) == n_jobs  # nothing new ran
+    report = (out / "report.md").read_text()
+    assert "partial report: 1 of 2 sections" in report and "l2o/LogisticRegression-v0 (0/4)" in report
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert runs == full  # the same results, read from the saved jobs
+    with pytest.raises(SystemExit) as exc:
+        main([*both, "--status", "--saved-only"])
+    assert exc.value.code == 2

@@ -221,6 +221,7 @@ class CompareConfig:
     (:data:`l2o_gym.kernels.PORTABLE_ENV`), so that ``results.json`` is also identical across x86-64 CPUs with and without
     AVX-512 (slower on AVX-512 machines; the default uses the machine's best kernels). ``resume``: take the
     results of jobs a previous run into ``out`` finished (``out/jobs/``, module docstring) instead of re-running them.
+    ``note``: a line shown under the report's title (e.g. which sections a partial report leaves out).
     """
 
     envs: list[str] = field(default_factory=list)
@@ -241,6 +242,7 @@ class CompareConfig:
     workers: int | None = None
     portable: bool = False
     resume: bool = False
+    note: str = ""
 
     def resolve_workers(self, n_jobs: int) -> int:
         """The worker processes a run of ``n_jobs`` evaluations uses (at most one per job)."""
@@ -424,6 +426,7 @@ def write_report(
         f"- command: `{cfg.command or 'l2o_gym.experiments.compare.run_comparison'}`",
         f"- date: {_dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, device {cfg.device}",
+        *([f"- **{cfg.note}**"] if cfg.note else []),
         f"- held-out `test` problems (seed {cfg.seed}; how many: each section's heading); "
         "baselines tuned on `train` at the section's T (see `agents/tuned_baselines.json`) and run unchanged at "
         "the long horizon. Best mean final objective in **bold**.",
@@ -733,6 +736,32 @@ def job_status(cfg: CompareConfig) -> list[tuple[str, int, int]]:
         c[0] += (cache / f"{job_key(job.task(cfg), cfg.portable)}.json").is_file()
         c[1] += 1
     return [(name, done, total) for name, (done, total) in counts.items()]
+
+
+def saved_sections(cfg: CompareConfig) -> CompareConfig:
+    """``cfg`` narrowed to the sections whose every job has a saved result in ``cfg.out/jobs/`` (:func:`job_status`),
+    with ``resume`` on and a :attr:`~CompareConfig.note` naming the sections left out: running it evaluates nothing
+    and writes the report of what a long run (a preset across sessions) has finished so far. A ``ValueError`` when
+    no section is complete yet."""
+    rows = job_status(cfg)
+    complete = {name for name, done, total in rows if done == total}
+    if not complete:
+        done, total = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        raise ValueError(f"no section of this run is complete in {cfg.out}/jobs yet ({done} of {total} jobs saved): "
+                         "nothing to report (--status shows each section's count)")
+    left = [f"{name} ({done}/{total})" for name, done, total in rows if name not in complete]
+    note = (f"partial report: {len(complete)} of {len(rows)} sections, from the saved jobs; left out (jobs saved/total): "
+            + "; ".join(left)) if left else ""
+    # a section without policies takes the baselines tuned for every env of the run (plan): keep the run's list
+    default: dict[str, list[str]] = {}
+    for j in plan(cfg):
+        labels = default.setdefault(j.section.name, [])
+        if j.label not in labels:
+            labels.append(j.label)
+    sections = [s if s.policies else dataclasses.replace(s, policies=default[s.name])
+                for s in cfg.resolve_sections() if s.name in complete]
+    return dataclasses.replace(cfg, sections=sections, envs=[], variants=[], resume=True,
+                               note="; ".join(x for x in (cfg.note, note) if x))
 
 
 def run_comparison(cfg: CompareConfig, progress: bool = True) -> list[EvalResult]:
