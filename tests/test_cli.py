@@ -29,7 +29,7 @@ _script = load_script
         ("compare", ["--env", "l2o/Quadratic-v0", "--horizon", "0", "--out", "{tmp}"], "argument --horizon: expected a positive integer, got '0'"),
         ("tune_baselines", ["--env", "l2o/MLP-v0", "--variant", "tanh", "--out", "{tmp}/t.json"], "unknown variant 'tanh'"),
         ("tune_baselines", ["--env", "l2o/Quadratic-v0", "--horizon", "-1"], "argument --horizon: expected a positive integer, got '-1'"),
-        ("train_lstm", ["--env", "l2o/Quadratic-v0", "--episodes", "0"], "episodes"),
+        ("train_lstm", ["--env", "l2o/Quadratic-v0", "--episodes", "0"], "--episodes must be a positive integer, got 0"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--family-kwargs", "[1]"], "JSON object"),
         ("train_lstm", ["--env", "l2o/Quadratic-v0", "--resume", "--out", "{tmp}/none"], "--resume: no training state"),
         ("bench", ["lstm", "--iters", "0"], "argument --iters: expected a positive integer, got '0'"),

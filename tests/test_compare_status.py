@@ -48,7 +48,7 @@ def test_script_status_runs_nothing(tmp_path: Path, capsys) -> None:
     assert "1 / 1" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--status", "--resume"])
-    assert exc.value.code == 2
+    assert exc.value.code == 2 and "--status runs nothing: it cannot be combined with --resume" in capsys.readouterr().err
 
 
 
@@ -88,4 +88,4 @@ def test_script_saved_only_reports_what_is_saved_and_runs_nothing(tmp_path: Path
     assert runs == full  # the same results, read from the saved jobs
     with pytest.raises(SystemExit) as exc:
         main([*both, "--status", "--saved-only"])
-    assert exc.value.code == 2
+    assert exc.value.code == 2 and "cannot be combined with --saved-only" in capsys.readouterr().err

@@ -4,6 +4,8 @@ conv-GPS policy steps a user's CUDA model through ``LearnedOptimizer``."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -103,5 +105,6 @@ def test_compare_script_runs_the_nn_section_on_cuda(tmp_path):
                         "--policies", "adam", "lstm", "gps", "--n-problems", "4", "--horizon", "20",
                         "--out", str(out), "--workers", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert results, "no results written"
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(r["policy"] for r in runs) == ["adam", "gps", "lstm"]
+    assert all(r["n_problems"] == 4 and r["horizon"] == 20 and math.isfinite(r["final_mean"]) for r in runs)

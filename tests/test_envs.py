@@ -231,11 +231,18 @@ def test_sb3_adapter_marks_divergence_as_not_truncated():
 
 def test_ppo_trains_through_adapter():
     from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecMonitor
 
-    venv = SB3VecEnv("l2o/LogisticRegression-v0", num_envs=8, horizon=32)
+    venv = VecMonitor(SB3VecEnv("l2o/LogisticRegression-v0", num_envs=8, horizon=32))
     model = PPO("MlpPolicy", venv, n_steps=256, batch_size=256, n_epochs=2, seed=0, device="cpu")
+    before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(total_timesteps=2048)
     assert model.num_timesteps >= 2048
+    after = list(model.policy.parameters())
+    assert all(torch.isfinite(p).all() for p in after) and any(not torch.equal(a, b) for a, b in zip(before, after))
+    # the episodes it collected ended by the horizon (32 steps of 8 envs: 64 per 2048 steps), as the adapter reports
+    lengths = [ep["l"] for ep in model.ep_info_buffer]
+    assert len(lengths) == 64 and set(lengths) == {32}
     obs = venv.reset()
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (8, 3)

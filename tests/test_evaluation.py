@@ -51,7 +51,7 @@ def test_divergence_is_recorded_not_nan():
 
 def test_line_search_evals_reported():
     r = evaluate(LBFGS(), "l2o/LogisticRegression-v0", n_problems=4, horizon=10)
-    assert r.grad_evals >= 10
+    assert r.grad_evals > 10  # line-search evaluations counted, not one per iteration
 
 
 def test_bootstrap_ci_covers_the_mean():

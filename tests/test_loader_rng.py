@@ -32,13 +32,24 @@ def test_loading_keeps_the_global_random_stream(kind: str, name: str, env_id: st
     assert torch.equal(torch.rand(5), expected)  # before the fix: the modules' initialisation drew from it
 
 
-def test_a_failing_load_keeps_it_too(tmp_path) -> None:
-    from l2o_gym.agents.lstm import load_policy
-    from l2o_gym.checkpoint import CheckpointError
+def test_a_failing_load_keeps_it_too(monkeypatch) -> None:
+    """A load that fails *after* the modules were built (here: setting their weights) leaves the stream where it
+    was; the undecorated loader would have moved it."""
+    from torch import nn
 
-    torch.manual_seed(7)
-    expected = torch.rand(3)
-    torch.manual_seed(7)
-    with pytest.raises(CheckpointError):
-        load_policy(pretrained_dir() / "gps_LogisticRegression.safetensors")  # another kind
-    assert torch.equal(torch.rand(3), expected)
+    from l2o_gym.agents.lstm import load_policy
+    from l2o_gym.agents.lstm.policy import LSTMPolicy
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("weights could not be set")
+
+    monkeypatch.setattr(nn.Module, "load_state_dict", broken)
+    undecorated = LSTMPolicy.load.__func__.__wrapped__  # type: ignore[attr-defined]
+    path = pretrained_dir() / "lstm_Quadratic.safetensors"
+    for load, keeps in ((load_policy, True), (lambda p: undecorated(LSTMPolicy, p), False)):
+        torch.manual_seed(7)
+        expected = torch.rand(3)
+        torch.manual_seed(7)
+        with pytest.raises(RuntimeError, match="weights could not be set"):
+            load(path)
+        assert torch.equal(torch.rand(3), expected) is keeps

@@ -263,14 +263,18 @@ def _script():
     return mod
 
 
-@pytest.mark.parametrize(
-    "bad", [["--env", "nope"], ["--lr", "-1"], ["--unroll", "30"], ["--family-kwargs", "[1]"], ["--resume"]]
-)
-def test_script_bad_arguments_exit_2(bad, capsys):
+@pytest.mark.parametrize(("bad", "error"), [
+    (["--env", "nope"], "unknown env id 'nope'"),
+    (["--lr", "-1"], "--lr must be a finite positive number, got -1.0"),
+    (["--unroll", "30"], "--unroll (30) must divide --horizon (100)"),
+    (["--family-kwargs", "[1]"], "argument --family-kwargs: expected a JSON object"),
+    (["--resume"], "--resume: no training state"),
+])
+def test_script_bad_arguments_exit_2(bad, error, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        _script().main(bad)
-    assert exc.value.code == 2
-    assert "usage" in capsys.readouterr().err
+        _script().main([*bad, "--out", str(tmp_path / "run")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "error:" in last and error in last
 
 
 def test_script_trains_and_exports(tmp_path, capsys):

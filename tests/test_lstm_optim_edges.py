@@ -113,11 +113,13 @@ def test_a_refused_state_dict_leaves_the_optimizer_unchanged():
     o1.zero_grad()
     m1(torch.randn(4, 3)).sum().backward()
     o1.step()
-    m2 = nn.Linear(4, 2)  # same number of tensors per group, other shapes
-    o2 = LearnedOptimizer(m2.parameters(), policy, lr=1.0)
-    with pytest.raises(ValueError, match="parameter"):
-        o2.load_state_dict(o1.state_dict())
-    assert o2.param_groups[0]["lr"] == 1.0  # was 0.5: param_groups were loaded before the state was refused
+    for m2, error in ((nn.Linear(4, 2), r"state is for 8 optimized parameter entries, this optimizer has 10"),
+                      (nn.Linear(1, 4), r"state is for parameter shapes \[\[2, 3\], \[2\]\], this optimizer's are "
+                                        r"\[\[4, 1\], \[4\]\]")):  # other entry count; same count (8), other shapes
+        o2 = LearnedOptimizer(m2.parameters(), policy, lr=1.0)
+        with pytest.raises(ValueError, match=error):
+            o2.load_state_dict(o1.state_dict())
+        assert o2.param_groups[0]["lr"] == 1.0  # was 0.5: param_groups were loaded before the state was refused
 
 
 def test_param_kind_calls_every_bias_a_bias():

@@ -170,12 +170,13 @@ def test_env_and_variants() -> None:
     env = gym.make("l2o/NeuralArt-v0", **TINY, horizon=3)
     obs, _ = env.reset(seed=0)
     assert env.action_space.shape == (3 * 16 * 16,)
-    total = 0.0
+    rewards = []
     for _ in range(3):
         obs, r, term, trunc, _ = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
         assert np.isfinite(r) and not term
-        total += r
+        rewards.append(r)
     assert trunc
+    assert rewards[0] < 0 and rewards == [rewards[0]] * 3  # −f, and a zero step leaves the image (so f) unchanged
     env.close()
 
 

@@ -52,13 +52,3 @@ def test_line_search_baselines_count_scipys_evaluations_less_the_start_point():
                                           options={"maxiter": horizon, **options})
             assert res.nit == horizon
             assert float(policy.evals(memory, horizon)[i]) == res.nfev - 1
-
-
-def test_divergence_percentages_are_zero_only_when_nothing_diverged():
-    from l2o_gym.experiments.compare import fmt_percent
-
-    assert fmt_percent(0.0) == "0%"
-    assert fmt_percent(1 / 1000) == "0.1%"  # was "0%" beside the ⚠ flag
-    assert fmt_percent(1 / 100) == "1%"
-    assert fmt_percent(0.25) == "25%"
-    assert fmt_percent(1.0) == "100%"

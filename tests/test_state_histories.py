@@ -44,7 +44,8 @@ def test_features_follow_the_documented_layout_and_are_the_callers(include_steps
     assert again.data_ptr() != obs.data_ptr() and torch.equal(again, obs)
     obs.zero_()  # the caller's tensor: editing it changes nothing in the state or the next observation
     nxt, *_ = core.step(s, -0.1 * s.grad)
-    ref, *_ = core.step(states[-1], -0.1 * states[-1].grad)
+    fresh = _states(include_steps)[-1]  # the same trajectory, never observed: its next observation is the reference
+    ref, *_ = core.step(fresh, -0.1 * fresh.grad)
     assert torch.equal(core.features(s), again) and torch.equal(core.features(nxt), core.features(ref))
 
 

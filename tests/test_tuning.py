@@ -209,7 +209,7 @@ def test_spread_script_usage_errors_exit_2(capsys):
     spec = importlib.util.spec_from_file_location("_script_tuning_spread", SCRIPTS / "tuning_spread.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for argv, match in ((["--env", "l2o/Quadratic-v0", "--n-test", "0"], "--n-test"),
+    for argv, match in ((["--env", "l2o/Quadratic-v0", "--n-test", "0"], "argument --n-test: expected a positive integer, got '0'"),
                         ([], "give --env ID"), (["--env", "l2o/MLP-v0", "--variant", "tanh"], "unknown variant 'tanh'")):
         with pytest.raises(SystemExit) as exc:
             mod.main(argv)
