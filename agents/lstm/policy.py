@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ from l2o_gym.checkpoint import (
     save_policy,
 )
 from l2o_gym.core import State
-from l2o_gym.policy import Chunked, Policy, join_rows, preprocess, rowwise_carry
+from l2o_gym.policy import ROW_CHUNK, Chunked, Policy, join_rows, preprocess, rowwise_carry
 
 #: ``kind`` of LSTM checkpoints.
 KIND = "lstm"
@@ -148,18 +148,47 @@ class CoordinateLSTM(nn.Module):
         (out,), new = rowwise_carry(rows, (g,), memory)
         return out, new
 
+    def _scratch(self, x: Tensor, memory: Hidden) -> Callable[[str, int], Tensor | None]:
+        """``buf(name, cols)``: a reusable ``[rows, cols]`` tensor for the step's temporaries, or ``None`` (a new one
+        each call) when gradients are enabled (meta-training needs every temporary), the rows exceed one chunk
+        (:data:`~l2o_gym.policy.ROW_CHUNK`: the global-cell path steps every row at once) or the input's, the
+        memory's and the weights' dtypes differ (the ops' own result types then).
+
+        Why: a wide-net evaluation steps ~2.2M coordinates in 272 chunks of ~10 MB of temporaries each; fresh
+        allocations of that size come back from the OS as new pages, and on a VM a page fault can cost tens of µs —
+        measured, the faults took up to half of an LSTM rollout's CPU time. The same kernels write into the reused
+        tensors, so the numbers are bitwise those of fresh ones (tested). One step at a time per network: two threads
+        stepping one network at once would share them."""
+        rows, dtype = x.shape[0], self.weights[0].dtype
+        if torch.is_grad_enabled() or rows > ROW_CHUNK or any(t.dtype != dtype for t in (x, *memory)):
+            return lambda name, cols: None
+        bufs = self.__dict__.setdefault("_scratch_bufs", {})
+
+        def buf(name: str, cols: int) -> Tensor:
+            key = (name, rows, cols, x.device, dtype)
+            if key not in bufs:
+                bufs[key] = torch.empty(rows, cols, device=x.device, dtype=dtype)
+            return bufs[key]
+
+        return buf
+
     def _step(self, g: Tensor, memory: Hidden, n: int) -> tuple[Tensor, Hidden]:
-        """:meth:`forward` on all rows at once."""
+        """:meth:`forward` on all rows at once. The new memory tensors are always new; the temporaries reuse
+        :meth:`_scratch` tensors where it allows."""
         cfg = self.config
         H, k = cfg.hidden, cfg.global_cells
         x = preprocess(g * cfg.input_scale if cfg.input_scale != 1.0 else g, cfg.preprocessing, cfg.p)
+        buf = self._scratch(x, memory)
         new: list[Tensor] = []
         for layer in range(cfg.layers):
             h, c = memory[2 * layer], memory[2 * layer + 1]
-            gates = torch.addmm(self.biases[layer], torch.cat([x, h], dim=1), self.weights[layer])
-            sig = torch.sigmoid(gates[:, : 3 * H])
-            c = sig[:, H : 2 * H] * c + sig[:, :H] * torch.tanh(gates[:, 3 * H :])
-            h = sig[:, 2 * H :] * torch.tanh(c)
+            xh = torch.cat([x, h], dim=1, out=buf("xh", x.shape[1] + H))
+            gates = torch.addmm(self.biases[layer], xh, self.weights[layer], out=buf("gates", 4 * H))
+            sig = torch.sigmoid(gates[:, : 3 * H], out=buf("sig", 3 * H))
+            cell = torch.tanh(gates[:, 3 * H :], out=buf("tanh", H))
+            c = torch.add(torch.mul(sig[:, H : 2 * H], c, out=buf("keep", H)),
+                          torch.mul(sig[:, :H], cell, out=buf("write", H)))
+            h = torch.mul(sig[:, 2 * H :], torch.tanh(c, out=buf("tanh", H)))
             if k:
                 hv = h.view(n, -1, H)
                 h = torch.cat([hv[:, :, :k].mean(1, keepdim=True).expand(-1, hv.shape[1], -1), hv[:, :, k:]], 2)
