@@ -729,9 +729,14 @@ def job_status(cfg: CompareConfig) -> list[tuple[str, int, int]]:
     ``cfg.out/jobs/`` under this config's keys (pinned or this machine's kernels, :func:`job_key`) — what a
     ``resume`` run would take instead of running. Plans the jobs (loads the checkpoints) but runs nothing."""
     cfg = _pinnable(cfg)
+    return _job_counts(cfg, plan(cfg))
+
+
+def _job_counts(cfg: CompareConfig, jobs: list[_Job]) -> list[tuple[str, int, int]]:
+    """:func:`job_status` of the planned ``jobs`` of ``cfg`` (already :func:`_pinnable`)."""
     cache = Path(cfg.out) / JOBS_DIR
     counts: dict[str, list[int]] = {}
-    for job in plan(cfg):
+    for job in jobs:
         c = counts.setdefault(job.section.name, [0, 0])
         c[0] += (cache / f"{job_key(job.task(cfg), cfg.portable)}.json").is_file()
         c[1] += 1
@@ -743,7 +748,8 @@ def saved_sections(cfg: CompareConfig) -> CompareConfig:
     with ``resume`` on and a :attr:`~CompareConfig.note` naming the sections left out: running it evaluates nothing
     and writes the report of what a long run (a preset across sessions) has finished so far. A ``ValueError`` when
     no section is complete yet."""
-    rows = job_status(cfg)
+    jobs = plan(cfg)  # once: planning loads the learned optimizers' checkpoints
+    rows = _job_counts(_pinnable(cfg), jobs)
     complete = {name for name, done, total in rows if done == total}
     if not complete:
         done, total = sum(r[1] for r in rows), sum(r[2] for r in rows)
@@ -754,7 +760,7 @@ def saved_sections(cfg: CompareConfig) -> CompareConfig:
             + "; ".join(left)) if left else ""
     # a section without policies takes the baselines tuned for every env of the run (plan): keep the run's list
     default: dict[str, list[str]] = {}
-    for j in plan(cfg):
+    for j in jobs:
         labels = default.setdefault(j.section.name, [])
         if j.label not in labels:
             labels.append(j.label)
